@@ -1,0 +1,36 @@
+# millrace — make run starts the embedded topology; make test runs every
+# test against real PostgreSQL, Redis and NATS (started when missing).
+GO       ?= go
+BIN      := bin/millrace
+CONFIG   ?= topologies/embedded.toml
+PKGS     := ./...
+
+.PHONY: all build run test test-short lint bench services clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/millrace
+
+run: build
+	./$(BIN) run -c $(CONFIG)
+
+services:
+	bash test/services.sh
+
+test: services
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+bench: build
+	./$(BIN) bench
+
+clean:
+	rm -rf bin data

@@ -1,0 +1,35 @@
+package cli
+
+import (
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/logaction"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/embedded"
+)
+
+// Options are the registries a millrace binary runs with.
+type Options struct {
+	Actions    *handlers.Registry
+	Topologies *topologies.Registry
+}
+
+// Defaults returns registries holding every built-in action type and
+// topology. This is the one place where built-ins are registered.
+func Defaults() Options {
+	o := Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}
+	for _, register := range []func(*handlers.Registry) error{
+		logaction.Register,
+	} {
+		if err := register(o.Actions); err != nil {
+			panic(err) // a duplicate built-in is a programming error
+		}
+	}
+	for _, register := range []func(*topologies.Registry) error{
+		embedded.Register,
+	} {
+		if err := register(o.Topologies); err != nil {
+			panic(err)
+		}
+	}
+	return o
+}

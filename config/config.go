@@ -1,0 +1,254 @@
+package config
+
+import (
+	"strings"
+	"time"
+)
+
+// Topologies lists the values of the topology key.
+var Topologies = []string{"embedded", "postgres", "redis", "nats", "multidb"}
+
+// Config is the whole millrace configuration file.
+type Config struct {
+	// Topology picks the bus and stores: embedded (default), postgres,
+	// redis, nats or multidb.
+	Topology string `koanf:"topology"`
+	// Role is what this process runs: all (default), capture or observe.
+	Role string `koanf:"role"`
+
+	Log       Log                 `koanf:"log"`
+	HTTP      HTTP                `koanf:"http"`
+	Router    Router              `koanf:"router"`
+	Embedded  Embedded            `koanf:"embedded"`
+	Sources   []Source            `koanf:"sources"`
+	Postgres  Postgres            `koanf:"postgres"`
+	NATS      NATS                `koanf:"nats"`
+	Redis     Redis               `koanf:"redis"`
+	Dedup     Dedup               `koanf:"dedup"`
+	Cache     Cache               `koanf:"cache"`
+	DLQ       DLQ                 `koanf:"dlq"`
+	Databases map[string]Database `koanf:"databases"`
+	SMTP      SMTP                `koanf:"smtp"`
+	Observers map[string]Observer `koanf:"observers"`
+}
+
+// Log sets up logging.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `koanf:"level"`
+	// Format is auto (default: text on a terminal, JSON otherwise), text or json.
+	Format string `koanf:"format"`
+}
+
+// HTTP is the server for ingest, health, metrics and admin.
+type HTTP struct {
+	// Addr is the listen address. Default "127.0.0.1:8080".
+	Addr string `koanf:"addr"`
+	// MaxBodyBytes caps the body of POST /v1/events. Default 1 MiB.
+	MaxBodyBytes int64 `koanf:"max_body_bytes"`
+	// AdminTokenEnv names the variable holding the bearer token of the
+	// admin endpoints (/v1/dlq). Unset: the admin endpoints are off.
+	AdminTokenEnv string `koanf:"admin_token_env"`
+	// ReadTimeout bounds reading one request. Default 10s.
+	ReadTimeout Duration `koanf:"read_timeout"`
+}
+
+// Router tunes the Watermill router.
+type Router struct {
+	// ShutdownTimeout bounds the drain of in-flight messages on SIGINT or
+	// SIGTERM. Default 30s.
+	ShutdownTimeout Duration `koanf:"shutdown_timeout"`
+	// Topic is the bus topic that carries change events. Default "events".
+	Topic string `koanf:"topic"`
+	// MaxInFlight bounds the events handled at once by one process; events
+	// of one entity are always handled one after another. Default 64.
+	MaxInFlight int `koanf:"max_in_flight"`
+}
+
+// Embedded configures the in-process NATS JetStream server.
+type Embedded struct {
+	// DataDir holds the JetStream store. Default "data/embedded".
+	DataDir string `koanf:"data_dir"`
+	// Port is the loopback port of the server; 0 (default) picks a free one.
+	Port int `koanf:"port"`
+	// MaxAge is how long the stream keeps events. Default 168h.
+	MaxAge Duration `koanf:"max_age"`
+}
+
+// Source is one PostgreSQL database whose changes are captured.
+type Source struct {
+	// Name identifies the source in events and subjects. Required.
+	Name string `koanf:"name"`
+	// PostgresURL is the connection URL; prefer PostgresURLEnv for URLs
+	// with passwords.
+	PostgresURL string `koanf:"postgres_url"`
+	// PostgresURLEnv names the variable holding the connection URL.
+	PostgresURLEnv string `koanf:"postgres_url_env"`
+	// Tables are the watched tables, "schema.table".
+	Tables []string `koanf:"tables"`
+	// Entities maps a table to its entity type. Default: the table name.
+	Entities map[string]string `koanf:"entities"`
+	// PollInterval is the polling base of the capture reader. Default 100ms.
+	PollInterval Duration `koanf:"poll_interval"`
+	// BatchSize is the number of changes read at once. Default 500.
+	BatchSize int `koanf:"batch_size"`
+	// Install creates the schema and triggers at start. Default false.
+	Install bool `koanf:"install"`
+}
+
+// Postgres is the connection of the postgres topology's bus and stores.
+type Postgres struct {
+	URL    string `koanf:"url"`
+	URLEnv string `koanf:"url_env"`
+}
+
+// NATS is the JetStream bus of the nats and multidb topologies.
+type NATS struct {
+	// URL of the NATS server(s). Default "nats://127.0.0.1:4222".
+	URL string `koanf:"url"`
+	// Stream is the JetStream stream name. Default "MILLRACE".
+	Stream string `koanf:"stream"`
+	// SubjectPrefix starts every subject. Default "millrace".
+	SubjectPrefix string `koanf:"subject_prefix"`
+	// Consumer is the durable consumer shared by the workers. Default "millrace".
+	Consumer string `koanf:"consumer"`
+	// AckWait is the server-side redelivery timer. Default 30s.
+	AckWait Duration `koanf:"ack_wait"`
+	// MaxDeliver bounds deliveries of one message; -1 (default) is unlimited.
+	MaxDeliver int `koanf:"max_deliver"`
+	// MaxAge is the stream's retention. Default 168h.
+	MaxAge Duration `koanf:"max_age"`
+	// Replicas is the stream's replica count. Default 1.
+	Replicas int `koanf:"replicas"`
+}
+
+// Redis is the Redis server of the redis topology and of the nats and
+// multidb stores.
+type Redis struct {
+	// URL, e.g. "redis://127.0.0.1:6379/0"; prefer URLEnv for passwords.
+	URL    string `koanf:"url"`
+	URLEnv string `koanf:"url_env"`
+	// KeyPrefix starts every key millrace writes. Default "millrace:".
+	KeyPrefix string `koanf:"key_prefix"`
+	// MaxLen caps the event stream (MAXLEN ~). Default 1000000.
+	MaxLen int64 `koanf:"max_len"`
+	// ClaimIdle is how long an entry may stay pending on a dead worker
+	// before a live one claims it. Default 30s.
+	ClaimIdle Duration `koanf:"claim_idle"`
+}
+
+// Dedup is the per event and observer dedup window.
+type Dedup struct {
+	// Enabled turns dedup on (default true).
+	Enabled bool `koanf:"enabled"`
+	// Window is how long a processed event id is remembered. Default 5m,
+	// between 1s and 1h.
+	Window Duration `koanf:"window"`
+}
+
+// Cache is the per event and action result cache.
+type Cache struct {
+	// Enabled turns the result cache on (default true).
+	Enabled bool `koanf:"enabled"`
+	// TTL is how long a success is remembered. Default 60s, between 1s and 1h.
+	TTL Duration `koanf:"ttl"`
+}
+
+// DLQ is the dead-letter store.
+type DLQ struct {
+	// MaxEntries caps the store; 0 (default) keeps everything.
+	MaxEntries int `koanf:"max_entries"`
+}
+
+// Database is a named PostgreSQL connection for the sql action.
+type Database struct {
+	URL    string `koanf:"url"`
+	URLEnv string `koanf:"url_env"`
+}
+
+// SMTP is the mail server of the email action.
+type SMTP struct {
+	Host string `koanf:"host"`
+	// Port defaults to 587.
+	Port int    `koanf:"port"`
+	From string `koanf:"from"`
+	// UsernameEnv and PasswordEnv name the variables holding credentials.
+	UsernameEnv string `koanf:"username_env"`
+	PasswordEnv string `koanf:"password_env"`
+	// TLS is starttls (default), tls or none.
+	TLS string `koanf:"tls"`
+	// Timeout bounds one send. Default 30s.
+	Timeout Duration `koanf:"timeout"`
+}
+
+// Observer is a named rule: which events, an optional condition, and the
+// actions to run.
+type Observer struct {
+	// Event is INSERT, UPDATE, DELETE, CUSTOM or "*" (default).
+	Event string `koanf:"event"`
+	// Entity is an entity type or "*" (default).
+	Entity string `koanf:"entity"`
+	// Condition is an expression over the event; empty matches all.
+	Condition string `koanf:"condition"`
+	// Actions run in order of the list, concurrently up to Concurrency.
+	Actions []Action `koanf:"actions"`
+	// Retry is the retry policy for transient failures.
+	Retry Retry `koanf:"retry"`
+	// OnFailure is what happens after a permanent failure or the last
+	// attempt: dlq (default), log or drop.
+	OnFailure string `koanf:"on_failure"`
+	// Concurrency bounds the actions of one event run at once. Default 4.
+	Concurrency int `koanf:"concurrency"`
+	// Timeout bounds one action. Default 30s.
+	Timeout Duration `koanf:"timeout"`
+}
+
+// Action is one action's section: its "type" plus the fields that type
+// declares. The handler registry decodes it (see handlers.Register).
+type Action map[string]any
+
+// Type returns the action's type name.
+func (a Action) Type() string {
+	s, _ := a["type"].(string)
+	return s
+}
+
+// Retry is a retry policy.
+type Retry struct {
+	// MaxAttempts counts every attempt, the first included. Default 3.
+	MaxAttempts int `koanf:"max_attempts"`
+	// Backoff is exponential (default), linear or fixed.
+	Backoff string `koanf:"backoff"`
+	// Initial is the first delay. Default 100ms.
+	Initial Duration `koanf:"initial"`
+	// Max caps the delay. Default 30s.
+	Max Duration `koanf:"max"`
+	// Jitter is the random spread around each delay, 0..1. Default 0.25.
+	Jitter float64 `koanf:"jitter"`
+}
+
+// Delay returns the wait before attempt n+1, after n failed attempts
+// (n >= 1), without jitter.
+func (r Retry) Delay(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	var d time.Duration
+	switch r.Backoff {
+	case "fixed":
+		d = r.Initial.D()
+	case "linear":
+		d = time.Duration(n) * r.Initial.D()
+	default:
+		d = r.Initial.D()
+		for i := 1; i < n && d < r.Max.D(); i++ {
+			d *= 2
+		}
+	}
+	return min(d, r.Max.D())
+}
+
+// EventMatches reports whether the observer's event key matches t.
+func (o Observer) EventMatches(t string) bool {
+	return o.Event == "*" || strings.EqualFold(o.Event, t)
+}

@@ -1,0 +1,51 @@
+package config
+
+import "time"
+
+// Default returns a Config with every default set. It is the one place
+// that defaults live; Load decodes the file and the environment onto it.
+func Default() *Config {
+	c := &Config{}
+	c.SetDefaults()
+	return c
+}
+
+// SetDefaults fills the defaults of the top level and every section.
+func (c *Config) SetDefaults() {
+	c.Topology = "embedded"
+	c.Role = "all"
+	c.Log = Log{Level: "info", Format: "auto"}
+	c.HTTP = HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: Duration(10 * time.Second)}
+	c.Router = Router{ShutdownTimeout: Duration(30 * time.Second), Topic: "events", MaxInFlight: 64}
+	c.Embedded = Embedded{DataDir: "data/embedded", MaxAge: Duration(168 * time.Hour)}
+	c.NATS = NATS{
+		URL: "nats://127.0.0.1:4222", Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",
+		AckWait: Duration(30 * time.Second), MaxDeliver: -1, MaxAge: Duration(168 * time.Hour), Replicas: 1,
+	}
+	c.Redis = Redis{KeyPrefix: "millrace:", MaxLen: 1_000_000, ClaimIdle: Duration(30 * time.Second)}
+	c.Dedup = Dedup{Enabled: true, Window: Duration(5 * time.Minute)}
+	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}
+	c.SMTP = SMTP{Port: 587, TLS: "starttls", Timeout: Duration(30 * time.Second)}
+}
+
+// SetDefaults fills the defaults of a source.
+func (s *Source) SetDefaults() {
+	s.PollInterval = Duration(100 * time.Millisecond)
+	s.BatchSize = 500
+}
+
+// SetDefaults fills the defaults of an observer.
+func (o *Observer) SetDefaults() {
+	o.Event = "*"
+	o.Entity = "*"
+	o.OnFailure = "dlq"
+	o.Concurrency = 4
+	o.Timeout = Duration(30 * time.Second)
+	o.Retry.SetDefaults()
+}
+
+// SetDefaults fills the defaults of a retry policy: 3 attempts,
+// exponential from 100ms to 30s, ±25 % jitter.
+func (r *Retry) SetDefaults() {
+	*r = Retry{MaxAttempts: 3, Backoff: "exponential", Initial: Duration(100 * time.Millisecond), Max: Duration(30 * time.Second), Jitter: 0.25}
+}

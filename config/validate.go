@@ -1,0 +1,230 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]*$`)
+
+// Validate checks the meaning of every value and returns every problem,
+// joined, each an *Error with its key path. It does no I/O and does not
+// look at the environment (see CheckEnv).
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, Errorf(path, format, args...)) }
+	oneOf := func(path, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		add(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+	between := func(path string, d Duration, lo, hi time.Duration) {
+		if d.D() < lo || d.D() > hi {
+			add(path, "%s is out of range [%s, %s]", d, lo, hi)
+		}
+	}
+	positive := func(path string, d Duration) {
+		if d <= 0 {
+			add(path, "must be greater than zero, got %s", d)
+		}
+	}
+
+	oneOf("topology", c.Topology, Topologies...)
+	oneOf("role", c.Role, "all", "capture", "observe")
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "auto", "text", "json")
+
+	if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
+		add("http.addr", "must be host:port, got %q", c.HTTP.Addr)
+	}
+	if c.HTTP.MaxBodyBytes <= 0 {
+		add("http.max_body_bytes", "must be greater than zero")
+	}
+	positive("http.read_timeout", c.HTTP.ReadTimeout)
+	positive("router.shutdown_timeout", c.Router.ShutdownTimeout)
+	if c.Router.Topic == "" {
+		add("router.topic", "must not be empty")
+	}
+	if c.Router.MaxInFlight < 1 {
+		add("router.max_in_flight", "must be at least 1")
+	}
+	if c.Embedded.Port < 0 || c.Embedded.Port > 65535 {
+		add("embedded.port", "must be a port number (0 picks a free one)")
+	}
+	positive("embedded.max_age", c.Embedded.MaxAge)
+	if c.Topology == "embedded" && c.Embedded.DataDir == "" {
+		add("embedded.data_dir", "must not be empty")
+	}
+
+	between("dedup.window", c.Dedup.Window, time.Second, time.Hour)
+	between("cache.ttl", c.Cache.TTL, time.Second, time.Hour)
+	if c.DLQ.MaxEntries < 0 {
+		add("dlq.max_entries", "must not be negative")
+	}
+
+	seen := map[string]bool{}
+	for i, s := range c.Sources {
+		p := Index("sources", i)
+		switch {
+		case s.Name == "":
+			add(p+".name", "is required")
+		case !nameRE.MatchString(s.Name):
+			add(p+".name", "%q may hold only letters, digits, '_' and '-'", s.Name)
+		case seen[s.Name]:
+			add(p+".name", "%q is used by another source", s.Name)
+		}
+		seen[s.Name] = true
+		if (s.PostgresURL == "") == (s.PostgresURLEnv == "") {
+			add(p, "set exactly one of postgres_url and postgres_url_env")
+		}
+		if s.BatchSize < 1 || s.BatchSize > 10000 {
+			add(p+".batch_size", "must be between 1 and 10000")
+		}
+		positive(p+".poll_interval", s.PollInterval)
+	}
+	for name, d := range c.Databases {
+		if (d.URL == "") == (d.URLEnv == "") {
+			add("databases."+name, "set exactly one of url and url_env")
+		}
+	}
+	if c.SMTP.Host != "" {
+		oneOf("smtp.tls", c.SMTP.TLS, "starttls", "tls", "none")
+		if c.SMTP.Port < 1 || c.SMTP.Port > 65535 {
+			add("smtp.port", "must be a port number")
+		}
+		if c.SMTP.From == "" {
+			add("smtp.from", "is required when smtp.host is set")
+		}
+	}
+
+	for _, name := range c.ObserverNames() {
+		o := c.Observers[name]
+		p := "observers." + name
+		if !nameRE.MatchString(name) {
+			add(p, "observer names may hold only letters, digits, '_' and '-'")
+		}
+		if o.Event != "*" {
+			ok := false
+			for _, t := range []string{"INSERT", "UPDATE", "DELETE", "CUSTOM"} {
+				ok = ok || strings.EqualFold(o.Event, t)
+			}
+			if !ok {
+				add(p+".event", "%q is not one of INSERT, UPDATE, DELETE, CUSTOM, *", o.Event)
+			}
+		}
+		if o.Entity == "" {
+			add(p+".entity", "must not be empty (use \"*\" for every entity)")
+		}
+		if len(o.Actions) == 0 {
+			add(p+".actions", "an observer needs at least one action")
+		}
+		for i, a := range o.Actions {
+			if a.Type() == "" {
+				add(Index(p+".actions", i)+".type", "is required")
+			}
+		}
+		oneOf(p+".on_failure", o.OnFailure, "dlq", "log", "drop")
+		if o.Concurrency < 1 {
+			add(p+".concurrency", "must be at least 1")
+		}
+		positive(p+".timeout", o.Timeout)
+		r := o.Retry
+		if r.MaxAttempts < 1 || r.MaxAttempts > 100 {
+			add(p+".retry.max_attempts", "must be between 1 and 100, got %d", r.MaxAttempts)
+		}
+		oneOf(p+".retry.backoff", r.Backoff, "exponential", "linear", "fixed")
+		positive(p+".retry.initial", r.Initial)
+		if r.Max < r.Initial {
+			add(p+".retry.max", "%s is less than retry.initial %s", r.Max, r.Initial)
+		}
+		if r.Jitter < 0 || r.Jitter > 1 {
+			add(p+".retry.jitter", "must be between 0 and 1, got %v", r.Jitter)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ObserverNames returns the observer names, sorted.
+func (c *Config) ObserverNames() []string {
+	names := make([]string, 0, len(c.Observers))
+	for n := range c.Observers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// EnvRefs returns every "*_env" key of the config, actions included,
+// with the variable it names, by key path.
+func (c *Config) EnvRefs() map[string]string {
+	out := map[string]string{}
+	add := func(path, name string) {
+		if name != "" {
+			out[path] = name
+		}
+	}
+	add("http.admin_token_env", c.HTTP.AdminTokenEnv)
+	for i, s := range c.Sources {
+		add(Index("sources", i)+".postgres_url_env", s.PostgresURLEnv)
+	}
+	add("postgres.url_env", c.Postgres.URLEnv)
+	add("redis.url_env", c.Redis.URLEnv)
+	for n, d := range c.Databases {
+		add("databases."+n+".url_env", d.URLEnv)
+	}
+	add("smtp.username_env", c.SMTP.UsernameEnv)
+	add("smtp.password_env", c.SMTP.PasswordEnv)
+	for n, o := range c.Observers {
+		for i, a := range o.Actions {
+			for k, v := range a {
+				if s, ok := v.(string); ok && strings.HasSuffix(k, "_env") {
+					add(Index("observers."+n+".actions", i)+"."+k, s)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// CheckEnv reports every "*_env" key whose variable is unset or empty in
+// lookup (os.LookupEnv when nil).
+func (c *Config) CheckEnv(lookup func(string) (string, bool)) error {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	refs := c.EnvRefs()
+	paths := make([]string, 0, len(refs))
+	for p := range refs {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var errs []error
+	for _, p := range paths {
+		if v, ok := lookup(refs[p]); !ok || v == "" {
+			errs = append(errs, Errorf(p, "environment variable %s is not set", refs[p]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Secret returns the value of the variable that an *_env key names, or
+// inline when the key is unset.
+func Secret(inline, envName string) (string, error) {
+	if envName == "" {
+		return inline, nil
+	}
+	v, ok := os.LookupEnv(envName)
+	if !ok || v == "" {
+		return "", fmt.Errorf("environment variable %s is not set", envName)
+	}
+	return v, nil
+}

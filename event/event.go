@@ -1,0 +1,385 @@
+package event
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// Type is the kind of change: INSERT, UPDATE, DELETE or CUSTOM.
+type Type string
+
+// The event types. The set is closed: any other value is rejected.
+const (
+	Insert Type = "INSERT"
+	Update Type = "UPDATE"
+	Delete Type = "DELETE"
+	Custom Type = "CUSTOM"
+)
+
+// Types lists every valid Type, in a stable order.
+var Types = []Type{Insert, Update, Delete, Custom}
+
+// Valid reports whether t is one of the four event types.
+func (t Type) Valid() bool {
+	switch t {
+	case Insert, Update, Delete, Custom:
+		return true
+	}
+	return false
+}
+
+// Change is the old and new value of one field on UPDATE.
+type Change struct {
+	Old any `json:"old"`
+	New any `json:"new"`
+}
+
+// Event is one change of one row (or one custom event).
+type Event struct {
+	// ID is the UUID of the change; it is the message UUID and the dedup key.
+	ID string `json:"id"`
+	// Type is INSERT, UPDATE, DELETE or CUSTOM.
+	Type Type `json:"event_type"`
+	// Entity is the entity type, e.g. "Order".
+	Entity string `json:"entity_type"`
+	// EntityID is the primary key of the row, as a string.
+	EntityID string `json:"entity_id"`
+	// Data is the after-image (the before-image on DELETE).
+	Data map[string]any `json:"data"`
+	// Changes holds, on UPDATE, the changed fields with their old and new values.
+	// Nil means the producer did not track changes; empty means nothing changed.
+	Changes map[string]Change `json:"changes,omitempty"`
+	// UserID and TenantID are the optional actor and tenant.
+	UserID   string `json:"user_id,omitempty"`
+	TenantID string `json:"tenant_id,omitempty"`
+	// Timestamp is the commit-side time of the change.
+	Timestamp time.Time `json:"timestamp"`
+	// Seq is the position of the change in its source.
+	Seq int64 `json:"seq,omitempty"`
+	// Source names the database the change came from.
+	Source string `json:"source,omitempty"`
+}
+
+// Key is the ordering key of the event: events with the same key must be
+// handled in order.
+func (e *Event) Key() string {
+	return e.Source + "\x00" + e.Entity + "\x00" + e.EntityID
+}
+
+// MaxFieldLen bounds the string fields of the envelope (not data).
+const MaxFieldLen = 1024
+
+// FieldError is a validation problem with one field of the envelope.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// ErrInvalid is wrapped by every decoding and validation error, so callers
+// can tell bad input from other failures with errors.Is.
+var ErrInvalid = errors.New("invalid event")
+
+// Validate checks every field and returns all problems joined, each a
+// *FieldError wrapped with ErrInvalid.
+func (e *Event) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrInvalid, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}))
+	}
+	switch {
+	case e.ID == "":
+		bad("id", "is required")
+	case !isUUID(e.ID):
+		bad("id", "must be a UUID, got %q", clip(e.ID))
+	}
+	if !e.Type.Valid() {
+		if e.Type == "" {
+			bad("event_type", "is required (one of INSERT, UPDATE, DELETE, CUSTOM)")
+		} else {
+			bad("event_type", "unknown type %q (one of INSERT, UPDATE, DELETE, CUSTOM)", clip(string(e.Type)))
+		}
+	}
+	if e.Entity == "" {
+		bad("entity_type", "is required")
+	}
+	for _, f := range []struct{ name, v string }{
+		{"entity_type", e.Entity}, {"entity_id", e.EntityID}, {"user_id", e.UserID},
+		{"tenant_id", e.TenantID}, {"source", e.Source},
+	} {
+		if len(f.v) > MaxFieldLen {
+			bad(f.name, "longer than %d bytes", MaxFieldLen)
+		}
+	}
+	if e.Changes != nil && e.Type != Update {
+		bad("changes", "only allowed on UPDATE, not %s", e.Type)
+	}
+	if e.Seq < 0 {
+		bad("seq", "must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// wire mirrors Event for decoding, so that data and changes can be checked
+// for their JSON shape before they are converted.
+type wire struct {
+	ID        *string         `json:"id"`
+	Type      *string         `json:"event_type"`
+	Entity    *string         `json:"entity_type"`
+	EntityID  json.RawMessage `json:"entity_id"`
+	Data      json.RawMessage `json:"data"`
+	Changes   json.RawMessage `json:"changes"`
+	UserID    json.RawMessage `json:"user_id"`
+	TenantID  json.RawMessage `json:"tenant_id"`
+	Timestamp *string         `json:"timestamp"`
+	Seq       json.RawMessage `json:"seq"`
+	Source    *string         `json:"source"`
+}
+
+// Decode parses one JSON envelope and validates it. Numbers in data and
+// changes become int64 when they are integers that fit, float64 otherwise,
+// so that 100 and 100.0 compare equal and large ids keep their precision.
+// A missing timestamp is left zero; callers that accept events set it.
+func Decode(b []byte) (*Event, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return nil, fmt.Errorf("%w: body must be a JSON object", ErrInvalid)
+	}
+	var w wire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, jsonReason(err))
+	}
+	return fromWire(&w)
+}
+
+// DecodeMany parses a JSON object or an array of objects. It returns the
+// events that decoded and, index for index, the error of each that did not.
+func DecodeMany(b []byte) ([]*Event, []error, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '[' {
+		var raws []json.RawMessage
+		if err := json.Unmarshal(b, &raws); err != nil {
+			return nil, nil, fmt.Errorf("%w: %s", ErrInvalid, jsonReason(err))
+		}
+		evs := make([]*Event, len(raws))
+		errs := make([]error, len(raws))
+		for i, r := range raws {
+			evs[i], errs[i] = Decode(r)
+		}
+		return evs, errs, nil
+	}
+	ev, err := Decode(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []*Event{ev}, []error{nil}, nil
+}
+
+func fromWire(w *wire) (*Event, error) {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrInvalid, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}))
+	}
+	e := &Event{}
+	if w.ID != nil {
+		e.ID = *w.ID
+	}
+	if w.Type != nil {
+		e.Type = Type(*w.Type)
+	}
+	if w.Entity != nil {
+		e.Entity = *w.Entity
+	}
+	if w.Source != nil {
+		e.Source = *w.Source
+	}
+	var err error
+	if e.EntityID, err = stringish(w.EntityID); err != nil {
+		bad("entity_id", "%v", err)
+	}
+	if e.UserID, err = stringish(w.UserID); err != nil {
+		bad("user_id", "%v", err)
+	}
+	if e.TenantID, err = stringish(w.TenantID); err != nil {
+		bad("tenant_id", "%v", err)
+	}
+	switch d := bytes.TrimSpace(w.Data); {
+	case len(d) == 0 || string(d) == "null":
+		e.Data = map[string]any{}
+	case d[0] != '{':
+		bad("data", "must be a JSON object, got %s", jsonKind(d))
+	default:
+		m, err := decodeObject(d)
+		if err != nil {
+			bad("data", "%v", err)
+		}
+		e.Data = m
+	}
+	if c := bytes.TrimSpace(w.Changes); len(c) > 0 && string(c) != "null" {
+		if c[0] != '{' {
+			bad("changes", "must be a JSON object, got %s", jsonKind(c))
+		} else {
+			m, err := decodeObject(c)
+			if err != nil {
+				bad("changes", "%v", err)
+			}
+			e.Changes = make(map[string]Change, len(m))
+			for k, v := range m {
+				obj, ok := v.(map[string]any)
+				if !ok {
+					bad("changes."+k, "must be an object {old, new}")
+					continue
+				}
+				e.Changes[k] = Change{Old: obj["old"], New: obj["new"]}
+			}
+		}
+	}
+	if w.Timestamp != nil && *w.Timestamp != "" {
+		ts, err := time.Parse(time.RFC3339Nano, *w.Timestamp)
+		if err != nil {
+			bad("timestamp", "must be RFC 3339, got %q", clip(*w.Timestamp))
+		}
+		e.Timestamp = ts
+	}
+	if s := bytes.TrimSpace(w.Seq); len(s) > 0 && string(s) != "null" {
+		if err := json.Unmarshal(s, &e.Seq); err != nil {
+			bad("seq", "must be an integer, got %s", clip(string(s)))
+		}
+	}
+	if len(errs) > 0 {
+		// Report shape errors together with any rule violations.
+		return nil, errors.Join(append(errs, e.Validate())...)
+	}
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Encode returns the JSON envelope of e.
+func Encode(e *Event) ([]byte, error) {
+	return json.Marshal(e)
+}
+
+// decodeObject decodes a JSON object with numbers normalised (see Decode).
+func decodeObject(b []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, errors.New(jsonReason(err))
+	}
+	normalize(m)
+	return m, nil
+}
+
+func normalize(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, x := range t {
+			t[k] = normalize(x)
+		}
+	case []any:
+		for i, x := range t {
+			t[i] = normalize(x)
+		}
+	case json.Number:
+		if i, err := t.Int64(); err == nil {
+			return i
+		}
+		if f, err := t.Float64(); err == nil && !math.IsInf(f, 0) {
+			return f
+		}
+		return t.String()
+	}
+	return v
+}
+
+// stringish accepts a JSON string or number (ids are often integers) and
+// returns it as a string.
+func stringish(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", errors.New(jsonReason(err))
+		}
+		return s, nil
+	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+		var n json.Number
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return "", errors.New(jsonReason(err))
+		}
+		return n.String(), nil
+	}
+	return "", fmt.Errorf("must be a string or a number, got %s", jsonKind(raw))
+}
+
+func jsonKind(b []byte) string {
+	switch b[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+func jsonReason(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		field := te.Field
+		if field == "" {
+			field = "value"
+		}
+		return fmt.Sprintf("%s: must be %s, got a JSON %s", field, te.Type, te.Value)
+	}
+	return "malformed JSON: " + err.Error()
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// isUUID accepts the canonical 8-4-4-4-12 hex form, in either case.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
+				return false
+			}
+		}
+	}
+	return true
+}

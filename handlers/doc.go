@@ -1,0 +1,7 @@
+// Package handlers holds observers and actions: the action registry that
+// built-in and user action types register into, the compiled observers
+// (matching, conditions, templates) and the errors that steer retries.
+//
+// A user's action type implements Action and registers with Register; it
+// never imports Watermill. The router adapts messages to Execute calls.
+package handlers

@@ -1,0 +1,230 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/event"
+)
+
+// Observer is a compiled observer: a name, what it matches, an optional
+// condition and its built actions.
+type Observer struct {
+	Name      string
+	Event     string // INSERT, UPDATE, DELETE, CUSTOM or "*"
+	Entity    string // an entity type or "*"
+	Condition *Condition
+	Actions   []*Bound
+	Config    config.Observer
+}
+
+// Bound is one built action of an observer.
+type Bound struct {
+	// Index is the action's place in the observer's list.
+	Index int
+	Spec  *Spec
+	Action
+}
+
+// ID names the action for logs, metrics and keys: "observer/0:webhook".
+func (b *Bound) ID(observer string) string {
+	return fmt.Sprintf("%s/%d:%s", observer, b.Index, b.Spec.Type)
+}
+
+// Check decodes and validates every observer of cfg against reg without
+// building anything: unknown action types, bad action fields, conditions
+// and templates that do not compile. It returns every problem.
+func Check(cfg *config.Config, reg *Registry) error {
+	_, err := decodeAll(cfg, reg)
+	return err
+}
+
+type decoded struct {
+	name  string
+	cond  *Condition
+	specs []*Spec
+}
+
+func decodeAll(cfg *config.Config, reg *Registry) ([]decoded, error) {
+	var errs []error
+	var out []decoded
+	for _, name := range cfg.ObserverNames() {
+		o := cfg.Observers[name]
+		d := decoded{name: name}
+		path := "observers." + name
+		if o.Condition != "" {
+			c, err := CompileCondition(o.Condition)
+			if err != nil {
+				errs = append(errs, config.Errorf(path+".condition", "%v", err))
+			}
+			d.cond = c
+		}
+		for i, a := range o.Actions {
+			s, err := reg.Decode(config.Index(path+".actions", i), a)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			d.specs = append(d.specs, s)
+		}
+		out = append(out, d)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Compile checks cfg's observers and builds their actions. On error it
+// closes what it already built.
+func Compile(ctx context.Context, cfg *config.Config, reg *Registry, deps Deps) ([]*Observer, error) {
+	ds, err := decodeAll(cfg, reg)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Observer
+	for _, d := range ds {
+		oc := cfg.Observers[d.name]
+		o := &Observer{
+			Name: d.name, Event: strings.ToUpper(oc.Event), Entity: oc.Entity,
+			Condition: d.cond, Config: oc,
+		}
+		for i, s := range d.specs {
+			ad := deps
+			if ad.Logger != nil {
+				ad.Logger = ad.Logger.With("observer", d.name, "action", fmt.Sprintf("%d:%s", i, s.Type))
+			}
+			a, err := reg.Build(ctx, s, ad)
+			if err != nil {
+				CloseAll(append(out, o))
+				return nil, err
+			}
+			o.Actions = append(o.Actions, &Bound{Index: i, Spec: s, Action: a})
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// CloseAll closes every action that implements io.Closer, once.
+func CloseAll(obs []*Observer) error {
+	var errs []error
+	for _, o := range obs {
+		for _, b := range o.Actions {
+			if c, ok := b.Action.(interface{ Close() error }); ok {
+				if err := c.Close(); err != nil {
+					errs = append(errs, fmt.Errorf("close %s: %w", b.ID(o.Name), err))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Matches reports whether o wants ev by event type and entity (the
+// condition is separate: see Observer.Accepts).
+func (o *Observer) Matches(ev *event.Event) bool {
+	return (o.Event == "*" || o.Event == string(ev.Type)) && (o.Entity == "*" || o.Entity == ev.Entity)
+}
+
+// Accepts evaluates the observer's condition on ev. An error is permanent
+// for this event and observer: the condition cannot become true by
+// retrying.
+func (o *Observer) Accepts(ev *event.Event) (bool, error) {
+	if o.Condition == nil {
+		return true, nil
+	}
+	ok, err := o.Condition.Eval(ev)
+	if err != nil {
+		return false, Permanent(fmt.Errorf("observer %q: condition: %w", o.Name, err))
+	}
+	return ok, nil
+}
+
+// Exec runs one bound action for one event. The router wraps it with the
+// result cache; Direct runs the action as it is.
+type Exec func(ctx context.Context, ev *event.Event, b *Bound) error
+
+// Direct is the Exec that calls the action.
+func Direct(ctx context.Context, ev *event.Event, b *Bound) error { return b.Execute(ctx, ev) }
+
+// Run runs the observer's actions on ev, at most Config.Concurrency at a
+// time, each under Config.Timeout, through exec. It returns every
+// action's error, joined; each names its action.
+func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
+	if exec == nil {
+		exec = Direct
+	}
+	limit := max(o.Config.Concurrency, 1)
+	run := func(b *Bound) error {
+		actx, cancel := context.WithTimeout(ctx, o.Config.Timeout.D())
+		defer cancel()
+		if err := exec(actx, ev, b); err != nil {
+			return fmt.Errorf("action %s: %w", b.ID(o.Name), err)
+		}
+		return nil
+	}
+	if limit == 1 || len(o.Actions) == 1 {
+		var errs []error
+		for _, b := range o.Actions {
+			errs = append(errs, run(b))
+		}
+		return errors.Join(errs...)
+	}
+	errs := make([]error, len(o.Actions))
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i, b := range o.Actions {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = run(b)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Matcher finds the observers of an event by type and entity with two map
+// lookups, whatever the number of observers.
+type Matcher struct {
+	index map[string]map[string][]*Observer // event type → entity → observers
+}
+
+// NewMatcher indexes obs. The order of obs is kept within each result.
+func NewMatcher(obs []*Observer) *Matcher {
+	m := &Matcher{index: map[string]map[string][]*Observer{}}
+	for _, o := range obs {
+		types := []string{o.Event}
+		if o.Event == "*" {
+			types = types[:0]
+			for _, t := range event.Types {
+				types = append(types, string(t))
+			}
+		}
+		for _, t := range types {
+			if m.index[t] == nil {
+				m.index[t] = map[string][]*Observer{}
+			}
+			m.index[t][o.Entity] = append(m.index[t][o.Entity], o)
+		}
+	}
+	return m
+}
+
+// Match returns the observers whose event and entity match ev: those of
+// the exact entity first, then those of "*".
+func (m *Matcher) Match(ev *event.Event) []*Observer {
+	byEntity := m.index[string(ev.Type)]
+	exact, any := byEntity[ev.Entity], byEntity["*"]
+	switch {
+	case len(any) == 0 || ev.Entity == "*":
+		return exact
+	case len(exact) == 0:
+		return any
+	}
+	out := make([]*Observer, 0, len(exact)+len(any))
+	return append(append(out, exact...), any...)
+}

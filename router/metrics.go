@@ -1,0 +1,49 @@
+package router
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are millrace's own Prometheus metrics.
+type Metrics struct {
+	Registry       *prometheus.Registry
+	Ingested       *prometheus.CounterVec // by result: accepted, rejected
+	Events         *prometheus.CounterVec // by result: handled, failed, undecodable
+	Observers      *prometheus.CounterVec // by observer, result: matched, skipped_condition, succeeded, failed, duplicate_skipped
+	Actions        *prometheus.CounterVec // by observer, action, result: succeeded, failed, cache_hit
+	ActionDuration *prometheus.HistogramVec
+	EventLatency   prometheus.Histogram
+}
+
+// NewMetrics registers the metrics on a new registry, with the Go and
+// process collectors.
+func NewMetrics() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{
+		Registry: reg,
+		Ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "millrace_ingest_events_total", Help: "Events received by POST /v1/events, by result.",
+		}, []string{"result"}),
+		Events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "millrace_events_total", Help: "Events taken from the bus, by result.",
+		}, []string{"result"}),
+		Observers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "millrace_observer_runs_total", Help: "Observer outcomes per event, by observer and result.",
+		}, []string{"observer", "result"}),
+		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "millrace_action_runs_total", Help: "Action outcomes, by observer, action and result.",
+		}, []string{"observer", "action", "result"}),
+		ActionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "millrace_action_duration_seconds", Help: "Time one action took.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"observer", "action"}),
+		EventLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "millrace_event_latency_seconds", Help: "From the event's timestamp to the end of its handling.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+		}),
+	}
+	reg.MustRegister(m.Ingested, m.Events, m.Observers, m.Actions, m.ActionDuration, m.EventLatency)
+	return m
+}

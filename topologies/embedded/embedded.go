@@ -1,0 +1,90 @@
+// Package embedded is the default topology: a NATS JetStream server runs
+// inside the millrace process, listening on loopback only, with its store
+// under a configured directory. Nothing outside the process is needed.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/jetstream"
+)
+
+// Register adds the "embedded" topology to r.
+func Register(r *topologies.Registry) error { return r.Register("embedded", Build) }
+
+// Build starts the server, connects to it in-process, ensures the stream
+// and returns the backend.
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.Embedded.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("embedded: data dir: %w", err)
+	}
+	port := cfg.Embedded.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "millrace-embedded",
+		Host:       "127.0.0.1",
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.Embedded.DataDir,
+		NoSigs:     true,
+		NoLog:      true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded: nats server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("embedded: nats server not ready within 10s")
+	}
+	b = &topologies.Backend{Closers: []func() error{func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil }}}
+	defer func() {
+		if err != nil {
+			_ = b.Close()
+		}
+	}()
+	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("millrace"))
+	if err != nil {
+		return nil, fmt.Errorf("embedded: connect: %w", err)
+	}
+	b.Closers = append(b.Closers, func() error { return nc.Drain() })
+	js, err := njs.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: jetstream: %w", err)
+	}
+	jc := jetstream.Config{
+		Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",
+		AckWait: 30 * time.Second, MaxDeliver: -1, MaxAge: cfg.Embedded.MaxAge.D(), Replicas: 1,
+		DuplicateWindow: cfg.Dedup.Window.D(), MaxInFlight: cfg.Router.MaxInFlight,
+		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
+	}
+	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {
+		return nil, err
+	}
+	b.Publisher = jetstream.NewPublisher(js, jc)
+	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
+	b.Ready = func(context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("not connected to the embedded NATS server")
+		}
+		return nil
+	}
+	logger.Info("embedded NATS JetStream started", "url", ns.ClientURL(), "data_dir", cfg.Embedded.DataDir)
+	return b, nil
+}

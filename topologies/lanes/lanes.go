@@ -1,0 +1,197 @@
+// Package lanes releases messages from one ordered source to the router
+// so that messages with the same key are handled one after another, in
+// arrival order, while messages with different keys run in parallel.
+//
+// Watermill's subscribers release the next message only after the current
+// one is acked, which serialises everything; InstantAck gives parallelism
+// but loses ordering and redelivery. Lanes sit between: a bus subscriber
+// reads in batches and Pushes each message with its ordering key (source,
+// entity type, entity id); the router receives from Out. A key's next
+// message is released only after the previous one is acked or nacked.
+package lanes
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Settle is called once per pushed message with the router's verdict:
+// acked true after Ack, false after Nack or when the lanes stop first.
+type Settle func(acked bool)
+
+// Options tunes Lanes.
+type Options struct {
+	// MaxInFlight bounds the messages released to the router at once.
+	MaxInFlight int
+	// MaxBuffered bounds the messages held (in flight or queued behind
+	// their key); Push blocks beyond it. Default 16 × MaxInFlight.
+	MaxBuffered int
+	// Touch, when set, is called every TouchEvery for each message in
+	// flight, so that a bus can extend its ack deadline (JetStream
+	// InProgress) while a long action runs.
+	TouchEvery time.Duration
+}
+
+// Lanes is the dispatcher. Create it with New. Drain stops releasing
+// new messages (held ones settle as not acked) while released ones run
+// to their end; when the ctx given to New ends, everything still held
+// settles as not acked at once.
+type Lanes struct {
+	ctx      context.Context
+	draining chan struct{}
+	drainOne sync.Once
+	out      chan *message.Message
+	inflight chan struct{}
+	buffered chan struct{}
+	touch    time.Duration
+
+	mu    sync.Mutex
+	lanes map[string][]item
+	wg    sync.WaitGroup
+}
+
+type item struct {
+	msg    *message.Message
+	settle Settle
+	touch  func()
+}
+
+// New starts a dispatcher that lives as long as ctx.
+func New(ctx context.Context, o Options) *Lanes {
+	if o.MaxInFlight < 1 {
+		o.MaxInFlight = 1
+	}
+	if o.MaxBuffered < o.MaxInFlight {
+		o.MaxBuffered = 16 * o.MaxInFlight
+	}
+	return &Lanes{
+		ctx:      ctx,
+		draining: make(chan struct{}),
+		out:      make(chan *message.Message),
+		inflight: make(chan struct{}, o.MaxInFlight),
+		buffered: make(chan struct{}, o.MaxBuffered),
+		touch:    o.TouchEvery,
+		lanes:    map[string][]item{},
+	}
+}
+
+// Out is the channel to hand to the router (a Subscriber's Subscribe
+// result). It is closed by Close.
+func (l *Lanes) Out() <-chan *message.Message { return l.out }
+
+// Push queues msg behind the earlier messages of key. It blocks while
+// MaxBuffered messages are held, and returns false (having settled
+// nothing) when the lanes are stopping. touch may be nil.
+func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func()) bool {
+	select {
+	case l.buffered <- struct{}{}:
+	case <-l.draining:
+		return false
+	case <-l.ctx.Done():
+		return false
+	}
+	it := item{msg: msg, settle: settle, touch: touch}
+	l.mu.Lock()
+	q, busy := l.lanes[key]
+	l.lanes[key] = append(q, it)
+	l.mu.Unlock()
+	if !busy {
+		l.wg.Add(1)
+		go l.drain(key)
+	}
+	return true
+}
+
+// drain releases the messages of one key in order, then exits.
+func (l *Lanes) drain(key string) {
+	defer l.wg.Done()
+	for {
+		l.mu.Lock()
+		q := l.lanes[key]
+		if len(q) == 0 {
+			delete(l.lanes, key)
+			l.mu.Unlock()
+			return
+		}
+		it := q[0]
+		l.mu.Unlock()
+
+		it.settle(l.release(it))
+
+		l.mu.Lock()
+		l.lanes[key] = l.lanes[key][1:]
+		l.mu.Unlock()
+		<-l.buffered
+	}
+}
+
+func (l *Lanes) release(it item) bool {
+	select {
+	case <-l.draining:
+		return false
+	default:
+	}
+	select {
+	case l.inflight <- struct{}{}:
+	case <-l.draining:
+		return false
+	case <-l.ctx.Done():
+		return false
+	}
+	defer func() { <-l.inflight }()
+	select {
+	case l.out <- it.msg:
+	case <-l.draining:
+		return false
+	case <-l.ctx.Done():
+		return false
+	}
+	var tick <-chan time.Time
+	if l.touch > 0 && it.touch != nil {
+		t := time.NewTicker(l.touch)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-it.msg.Acked():
+			return true
+		case <-it.msg.Nacked():
+			return false
+		case <-tick:
+			it.touch()
+		case <-l.ctx.Done():
+			// The router may still be running the handler; it will
+			// ack or nack shortly, but the bus must redeliver anyway.
+			return false
+		}
+	}
+}
+
+// Drain stops releasing messages: Push returns false, queued messages
+// settle as not acked, released ones run until the router settles them.
+func (l *Lanes) Drain() { l.drainOne.Do(func() { close(l.draining) }) }
+
+// Wait blocks until every held message has settled or timeout passes,
+// and reports whether they all settled.
+func (l *Lanes) Wait(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// Close drains, waits for every lane to settle (after the ctx given to
+// New ends, that is immediate), then closes Out. Call it once.
+func (l *Lanes) Close() {
+	l.Drain()
+	l.wg.Wait()
+	close(l.out)
+}

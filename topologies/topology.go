@@ -1,0 +1,85 @@
+package topologies
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/millrace/millrace/config"
+)
+
+// Backend is what a topology provides to the router.
+type Backend struct {
+	// Publisher and Subscriber carry events on the bus. The subscriber
+	// releases messages of one entity in order and acks only what the
+	// router acked.
+	Publisher  message.Publisher
+	Subscriber message.Subscriber
+	// Ready reports whether the bus is connected.
+	Ready func(ctx context.Context) error
+	// Closers run in reverse order at shutdown, after the router stopped.
+	Closers []func() error
+}
+
+// Close runs the closers in reverse order and joins their errors.
+func (b *Backend) Close() error {
+	var errs []error
+	for i := len(b.Closers) - 1; i >= 0; i-- {
+		errs = append(errs, b.Closers[i]())
+	}
+	b.Closers = nil
+	return errors.Join(errs...)
+}
+
+// BuildFunc builds a topology's backend. It owns what it opens: on error
+// it closes it; on success Backend.Close does.
+type BuildFunc func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Backend, error)
+
+// Registry maps topology names to builders.
+type Registry struct{ m map[string]BuildFunc }
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry { return &Registry{m: map[string]BuildFunc{}} }
+
+// Register adds a topology; a name may be registered once.
+func (r *Registry) Register(name string, build BuildFunc) error {
+	if _, dup := r.m[name]; dup {
+		return fmt.Errorf("register topology %q: already registered", name)
+	}
+	r.m[name] = build
+	return nil
+}
+
+// Names returns the registered names, sorted.
+func (r *Registry) Names() []string {
+	out := make([]string, 0, len(r.m))
+	for n := range r.m {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Check reports a config error when cfg's topology is not registered.
+func (r *Registry) Check(cfg *config.Config) error {
+	if _, ok := r.m[cfg.Topology]; !ok {
+		return config.Errorf("topology", "%q is not available yet in this build (available: %v)", cfg.Topology, r.Names())
+	}
+	return nil
+}
+
+// Build builds cfg's topology.
+func (r *Registry) Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Backend, error) {
+	if err := r.Check(cfg); err != nil {
+		return nil, err
+	}
+	b, err := r.m[cfg.Topology](ctx, cfg, logger)
+	if err != nil {
+		return nil, fmt.Errorf("topology %s: %w", cfg.Topology, err)
+	}
+	return b, nil
+}

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 )
@@ -39,6 +42,15 @@ type Deps struct {
 	Config *config.Config
 	// Publish puts a message on the bus, on topic, with the given id.
 	Publish func(ctx context.Context, topic, id string, payload []byte) error
+	// Redis returns the shared client of the [redis] section, opened on
+	// first use and closed by the router.
+	Redis func() (redis.UniversalClient, error)
+	// Database returns the shared pool of a [databases.NAME] section,
+	// opened on first use and closed by the router.
+	Database func(name string) (*pgxpool.Pool, error)
+	// ActionHash is the hash of the action's canonical config (Spec.Hash);
+	// with the event id it makes keys that are stable across retries.
+	ActionHash string
 }
 
 // ErrPermanent marks an error that a retry cannot fix: a 4xx answer, bad

@@ -92,6 +92,7 @@ func Compile(ctx context.Context, cfg *config.Config, reg *Registry, deps Deps) 
 		}
 		for i, s := range d.specs {
 			ad := deps
+			ad.ActionHash = s.Hash
 			if ad.Logger != nil {
 				ad.Logger = ad.Logger.With("observer", d.name, "action", fmt.Sprintf("%d:%s", i, s.Type))
 			}

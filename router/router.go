@@ -79,7 +79,9 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	r.backend = backend
 	defer func() { err = errors.Join(err, backend.Close()) }()
 
-	deps := handlers.Deps{Logger: r.logger, Config: cfg, Publish: r.publishRaw}
+	res := &resources{cfg: cfg}
+	defer func() { err = errors.Join(err, res.Close()) }()
+	deps := handlers.Deps{Logger: r.logger, Config: cfg, Publish: r.publishRaw, Redis: res.Redis, Database: res.Database}
 	r.observers, err = handlers.Compile(ctx, cfg, r.opts.Actions, deps)
 	if err != nil {
 		return err

@@ -41,6 +41,8 @@ const (
 
 	uuidHeader = "Millrace-Uuid"
 	keyHeader  = "Millrace-Key"
+	// Other metadata travels as headers with this prefix.
+	metaPrefix = "Millrace-Md-"
 )
 
 // Config is the bus's config.
@@ -131,8 +133,14 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		nm.Data = m.Payload
 		nm.Header.Set(jetstream.MsgIDHeader, m.UUID)
 		nm.Header.Set(uuidHeader, m.UUID)
-		if k := m.Metadata.Get(KeyMetadata); k != "" {
-			nm.Header.Set(keyHeader, k)
+		for k, v := range m.Metadata {
+			switch k {
+			case KeyMetadata:
+				nm.Header.Set(keyHeader, v)
+			case SubjectMetadata, RetryDelayMetadata:
+			default:
+				nm.Header[metaPrefix+k] = []string{v}
+			}
 		}
 		f, err := p.js.PublishMsgAsync(nm)
 		if err != nil {
@@ -262,6 +270,11 @@ func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string)
 		key = jm.Subject()
 	}
 	msg.Metadata.Set(KeyMetadata, key)
+	for k, v := range h {
+		if strings.HasPrefix(k, metaPrefix) && len(v) > 0 {
+			msg.Metadata.Set(k[len(metaPrefix):], v[0])
+		}
+	}
 	if md, err := jm.Metadata(); err == nil {
 		msg.Metadata.Set("millrace_delivery", fmt.Sprint(md.NumDelivered))
 	}

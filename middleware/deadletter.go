@@ -1,0 +1,71 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Metadata keys that steer the observer handler.
+const (
+	// ObserverMetadata, on a message, restricts handling to the named
+	// observer. Replays from the dead-letter store set it, so that the
+	// observers that already succeeded are not run again.
+	ObserverMetadata = "millrace_observer"
+)
+
+// Reasons an entry is dead-lettered.
+const (
+	ReasonPermanent   = "permanent"   // the action failed with a permanent error
+	ReasonExhausted   = "exhausted"   // the last attempt failed
+	ReasonUndecodable = "undecodable" // the message is not a valid event
+	ReasonCondition   = "condition"   // the observer's condition failed to evaluate
+)
+
+// DeadLetter is one entry of the dead-letter store.
+type DeadLetter struct {
+	// ID identifies the entry in its store.
+	ID string `json:"id"`
+	// EventID is the event's id; empty when the message was undecodable.
+	EventID string `json:"event_id,omitempty"`
+	// Observer and Action name what failed; Action is "observer/index:type".
+	Observer string `json:"observer,omitempty"`
+	Action   string `json:"action,omitempty"`
+	// Reason is one of the Reason constants; Error is the last error.
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
+	// Attempts counts the attempts made.
+	Attempts int `json:"attempts"`
+	// FirstFailure and LastFailure bound the failures.
+	FirstFailure time.Time `json:"first_failure"`
+	LastFailure  time.Time `json:"last_failure"`
+	// Topic is the bus topic the message came from.
+	Topic string `json:"topic"`
+	// Payload is the message as it was on the bus: the event's JSON, or
+	// the raw bytes that did not decode.
+	Payload []byte `json:"payload"`
+}
+
+// DeadLetterFilter selects entries for List. Zero fields match all.
+type DeadLetterFilter struct {
+	Observer string
+	Since    time.Time
+	// Limit caps the result; 0 means 100.
+	Limit int
+}
+
+// ErrNotFound is returned for an unknown dead-letter id.
+var ErrNotFound = errors.New("dead letter not found")
+
+// DeadLetters is the durable dead-letter store of a topology. All methods
+// are safe for concurrent use. An entry is durable once Put returned nil;
+// the message that caused it may then be acked.
+type DeadLetters interface {
+	Put(ctx context.Context, dl DeadLetter) (id string, err error)
+	// List returns entries, oldest first.
+	List(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error)
+	Get(ctx context.Context, id string) (DeadLetter, error)
+	Delete(ctx context.Context, ids ...string) error
+	Purge(ctx context.Context) (int, error)
+	Count(ctx context.Context) (int, error)
+}

@@ -19,7 +19,6 @@ type Config struct {
 	// Message is a template over the event. Default
 	// "{{.event_type}} {{.entity_type}} {{.entity_id}}".
 	Message string `koanf:"message"`
-
 }
 
 // SetDefaults fills the defaults.

@@ -231,7 +231,7 @@ func configCmd(o Options, stdout io.Writer) *cobra.Command {
 func emitCmd(stdout io.Writer) *cobra.Command {
 	var (
 		addr, file, typ, entity, entityID, data, id string
-		timeout                                    time.Duration
+		timeout                                     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "emit [--file FILE | --type T --entity E --entity-id ID --data JSON]",

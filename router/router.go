@@ -96,6 +96,14 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	r.wm = wm
 	wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").AddPrometheusRouterMetrics(wm)
+	if cfg.Role != "observe" {
+		// Capture: change log → bus. The message keeps its UUID (the
+		// change id), so a republished change is dropped by the bus or
+		// by dedup.
+		for name, sub := range backend.Captures {
+			wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
+		}
+	}
 	if cfg.Role != "capture" {
 		wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
 	}

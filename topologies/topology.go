@@ -19,6 +19,12 @@ type Backend struct {
 	// router acked.
 	Publisher  message.Publisher
 	Subscriber message.Subscriber
+	// Captures are the change-log readers of the topology's sources, by
+	// source name. A process whose role includes capture runs one router
+	// handler per capture, forwarding its messages to Publisher on the
+	// events topic. A topology whose bus is the change log itself leaves
+	// this empty and reads it through Subscriber.
+	Captures map[string]message.Subscriber
 	// Ready reports whether the bus is connected.
 	Ready func(ctx context.Context) error
 	// Closers run in reverse order at shutdown, after the router stopped.

@@ -469,4 +469,3 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
-

@@ -1,0 +1,84 @@
+package middleware_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/test/testenv"
+)
+
+func TestPostgresDeadLetters(t *testing.T) {
+	pool, _ := testenv.Postgres(t)
+	var n atomic.Int32
+	testDeadLetters(t, func(t *testing.T) middleware.DeadLetters {
+		s, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{Table: fmt.Sprintf("dead_letters_%d", n.Add(1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Migrate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestPostgresDeadLettersMigrateIdempotent(t *testing.T) {
+	pool, schema := testenv.Postgres(t)
+	ctx := context.Background()
+	s, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{Table: schema + ".dlq"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() { errs[i] = s.Migrate(ctx) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("concurrent Migrate %d: %v", i, err)
+		}
+	}
+	id, err := s.Put(ctx, middleware.DeadLetter{Reason: middleware.ReasonPermanent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("Migrate on a migrated table: %v", err)
+	}
+	if _, err := s.Get(ctx, id); err != nil {
+		t.Errorf("entry lost by a second Migrate: %v", err)
+	}
+	var indexes int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND tablename = 'dlq' AND indexdef LIKE '%(observer, last_failure)%'`, schema).Scan(&indexes); err != nil {
+		t.Fatal(err)
+	}
+	if indexes != 1 {
+		t.Errorf("found %d indexes on (observer, last_failure); want 1", indexes)
+	}
+}
+
+func TestPostgresDeadLettersMaxEntries(t *testing.T) {
+	pool, _ := testenv.Postgres(t)
+	s, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{MaxEntries: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	assertCapped(t, s, 5, 5)
+}
+
+func TestPostgresDeadLettersConfig(t *testing.T) {
+	for _, table := range []string{"Dead", "a.b.c", "x; DROP TABLE y", "1abc"} {
+		if _, err := middleware.NewPostgresDeadLetters(nil, middleware.PostgresDeadLettersConfig{Table: table}); err == nil {
+			t.Errorf("table %q accepted; want an error", table)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/middleware"
 )
 
 // Backend is what a topology provides to the router.
@@ -27,6 +28,8 @@ type Backend struct {
 	Captures map[string]message.Subscriber
 	// Ready reports whether the bus is connected.
 	Ready func(ctx context.Context) error
+	// DeadLetters is the topology's durable dead-letter store.
+	DeadLetters middleware.DeadLetters
 	// Closers run in reverse order at shutdown, after the router stopped.
 	Closers []func() error
 }

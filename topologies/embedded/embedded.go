@@ -16,6 +16,7 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/jetstream"
 )
@@ -77,6 +78,14 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {
 		return nil, err
 	}
+	// Dead letters get a stream of their own, beside the events' and in
+	// the same data dir: its subjects must not fall under "millrace.>".
+	dlq, err := middleware.NewJetStreamDeadLetters(ctx, js, middleware.JetStreamDeadLettersConfig{
+		Stream: "MILLRACE_DLQ", Subject: "millrace_dlq", MaxEntries: cfg.DLQ.MaxEntries})
+	if err != nil {
+		return nil, fmt.Errorf("embedded: %w", err)
+	}
+	b.DeadLetters = dlq
 	b.Publisher = jetstream.NewPublisher(js, jc)
 	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
 	b.Ready = func(context.Context) error {

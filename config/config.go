@@ -5,6 +5,10 @@ import (
 	"time"
 )
 
+// Stores lists the values of dedup.store and cache.store; "" is the
+// topology's default store.
+var Stores = []string{"", "memory", "redis", "postgres"}
+
 // Topologies lists the values of the topology key.
 var Topologies = []string{"embedded", "postgres", "redis", "nats", "multidb"}
 
@@ -144,6 +148,11 @@ type Dedup struct {
 	// Window is how long a processed event id is remembered. Default 5m,
 	// between 1s and 1h.
 	Window Duration `koanf:"window"`
+	// Store is where the ledger lives: "" (default) is the topology's
+	// own (in memory for embedded), or memory, redis ([redis] section) or
+	// postgres ([postgres] section). Processes that share a bus must
+	// share this store for dedup to hold across them.
+	Store string `koanf:"store"`
 }
 
 // Cache is the per event and action result cache.
@@ -152,6 +161,9 @@ type Cache struct {
 	Enabled bool `koanf:"enabled"`
 	// TTL is how long a success is remembered. Default 60s, between 1s and 1h.
 	TTL Duration `koanf:"ttl"`
+	// Store is where the cache lives: "" (default) is the topology's own,
+	// or memory, redis or postgres, as for dedup.store.
+	Store string `koanf:"store"`
 }
 
 // DLQ is the dead-letter store.

@@ -72,9 +72,15 @@ func Parse(data []byte, environ []string) (*Config, error) {
 	if err := Decode(k.Raw(), cfg, ""); err != nil {
 		errs = append(errs, err)
 	}
-	if len(errs) == 0 {
-		if err := cfg.Validate(); err != nil {
-			errs = append(errs, err)
+	// Validate even after decode errors, so that one run reports every
+	// problem; a key that failed to decode is not reported twice.
+	bad := map[string]bool{}
+	for _, e := range Errors(errors.Join(errs...)) {
+		bad[pathOf(e)] = true
+	}
+	for _, e := range Errors(cfg.Validate()) {
+		if !bad[pathOf(e)] {
+			errs = append(errs, e)
 		}
 	}
 	if len(errs) > 0 {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -67,6 +68,16 @@ func (c *Config) Validate() error {
 
 	between("dedup.window", c.Dedup.Window, time.Second, time.Hour)
 	between("cache.ttl", c.Cache.TTL, time.Second, time.Hour)
+	for _, st := range []struct{ path, store string }{{"dedup.store", c.Dedup.Store}, {"cache.store", c.Cache.Store}} {
+		switch {
+		case !slices.Contains(Stores, st.store):
+			add(st.path, "%q is not one of memory, redis, postgres (or empty for the topology's store)", st.store)
+		case st.store == "redis" && c.Redis.URL == "" && c.Redis.URLEnv == "":
+			add(st.path, "%q needs redis.url or redis.url_env", st.store)
+		case st.store == "postgres" && c.Postgres.URL == "" && c.Postgres.URLEnv == "":
+			add(st.path, "%q needs postgres.url or postgres.url_env", st.store)
+		}
+	}
 	if c.DLQ.MaxEntries < 0 {
 		add("dlq.max_entries", "must not be negative")
 	}

@@ -1,0 +1,363 @@
+package config_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/millrace/millrace/config"
+)
+
+const valid = `
+topology = "embedded"
+
+[http]
+addr = "127.0.0.1:9090"
+
+[dedup]
+window = "2m"
+
+[observers.order_shipped]
+event = "UPDATE"
+entity = "Order"
+condition = "data.status == 'shipped'"
+retry = { max_attempts = 5, backoff = "linear", initial = "200ms", max = "10s" }
+on_failure = "log"
+
+[[observers.order_shipped.actions]]
+type = "webhook"
+url = "https://hooks.example.com/shipped"
+secret_env = "SHIPPED_SECRET"
+`
+
+func TestLoadFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "millrace.toml")
+	if err := os.WriteFile(path, []byte(valid), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if cfg.HTTP.Addr != "127.0.0.1:9090" {
+		t.Errorf("http.addr = %q", cfg.HTTP.Addr)
+	}
+	if cfg.Dedup.Window.D() != 2*time.Minute {
+		t.Errorf("dedup.window = %s", cfg.Dedup.Window)
+	}
+	if cfg.Cache.TTL.D() != time.Minute || !cfg.Cache.Enabled {
+		t.Errorf("cache defaults not kept: %+v", cfg.Cache)
+	}
+	o := cfg.Observers["order_shipped"]
+	if o.Retry.MaxAttempts != 5 || o.Retry.Backoff != "linear" || o.Retry.Initial.D() != 200*time.Millisecond {
+		t.Errorf("retry = %+v", o.Retry)
+	}
+	if o.Retry.Jitter != 0.25 {
+		t.Errorf("retry.jitter default lost: %v", o.Retry.Jitter)
+	}
+	if o.Concurrency != 4 || o.Timeout.D() != 30*time.Second {
+		t.Errorf("observer defaults not applied: %+v", o)
+	}
+	if got := o.Actions[0].Type(); got != "webhook" {
+		t.Errorf("action type = %q", got)
+	}
+	if got := o.Actions[0]["url"]; got != "https://hooks.example.com/shipped" {
+		t.Errorf("action url = %v", got)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	if _, err := config.Load(filepath.Join(t.TempDir(), "nope.toml")); err == nil || !strings.Contains(err.Error(), "read config") {
+		t.Fatalf("Load(missing) = %v; want a read error", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := config.Parse(nil, nil)
+	if err != nil {
+		t.Fatalf("empty config: %v", err)
+	}
+	if cfg.Topology != "embedded" || cfg.Role != "all" || cfg.Dedup.Window.D() != 5*time.Minute || cfg.HTTP.MaxBodyBytes != 1<<20 {
+		t.Errorf("defaults = %+v", cfg)
+	}
+}
+
+func TestEnvOverride(t *testing.T) {
+	env := []string{
+		"MILLRACE_DEDUP__WINDOW=30s",
+		"MILLRACE_HTTP__MAX_BODY_BYTES=2048",
+		"MILLRACE_CACHE__ENABLED=false",
+		"MILLRACE_OBSERVERS__ORDER_SHIPPED__RETRY__MAX_ATTEMPTS=7",
+		"MILLRACE_TOPOLOGY=embedded",
+		"MILLRACE_ADMIN_TOKEN=secret", // a secret named by *_env, not a key
+		"OTHER=1",
+	}
+	cfg, err := config.Parse([]byte(valid), env)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if cfg.Dedup.Window.D() != 30*time.Second {
+		t.Errorf("dedup.window = %s; want 30s from the environment", cfg.Dedup.Window)
+	}
+	if cfg.HTTP.MaxBodyBytes != 2048 {
+		t.Errorf("http.max_body_bytes = %d", cfg.HTTP.MaxBodyBytes)
+	}
+	if cfg.Cache.Enabled {
+		t.Error("cache.enabled still true")
+	}
+	if n := cfg.Observers["order_shipped"].Retry.MaxAttempts; n != 7 {
+		t.Errorf("retry.max_attempts = %d; want 7", n)
+	}
+	if cfg.Observers["order_shipped"].Retry.Backoff != "linear" {
+		t.Error("env override of one retry key lost the file's other keys")
+	}
+}
+
+func TestUnknownKeys(t *testing.T) {
+	tests := []struct {
+		name, toml string
+		env        []string
+		path, want string
+	}{
+		{"top level", `topolgy = "embedded"`, nil, "topolgy", `did you mean "topology"`},
+		{"nested", "[dedup]\nwindw = \"5m\"", nil, "dedup.windw", `did you mean "window"`},
+		{"observer", valid + "\n[observers.x]\nevnt = \"INSERT\"\nactions = [{type = \"log\"}]", nil, "observers.x.evnt", `did you mean "event"`},
+		{"retry", valid + "\n[observers.y]\nactions = [{type = \"log\"}]\nretry = { max_attempt = 3 }", nil, "observers.y.retry.max_attempt", `did you mean "max_attempts"`},
+		{"far from any key", `zzzzzzzz = 1`, nil, "zzzzzzzz", ""},
+		{"environment", "", []string{"MILLRACE_DEDUPE__WINDOW=5m"}, "dedupe.window", `did you mean "dedup"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Parse([]byte(tt.toml), tt.env)
+			e := find(err, tt.path)
+			if e == nil {
+				t.Fatalf("Parse error = %v; want one at %s", err, tt.path)
+			}
+			if !strings.Contains(e.Msg, "unknown key") || !strings.Contains(e.Msg, tt.want) {
+				t.Errorf("%s: %q; want unknown key and %q", tt.path, e.Msg, tt.want)
+			}
+		})
+	}
+}
+
+func TestWrongTypes(t *testing.T) {
+	tests := []struct{ toml, path, want string }{
+		{`topology = 3`, "topology", "must be a string"},
+		{"[http]\nmax_body_bytes = \"big\"", "http.max_body_bytes", "must be an integer"},
+		{"[dedup]\nwindow = 300", "dedup.window", "duration string"},
+		{"[dedup]\nwindow = \"5 minutes\"", "dedup.window", "bad duration"},
+		{"[cache]\nenabled = \"maybe\"", "cache.enabled", "true or false"},
+		{`dedup = "on"`, "dedup", "must be a table"},
+		{"[[sources]]\nname = \"a\"\npostgres_url = \"x\"\ntables = 5", "sources[0].tables", "must be a list"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			_, err := config.Parse([]byte(tt.toml), nil)
+			e := find(err, tt.path)
+			if e == nil || !strings.Contains(e.Msg, tt.want) {
+				t.Fatalf("Parse(%q) = %v; want %q at %s", tt.toml, err, tt.want, tt.path)
+			}
+		})
+	}
+}
+
+// TestValidate starts from a valid config and breaks one rule at a time.
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(c *config.Config)
+		path   string
+	}{
+		{"topology", func(c *config.Config) { c.Topology = "kafka" }, "topology"},
+		{"role", func(c *config.Config) { c.Role = "both" }, "role"},
+		{"log level", func(c *config.Config) { c.Log.Level = "loud" }, "log.level"},
+		{"log format", func(c *config.Config) { c.Log.Format = "xml" }, "log.format"},
+		{"http addr", func(c *config.Config) { c.HTTP.Addr = "8080" }, "http.addr"},
+		{"max body", func(c *config.Config) { c.HTTP.MaxBodyBytes = 0 }, "http.max_body_bytes"},
+		{"read timeout", func(c *config.Config) { c.HTTP.ReadTimeout = 0 }, "http.read_timeout"},
+		{"shutdown timeout", func(c *config.Config) { c.Router.ShutdownTimeout = 0 }, "router.shutdown_timeout"},
+		{"topic", func(c *config.Config) { c.Router.Topic = "" }, "router.topic"},
+		{"max in flight", func(c *config.Config) { c.Router.MaxInFlight = 0 }, "router.max_in_flight"},
+		{"embedded port", func(c *config.Config) { c.Embedded.Port = 70000 }, "embedded.port"},
+		{"embedded data dir", func(c *config.Config) { c.Embedded.DataDir = "" }, "embedded.data_dir"},
+		{"embedded max age", func(c *config.Config) { c.Embedded.MaxAge = 0 }, "embedded.max_age"},
+		{"dedup window low", func(c *config.Config) { c.Dedup.Window = config.Duration(time.Millisecond) }, "dedup.window"},
+		{"dedup window high", func(c *config.Config) { c.Dedup.Window = config.Duration(2 * time.Hour) }, "dedup.window"},
+		{"cache ttl", func(c *config.Config) { c.Cache.TTL = config.Duration(2 * time.Hour) }, "cache.ttl"},
+		{"dlq max entries", func(c *config.Config) { c.DLQ.MaxEntries = -1 }, "dlq.max_entries"},
+		{"source name missing", func(c *config.Config) { c.Sources = []config.Source{src("")} }, "sources[0].name"},
+		{"source name chars", func(c *config.Config) { c.Sources = []config.Source{src("a b")} }, "sources[0].name"},
+		{"source name twice", func(c *config.Config) { c.Sources = []config.Source{src("a"), src("a")} }, "sources[1].name"},
+		{"source url", func(c *config.Config) { s := src("a"); s.PostgresURL = ""; c.Sources = []config.Source{s} }, "sources[0]"},
+		{"source batch", func(c *config.Config) { s := src("a"); s.BatchSize = 0; c.Sources = []config.Source{s} }, "sources[0].batch_size"},
+		{"source poll", func(c *config.Config) { s := src("a"); s.PollInterval = 0; c.Sources = []config.Source{s} }, "sources[0].poll_interval"},
+		{"database url", func(c *config.Config) { c.Databases = map[string]config.Database{"main": {}} }, "databases.main"},
+		{"smtp tls", func(c *config.Config) { c.SMTP.Host = "mail"; c.SMTP.From = "a@b"; c.SMTP.TLS = "ssl" }, "smtp.tls"},
+		{"smtp port", func(c *config.Config) { c.SMTP.Host = "mail"; c.SMTP.From = "a@b"; c.SMTP.Port = 0 }, "smtp.port"},
+		{"smtp from", func(c *config.Config) { c.SMTP.Host = "mail" }, "smtp.from"},
+		{"observer name", func(c *config.Config) { c.Observers["bad name"] = c.Observers["o"] }, "observers.bad name"},
+		{"observer event", obs(func(o *config.Observer) { o.Event = "UPSERT" }), "observers.o.event"},
+		{"observer entity", obs(func(o *config.Observer) { o.Entity = "" }), "observers.o.entity"},
+		{"observer actions", obs(func(o *config.Observer) { o.Actions = nil }), "observers.o.actions"},
+		{"action type", obs(func(o *config.Observer) { o.Actions = []config.Action{{"url": "x"}} }), "observers.o.actions[0].type"},
+		{"on_failure", obs(func(o *config.Observer) { o.OnFailure = "alert" }), "observers.o.on_failure"},
+		{"concurrency", obs(func(o *config.Observer) { o.Concurrency = 0 }), "observers.o.concurrency"},
+		{"timeout", obs(func(o *config.Observer) { o.Timeout = 0 }), "observers.o.timeout"},
+		{"retry attempts", obs(func(o *config.Observer) { o.Retry.MaxAttempts = 0 }), "observers.o.retry.max_attempts"},
+		{"retry backoff", obs(func(o *config.Observer) { o.Retry.Backoff = "random" }), "observers.o.retry.backoff"},
+		{"retry initial", obs(func(o *config.Observer) { o.Retry.Initial = 0 }), "observers.o.retry.initial"},
+		{"retry max", obs(func(o *config.Observer) { o.Retry.Max = config.Duration(time.Millisecond) }), "observers.o.retry.max"},
+		{"retry jitter", obs(func(o *config.Observer) { o.Retry.Jitter = 2 }), "observers.o.retry.jitter"},
+	}
+	base := func() *config.Config {
+		c := config.Default()
+		o := config.Observer{}
+		o.SetDefaults()
+		o.Actions = []config.Action{{"type": "log"}}
+		c.Observers = map[string]config.Observer{"o": o}
+		return c
+	}
+	if err := base().Validate(); err != nil {
+		t.Fatalf("base config invalid: %v", err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.mutate(c)
+			err := c.Validate()
+			if find(err, tt.path) == nil {
+				t.Fatalf("Validate() = %v; want an error at %s", err, tt.path)
+			}
+			if n := len(config.Errors(err)); n != 1 {
+				t.Errorf("Validate() gave %d errors; want 1: %v", n, err)
+			}
+		})
+	}
+}
+
+func src(name string) config.Source {
+	s := config.Source{Name: name, PostgresURL: "postgres://x"}
+	s.SetDefaults()
+	return s
+}
+
+func obs(f func(o *config.Observer)) func(c *config.Config) {
+	return func(c *config.Config) {
+		o := c.Observers["o"]
+		f(&o)
+		c.Observers["o"] = o
+	}
+}
+
+// TestAllProblemsAtOnce is the promise of `millrace validate`: an unknown
+// key, a bad duration and an observer without actions, all reported.
+func TestAllProblemsAtOnce(t *testing.T) {
+	_, err := config.Parse([]byte(`
+[dedup]
+windw = "5m"
+[cache]
+ttl = "60x"
+[observers.empty]
+event = "INSERT"
+`), nil)
+	for _, p := range []string{"dedup.windw", "cache.ttl", "observers.empty.actions"} {
+		if find(err, p) == nil {
+			t.Errorf("no error at %s in %v", p, err)
+		}
+	}
+	if n := len(config.Errors(err)); n != 3 {
+		t.Errorf("got %d errors; want 3: %v", n, err)
+	}
+}
+
+func TestCheckEnv(t *testing.T) {
+	cfg, err := config.Parse([]byte(valid+"\n[http]\nadmin_token_env = \"TOKEN\"\n"), nil)
+	if err == nil {
+		t.Fatal("a repeated [http] table must be a TOML error")
+	}
+	cfg, err = config.Parse([]byte(valid), []string{"MILLRACE_HTTP__ADMIN_TOKEN_ENV=TOKEN"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func(set ...string) func(string) (string, bool) {
+		return func(k string) (string, bool) {
+			for _, s := range set {
+				if s == k {
+					return "v", true
+				}
+			}
+			return "", false
+		}
+	}
+	err = cfg.CheckEnv(lookup())
+	for _, p := range []string{"http.admin_token_env", "observers.order_shipped.actions[0].secret_env"} {
+		if e := find(err, p); e == nil || !strings.Contains(e.Msg, "not set") {
+			t.Errorf("CheckEnv: no error at %s: %v", p, err)
+		}
+	}
+	if err := cfg.CheckEnv(lookup("TOKEN", "SHIPPED_SECRET")); err != nil {
+		t.Errorf("CheckEnv with every variable set = %v", err)
+	}
+}
+
+func TestTOMLMasksSecrets(t *testing.T) {
+	cfg, err := config.Parse([]byte(valid+"\n[redis]\nurl = \"redis://user:hunter2@127.0.0.1:6379/0\"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cfg.TOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(b)
+	if strings.Contains(out, "hunter2") {
+		t.Errorf("password printed:\n%s", out)
+	}
+	for _, want := range []string{"REDACTED", "SHIPPED_SECRET", "window = '2m0s'"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	// The printed config must load back to the same values.
+	back, err := config.Parse(b, nil)
+	if err != nil {
+		t.Fatalf("printed config does not load: %v\n%s", err, out)
+	}
+	if back.Dedup.Window != cfg.Dedup.Window || back.Observers["order_shipped"].Retry != cfg.Observers["order_shipped"].Retry {
+		t.Error("printed config does not round-trip")
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	r := config.Retry{Initial: config.Duration(100 * time.Millisecond), Max: config.Duration(time.Second)}
+	for _, tt := range []struct {
+		backoff string
+		n       int
+		want    time.Duration
+	}{
+		{"exponential", 1, 100 * time.Millisecond},
+		{"exponential", 3, 400 * time.Millisecond},
+		{"exponential", 10, time.Second},
+		{"linear", 3, 300 * time.Millisecond},
+		{"linear", 20, time.Second},
+		{"fixed", 5, 100 * time.Millisecond},
+	} {
+		r.Backoff = tt.backoff
+		if got := r.Delay(tt.n); got != tt.want {
+			t.Errorf("%s Delay(%d) = %s; want %s", tt.backoff, tt.n, got, tt.want)
+		}
+	}
+}
+
+func find(err error, path string) *config.Error {
+	for _, e := range config.Errors(err) {
+		var ce *config.Error
+		if errors.As(e, &ce) && ce.Path == path {
+			return ce
+		}
+	}
+	return nil
+}

@@ -1,0 +1,255 @@
+package router_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/router"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/embedded"
+)
+
+// seen records the events an observer's action received.
+type seen struct {
+	mu  sync.Mutex
+	ids []string
+	ch  chan string
+}
+
+type seenConfig struct{}
+
+func (seenConfig) Validate() error { return nil }
+
+// ingestRouter runs a router on the embedded topology whose one observer
+// records every event, and returns its HTTP address.
+func ingestRouter(t *testing.T, extra string) (string, *seen) {
+	t.Helper()
+	s := &seen{ch: make(chan string, 1000)}
+	reg := handlers.NewRegistry()
+	handlers.MustRegister(reg, "record", func(_ context.Context, _ seenConfig, _ handlers.Deps) (handlers.Action, error) {
+		return handlers.ActionFunc(func(_ context.Context, ev *event.Event) error {
+			s.mu.Lock()
+			s.ids = append(s.ids, ev.ID)
+			s.mu.Unlock()
+			s.ch <- ev.ID
+			return nil
+		}), nil
+	})
+	topo := topologies.NewRegistry()
+	if err := embedded.Register(topo); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+http = { addr = "127.0.0.1:0" %s}
+[embedded]
+data_dir = %q
+[router]
+shutdown_timeout = "5s"
+[observers.all]
+actions = [{type = "record"}]
+`, extra, t.TempDir())), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan string, 1)
+	r, err := router.New(cfg, router.Options{Actions: reg, Topologies: topo, Ready: ready})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("router did not stop within 15s")
+		}
+	})
+	select {
+	case addr := <-ready:
+		return "http://" + addr, s
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("router not ready within 15s")
+	}
+	return "", nil
+}
+
+func post(t *testing.T, url string, body []byte) (int, router.IngestResponse) {
+	t.Helper()
+	resp, err := http.Post(url+"/v1/events", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out router.IngestResponse
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("response is not JSON: %s", b)
+	}
+	return resp.StatusCode, out
+}
+
+func newEvent(entity, id string) []byte {
+	return fmt.Appendf(nil, `{"id":%q,"event_type":"INSERT","entity_type":%q,"entity_id":%q,"data":{"n":1}}`, uuid.NewString(), entity, id)
+}
+
+func TestIngestDeliversToObserver(t *testing.T) {
+	url, s := ingestRouter(t, "")
+	body := newEvent("Order", "1")
+	code, resp := post(t, url, body)
+	if code != http.StatusAccepted || resp.Accepted != 1 {
+		t.Fatalf("POST = %d %+v", code, resp)
+	}
+	select {
+	case id := <-s.ch:
+		if id != resp.IDs[0] {
+			t.Errorf("observer got %s; want %s", id, resp.IDs[0])
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("observer did not receive the event")
+	}
+}
+
+func TestIngestBatch(t *testing.T) {
+	url, s := ingestRouter(t, "")
+	var parts [][]byte
+	for i := range 20 {
+		parts = append(parts, newEvent("Order", fmt.Sprint(i)))
+	}
+	code, resp := post(t, url, append(append([]byte("["), bytes.Join(parts, []byte(","))...), ']'))
+	if code != http.StatusAccepted || resp.Accepted != 20 {
+		t.Fatalf("POST batch = %d %+v", code, resp)
+	}
+	got := map[string]bool{}
+	deadline := time.After(10 * time.Second)
+	for len(got) < 20 {
+		select {
+		case id := <-s.ch:
+			got[id] = true
+		case <-deadline:
+			t.Fatalf("observer got %d of 20 events", len(got))
+		}
+	}
+}
+
+func TestIngestRejectsBadInput(t *testing.T) {
+	url, s := ingestRouter(t, ", max_body_bytes = 65536 ")
+	valid := newEvent("Order", "1")
+	tests := []struct {
+		name   string
+		body   []byte
+		status int
+		want   string
+	}{
+		{"not json", []byte("hello"), 400, "JSON object"},
+		{"empty", []byte(""), 400, "JSON object"},
+		{"missing id", []byte(`{"event_type":"INSERT","entity_type":"Order"}`), 400, "id: is required"},
+		{"unknown event type", []byte(`{"id":"0b7f0e0c-5f3e-4d6a-9a51-3f6f5d2f8a01","event_type":"MERGE","entity_type":"Order"}`), 400, "unknown type"},
+		{"data not an object", []byte(`{"id":"0b7f0e0c-5f3e-4d6a-9a51-3f6f5d2f8a01","event_type":"INSERT","entity_type":"Order","data":5}`), 400, "data: must be a JSON object"},
+		{"one bad in a batch", append(append([]byte("["), valid...), []byte(`,{"id":"nope"}]`)...), 400, "1 of 2 events rejected"},
+		{"too large", append([]byte(`{"id":"`), bytes.Repeat([]byte("x"), 100_000)...), 413, "max_body_bytes"},
+		{"empty batch", []byte("[]"), 400, "empty batch"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, resp := post(t, url, tt.body)
+			if code != tt.status {
+				t.Errorf("status = %d; want %d (%+v)", code, tt.status, resp)
+			}
+			all := resp.Error
+			for _, r := range resp.Rejected {
+				all += " " + r.Reason
+			}
+			if !strings.Contains(all, tt.want) {
+				t.Errorf("response %+v lacks %q", resp, tt.want)
+			}
+		})
+	}
+	// A batch with one bad event publishes none of it.
+	select {
+	case id := <-s.ch:
+		t.Fatalf("observer received %s from a rejected batch", id)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The process keeps serving after bad input.
+	code, _ := post(t, url, newEvent("Order", "2"))
+	if code != http.StatusAccepted {
+		t.Fatalf("valid event after bad input: %d", code)
+	}
+	select {
+	case <-s.ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("valid event after bad input was not delivered")
+	}
+}
+
+func TestIngest20MB(t *testing.T) {
+	url, _ := ingestRouter(t, "")
+	big := bytes.Repeat([]byte("a"), 20<<20)
+	code, resp := post(t, url, append(append([]byte(`{"data":{"x":"`), big...), `"}}`...))
+	if code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("20 MB body: %d %+v", code, resp)
+	}
+}
+
+func TestHealthReadyMetrics(t *testing.T) {
+	url, s := ingestRouter(t, "")
+	for path, want := range map[string]string{"/healthz": `"ok"`, "/readyz": `"ready"`} {
+		resp, err := http.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s = %d %s", path, resp.StatusCode, b)
+		}
+	}
+	post(t, url, newEvent("Order", "1"))
+	<-s.ch
+	// Metrics are updated after the handler returns; poll briefly.
+	var body string
+	for range 50 {
+		resp, err := http.Get(url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		if strings.Contains(body, `millrace_events_total{result="handled"} 1`) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, want := range []string{
+		`millrace_ingest_events_total{result="accepted"} 1`,
+		`millrace_events_total{result="handled"} 1`,
+		"handler_execution_time_seconds", // Watermill's router metrics
+		"go_goroutines",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

@@ -30,6 +30,11 @@ type Backend struct {
 	Ready func(ctx context.Context) error
 	// DeadLetters is the topology's durable dead-letter store.
 	DeadLetters middleware.DeadLetters
+	// Dedup and Cache are the topology's dedup ledger and result cache,
+	// used when dedup.store and cache.store are empty; nil means in
+	// memory. The topology closes them (Closers) when they need it.
+	Dedup middleware.DedupStore
+	Cache middleware.ResultCache
 	// Closers run in reverse order at shutdown, after the router stopped.
 	Closers []func() error
 }

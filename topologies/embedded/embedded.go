@@ -86,6 +86,13 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		return nil, fmt.Errorf("embedded: %w", err)
 	}
 	b.DeadLetters = dlq
+	// One process, so the ledger and the cache live in its memory.
+	ledger, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("embedded: %w", err)
+	}
+	b.Closers = append(b.Closers, ledger.Close)
+	b.Dedup, b.Cache = ledger, ledger
 	b.Publisher = jetstream.NewPublisher(js, jc)
 	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
 	b.Ready = func(context.Context) error {

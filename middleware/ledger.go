@@ -1,0 +1,383 @@
+package middleware
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// LedgerConfig tunes a Ledger.
+type LedgerConfig struct {
+	// Window is how long a handled event stays a duplicate (dedup.window).
+	// Default 5m.
+	Window time.Duration
+	// TTL is how long an action's success is remembered (cache.ttl).
+	// Default 60s.
+	TTL time.Duration
+	// Lease is how long an in-flight claim lasts without renewal; the
+	// claim is renewed every Lease/3 while the observer runs, so it runs
+	// out only when its process died. Default 30s.
+	Lease time.Duration
+	// InFlightWait bounds how long Begin waits for a copy of the event
+	// that is in flight elsewhere before it gives up with ErrInFlight.
+	// Default: Lease.
+	InFlightWait time.Duration
+	// StoreTimeout bounds each store call, so that a hanging store fails
+	// open quickly. Default 2s.
+	StoreTimeout time.Duration
+	// WarnEvery rate-limits the warning logged when a store fails.
+	// Default 10s.
+	WarnEvery time.Duration
+}
+
+// SetDefaults fills the defaults.
+func (c *LedgerConfig) SetDefaults() {
+	if c.Window == 0 {
+		c.Window = 5 * time.Minute
+	}
+	if c.TTL == 0 {
+		c.TTL = 60 * time.Second
+	}
+	if c.Lease == 0 {
+		c.Lease = 30 * time.Second
+	}
+	if c.InFlightWait == 0 {
+		c.InFlightWait = c.Lease
+	}
+	if c.StoreTimeout == 0 {
+		c.StoreTimeout = 2 * time.Second
+	}
+	if c.WarnEvery == 0 {
+		c.WarnEvery = 10 * time.Second
+	}
+}
+
+// ErrInFlight is returned by Ledger.Begin when the same event and
+// observer stayed in flight elsewhere for LedgerConfig.InFlightWait: the
+// caller must nack the message with a delay, not drop it.
+var ErrInFlight = errors.New("event still in flight in another delivery")
+
+// Ledger is the effect ledger of the observer handler: the dedup store
+// and the result cache, with the rules that make effects happen once
+// without losing any.
+//
+//   - A run claims (event, observer) before it starts, commits the claim
+//     after it succeeded and releases it after it failed, so that a
+//     redelivery of a failed event runs again.
+//   - A duplicate of a handled event is skipped; a duplicate of an event
+//     in flight elsewhere waits, since that copy may still fail.
+//   - Each action's success is stored at once, so that a retry after a
+//     partial failure skips the actions that already took effect.
+//   - A store that fails does not stop events (fail open): the event runs
+//     without dedup or cache, the error counters rise and a warning is
+//     logged at most once per WarnEvery.
+//
+// A nil store turns its half off. Safe for concurrent use.
+type Ledger struct {
+	dedup  DedupStore
+	cache  ResultCache
+	both   ReserveLooker
+	cfg    LedgerConfig
+	m      *Metrics
+	logger *slog.Logger
+
+	dedupWarn, cacheWarn warnLimiter
+}
+
+// NewLedger returns a ledger over the stores. When dedup and cache are
+// the same value and it implements ReserveLooker, Begin asks it both
+// questions in one round trip. m may be nil (unregistered metrics);
+// logger nil discards.
+func NewLedger(dedup DedupStore, cache ResultCache, cfg LedgerConfig, m *Metrics, logger *slog.Logger) *Ledger {
+	cfg.SetDefaults()
+	if m == nil {
+		m = NewMetrics()
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Ledger{dedup: dedup, cache: cache, cfg: cfg, m: m, logger: logger}
+	if dedup != nil && cache != nil && any(dedup) == any(cache) {
+		l.both, _ = dedup.(ReserveLooker)
+	}
+	l.dedupWarn.every, l.cacheWarn.every = cfg.WarnEvery, cfg.WarnEvery
+	return l
+}
+
+// Claim is one observer's run on one event, from Begin to Commit or
+// Release. Its methods are safe for concurrent use by the observer's
+// actions.
+type Claim struct {
+	l         *Ledger
+	observer  string
+	key       string
+	owner     string
+	held      bool // the store holds our in-flight lease
+	duplicate bool
+	cacheKeys []string
+	hits      []bool
+
+	mu    sync.Mutex // held during a lease renewal, so that end waits for it
+	timer *time.Timer
+	ended bool
+}
+
+// Begin claims eventID for observer and looks up which of its actions
+// (given by their config hashes, in order) already succeeded for it.
+//
+// When the event is in flight elsewhere, Begin polls until that copy
+// commits (the claim is then a duplicate), releases (the claim is then
+// ours) or its lease runs out; it returns ErrInFlight after
+// InFlightWait, or ctx's error. Store failures never make Begin fail:
+// it returns a claim that runs everything.
+func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHashes []string) (*Claim, error) {
+	c := &Claim{l: l, observer: observer, hits: make([]bool, len(actionHashes))}
+	if l.cache != nil && len(actionHashes) > 0 {
+		c.cacheKeys = CacheKeys(eventID, observer, actionHashes)
+	}
+	if l.dedup == nil {
+		c.lookup(ctx)
+		return c, nil
+	}
+	c.key, c.owner = DedupKey(eventID, observer), newOwner()
+	deadline := time.Now().Add(l.cfg.InFlightWait)
+	poll := 20 * time.Millisecond
+	waited := false
+	for {
+		res, looked, err := c.reserve(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			l.dedupFailed(err)
+			if !looked {
+				c.lookup(ctx)
+			}
+			return c, nil
+		}
+		switch res {
+		case Claimed:
+			l.m.DedupMisses.WithLabelValues(observer).Inc()
+			c.held = true
+			if !looked {
+				c.lookup(ctx)
+			}
+			c.startRenewal()
+			return c, nil
+		case Done:
+			l.m.DedupHits.WithLabelValues(observer).Inc()
+			c.duplicate = true
+			c.ended = true
+			return c, nil
+		}
+		if !waited {
+			waited = true
+			l.m.DedupWaits.WithLabelValues(observer).Inc()
+		}
+		if time.Now().After(deadline) {
+			return nil, ErrInFlight
+		}
+		if err := Sleep(ctx, poll); err != nil {
+			return nil, err
+		}
+		poll = min(2*poll, 500*time.Millisecond)
+	}
+}
+
+// reserve asks the dedup store, and the cache in the same round trip
+// when the store can; looked reports whether the hits are known.
+func (c *Claim) reserve(ctx context.Context) (res Reservation, looked bool, err error) {
+	l := c.l
+	sctx, cancel := context.WithTimeout(ctx, l.cfg.StoreTimeout)
+	defer cancel()
+	if l.both != nil && len(c.cacheKeys) > 0 {
+		r, err := l.both.ReserveLookup(sctx, c.key, c.owner, l.cfg.Lease, c.cacheKeys)
+		if err != nil {
+			return 0, false, err
+		}
+		if r.ReserveErr != nil {
+			// Fail open on the dedup half; the cache half may still hold.
+			c.applyHits(r.Hits, r.LookupErr)
+			return 0, true, r.ReserveErr
+		}
+		if r.Reservation == Claimed {
+			c.applyHits(r.Hits, r.LookupErr)
+		}
+		return r.Reservation, true, nil
+	}
+	res, err = l.dedup.Reserve(sctx, c.key, c.owner, l.cfg.Lease)
+	return res, false, err
+}
+
+func (c *Claim) lookup(ctx context.Context) {
+	if len(c.cacheKeys) == 0 {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, c.l.cfg.StoreTimeout)
+	defer cancel()
+	hits, err := c.l.cache.Lookup(sctx, c.cacheKeys...)
+	c.applyHits(hits, err)
+}
+
+func (c *Claim) applyHits(hits []bool, err error) {
+	if len(c.cacheKeys) == 0 {
+		return
+	}
+	if err == nil && len(hits) != len(c.cacheKeys) {
+		err = errors.New("result cache: wrong number of answers")
+	}
+	if err != nil {
+		c.l.cacheFailed(err)
+		return
+	}
+	for i, h := range hits {
+		c.hits[i] = h
+		if h {
+			c.l.m.CacheHits.WithLabelValues(c.observer).Inc()
+		} else {
+			c.l.m.CacheMisses.WithLabelValues(c.observer).Inc()
+		}
+	}
+}
+
+// Duplicate reports whether the event was already handled by the
+// observer: the run must be skipped (and the message acked).
+func (c *Claim) Duplicate() bool { return c.duplicate }
+
+// Cached reports whether action i already succeeded for the event.
+func (c *Claim) Cached(i int) bool { return i >= 0 && i < len(c.hits) && c.hits[i] }
+
+// Succeeded records that action i succeeded, for the cache TTL. It
+// runs even when ctx was cancelled meanwhile: the effect happened.
+func (c *Claim) Succeeded(ctx context.Context, i int) {
+	if i < 0 || i >= len(c.cacheKeys) {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
+	defer cancel()
+	if err := c.l.cache.Store(sctx, c.cacheKeys[i], c.l.cfg.TTL); err != nil {
+		c.l.cacheFailed(err)
+	}
+}
+
+// Commit marks the event handled by the observer for the window. Call
+// it once, after every action succeeded. It runs even when ctx was
+// cancelled meanwhile.
+func (c *Claim) Commit(ctx context.Context) {
+	if !c.end() || c.l.dedup == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
+	defer cancel()
+	// Also after a failed Reserve (fail open): the store may be back,
+	// and the mark keeps later duplicates out.
+	err := c.l.dedup.Commit(sctx, c.key, c.owner, c.l.cfg.Window)
+	switch {
+	case errors.Is(err, ErrLeaseLost):
+		c.l.logger.WarnContext(ctx, "dedup: the claim expired while the observer ran and another delivery holds it; it may run the observer again",
+			"observer", c.observer, "key", c.key)
+	case err != nil:
+		c.l.dedupFailed(err)
+	}
+}
+
+// Release frees the claim after a failure, so that a redelivery or a
+// waiting duplicate runs the observer. Call it once instead of Commit.
+func (c *Claim) Release(ctx context.Context) {
+	if !c.end() || !c.held {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
+	defer cancel()
+	if err := c.l.dedup.Release(sctx, c.key, c.owner); err != nil {
+		c.l.dedupFailed(err)
+	}
+}
+
+// end stops the lease renewal, waiting for one in progress, and reports
+// whether the claim was still open.
+func (c *Claim) end() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return false
+	}
+	c.ended = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	return true
+}
+
+func (c *Claim) startRenewal() {
+	every := c.l.cfg.Lease / 3
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timer = time.AfterFunc(every, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.ended {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.l.cfg.StoreTimeout)
+		err := c.l.dedup.Extend(ctx, c.key, c.owner, c.l.cfg.Lease)
+		cancel()
+		switch {
+		case errors.Is(err, ErrLeaseLost):
+			c.l.logger.Warn("dedup: lost the claim of a running observer; another delivery may run it too",
+				"observer", c.observer, "key", c.key)
+			return
+		case err != nil:
+			c.l.dedupFailed(err)
+		}
+		c.timer.Reset(every)
+	})
+}
+
+func (l *Ledger) dedupFailed(err error) {
+	l.m.DedupErrors.Inc()
+	if ok, suppressed := l.dedupWarn.allow(time.Now()); ok {
+		l.logger.Warn("dedup store failing; events are processed without dedup (fail open)",
+			"err", err, "suppressed", suppressed)
+	}
+}
+
+func (l *Ledger) cacheFailed(err error) {
+	l.m.CacheErrors.Inc()
+	if ok, suppressed := l.cacheWarn.allow(time.Now()); ok {
+		l.logger.Warn("result cache failing; actions run without it (fail open)",
+			"err", err, "suppressed", suppressed)
+	}
+}
+
+// warnLimiter lets one warning through per period and counts the rest.
+type warnLimiter struct {
+	every time.Duration
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (w *warnLimiter) allow(now time.Time) (bool, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.last.IsZero() && now.Sub(w.last) < w.every {
+		w.suppressed++
+		return false, 0
+	}
+	n := w.suppressed
+	w.last, w.suppressed = now, 0
+	return true, n
+}
+
+// newOwner returns a random token naming one run.
+func newOwner() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail
+	return hex.EncodeToString(b[:])
+}

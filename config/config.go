@@ -98,6 +98,17 @@ type Source struct {
 	BatchSize int `koanf:"batch_size"`
 	// Install creates the schema and triggers at start. Default false.
 	Install bool `koanf:"install"`
+	// Schema holds millrace's change log, checkpoints and trigger
+	// functions in this database. Default "millrace".
+	Schema string `koanf:"schema"`
+	// Mode is millrace (default: millrace's own change log, filled by the
+	// triggers that watch installs) or fraiseql (read an existing
+	// core.tb_entity_change_log; tables may name another table).
+	Mode string `koanf:"mode"`
+	// Notify wakes the capture reader with LISTEN/NOTIFY, one
+	// notification per statement, on top of polling. Default false: a
+	// transaction that notifies takes a global lock at commit.
+	Notify bool `koanf:"notify"`
 }
 
 // Postgres is the connection of the postgres topology's bus and stores.

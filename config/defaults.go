@@ -32,6 +32,8 @@ func (c *Config) SetDefaults() {
 func (s *Source) SetDefaults() {
 	s.PollInterval = Duration(100 * time.Millisecond)
 	s.BatchSize = 500
+	s.Schema = "millrace"
+	s.Mode = "millrace"
 }
 
 // SetDefaults fills the defaults of an observer.

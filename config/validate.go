@@ -14,6 +14,10 @@ import (
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]*$`)
 
+// schemaRE matches the capture schemas millrace accepts: plain identifiers
+// short enough that the trigger names derived from them stay whole.
+var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,47}$`)
+
 // Validate checks the meaning of every value and returns every problem,
 // joined, each an *Error with its key path. It does no I/O and does not
 // look at the environment (see CheckEnv).
@@ -101,6 +105,13 @@ func (c *Config) Validate() error {
 			add(p+".batch_size", "must be between 1 and 10000")
 		}
 		positive(p+".poll_interval", s.PollInterval)
+		if !schemaRE.MatchString(s.Schema) {
+			add(p+".schema", "%q must be a plain identifier (letters, digits, '_'; at most 48 bytes)", s.Schema)
+		}
+		oneOf(p+".mode", s.Mode, "millrace", "fraiseql")
+		if s.Mode == "fraiseql" && len(s.Tables) > 1 {
+			add(p+".tables", "mode fraiseql reads one change-log table; name at most one")
+		}
 	}
 	for name, d := range c.Databases {
 		if (d.URL == "") == (d.URLEnv == "") {

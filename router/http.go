@@ -19,6 +19,7 @@ import (
 //	GET  /healthz    the process is up
 //	GET  /readyz     the bus is connected
 //	GET  /metrics    Prometheus
+//	/v1/dlq...       the dead-letter admin API (admin.go)
 func (r *Router) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/events", r.ingest)
@@ -27,6 +28,7 @@ func (r *Router) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", r.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics.Registry, promhttp.HandlerOpts{}))
+	r.mountAdmin(mux) // /v1/dlq, see admin.go
 	return mux
 }
 

@@ -1,0 +1,478 @@
+package router
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/jetstream"
+)
+
+// The admin API of the dead-letter store, under /v1/dlq. Every route
+// needs "Authorization: Bearer <token>", the token being the value of the
+// variable that http.admin_token_env names; without that key the routes
+// do not exist (404).
+//
+//	GET    /v1/dlq?observer=&since=&limit=  list entries, oldest first, without payloads
+//	GET    /v1/dlq/{id}                     one entry with its payload
+//	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}; "dry_run"
+//	DELETE /v1/dlq/{id}                     drop one entry
+//	DELETE /v1/dlq                          purge
+
+// DeadLetterSummary is an entry as GET /v1/dlq lists it: everything but
+// the payload, whose size it gives instead.
+type DeadLetterSummary struct {
+	ID           string    `json:"id"`
+	EventID      string    `json:"event_id,omitempty"`
+	Observer     string    `json:"observer,omitempty"`
+	Action       string    `json:"action,omitempty"`
+	Reason       string    `json:"reason"`
+	Error        string    `json:"error"`
+	Attempts     int       `json:"attempts"`
+	FirstFailure time.Time `json:"first_failure"`
+	LastFailure  time.Time `json:"last_failure"`
+	Topic        string    `json:"topic"`
+	PayloadBytes int       `json:"payload_bytes"`
+}
+
+// DeadLetterList is the body of GET /v1/dlq.
+type DeadLetterList struct {
+	Entries []DeadLetterSummary `json:"entries"`
+	// Total is the number of entries in the store, whatever the filter.
+	Total int `json:"total"`
+}
+
+// ReplayRequest is the body of POST /v1/dlq/replay: either IDs, or All
+// with an optional Observer.
+type ReplayRequest struct {
+	IDs      []string `json:"ids,omitempty"`
+	All      bool     `json:"all,omitempty"`
+	Observer string   `json:"observer,omitempty"`
+	// DryRun lists what would be replayed and changes nothing.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// ReplayResponse is the answer of POST /v1/dlq/replay.
+type ReplayResponse struct {
+	DryRun bool `json:"dry_run,omitempty"`
+	// Replayed counts the entries published again (or that would be).
+	Replayed int `json:"replayed"`
+	// IDs are the entries replayed (or that would be).
+	IDs []string `json:"ids"`
+	// Failed are the entries that could not be replayed; they stay in
+	// the store unless the error says they were published.
+	Failed []ReplayFailure `json:"failed,omitempty"`
+}
+
+// ReplayFailure is an entry that could not be replayed.
+type ReplayFailure struct {
+	ID    string `json:"id"`
+	Error string `json:"error"`
+}
+
+// PurgeResponse is the answer of DELETE /v1/dlq.
+type PurgeResponse struct {
+	Purged int `json:"purged"`
+}
+
+// replayPage is how many entries a replay of "all" reads at once.
+const replayPage = 500
+
+// dlqMetrics are the dead-letter metrics of one router.
+type dlqMetrics struct {
+	written  prometheus.Counter
+	replayed prometheus.Counter
+}
+
+// dlqMetrics registers the dead-letter metrics on the router's registry
+// the first time and returns them; later calls find them there, so the
+// router needs no field for them.
+func (r *Router) dlqMetrics() dlqMetrics {
+	reg := r.metrics.Registry
+	m := dlqMetrics{
+		written: registerOnce(reg, r.logger, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "millrace_dlq_written_total", Help: "Entries written to the dead-letter store."})),
+		replayed: registerOnce(reg, r.logger, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "millrace_dlq_replayed_total", Help: "Dead-letter entries published again by a replay."})),
+	}
+	registerOnce(reg, r.logger, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "millrace_dlq_size", Help: "Entries in the dead-letter store (NaN when the store cannot be reached).",
+	}, r.dlqSize))
+	return m
+}
+
+func registerOnce[C prometheus.Collector](reg prometheus.Registerer, logger *slog.Logger, c C) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	logger.Warn("metric not registered", "err", err)
+	return c
+}
+
+// dlqSize is the gauge's value: the store's Count, which every store
+// answers from its own bookkeeping (stream state, XLEN, count(*)).
+func (r *Router) dlqSize() float64 {
+	store := r.deadLetterStore()
+	if store == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, err := store.Count(ctx)
+	if err != nil {
+		return math.NaN()
+	}
+	return float64(n)
+}
+
+func (r *Router) deadLetterStore() middleware.DeadLetters {
+	if r.backend == nil {
+		return nil
+	}
+	return r.backend.DeadLetters
+}
+
+// countDeadLetters wraps b's dead-letter store so that every entry
+// written through it counts in millrace_dlq_written_total. Run calls it
+// once, right after building the backend.
+func (r *Router) countDeadLetters(b *topologies.Backend) {
+	if b.DeadLetters == nil {
+		return
+	}
+	if _, done := b.DeadLetters.(*middleware.CountingDeadLetters); done {
+		return
+	}
+	b.DeadLetters = middleware.NewCountingDeadLetters(b.DeadLetters, r.dlqMetrics().written)
+}
+
+// mountAdmin adds the dead-letter routes to mux when an admin token is
+// configured, and the dead-letter metrics in any case.
+func (r *Router) mountAdmin(mux *http.ServeMux) {
+	r.dlqMetrics()
+	envName := r.cfg.HTTP.AdminTokenEnv
+	if envName == "" {
+		return
+	}
+	token := os.Getenv(envName)
+	if token == "" {
+		r.logger.Warn("admin endpoints refuse every request: the token variable is empty", "http.admin_token_env", envName)
+	}
+	auth := func(h http.HandlerFunc) http.HandlerFunc {
+		want := sha256.Sum256([]byte(token))
+		return func(w http.ResponseWriter, req *http.Request) {
+			got, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+			// Hashes have a fixed length, so the comparison does not leak
+			// the token's length either.
+			sum := sha256.Sum256([]byte(got))
+			if !ok || token == "" || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="millrace admin"`)
+				writeJSON(w, http.StatusUnauthorized, errorBody("missing or wrong bearer token"))
+				return
+			}
+			h(w, req)
+		}
+	}
+	mux.HandleFunc("GET /v1/dlq", auth(r.dlqList))
+	mux.HandleFunc("GET /v1/dlq/{id}", auth(r.dlqShow))
+	mux.HandleFunc("POST /v1/dlq/replay", auth(r.dlqReplay))
+	mux.HandleFunc("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
+	mux.HandleFunc("DELETE /v1/dlq", auth(r.dlqPurge))
+}
+
+func errorBody(msg string) map[string]string { return map[string]string{"error": msg} }
+
+// store answers 503 when the router has not built its backend yet and 501
+// when the topology keeps no dead letters.
+func (r *Router) store(w http.ResponseWriter) middleware.DeadLetters {
+	if r.backend == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errorBody("starting"))
+		return nil
+	}
+	if r.backend.DeadLetters == nil {
+		writeJSON(w, http.StatusNotImplemented, errorBody("topology "+r.cfg.Topology+" has no dead-letter store"))
+		return nil
+	}
+	return r.backend.DeadLetters
+}
+
+// parseSince accepts an RFC 3339 time or a duration back from now ("1h").
+func parseSince(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return time.Now().Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("since %q: want an RFC 3339 time or a duration such as 1h", s)
+}
+
+func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
+	q := req.URL.Query()
+	f := middleware.DeadLetterFilter{Observer: q.Get("observer")}
+	var err error
+	if f.Since, err = parseSince(q.Get("since")); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
+		return
+	}
+	if s := q.Get("limit"); s != "" {
+		if f.Limit, err = strconv.Atoi(s); err != nil || f.Limit < 1 {
+			writeJSON(w, http.StatusBadRequest, errorBody(fmt.Sprintf("limit %q: want a positive integer", s)))
+			return
+		}
+	}
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	dls, err := store.List(req.Context(), f)
+	if err != nil {
+		r.storeError(w, req, "list", err)
+		return
+	}
+	total, err := store.Count(req.Context())
+	if err != nil {
+		r.storeError(w, req, "count", err)
+		return
+	}
+	out := DeadLetterList{Entries: make([]DeadLetterSummary, len(dls)), Total: total}
+	for i, d := range dls {
+		out.Entries[i] = DeadLetterSummary{ID: d.ID, EventID: d.EventID, Observer: d.Observer, Action: d.Action,
+			Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, FirstFailure: d.FirstFailure,
+			LastFailure: d.LastFailure, Topic: d.Topic, PayloadBytes: len(d.Payload)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (r *Router) dlqShow(w http.ResponseWriter, req *http.Request) {
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	dl, err := store.Get(req.Context(), req.PathValue("id"))
+	if err != nil {
+		r.storeError(w, req, "get", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, dl)
+}
+
+func (r *Router) dlqDelete(w http.ResponseWriter, req *http.Request) {
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	id := req.PathValue("id")
+	if _, err := store.Get(req.Context(), id); err != nil {
+		r.storeError(w, req, "get", err)
+		return
+	}
+	if err := store.Delete(req.Context(), id); err != nil {
+		r.storeError(w, req, "delete", err)
+		return
+	}
+	r.logger.InfoContext(req.Context(), "dead letter deleted", "id", id)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *Router) dlqPurge(w http.ResponseWriter, req *http.Request) {
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	n, err := store.Purge(req.Context())
+	if err != nil {
+		r.storeError(w, req, "purge", err)
+		return
+	}
+	r.logger.InfoContext(req.Context(), "dead letters purged", "count", n)
+	writeJSON(w, http.StatusOK, PurgeResponse{Purged: n})
+}
+
+func (r *Router) storeError(w http.ResponseWriter, req *http.Request, op string, err error) {
+	if errors.Is(err, middleware.ErrNotFound) {
+		writeJSON(w, http.StatusNotFound, errorBody(err.Error()))
+		return
+	}
+	r.logger.ErrorContext(req.Context(), "dead-letter store failed", "op", op, "err", err)
+	writeJSON(w, http.StatusBadGateway, errorBody(op+": "+err.Error()))
+}
+
+// dlqReplay publishes entries again and deletes each once it is on the
+// bus. The answer is 200 when every entry was replayed, 404 when none of
+// the failures is more than an unknown id, 500 otherwise; the body says
+// which entries failed in every case.
+func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
+	var rr ReplayRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rr); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody("body: "+err.Error()))
+		return
+	}
+	switch {
+	case rr.All && len(rr.IDs) > 0:
+		writeJSON(w, http.StatusBadRequest, errorBody(`give either "ids" or "all", not both`))
+		return
+	case !rr.All && len(rr.IDs) == 0:
+		writeJSON(w, http.StatusBadRequest, errorBody(`give "ids" or "all": true`))
+		return
+	case !rr.All && rr.Observer != "":
+		writeJSON(w, http.StatusBadRequest, errorBody(`"observer" goes with "all"`))
+		return
+	}
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	res, err := r.replay(req.Context(), store, rr)
+	if err != nil {
+		r.storeError(w, req, "replay", err)
+		return
+	}
+	r.logger.InfoContext(req.Context(), "dead letters replayed", "replayed", res.Replayed, "failed", len(res.Failed), "dry_run", rr.DryRun)
+	status := http.StatusOK
+	for _, f := range res.Failed {
+		status = http.StatusNotFound
+		if !strings.Contains(f.Error, middleware.ErrNotFound.Error()) {
+			status = http.StatusInternalServerError
+			break
+		}
+	}
+	writeJSON(w, status, res)
+}
+
+// replay replays the requested entries. For "all" it replays what the
+// store held when the call began: entries that fail again during the
+// replay come back with a later LastFailure and are left for the next
+// one, so a replay always ends.
+func (r *Router) replay(ctx context.Context, store middleware.DeadLetters, rr ReplayRequest) (ReplayResponse, error) {
+	res := ReplayResponse{DryRun: rr.DryRun, IDs: []string{}}
+	replayed := r.dlqMetrics().replayed
+	do := func(dl middleware.DeadLetter) {
+		if rr.DryRun {
+			res.Replayed++
+			res.IDs = append(res.IDs, dl.ID)
+			return
+		}
+		published, err := r.replayOne(ctx, store, dl)
+		if published {
+			res.Replayed++
+			res.IDs = append(res.IDs, dl.ID)
+			replayed.Inc()
+		}
+		if err != nil {
+			res.Failed = append(res.Failed, ReplayFailure{ID: dl.ID, Error: err.Error()})
+		}
+	}
+	if !rr.All {
+		for _, id := range rr.IDs {
+			dl, err := store.Get(ctx, id)
+			if err != nil {
+				if !errors.Is(err, middleware.ErrNotFound) {
+					return res, err
+				}
+				res.Failed = append(res.Failed, ReplayFailure{ID: id, Error: err.Error()})
+				continue
+			}
+			do(dl)
+		}
+		return res, nil
+	}
+	start := time.Now()
+	seen := map[string]bool{}
+	kept := 0 // seen entries that are still in the store, ahead of the rest
+	for {
+		limit := kept + replayPage
+		if rr.DryRun {
+			n, err := store.Count(ctx)
+			if err != nil {
+				return res, err
+			}
+			limit = max(n, 1)
+		}
+		page, err := store.List(ctx, middleware.DeadLetterFilter{Observer: rr.Observer, Limit: limit})
+		if err != nil {
+			return res, err
+		}
+		progress := false
+		for _, dl := range page {
+			if seen[dl.ID] {
+				continue
+			}
+			seen[dl.ID], progress = true, true
+			if dl.LastFailure.After(start) {
+				kept++
+				continue
+			}
+			failed := len(res.Failed)
+			do(dl)
+			if rr.DryRun || len(res.Failed) > failed {
+				kept++
+			}
+		}
+		if !progress || rr.DryRun || len(page) < limit {
+			return res, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+	}
+}
+
+// replayOne publishes an entry's payload on its topic as a new message
+// (a new UUID: JetStream would drop a reused Nats-Msg-Id inside its
+// duplicate window), restricted to the observer that failed, with the
+// event's ordering key; then it deletes the entry. Dedup and the result
+// cache apply as to any delivery: the observer's dedup key was released
+// when it failed, and actions that succeeded before are skipped while
+// their results are cached.
+func (r *Router) replayOne(ctx context.Context, store middleware.DeadLetters, dl middleware.DeadLetter) (published bool, err error) {
+	m := message.NewMessageWithContext(ctx, watermill.NewUUID(), dl.Payload)
+	if dl.Observer != "" {
+		m.Metadata.Set(middleware.ObserverMetadata, dl.Observer)
+	}
+	// An undecodable payload is replayed as it is, and will most likely
+	// be dead-lettered again; it travels under the topic's own key.
+	if ev, err := event.Decode(dl.Payload); err == nil {
+		m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
+		m.Metadata.Set(jetstream.SubjectMetadata, jetstream.Token(ev.Source)+"."+jetstream.Token(ev.Entity)+"."+string(ev.Type))
+	}
+	topic := dl.Topic
+	if topic == "" {
+		topic = r.cfg.Router.Topic
+	}
+	if err := r.backend.Publisher.Publish(topic, m); err != nil {
+		return false, fmt.Errorf("publish: %w", err)
+	}
+	if err := store.Delete(ctx, dl.ID); err != nil {
+		return true, fmt.Errorf("published, but not deleted (a later replay would be a duplicate): %w", err)
+	}
+	return true, nil
+}

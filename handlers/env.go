@@ -1,30 +1,206 @@
 package handlers
 
-import "github.com/millrace/millrace/event"
+import (
+	"math"
+	"time"
 
-// View returns the event as the map that conditions and templates see:
-// its JSON field names at the top (id, event_type, entity_type,
-// entity_id, data, changes, user_id, tenant_id, timestamp, seq, source).
-// changes is nil when the producer did not track changes.
+	"github.com/expr-lang/expr/vm/runtime"
+
+	"github.com/millrace/millrace/event"
+)
+
+// View returns the event as the map that templates see: its JSON field
+// names at the top (id, event_type, entity_type, entity_id, data,
+// changes, user_id, tenant_id, timestamp, seq, source). changes maps
+// each changed field to {"old": …, "new": …} and is nil when the
+// producer did not track changes; timestamp is RFC 3339 text, empty
+// when the event has none. Conditions see the same names (see
+// docs/conditions.md), with timestamp as a time.
 func View(ev *event.Event) map[string]any {
-	var changes map[string]any
-	if ev.Changes != nil {
-		changes = make(map[string]any, len(ev.Changes))
-		for k, c := range ev.Changes {
-			changes[k] = map[string]any{"old": c.Old, "new": c.New}
+	m := make(map[string]any, viewSize)
+	fillView(m, ev, true)
+	return m
+}
+
+const viewSize = 11
+
+// fillView writes the view of ev into m. withChanges false leaves
+// changes nil, for templates that never read it: converting the
+// changes is the one costly part of the view.
+func fillView(m map[string]any, ev *event.Event, withChanges bool) {
+	var changes any
+	if withChanges && ev.Changes != nil {
+		changes = changesView(ev.Changes)
+	}
+	ts := ""
+	if !ev.Timestamp.IsZero() {
+		ts = ev.Timestamp.Format(time.RFC3339Nano)
+	}
+	m["id"] = ev.ID
+	m["event_type"] = string(ev.Type)
+	m["entity_type"] = ev.Entity
+	m["entity_id"] = ev.EntityID
+	m["data"] = ev.Data
+	m["changes"] = changes
+	m["user_id"] = ev.UserID
+	m["tenant_id"] = ev.TenantID
+	m["timestamp"] = ts
+	m["seq"] = ev.Seq
+	m["source"] = ev.Source
+}
+
+func changesView(cs map[string]event.Change) map[string]any {
+	out := make(map[string]any, len(cs))
+	for k, c := range cs {
+		out[k] = map[string]any{"old": c.Old, "new": c.New}
+	}
+	return out
+}
+
+// condEnv is what a condition evaluates over. A struct, unlike the view
+// map, costs nothing to build: expr reads its fields by index.
+type condEnv struct {
+	ID         string         `expr:"id"`
+	EventType  string         `expr:"event_type"`
+	EntityType string         `expr:"entity_type"`
+	EntityID   string         `expr:"entity_id"`
+	Data       map[string]any `expr:"data"`
+	// Changes is filled only for conditions that read it directly.
+	Changes   map[string]any `expr:"changes"`
+	UserID    string         `expr:"user_id"`
+	TenantID  string         `expr:"tenant_id"`
+	Timestamp time.Time      `expr:"timestamp"`
+	Seq       int64          `expr:"seq"`
+	Source    string         `expr:"source"`
+
+	ev *event.Event // for the field_changed functions
+}
+
+func (e *condEnv) fill(ev *event.Event, withChanges bool) {
+	*e = condEnv{
+		ID: ev.ID, EventType: string(ev.Type), EntityType: ev.Entity, EntityID: ev.EntityID,
+		Data: ev.Data, UserID: ev.UserID, TenantID: ev.TenantID,
+		Timestamp: ev.Timestamp, Seq: ev.Seq, Source: ev.Source, ev: ev,
+	}
+	if withChanges && ev.Changes != nil {
+		e.Changes = changesView(ev.Changes)
+	}
+}
+
+// Equal reports whether two event values are equal by value: numbers
+// of any Go type compare as numbers (int64(100) equals 100.0), objects
+// and lists compare element by element with the same rule, nil equals
+// only nil. Conditions use it for == on objects and lists and in
+// field_changed_to and field_changed_from.
+func Equal(a, b any) bool {
+	switch x := a.(type) {
+	case nil:
+		return b == nil || runtime.IsNil(b)
+	case string:
+		y, ok := b.(string)
+		return ok && x == y
+	case bool:
+		y, ok := b.(bool)
+		return ok && x == y
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
 		}
+		for k, v := range x {
+			w, ok := y[k]
+			if !ok || !Equal(v, w) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		y, ok := b.([]any)
+		if !ok {
+			return runtime.Equal(a, b)
+		}
+		if len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !Equal(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
 	}
-	return map[string]any{
-		"id":          ev.ID,
-		"event_type":  string(ev.Type),
-		"entity_type": ev.Entity,
-		"entity_id":   ev.EntityID,
-		"data":        ev.Data,
-		"changes":     changes,
-		"user_id":     ev.UserID,
-		"tenant_id":   ev.TenantID,
-		"timestamp":   ev.Timestamp,
-		"seq":         ev.Seq,
-		"source":      ev.Source,
+	if b == nil {
+		return runtime.IsNil(a)
 	}
+	if xn, ok := toNumber(a); ok {
+		yn, ok := toNumber(b)
+		return ok && xn.equal(yn)
+	}
+	return runtime.Equal(a, b)
+}
+
+// number is an integer (exact) or a float.
+type number struct {
+	i     int64
+	f     float64
+	float bool
+}
+
+func (x number) equal(y number) bool {
+	switch {
+	case !x.float && !y.float:
+		return x.i == y.i
+	case x.float && y.float:
+		return x.f == y.f
+	case x.float:
+		return intEqualsFloat(y.i, x.f)
+	default:
+		return intEqualsFloat(x.i, y.f)
+	}
+}
+
+// intEqualsFloat compares exactly, without rounding i to a float:
+// 2^53+1 is not 2^53.
+func intEqualsFloat(i int64, f float64) bool {
+	if f != math.Trunc(f) || f < -(1<<63) || f >= 1<<63 {
+		return false
+	}
+	return int64(f) == i
+}
+
+func toNumber(v any) (number, bool) {
+	switch x := v.(type) {
+	case int64:
+		return number{i: x}, true
+	case float64:
+		return number{f: x, float: true}, true
+	case int:
+		return number{i: int64(x)}, true
+	case int32:
+		return number{i: int64(x)}, true
+	case int16:
+		return number{i: int64(x)}, true
+	case int8:
+		return number{i: int64(x)}, true
+	case uint8:
+		return number{i: int64(x)}, true
+	case uint16:
+		return number{i: int64(x)}, true
+	case uint32:
+		return number{i: int64(x)}, true
+	case uint:
+		return unsigned(uint64(x)), true
+	case uint64:
+		return unsigned(x), true
+	case float32:
+		return number{f: float64(x), float: true}, true
+	}
+	return number{}, false
+}
+
+func unsigned(u uint64) number {
+	if u > math.MaxInt64 {
+		return number{f: float64(u), float: true}
+	}
+	return number{i: int64(u)}
 }

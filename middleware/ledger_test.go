@@ -1,0 +1,338 @@
+package middleware_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/millrace/millrace/middleware"
+)
+
+func newLedgerMemory(t *testing.T) *middleware.MemoryStore {
+	t.Helper()
+	s, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestLedgerClaimCommitDuplicate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := newLedgerMemory(t)
+	m := middleware.NewMetrics()
+	l := middleware.NewLedger(store, store, middleware.LedgerConfig{}, m, nil)
+	hashes := []string{"h1", "h2", "h1"}
+
+	c, err := l.Begin(ctx, "ev1", "obs", hashes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Duplicate() || c.Cached(0) || c.Cached(1) || c.Cached(2) {
+		t.Fatalf("first Begin: duplicate=%v cached=%v %v %v", c.Duplicate(), c.Cached(0), c.Cached(1), c.Cached(2))
+	}
+	c.Succeeded(ctx, 0)
+	c.Succeeded(ctx, 2)
+	c.Release(ctx) // action 1 failed
+
+	c, err = l.Begin(ctx, "ev1", "obs", hashes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Duplicate() || !c.Cached(0) || c.Cached(1) || !c.Cached(2) {
+		t.Fatalf("Begin after a partial failure: duplicate=%v cached=%v %v %v; want false true false true",
+			c.Duplicate(), c.Cached(0), c.Cached(1), c.Cached(2))
+	}
+	c.Succeeded(ctx, 1)
+	c.Commit(ctx)
+	c.Commit(ctx) // harmless
+
+	c, err = l.Begin(ctx, "ev1", "obs", hashes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Duplicate() {
+		t.Fatal("Begin after commit is not a duplicate")
+	}
+	// Another observer of the same event is not a duplicate.
+	if c, err = l.Begin(ctx, "ev1", "other", hashes); err != nil || c.Duplicate() {
+		t.Fatalf("Begin for another observer: %v, duplicate=%v", err, c.Duplicate())
+	}
+
+	for name, got := range map[string]float64{
+		"dedup hits":   ledgerCount(t, m.DedupHits.WithLabelValues("obs")),
+		"dedup misses": ledgerCount(t, m.DedupMisses.WithLabelValues("obs")),
+		"cache hits":   ledgerCount(t, m.CacheHits.WithLabelValues("obs")),
+		"cache misses": ledgerCount(t, m.CacheMisses.WithLabelValues("obs")),
+	} {
+		want := map[string]float64{"dedup hits": 1, "dedup misses": 2, "cache hits": 2, "cache misses": 4}[name]
+		if got != want {
+			t.Errorf("%s = %v; want %v", name, got, want)
+		}
+	}
+}
+
+func TestLedgerWaitsForAnInFlightCopy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := newLedgerMemory(t)
+	l := middleware.NewLedger(store, store, middleware.LedgerConfig{}, nil, nil)
+
+	for _, tc := range []struct {
+		name      string
+		end       func(*middleware.Claim)
+		duplicate bool
+	}{
+		{"first copy fails: the second runs", func(c *middleware.Claim) { c.Release(ctx) }, false},
+		{"first copy succeeds: the second is a duplicate", func(c *middleware.Claim) { c.Commit(ctx) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := "ev-" + tc.name
+			first, err := l.Begin(ctx, ev, "obs", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				time.Sleep(300 * time.Millisecond)
+				tc.end(first)
+			}()
+			start := time.Now()
+			second, err := l.Begin(ctx, ev, "obs", nil)
+			if err != nil {
+				t.Fatalf("second Begin: %v", err)
+			}
+			if waited := time.Since(start); waited < 250*time.Millisecond {
+				t.Errorf("second Begin returned after %v, before the first copy ended", waited)
+			}
+			if second.Duplicate() != tc.duplicate {
+				t.Errorf("second Begin: duplicate = %v; want %v", second.Duplicate(), tc.duplicate)
+			}
+			second.Commit(ctx)
+		})
+	}
+}
+
+func TestLedgerInFlightWaitEnds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := newLedgerMemory(t)
+	// A short lease renewed while the first copy runs: the second copy
+	// must not take over, and gives up after InFlightWait.
+	l := middleware.NewLedger(store, store, middleware.LedgerConfig{Lease: 150 * time.Millisecond, InFlightWait: 600 * time.Millisecond}, nil, nil)
+	first, err := l.Begin(ctx, "ev", "obs", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Release(ctx)
+	if _, err := l.Begin(ctx, "ev", "obs", nil); !errors.Is(err, middleware.ErrInFlight) {
+		t.Fatalf("Begin while another copy runs for longer than InFlightWait = %v; want ErrInFlight", err)
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := l.Begin(cctx, "ev", "obs", nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Begin with a short ctx = %v; want its error", err)
+	}
+}
+
+func TestLedgerLeaseOfADeadOwnerExpires(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := newLedgerMemory(t)
+	// A claim made directly in the store, never renewed: a crashed process.
+	if _, err := store.Reserve(ctx, middleware.DedupKey("ev", "obs"), "dead", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	l := middleware.NewLedger(store, store, middleware.LedgerConfig{}, nil, nil)
+	c, err := l.Begin(ctx, "ev", "obs", nil)
+	if err != nil || c.Duplicate() {
+		t.Fatalf("Begin after the dead owner's lease = %v, duplicate=%v; want a claim", err, c != nil && c.Duplicate())
+	}
+	c.Commit(ctx)
+}
+
+// flakyStore fails every call while down is set, and counts calls.
+type flakyStore struct {
+	*middleware.MemoryStore
+	down                                      atomic.Bool
+	reserves, lookups, reserveLookups, stores atomic.Int32
+}
+
+var errDown = errors.New("store down")
+
+func (f *flakyStore) Reserve(ctx context.Context, key, owner string, lease time.Duration) (middleware.Reservation, error) {
+	f.reserves.Add(1)
+	if f.down.Load() {
+		return 0, errDown
+	}
+	return f.MemoryStore.Reserve(ctx, key, owner, lease)
+}
+
+func (f *flakyStore) Commit(ctx context.Context, key, owner string, window time.Duration) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.MemoryStore.Commit(ctx, key, owner, window)
+}
+
+func (f *flakyStore) Lookup(ctx context.Context, keys ...string) ([]bool, error) {
+	f.lookups.Add(1)
+	if f.down.Load() {
+		return nil, errDown
+	}
+	return f.MemoryStore.Lookup(ctx, keys...)
+}
+
+func (f *flakyStore) Store(ctx context.Context, key string, ttl time.Duration) error {
+	f.stores.Add(1)
+	if f.down.Load() {
+		return errDown
+	}
+	return f.MemoryStore.Store(ctx, key, ttl)
+}
+
+func (f *flakyStore) ReserveLookup(ctx context.Context, key, owner string, lease time.Duration, keys []string) (middleware.ReserveLookupResult, error) {
+	f.reserveLookups.Add(1)
+	if f.down.Load() {
+		return middleware.ReserveLookupResult{ReserveErr: errDown, LookupErr: errDown}, nil
+	}
+	return f.MemoryStore.ReserveLookup(ctx, key, owner, lease, keys)
+}
+
+// syncBuffer is a log sink for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestLedgerFailsOpen(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := &flakyStore{MemoryStore: newLedgerMemory(t)}
+	m := middleware.NewMetrics()
+	var logs syncBuffer
+	l := middleware.NewLedger(store, store, middleware.LedgerConfig{WarnEvery: time.Hour}, m,
+		slog.New(slog.NewTextHandler(&logs, nil)))
+
+	store.down.Store(true)
+	for range 5 {
+		c, err := l.Begin(ctx, "ev", "obs", []string{"h"})
+		if err != nil {
+			t.Fatalf("Begin with the store down: %v", err)
+		}
+		if c.Duplicate() || c.Cached(0) {
+			t.Fatal("Begin with the store down skipped work")
+		}
+		c.Succeeded(ctx, 0)
+		c.Commit(ctx)
+	}
+	if got := ledgerCount(t, m.DedupErrors); got < 5 {
+		t.Errorf("dedup errors = %v; want at least 5", got)
+	}
+	if got := ledgerCount(t, m.CacheErrors); got < 5 {
+		t.Errorf("cache errors = %v; want at least 5", got)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "dedup store failing"); n != 1 {
+		t.Errorf("%d dedup warnings within WarnEvery; want 1:\n%s", n, out)
+	}
+	if n := strings.Count(out, "result cache failing"); n != 1 {
+		t.Errorf("%d cache warnings within WarnEvery; want 1:\n%s", n, out)
+	}
+
+	// Back up: dedup works again.
+	store.down.Store(false)
+	c, err := l.Begin(ctx, "ev2", "obs", []string{"h"})
+	if err != nil || c.Duplicate() {
+		t.Fatalf("Begin after recovery: %v", err)
+	}
+	c.Commit(ctx)
+	if c, err = l.Begin(ctx, "ev2", "obs", []string{"h"}); err != nil || !c.Duplicate() {
+		t.Fatalf("duplicate after recovery: %v, duplicate=%v", err, c != nil && c.Duplicate())
+	}
+}
+
+func TestLedgerAsksOneStoreOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := &flakyStore{MemoryStore: newLedgerMemory(t)}
+	l := middleware.NewLedger(store, store, middleware.LedgerConfig{}, nil, nil)
+	c, err := l.Begin(ctx, "ev", "obs", []string{"a", "b", "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Commit(ctx)
+	if r, lk, rl := store.reserves.Load(), store.lookups.Load(), store.reserveLookups.Load(); r != 0 || lk != 0 || rl != 1 {
+		t.Errorf("Begin made %d Reserve, %d Lookup and %d ReserveLookup calls; want one ReserveLookup", r, lk, rl)
+	}
+
+	// Two different stores: one call each.
+	other := &flakyStore{MemoryStore: newLedgerMemory(t)}
+	l = middleware.NewLedger(store, other, middleware.LedgerConfig{}, nil, nil)
+	if _, err := l.Begin(ctx, "ev2", "obs", []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if store.reserves.Load() != 1 || other.lookups.Load() != 1 {
+		t.Errorf("split stores: %d Reserve on the dedup store, %d Lookup on the cache; want 1 and 1", store.reserves.Load(), other.lookups.Load())
+	}
+}
+
+func TestLedgerWithoutStores(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := middleware.NewLedger(nil, nil, middleware.LedgerConfig{}, nil, nil)
+	for range 2 {
+		c, err := l.Begin(ctx, "ev", "obs", []string{"h"})
+		if err != nil || c.Duplicate() || c.Cached(0) {
+			t.Fatalf("Begin without stores: %v", err)
+		}
+		c.Succeeded(ctx, 0)
+		c.Commit(ctx)
+	}
+}
+
+func TestCacheKeys(t *testing.T) {
+	t.Parallel()
+	got := middleware.CacheKeys("ev", "obs", []string{"a", "b", "a", "a"})
+	want := []string{"cache:{ev}:obs:a", "cache:{ev}:obs:b", "cache:{ev}:obs:a#1", "cache:{ev}:obs:a#2"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("CacheKeys = %v; want %v", got, want)
+	}
+	// Reordering keeps each action's key.
+	if k := middleware.CacheKeys("ev", "obs", []string{"b", "a"}); k[0] != want[1] || k[1] != want[0] {
+		t.Errorf("reordered CacheKeys = %v", k)
+	}
+}
+
+// ledgerCount reads a counter.
+func ledgerCount(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}

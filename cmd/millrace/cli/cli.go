@@ -83,7 +83,7 @@ func newRoot(o Options, stdout, stderr io.Writer) *cobra.Command {
 		}
 		return NewLogger(stderr, level, format)
 	}
-	root.AddCommand(runCmd(o, logger), validateCmd(o, stdout), configCmd(o, stdout), emitCmd(stdout), versionCmd(stdout))
+	root.AddCommand(runCmd(o, logger), validateCmd(o, stdout), configCmd(o, stdout), emitCmd(stdout), versionCmd(stdout), dlqCmd(stdout))
 	return root
 }
 

@@ -1,0 +1,335 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/router"
+)
+
+// DefaultAdminTokenEnv is the variable the dlq commands read the admin
+// token from, unless --token-env names another.
+const DefaultAdminTokenEnv = "MILLRACE_ADMIN_TOKEN"
+
+// dlqClient talks to the admin API of a running millrace.
+type dlqClient struct {
+	addr, tokenEnv string
+	timeout        time.Duration
+}
+
+func usageError(format string, args ...any) error {
+	return &exitError{code: ExitInvalid, err: fmt.Errorf(format, args...)}
+}
+
+func dlqCmd(stdout io.Writer) *cobra.Command {
+	c := &dlqClient{}
+	cmd := &cobra.Command{
+		Use:   "dlq list|show|replay|purge",
+		Short: "Inspect, replay and purge the dead letters of a running millrace (admin API /v1/dlq)",
+		Long: `The dlq commands are clients of the admin API of a running millrace
+(http.admin_token_env must be set in its config). The bearer token is read
+from $` + DefaultAdminTokenEnv + `, or from the variable --token-env names.
+
+Exit codes: 0 done, 1 failed, 2 bad usage.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError("dlq: missing subcommand (list, show, replay or purge)")
+		},
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
+	f := cmd.PersistentFlags()
+	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address of the running millrace")
+	f.StringVar(&c.tokenEnv, "token-env", DefaultAdminTokenEnv, "variable holding the admin token")
+	f.DurationVar(&c.timeout, "timeout", time.Minute, "request timeout")
+	cmd.AddCommand(dlqListCmd(c, stdout), dlqShowCmd(c, stdout), dlqReplayCmd(c, stdout), dlqPurgeCmd(c, stdout))
+	return cmd
+}
+
+func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
+	var (
+		observer, since string
+		limit           int
+	)
+	cmd := &cobra.Command{
+		Use:   "list [--observer NAME] [--since 1h|RFC3339] [--limit N]",
+		Short: "List dead letters, oldest first",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if limit < 0 {
+				return usageError("--limit must not be negative")
+			}
+			q := url.Values{}
+			if observer != "" {
+				q.Set("observer", observer)
+			}
+			if since != "" {
+				q.Set("since", since)
+			}
+			if limit > 0 {
+				q.Set("limit", strconv.Itoa(limit))
+			}
+			var out router.DeadLetterList
+			if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/dlq?"+q.Encode(), nil, &out); err != nil {
+				return err
+			}
+			return printDeadLetters(stdout, out)
+		},
+	}
+	cmd.Flags().StringVar(&observer, "observer", "", "only this observer's entries")
+	cmd.Flags().StringVar(&since, "since", "", "only entries that failed last at or after this time (RFC 3339) or this long ago (1h)")
+	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many entries (default 100)")
+	return cmd
+}
+
+func printDeadLetters(w io.Writer, l router.DeadLetterList) error {
+	if len(l.Entries) == 0 {
+		_, err := fmt.Fprintf(w, "no dead letters match (%d in the store)\n", l.Total)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tOBSERVER\tACTION\tREASON\tATTEMPTS\tLAST FAILURE\tEVENT\tERROR")
+	for _, e := range l.Entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, dash(e.Observer), dash(e.Action), e.Reason, e.Attempts,
+			e.LastFailure.Local().Format(time.DateTime), dash(e.EventID), oneLine(e.Error, 80))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%d shown, %d in the store\n", len(l.Entries), l.Total)
+	return err
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine keeps a table row on one line and within n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+func dlqShowCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one dead letter as JSON, its payload included",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError("dlq show: want exactly one ID")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var dl middleware.DeadLetter
+			if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/dlq/"+url.PathEscape(args[0]), nil, &dl); err != nil {
+				return err
+			}
+			b, err := json.MarshalIndent(showView(dl), "", "  ")
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(stdout, "%s\n", b)
+			return err
+		},
+	}
+}
+
+// shownDeadLetter is a dead letter as dlq show prints it: the payload as
+// JSON when it is JSON, base64 otherwise, and which of the two.
+type shownDeadLetter struct {
+	ID              string          `json:"id"`
+	EventID         string          `json:"event_id,omitempty"`
+	Observer        string          `json:"observer,omitempty"`
+	Action          string          `json:"action,omitempty"`
+	Reason          string          `json:"reason"`
+	Error           string          `json:"error"`
+	Attempts        int             `json:"attempts"`
+	FirstFailure    time.Time       `json:"first_failure"`
+	LastFailure     time.Time       `json:"last_failure"`
+	Topic           string          `json:"topic"`
+	PayloadEncoding string          `json:"payload_encoding"`
+	Payload         json.RawMessage `json:"payload"`
+}
+
+func showView(dl middleware.DeadLetter) shownDeadLetter {
+	v := shownDeadLetter{ID: dl.ID, EventID: dl.EventID, Observer: dl.Observer, Action: dl.Action, Reason: dl.Reason,
+		Error: dl.Error, Attempts: dl.Attempts, FirstFailure: dl.FirstFailure, LastFailure: dl.LastFailure, Topic: dl.Topic}
+	if len(bytes.TrimSpace(dl.Payload)) > 0 && json.Valid(dl.Payload) {
+		v.PayloadEncoding, v.Payload = "json", dl.Payload
+	} else {
+		b, _ := json.Marshal(base64.StdEncoding.EncodeToString(dl.Payload))
+		v.PayloadEncoding, v.Payload = "base64", b
+	}
+	return v
+}
+
+func dlqReplayCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
+	var (
+		all, dryRun bool
+		observer    string
+	)
+	cmd := &cobra.Command{
+		Use:   "replay ID... | --all [--observer NAME] [--dry-run]",
+		Short: "Publish dead letters again through the normal path, then delete them",
+		Long: `replay publishes each entry's event again on its topic, for the observer
+that failed only; dedup and the result cache apply as to any delivery. An
+entry is deleted once its event is back on the bus. With --all, the
+entries in the store when the replay starts are replayed (those of one
+observer with --observer); --dry-run lists them and changes nothing.`,
+		Args: func(_ *cobra.Command, args []string) error {
+			switch {
+			case all && len(args) > 0:
+				return usageError("dlq replay: give IDs or --all, not both")
+			case !all && len(args) == 0:
+				return usageError("dlq replay: give IDs or --all")
+			case !all && observer != "":
+				return usageError("dlq replay: --observer goes with --all")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, ids []string) error {
+			var res router.ReplayResponse
+			status, err := c.do(cmd.Context(), http.MethodPost, "/v1/dlq/replay",
+				router.ReplayRequest{IDs: ids, All: all, Observer: observer, DryRun: dryRun}, &res)
+			if err != nil && (status == 0 || len(res.Failed) == 0) {
+				return err
+			}
+			verb := "replayed"
+			if res.DryRun {
+				verb = "would replay"
+			}
+			fmt.Fprintf(stdout, "%s %d\n", verb, res.Replayed)
+			for _, id := range res.IDs {
+				fmt.Fprintf(stdout, "  %s\n", id)
+			}
+			for _, f := range res.Failed {
+				fmt.Fprintf(stdout, "failed %s: %s\n", f.ID, f.Error)
+			}
+			if err != nil {
+				return &exitError{code: ExitFailure, err: err}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "replay every entry (of --observer, when given)")
+	cmd.Flags().StringVar(&observer, "observer", "", "with --all, only this observer's entries")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be replayed; change nothing")
+	return cmd
+}
+
+func dlqPurgeCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "purge --yes",
+		Short: "Delete every dead letter",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !yes {
+				return usageError("dlq purge deletes every dead letter for good; add --yes")
+			}
+			var res router.PurgeResponse
+			if _, err := c.do(cmd.Context(), http.MethodDelete, "/v1/dlq", nil, &res); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(stdout, "purged %d\n", res.Purged)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm the purge")
+	return cmd
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError("%s: unexpected argument %q", cmd.CommandPath(), args[0])
+	}
+	return nil
+}
+
+// do sends one request and decodes the JSON answer into out, also when
+// the status is an error and the body still fits out (replay). It
+// returns the status (0 when no answer came) and an error for any status
+// from 300 up.
+func (c *dlqClient) do(ctx context.Context, method, path string, in, out any) (int, error) {
+	token := os.Getenv(c.tokenEnv)
+	if token == "" {
+		return 0, usageError("no admin token: set %s (or name another variable with --token-env)", c.tokenEnv)
+	}
+	base := strings.TrimSuffix(c.addr, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
+	if err != nil {
+		return 0, usageError("dlq: %v", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("dlq: %w", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return 0, fmt.Errorf("dlq: read answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.Unmarshal(raw, out)
+		msg := strings.TrimSpace(string(raw))
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		switch resp.StatusCode {
+		case http.StatusNotFound:
+			if strings.HasPrefix(msg, "404 page not found") {
+				msg = "no admin API at " + base + " (is http.admin_token_env set in its config?)"
+			}
+		case http.StatusUnauthorized:
+			msg += " (check $" + c.tokenEnv + ")"
+		}
+		return resp.StatusCode, errors.New("dlq: " + resp.Status + ": " + msg)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("dlq: answer: %w", err)
+		}
+	}
+	return resp.StatusCode, nil
+}

@@ -274,11 +274,10 @@ event = "INSERT"
 }
 
 func TestCheckEnv(t *testing.T) {
-	cfg, err := config.Parse([]byte(valid+"\n[http]\nadmin_token_env = \"TOKEN\"\n"), nil)
-	if err == nil {
+	if _, err := config.Parse([]byte(valid+"\n[http]\nadmin_token_env = \"TOKEN\"\n"), nil); err == nil {
 		t.Fatal("a repeated [http] table must be a TOML error")
 	}
-	cfg, err = config.Parse([]byte(valid), []string{"MILLRACE_HTTP__ADMIN_TOKEN_ENV=TOKEN"})
+	cfg, err := config.Parse([]byte(valid), []string{"MILLRACE_HTTP__ADMIN_TOKEN_ENV=TOKEN"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ type Template struct {
 const (
 	textFunc       = "_text"
 	jsonStringFunc = "_jsonstr"
+	getFunc        = "_get"
 )
 
 // funcs are the template functions. There is deliberately no clock or
@@ -48,6 +49,7 @@ var funcs = template.FuncMap{
 
 	textFunc:       textValue,
 	jsonStringFunc: jsonStringContent,
+	getFunc:        getPath,
 }
 
 // CompileTemplate parses src. A missing key, at any depth, renders as
@@ -57,6 +59,7 @@ func CompileTemplate(name, src string) (*Template, error) {
 	if err != nil {
 		return nil, err
 	}
+	changes := readsChanges(t)
 	for _, tt := range t.Templates() {
 		if tt.Tree == nil {
 			continue
@@ -66,8 +69,9 @@ func CompileTemplate(name, src string) (*Template, error) {
 				appendFunc(tt.Tree, a.Pipe, textFunc)
 			}
 		})
+		rewriteFields(tt.Tree)
 	}
-	return &Template{src: src, t: t, changes: readsChanges(t)}, nil
+	return &Template{src: src, t: t, changes: changes}, nil
 }
 
 // CompileJSONTemplate parses src, a template that produces a JSON
@@ -81,6 +85,9 @@ func CompileTemplate(name, src string) (*Template, error) {
 // call of another template) or does not render valid JSON on a sample
 // event.
 func CompileJSONTemplate(name, src string) (*Template, error) {
+	if strings.TrimSpace(src) == "" {
+		return nil, errors.New("template does not parse: it is empty")
+	}
 	t, err := parseTemplate(name, src)
 	if err != nil {
 		return nil, err
@@ -89,9 +96,7 @@ func CompileJSONTemplate(name, src string) (*Template, error) {
 		return nil, errors.New("template does not parse: a JSON template cannot define other templates")
 	}
 	tree := t.Tree
-	if tree == nil || tree.Root == nil {
-		return nil, errors.New("template does not parse: it is empty")
-	}
+	changes, samples := readsChanges(t), sampleEvents(tree)
 	end, err := escapeJSON(tree, tree.Root, jsonState{})
 	if err != nil {
 		return nil, fmt.Errorf("template cannot be escaped as JSON: %w", err)
@@ -99,8 +104,9 @@ func CompileJSONTemplate(name, src string) (*Template, error) {
 	if end.inString {
 		return nil, errors.New("template does not produce JSON: a string is not closed")
 	}
-	out := &Template{src: src, t: t, changes: readsChanges(t)}
-	for _, ev := range sampleEvents(tree) {
+	rewriteFields(tree)
+	out := &Template{src: src, t: t, changes: changes}
+	for _, ev := range samples {
 		s, err := out.Render(ev)
 		if err != nil {
 			// The sample lacks what the template needs (an index into a
@@ -344,15 +350,22 @@ func escapeJSON(tree *parse.Tree, list *parse.ListNode, s jsonState) (jsonState,
 				return s, err
 			}
 		case *parse.RangeNode:
-			body, err := escapeJSON(tree, n.List, s)
+			// The body may run any number of times, so it must end
+			// where it started.
+			end, err := escapeJSON(tree, n.List, s)
 			if err != nil {
 				return s, err
 			}
-			if body != s {
+			if end != s {
 				return s, fmt.Errorf("%s: the body of {{range}} must end in the JSON context it starts in (%s)", where(tree, n), s.describe())
 			}
-			if s, err = branches(tree, &n.BranchNode, s, "range"); err != nil {
-				return s, err
+			if n.ElseList != nil {
+				if end, err = escapeJSON(tree, n.ElseList, s); err != nil {
+					return s, err
+				}
+				if end != s {
+					return s, fmt.Errorf("%s: the branches of {{range}} end in different JSON contexts (%s and %s)", where(tree, n), s.describe(), end.describe())
+				}
 			}
 		case *parse.TemplateNode:
 			return s, fmt.Errorf("%s: a JSON template cannot call another template", where(tree, n))
@@ -408,6 +421,75 @@ func endsWith(p *parse.PipeNode, fn string) bool {
 func appendFunc(tree *parse.Tree, p *parse.PipeNode, fn string) {
 	id := parse.NewIdentifier(fn).SetTree(tree).SetPos(p.Position())
 	p.Cmds = append(p.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: p.Position(), Args: []parse.Node{id}})
+}
+
+// rewriteFields turns every field chain (.data.a.b, $x.a, (pipe).a)
+// into a call of getPath, for which null and absent read the same at
+// any depth: text/template stops with "nil pointer evaluating
+// interface {}.b" when data.a is JSON null.
+func rewriteFields(tree *parse.Tree) {
+	walk(tree.Root, func(n parse.Node) {
+		cmd, ok := n.(*parse.CommandNode)
+		if !ok {
+			return
+		}
+		for i, arg := range cmd.Args {
+			var base parse.Node
+			var path []string
+			switch a := arg.(type) {
+			case *parse.FieldNode:
+				base, path = &parse.DotNode{NodeType: parse.NodeDot, Pos: a.Pos}, a.Ident
+			case *parse.VariableNode:
+				if len(a.Ident) < 2 {
+					continue
+				}
+				base = &parse.VariableNode{NodeType: parse.NodeVariable, Pos: a.Pos, Ident: a.Ident[:1]}
+				path = a.Ident[1:]
+			case *parse.ChainNode:
+				base, path = a.Node, a.Field
+			default:
+				continue
+			}
+			args := []parse.Node{parse.NewIdentifier(getFunc).SetTree(tree).SetPos(arg.Position()), base}
+			for _, k := range path {
+				args = append(args, &parse.StringNode{NodeType: parse.NodeString, Pos: arg.Position(), Quoted: strconv.Quote(k), Text: k})
+			}
+			cmd.Args[i] = &parse.PipeNode{NodeType: parse.NodePipe, Pos: arg.Position(),
+				Cmds: []*parse.CommandNode{{NodeType: parse.NodeCommand, Pos: arg.Position(), Args: args}}}
+		}
+	})
+}
+
+// getPath follows keys through nested objects; absent or null at any
+// depth is nil. Reading a key of a string, number or list is an error.
+func getPath(v any, keys ...string) (any, error) {
+	for _, k := range keys {
+		switch m := v.(type) {
+		case nil:
+			return nil, nil
+		case map[string]any:
+			v = m[k]
+		case map[string]string:
+			v = m[k]
+		default:
+			return nil, fmt.Errorf("cannot read field %q of a %s", k, kindOf(v))
+		}
+	}
+	return v, nil
+}
+
+func kindOf(v any) string {
+	switch v.(type) {
+	case string:
+		return "string"
+	case int64, float64, int:
+		return "number"
+	case bool:
+		return "boolean"
+	case []any:
+		return "list"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 // walk calls fn on every node under n, parents first.

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync/atomic"
-	"text/template"
 	"text/template/parse"
 
 	"github.com/redis/go-redis/v9"
@@ -50,138 +49,175 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Names of the functions that compileKey appends to every action of a key
-// template, chosen so as not to clash with functions users call.
-const (
-	escapeFunc = "_millrace_glob_escape"
-	plainFunc  = "_millrace_plain"
-)
-
 // key is a compiled key template.
 type key struct {
 	path    string
-	t       *template.Template
+	t       *handlers.Template
 	pattern bool
 }
 
-// compileKey parses a key template. The key is a pattern when the
-// template's own text (outside {{ }}) holds a glob character. Every
-// action's output is then passed through a function: glob escaping for
-// patterns, plain printing (nothing for a missing value) for literal keys.
-func compileKey(name, src string) (*key, error) {
-	t, err := template.New(name).Option("missingkey=zero").
-		Funcs(template.FuncMap{escapeFunc: printEscaped, plainFunc: printPlain}).Parse(src)
+// compileKey compiles a key template with the template language of every
+// action. The key is a pattern when the template's own text (outside
+// {{ }}) holds a glob character.
+func compileKey(path, src string) (*key, error) {
+	t, err := handlers.CompileTemplate(path, src)
 	if err != nil {
+		return nil, err
+	}
+	// A second parse, without the function table, to look at the text.
+	tree := parse.New(path)
+	tree.Mode = parse.SkipFuncCheck
+	trees := map[string]*parse.Tree{}
+	if _, err := tree.Parse(src, "", "", trees); err != nil {
 		return nil, fmt.Errorf("template does not parse: %w", err)
 	}
-	k := &key{path: name, t: t}
-	for _, tt := range t.Templates() {
-		if tt.Tree != nil {
-			k.pattern = k.pattern || hasGlobText(tt.Tree.Root)
-		}
+	k := &key{path: path, t: t}
+	usesGlobEscape := false
+	for _, tt := range trees {
+		inspect(tt.Root, func(n parse.Node) {
+			switch n := n.(type) {
+			case *parse.TextNode:
+				k.pattern = k.pattern || strings.ContainsAny(string(n.Text), "*?[")
+			case *parse.IdentifierNode:
+				usesGlobEscape = usesGlobEscape || n.Ident == "glob_escape"
+			}
+		})
 	}
-	fn := plainFunc
-	if k.pattern {
-		fn = escapeFunc
-	}
-	for _, tt := range t.Templates() {
-		if tt.Tree != nil {
-			wrapActions(tt.Tree.Root, tt.Tree, fn)
-		}
+	if usesGlobEscape {
+		return nil, errors.New("glob_escape is not needed here: in a pattern, values from the event are escaped for you, and a key without a glob character is deleted as written")
 	}
 	return k, nil
 }
 
-// render renders the key for ev, with prefix in front.
-func (k *key) render(prefix string, ev *event.Event) (string, error) {
+// render renders the key for ev, with prefix in front. A pattern is
+// rendered on esc, the event with its glob characters quoted.
+func (k *key) render(prefix string, ev, esc *event.Event) (string, error) {
 	var b strings.Builder
+	var err error
 	if k.pattern {
-		b.WriteString(Escape(prefix))
+		b.WriteString(handlers.GlobEscape(prefix))
+		err = k.t.Execute(&b, esc)
 	} else {
 		b.WriteString(prefix)
+		err = k.t.Execute(&b, ev)
 	}
-	if err := k.t.Execute(&b, handlers.View(ev)); err != nil {
+	if err != nil {
 		return "", fmt.Errorf("%s: %w", k.path, err)
 	}
 	return b.String(), nil
 }
 
-func hasGlobText(n parse.Node) bool {
-	switch x := n.(type) {
-	case *parse.ListNode:
-		if x == nil {
-			return false
-		}
-		for _, c := range x.Nodes {
-			if hasGlobText(c) {
-				return true
-			}
-		}
-	case *parse.TextNode:
-		return strings.ContainsAny(string(x.Text), "*?[")
-	case *parse.IfNode:
-		return hasGlobText(x.List) || hasGlobText(x.ElseList)
-	case *parse.RangeNode:
-		return hasGlobText(x.List) || hasGlobText(x.ElseList)
-	case *parse.WithNode:
-		return hasGlobText(x.List) || hasGlobText(x.ElseList)
+// inspect calls fn on every node under n.
+func inspect(n parse.Node, fn func(parse.Node)) {
+	if n == nil {
+		return
 	}
-	return false
-}
-
-// wrapActions appends "| fn" to every action that prints, as html/template
-// does with its escapers.
-func wrapActions(n parse.Node, tree *parse.Tree, fn string) {
-	switch x := n.(type) {
+	fn(n)
+	switch n := n.(type) {
 	case *parse.ListNode:
-		if x == nil {
+		if n == nil {
 			return
 		}
-		for _, c := range x.Nodes {
-			wrapActions(c, tree, fn)
+		for _, c := range n.Nodes {
+			inspect(c, fn)
 		}
 	case *parse.ActionNode:
-		if len(x.Pipe.Decl) > 0 { // {{$x := ...}} prints nothing
+		inspect(n.Pipe, fn)
+	case *parse.PipeNode:
+		if n == nil {
 			return
 		}
-		id := parse.NewIdentifier(fn).SetTree(tree).SetPos(x.Pos)
-		x.Pipe.Cmds = append(x.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: x.Pos, Args: []parse.Node{id}})
+		for _, c := range n.Cmds {
+			inspect(c, fn)
+		}
+	case *parse.CommandNode:
+		for _, a := range n.Args {
+			inspect(a, fn)
+		}
+	case *parse.ChainNode:
+		inspect(n.Node, fn)
 	case *parse.IfNode:
-		wrapActions(x.List, tree, fn)
-		wrapActions(x.ElseList, tree, fn)
+		inspectBranch(&n.BranchNode, fn)
 	case *parse.RangeNode:
-		wrapActions(x.List, tree, fn)
-		wrapActions(x.ElseList, tree, fn)
+		inspectBranch(&n.BranchNode, fn)
 	case *parse.WithNode:
-		wrapActions(x.List, tree, fn)
-		wrapActions(x.ElseList, tree, fn)
+		inspectBranch(&n.BranchNode, fn)
+	case *parse.TemplateNode:
+		inspect(n.Pipe, fn)
 	}
 }
 
-func printPlain(args ...any) string {
-	if len(args) == 1 && args[0] == nil {
-		return ""
+func inspectBranch(b *parse.BranchNode, fn func(parse.Node)) {
+	inspect(b.Pipe, fn)
+	inspect(b.List, fn)
+	if b.ElseList != nil {
+		inspect(b.ElseList, fn)
 	}
-	return fmt.Sprint(args...)
 }
 
-func printEscaped(args ...any) string { return Escape(printPlain(args...)) }
-
-// Escape quotes the glob characters of s (\ * ? [ ]) so that a Redis MATCH
-// pattern matches s literally.
+// Escape quotes the glob characters of s for a Redis MATCH pattern so
+// that s matches only itself. It uses one-character classes ([*], [?],
+// [[]) rather than backslashes, and doubles a backslash, so that the
+// quoting survives functions that re-quote their input as JSON (json,
+// an object rendered as text): "[*]" stays "[*]", and a doubled
+// backslash only narrows the match.
 func Escape(s string) string {
-	if !strings.ContainsAny(s, `\*?[]`) {
+	if !strings.ContainsAny(s, `*?[\`) {
 		return s
 	}
 	var b strings.Builder
-	for _, r := range s {
-		switch r {
-		case '\\', '*', '?', '[', ']':
-			b.WriteByte('\\')
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '*', '?', '[':
+			b.WriteByte('[')
+			b.WriteByte(c)
+			b.WriteByte(']')
+		case '\\':
+			b.WriteString(`\\`)
+		default:
+			b.WriteByte(c)
 		}
-		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// escaped returns a copy of ev whose strings, at any depth, map keys
+// included, are quoted with Escape.
+func escaped(ev *event.Event) *event.Event {
+	c := *ev
+	c.ID, c.Type, c.Entity, c.EntityID = Escape(ev.ID), event.Type(Escape(string(ev.Type))), Escape(ev.Entity), Escape(ev.EntityID)
+	c.UserID, c.TenantID, c.Source = Escape(ev.UserID), Escape(ev.TenantID), Escape(ev.Source)
+	if ev.Data != nil {
+		c.Data = escapeValue(ev.Data).(map[string]any)
+	}
+	if ev.Changes != nil {
+		c.Changes = make(map[string]event.Change, len(ev.Changes))
+		for k, ch := range ev.Changes {
+			c.Changes[Escape(k)] = event.Change{Old: escapeValue(ch.Old), New: escapeValue(ch.New)}
+		}
+	}
+	return &c
+}
+
+func escapeValue(v any) any {
+	switch x := v.(type) {
+	case string:
+		return Escape(x)
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[Escape(k)] = escapeValue(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(x))
+		for i, e := range x {
+			l[i] = escapeValue(e)
+		}
+		return l
+	}
+	return v
 }
 
 // CacheInvalidate is the cache_invalidate action.
@@ -230,8 +266,12 @@ func Register(r *handlers.Registry) error {
 // that does not exist is not an error.
 func (a *CacheInvalidate) Execute(ctx context.Context, ev *event.Event) error {
 	var literals, patterns []string
+	var esc *event.Event
 	for _, k := range a.keys {
-		s, err := k.render(a.prefix, ev)
+		if k.pattern && esc == nil {
+			esc = escaped(ev)
+		}
+		s, err := k.render(a.prefix, ev, esc)
 		if err != nil {
 			return handlers.Permanent(fmt.Errorf("cache_invalidate: %w", err))
 		}

@@ -2,6 +2,7 @@ package cacheinvalidate_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"slices"
@@ -182,12 +183,14 @@ func TestEventValuesAreEscapedInPatterns(t *testing.T) {
 	for _, id := range []string{"*", "?", "[0-9]", `\*`} {
 		t.Run(id, func(t *testing.T) {
 			p := prefix + fmt.Sprintf("%x:", id)
-			other := []string{p + "order:1", p + "order:2", p + "order:1:lines:a", p + "order:2:lines:b"}
-			own := []string{p + "order:" + id, p + "order:" + id + ":lines:x"}
+			other := []string{p + "order:1", p + "order:2", p + "order:1:lines:a", p + "order:2:lines:b", p + `order:"1":x`}
+			quoted, _ := json.Marshal(id)
+			own := []string{p + "order:" + id, p + "order:" + id + ":lines:x", p + "order:" + string(quoted) + ":x"}
 			set(t, client, append(slices.Clone(other), own...)...)
 			a := build(t, client, config.Action{
 				"prefix": p,
-				"keys":   []any{"order:{{.entity_id}}", "order:{{.entity_id}}:lines:*"},
+				// json re-quotes its input: the escaping must survive it.
+				"keys": []any{"order:{{.entity_id}}", "order:{{.entity_id}}:lines:*", "order:{{json .entity_id}}:*"},
 			})
 			if err := a.Execute(context.Background(), order(id)); err != nil {
 				t.Fatalf("Execute: %v", err)
@@ -203,6 +206,26 @@ func TestEventValuesAreEscapedInPatterns(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestTemplateFunctions(t *testing.T) {
+	t.Parallel()
+	client, prefix := testenv.Redis(t)
+	set(t, client, prefix+"user:ann@example.com", prefix+"user:ann@example.com:sessions:1", prefix+"tenant:none:x")
+	a := build(t, client, config.Action{
+		"prefix": prefix,
+		"keys":   []any{"user:{{lower .data.email}}", "user:{{lower .data.email}}:sessions:*", "tenant:{{default \"none\" .tenant_id}}:*"},
+	})
+	ev := order("1")
+	ev.Data["email"] = "Ann@Example.com"
+	if err := a.Execute(context.Background(), ev); err != nil {
+		t.Fatalf("Execute: %v", err)
+	}
+	for k, ok := range exists(t, client, prefix+"user:ann@example.com", prefix+"user:ann@example.com:sessions:1", prefix+"tenant:none:x") {
+		if ok {
+			t.Errorf("key %s was not deleted", k)
+		}
 	}
 }
 
@@ -288,6 +311,9 @@ func TestValidate(t *testing.T) {
 		{"keys empty", func(a config.Action) { a["keys"] = []any{} }, p + "keys: at least one key"},
 		{"key does not parse", func(a config.Action) { a["keys"] = []any{"a", "order:{{.entity_id"} }, p + "keys[1]: template does not parse"},
 		{"every key", func(a config.Action) { a["keys"] = []any{"*"} }, p + "keys[0]: \"*\" would delete every key"},
+		{"glob_escape in a pattern", func(a config.Action) { a["keys"] = []any{"orders:{{glob_escape .entity_id}}:*"} }, p + "keys[0]: glob_escape is not needed"},
+		{"glob_escape in a literal key", func(a config.Action) { a["keys"] = []any{"order:{{.entity_id | glob_escape}}"} }, p + "keys[0]: glob_escape is not needed"},
+		{"unknown function", func(a config.Action) { a["keys"] = []any{"order:{{shout .entity_id}}"} }, p + "keys[0]: template does not parse"},
 		{"keys not a list", func(a config.Action) { a["keys"] = int64(1) }, p + "keys: must be a list"},
 		{"unknown key", func(a config.Action) { a["pattern"] = "x" }, p + "pattern: unknown key"},
 	}
@@ -305,7 +331,7 @@ func TestValidate(t *testing.T) {
 
 func TestEscape(t *testing.T) {
 	for in, want := range map[string]string{
-		"plain:1": "plain:1", "*": `\*`, "a?b": `a\?b`, "[x]": `\[x\]`, `back\slash`: `back\\slash`,
+		"plain:1": "plain:1", "*": "[*]", "a?b": "a[?]b", "[x]": "[[]x]", `back\slash`: `back\\slash`,
 	} {
 		if got := cacheinvalidate.Escape(in); got != want {
 			t.Errorf("Escape(%q) = %q, want %q", in, got, want)

@@ -26,14 +26,14 @@ const wait = 30 * time.Second
 func setup(t testing.TB) (*pgxpool.Pool, string) {
 	t.Helper()
 	pool, schema := testenv.Postgres(t)
-	exec(t, pool, "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric, note text)")
+	run(t, pool, "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric, note text)")
 	if err := capture.Watch(context.Background(), pool, schema, []string{schema + ".orders"}, map[string]string{schema + ".orders": "Order"}); err != nil {
 		t.Fatalf("Watch: %v", err)
 	}
 	return pool, schema
 }
 
-func exec(t testing.TB, db interface {
+func run(t testing.TB, db interface {
 	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
 }, sql string, args ...any) {
 	t.Helper()
@@ -127,8 +127,8 @@ func TestInsertUpdateDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exec(t, pool, "UPDATE orders SET status = 'shipped', amount = 12, note = NULL WHERE id = 7")
-	exec(t, pool, "DELETE FROM orders WHERE id = 7")
+	run(t, pool, "UPDATE orders SET status = 'shipped', amount = 12, note = NULL WHERE id = 7")
+	run(t, pool, "DELETE FROM orders WHERE id = 7")
 
 	ch, _, _ := subscribe(t, pool, config(schema), "observers")
 	var msgs []*message.Message
@@ -202,11 +202,11 @@ func TestInsertUpdateDelete(t *testing.T) {
 func TestCompositeKeyAndDefaultEntity(t *testing.T) {
 	t.Parallel()
 	pool, schema := testenv.Postgres(t)
-	exec(t, pool, "CREATE TABLE order_lines (order_id int, line int, sku text, PRIMARY KEY (order_id, line))")
+	run(t, pool, "CREATE TABLE order_lines (order_id int, line int, sku text, PRIMARY KEY (order_id, line))")
 	if err := capture.Watch(context.Background(), pool, schema, []string{schema + ".order_lines"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	exec(t, pool, "INSERT INTO order_lines VALUES (3, 2, 'abc')")
+	run(t, pool, "INSERT INTO order_lines VALUES (3, 2, 'abc')")
 	ch, _, _ := subscribe(t, pool, config(schema), "g")
 	ev := ackAll(t, ch, 1)[0]
 	if ev.Entity != "order_lines" || ev.EntityID != "3:2" {
@@ -222,7 +222,7 @@ func TestLateCommitIsRead(t *testing.T) {
 	ctx := context.Background()
 	ch, _, _ := subscribe(t, pool, config(schema), "g")
 
-	exec(t, pool, "INSERT INTO orders VALUES (0, 'before')")
+	run(t, pool, "INSERT INTO orders VALUES (0, 'before')")
 	if ev := ackAll(t, ch, 1)[0]; ev.EntityID != "0" {
 		t.Fatalf("first event for %s, want 0", ev.EntityID)
 	}
@@ -235,7 +235,7 @@ func TestLateCommitIsRead(t *testing.T) {
 	if _, err := t1.Exec(ctx, "INSERT INTO orders VALUES (1, 'slow')"); err != nil {
 		t.Fatal(err)
 	}
-	exec(t, pool, "INSERT INTO orders VALUES (2, 'fast')") // T2 commits
+	run(t, pool, "INSERT INTO orders VALUES (2, 'fast')") // T2 commits
 
 	// The reader polls many times while T1 is open; it must not move past
 	// T1's position (a reader keeping "position > last seen" would read
@@ -265,7 +265,7 @@ func TestRolledBackPositionsAreSkipped(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = tx.Rollback(ctx)
-		exec(t, pool, "INSERT INTO orders VALUES ($1, 'kept')", i)
+		run(t, pool, "INSERT INTO orders VALUES ($1, 'kept')", i)
 	}
 	ch, _, _ := subscribe(t, pool, config(schema), "g")
 	evs := ackAll(t, ch, 3)
@@ -291,7 +291,7 @@ func ids(evs []*event.Event) string {
 func TestCancelMidBatchReplaysTheUnacked(t *testing.T) {
 	t.Parallel()
 	pool, schema := setup(t)
-	exec(t, pool, "INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 50) g")
+	run(t, pool, "INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 50) g")
 	cfg := config(schema)
 	cfg.MaxInFlight = 64
 
@@ -363,9 +363,9 @@ func checkpoint(t testing.TB, pool *pgxpool.Pool, schema, source, group string) 
 func TestNackIsRetriedBeforeTheNextChangeOfItsEntity(t *testing.T) {
 	t.Parallel()
 	pool, schema := setup(t)
-	exec(t, pool, "INSERT INTO orders VALUES (1, 'new')")
-	exec(t, pool, "UPDATE orders SET status = 'paid' WHERE id = 1")
-	exec(t, pool, "INSERT INTO orders VALUES (2, 'new')")
+	run(t, pool, "INSERT INTO orders VALUES (1, 'new')")
+	run(t, pool, "UPDATE orders SET status = 'paid' WHERE id = 1")
+	run(t, pool, "INSERT INTO orders VALUES (2, 'new')")
 	ch, _, _ := subscribe(t, pool, config(schema), "g")
 
 	var order []string
@@ -398,8 +398,8 @@ func TestWatchUnwatchMigrateAreIdempotent(t *testing.T) {
 	t.Parallel()
 	pool, schema := testenv.Postgres(t)
 	ctx := context.Background()
-	exec(t, pool, "CREATE TABLE items (id int PRIMARY KEY, name text)")
-	exec(t, pool, "CREATE TABLE nokey (name text)")
+	run(t, pool, "CREATE TABLE items (id int PRIMARY KEY, name text)")
+	run(t, pool, "CREATE TABLE nokey (name text)")
 	tables := []string{schema + ".items"}
 	for range 2 {
 		if err := capture.Migrate(ctx, pool, schema); err != nil {
@@ -428,7 +428,7 @@ func TestWatchUnwatchMigrateAreIdempotent(t *testing.T) {
 	if n := triggers(); n != 2 {
 		t.Errorf("after watching twice: %d triggers, want 2 (capture and notify)", n)
 	}
-	exec(t, pool, "INSERT INTO items VALUES (1, 'a')")
+	run(t, pool, "INSERT INTO items VALUES (1, 'a')")
 	if n := count(); n != 1 {
 		t.Errorf("one insert on a table watched twice: %d changes, want 1", n)
 	}
@@ -437,14 +437,14 @@ func TestWatchUnwatchMigrateAreIdempotent(t *testing.T) {
 			t.Fatalf("Unwatch: %v", err)
 		}
 	}
-	exec(t, pool, "INSERT INTO items VALUES (2, 'b')")
+	run(t, pool, "INSERT INTO items VALUES (2, 'b')")
 	if n := count(); n != 1 || triggers() != 0 {
 		t.Errorf("after unwatch: %d changes and %d triggers, want 1 and 0", n, triggers())
 	}
 	if err := capture.Watch(ctx, pool, schema, tables, map[string]string{schema + ".items": "Item"}); err != nil {
 		t.Fatal(err)
 	}
-	exec(t, pool, "UPDATE items SET name = 'c' WHERE id = 2")
+	run(t, pool, "UPDATE items SET name = 'c' WHERE id = 2")
 	if n := count(); n != 2 {
 		t.Errorf("watched again: %d changes, want 2", n)
 	}
@@ -503,11 +503,11 @@ func TestNotifyWakesTheReader(t *testing.T) {
 	cfg := config(schema)
 	cfg.Notify = true
 	cfg.PollInterval = time.Hour // only a notification can wake it
-	exec(t, pool, "INSERT INTO orders VALUES (1, 'new')")
+	run(t, pool, "INSERT INTO orders VALUES (1, 'new')")
 	ch, _, _ := subscribe(t, pool, cfg, "g")
-	ackAll(t, ch, 1) // the first read at start
+	ackAll(t, ch, 1)                   // the first read at start
 	time.Sleep(300 * time.Millisecond) // let the listener connect
-	exec(t, pool, "INSERT INTO orders SELECT g, 'new' FROM generate_series(2, 5) g")
+	run(t, pool, "INSERT INTO orders SELECT g, 'new' FROM generate_series(2, 5) g")
 	if got := ids(ackAll(t, ch, 4)); got != "[2 3 4 5]" {
 		t.Errorf("woken read released %s", got)
 	}
@@ -520,12 +520,12 @@ func TestLeaseOneReaderPerGroup(t *testing.T) {
 	pool, schema := setup(t)
 	cfg := config(schema)
 	chA, cancelA, subA := subscribe(t, pool, cfg, "g")
-	exec(t, pool, "INSERT INTO orders VALUES (1, 'new')")
+	run(t, pool, "INSERT INTO orders VALUES (1, 'new')")
 	ackAll(t, chA, 1)
 	chB, _, _ := subscribe(t, pool, cfg, "g")
 	chOther, _, _ := subscribe(t, pool, cfg, "other") // another group reads on its own
 
-	exec(t, pool, "INSERT INTO orders VALUES (2, 'new')")
+	run(t, pool, "INSERT INTO orders VALUES (2, 'new')")
 	if ev := ackAll(t, chA, 1)[0]; ev.EntityID != "2" {
 		t.Fatalf("active reader got %s", ev.EntityID)
 	}
@@ -536,7 +536,7 @@ func TestLeaseOneReaderPerGroup(t *testing.T) {
 
 	cancelA()
 	_ = subA.Close()
-	exec(t, pool, "INSERT INTO orders VALUES (3, 'new')")
+	run(t, pool, "INSERT INTO orders VALUES (3, 'new')")
 	if ev := ackAll(t, chB, 1)[0]; ev.EntityID != "3" {
 		t.Errorf("standby took over at %s, want 3", ev.EntityID)
 	}

@@ -36,6 +36,11 @@ const FraiseQLTable = "core.tb_entity_change_log"
 // are being acked.
 const flushEvery = 100 * time.Millisecond
 
+// queryTimeout bounds each query of the reader. Its queries do not end
+// with the subscription's context: cancelling a query breaks the
+// connection, which holds the lease and writes the last checkpoint.
+const queryTimeout = 30 * time.Second
+
 // defaultRetryDelay is the wait before a nacked message is released again
 // when the handler did not set jetstream.RetryDelayMetadata.
 const defaultRetryDelay = 250 * time.Millisecond
@@ -498,17 +503,19 @@ func (t *term) loop(ctx context.Context, rd *reader, notify <-chan struct{}) err
 		acked, outstanding := t.acked, t.outstanding
 		t.mu.Unlock()
 		if acked > t.flushed && (outstanding == 0 || time.Since(lastFlush) >= flushEvery) {
-			if err := t.flush(ctx); err != nil {
+			qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queryTimeout)
+			err := t.flush(qctx)
+			cancel()
+			if err != nil {
 				return err
 			}
 			lastFlush = time.Now()
 		}
 		if readNow && outstanding <= t.cfg.BatchSize {
-			rows, more, err := rd.read(ctx, t.conn, t.cfg.BatchSize)
+			qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queryTimeout)
+			rows, more, err := rd.read(qctx, t.conn, t.cfg.BatchSize)
+			cancel()
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
 				return err
 			}
 			for i := range rows {

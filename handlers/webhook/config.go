@@ -28,7 +28,10 @@ type Config struct {
 	// by the action and cannot be overridden.
 	Headers map[string]string `koanf:"headers"`
 	// Body is a template for the request body. Default: the event
-	// envelope as JSON (no body for GET).
+	// envelope as JSON (no body for GET). Unless Content-Type is set to a
+	// literal non-JSON type, it is a JSON template: values are escaped by
+	// their place in the JSON text, so the body stays valid JSON whatever
+	// the event holds.
 	Body string `koanf:"body"`
 	// Timeout bounds one request, answer included. Default 10s.
 	Timeout config.Duration `koanf:"timeout"`
@@ -98,7 +101,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.Body != "" {
-		if _, err := handlers.CompileTemplate("body", c.Body); err != nil {
+		if _, err := c.compileBody(); err != nil {
 			errs = append(errs, config.Errorf("body", "%v", err))
 		}
 	}
@@ -106,6 +109,24 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Errorf("timeout", "must be positive, got %s", c.Timeout))
 	}
 	return errors.Join(errs...)
+}
+
+// jsonBody reports whether the body is JSON: unless a literal
+// Content-Type header says otherwise, it is.
+func (c Config) jsonBody() bool {
+	for name, v := range c.Headers {
+		if http.CanonicalHeaderKey(name) == "Content-Type" && !isTemplate(v) {
+			return strings.Contains(strings.ToLower(v), "json")
+		}
+	}
+	return true
+}
+
+func (c Config) compileBody() (*handlers.Template, error) {
+	if c.jsonBody() {
+		return handlers.CompileJSONTemplate("body", c.Body)
+	}
+	return handlers.CompileTemplate("body", c.Body)
 }
 
 // isTemplate tells a template from a literal: a literal needs no

@@ -41,6 +41,7 @@ func TestValidate(t *testing.T) {
 		{name: "url relative", change: config.Action{"url": "/hook"}, path: ".url", msg: "http or https"},
 		{name: "bad method", change: config.Action{"method": "FETCH"}, path: ".method", msg: "one of"},
 		{name: "body does not parse", change: config.Action{"body": "{{.data"}, path: ".body", msg: "does not parse"},
+		{name: "body not JSON", change: config.Action{"body": `{"a": "{{.entity_id}}}`}, path: ".body", msg: "not closed"},
 		{name: "header does not parse", change: config.Action{"headers": map[string]any{"X-A": "{{end}}"}}, path: ".headers.X-A", msg: "does not parse"},
 		{name: "bad header name", change: config.Action{"headers": map[string]any{"X A": "v"}}, path: ".headers.X A", msg: "header name"},
 		{name: "reserved header", change: config.Action{"headers": map[string]any{"webhook-signature": "v1,x"}}, path: ".headers.webhook-signature", msg: "set by the action"},

@@ -92,7 +92,7 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 		w.headers = append(w.headers, header{name: key, t: t})
 	}
 	if c.Body != "" {
-		t, err := handlers.CompileTemplate("body", c.Body)
+		t, err := c.compileBody()
 		if err != nil {
 			return nil, fmt.Errorf("body: %w", err)
 		}
@@ -187,11 +187,11 @@ func (w *Webhook) Execute(ctx context.Context, ev *event.Event) error {
 	var body []byte
 	switch {
 	case w.body != nil:
-		s, err := w.body.Render(ev)
-		if err != nil {
+		var b bytes.Buffer
+		if err := w.body.Execute(&b, ev); err != nil {
 			return handlers.Permanent(fmt.Errorf("webhook: render body: %w", err))
 		}
-		body = []byte(s)
+		body = b.Bytes()
 	case w.envelope:
 		b, err := event.Encode(ev)
 		if err != nil {

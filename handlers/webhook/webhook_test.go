@@ -333,37 +333,50 @@ func TestGetSendsNoBody(t *testing.T) {
 	}
 }
 
-// jsonString renders a value as a JSON string inside a body template.
-// handlers/template.go may not have a json function yet: then the test
-// uses printf %q, which yields valid JSON for quotes, backslashes,
-// newlines and tabs (the values used below).
-func jsonString(field string) string {
-	if _, err := handlers.CompileTemplate("probe", "{{json .}}"); err == nil {
-		return "{{json " + field + "}}"
-	}
-	return `{{printf "%q" ` + field + `}}`
-}
-
+// A JSON body template escapes values by their place in the JSON text:
+// whatever the event holds, the body stays valid JSON and decodes to the
+// event's values.
 func TestJSONBodyStaysValid(t *testing.T) {
 	t.Parallel()
 	rc := newReceiver(t, nil)
-	body := `{"order": ` + jsonString(".entity_id") + `, "note": ` + jsonString(".data.note") + `}`
-	t.Logf("body template: %s", body)
+	body := `{"order": "{{.entity_id}}", "note": {{.data.note}}, "piped": {{.data.note | json}}, "data": {{.data}}, "missing": {{.data.nope}}}`
 	a := build(t, config.Action{"type": "webhook", "url": rc.URL, "allow_private": true, "body": body})
 	ev := newEvent()
-	note := "she said \"ship it\"\nthen left\t\\ \u00e9 </script>"
+	note := "she said \"ship it\"\nthen left\t\\ \u00e9 </script> \x01"
 	ev.Data["note"] = note
-	ev.EntityID = `4"2`
+	ev.EntityID = `4"2\`
 	if err := a.Execute(t.Context(), ev); err != nil {
 		t.Fatal(err)
 	}
 	got := rc.only(t)
-	var out struct{ Order, Note string }
+	var out struct {
+		Order, Note, Piped string
+		Data               map[string]any
+		Missing            any
+	}
 	if err := json.Unmarshal(got.Body, &out); err != nil {
 		t.Fatalf("body is not valid JSON: %v\n%s", err, got.Body)
 	}
-	if out.Note != note || out.Order != ev.EntityID {
-		t.Errorf("body decodes to %+v; want note %q and order %q", out, note, ev.EntityID)
+	if out.Order != ev.EntityID || out.Note != note || out.Piped != note || out.Data["note"] != note || out.Missing != nil {
+		t.Errorf("body %s decodes to %+v; want order %q and note %q everywhere", got.Body, out, ev.EntityID, note)
+	}
+}
+
+// With a literal non-JSON Content-Type the body is plain text.
+func TestTextBody(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, nil)
+	a := build(t, config.Action{
+		"type": "webhook", "url": rc.URL, "allow_private": true,
+		"headers": map[string]any{"content-type": "text/plain; charset=utf-8"},
+		"body":    `status={{.data.status}} "quoted"`,
+	})
+	if err := a.Execute(t.Context(), newEvent()); err != nil {
+		t.Fatal(err)
+	}
+	got := rc.only(t)
+	if string(got.Body) != `status=shipped "quoted"` || got.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Errorf("body %q with Content-Type %q; want the text as rendered", got.Body, got.Header.Get("Content-Type"))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"html"
 	"log/slog"
 	"net"
 	"net/mail"
@@ -38,7 +39,8 @@ type Config struct {
 	// Subject is the subject line. Default
 	// "{{.event_type}} {{.entity_type}} {{.entity_id}}".
 	Subject string `koanf:"subject"`
-	// Body is the message text. Required.
+	// Body is the message text. Required. In a text/html body, values
+	// from the event are HTML-escaped.
 	Body string `koanf:"body"`
 	// ContentType is text/plain (default) or text/html.
 	ContentType string `koanf:"content_type"`
@@ -250,7 +252,11 @@ func (e *Email) message(ev *event.Event) (*gomail.Msg, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("subject: %w", err)
 	}
-	body, err := e.body.Render(ev)
+	bodyEv := ev
+	if e.contentType == gomail.TypeTextHTML {
+		bodyEv = htmlEscaped(ev)
+	}
+	body, err := e.body.Render(bodyEv)
 	if err != nil {
 		return nil, 0, fmt.Errorf("body: %w", err)
 	}
@@ -273,6 +279,46 @@ func (e *Email) message(ev *event.Event) (*gomail.Msg, int, error) {
 	id := uuid.NewSHA1(messageIDNamespace, []byte(ev.ID+"\x00"+e.hash))
 	m.SetMessageIDWithValue(id.String() + "@" + domain(e.srv.from))
 	return m, len(to) + len(cc), nil
+}
+
+// htmlEscaped returns a copy of ev whose strings, at any depth, are
+// HTML-escaped, so that values from the event show as text in an HTML
+// body and cannot add markup. The template's own text is left as is.
+func htmlEscaped(ev *event.Event) *event.Event {
+	c := *ev
+	c.ID, c.Entity, c.EntityID = html.EscapeString(ev.ID), html.EscapeString(ev.Entity), html.EscapeString(ev.EntityID)
+	c.Type = event.Type(html.EscapeString(string(ev.Type)))
+	c.UserID, c.TenantID, c.Source = html.EscapeString(ev.UserID), html.EscapeString(ev.TenantID), html.EscapeString(ev.Source)
+	if ev.Data != nil {
+		c.Data = htmlValue(ev.Data).(map[string]any)
+	}
+	if ev.Changes != nil {
+		c.Changes = make(map[string]event.Change, len(ev.Changes))
+		for k, ch := range ev.Changes {
+			c.Changes[k] = event.Change{Old: htmlValue(ch.Old), New: htmlValue(ch.New)}
+		}
+	}
+	return &c
+}
+
+func htmlValue(v any) any {
+	switch x := v.(type) {
+	case string:
+		return html.EscapeString(x)
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = htmlValue(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(x))
+		for i, e := range x {
+			l[i] = htmlValue(e)
+		}
+		return l
+	}
+	return v
 }
 
 var oneLine = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ")

@@ -312,10 +312,12 @@ func TestSendHTMLWithoutCredentials(t *testing.T) {
 	a := build(t, smtpConfig(srv.port()), config.Action{
 		"to":           []any{"ops@example.com"},
 		"subject":      "line one\r\nBcc: evil@example.com",
-		"body":         "<p>Order <b>{{.entity_id}}</b></p>",
+		"body":         "<p>Order <b>{{.entity_id}}</b> for {{.data.name}}</p>",
 		"content_type": "text/html",
 	})
-	if err := a.Execute(context.Background(), order(evID)); err != nil {
+	ev := order(evID)
+	ev.Data["name"] = `<a href="https://evil.example">Ann</a> & co`
+	if err := a.Execute(context.Background(), ev); err != nil {
 		t.Fatalf("Execute: %v", err)
 	}
 	msgs := srv.received()
@@ -326,8 +328,9 @@ func TestSendHTMLWithoutCredentials(t *testing.T) {
 		t.Errorf("AUTH was sent without credentials: %q", msgs[0].auth)
 	}
 	p := parse(t, msgs[0].data)
-	if p.contentType != "text/html" || !strings.Contains(p.body, "<b>1001</b>") {
-		t.Errorf("Content-Type %q, body %q; want text/html with the order id", p.contentType, p.body)
+	want := `<p>Order <b>1001</b> for &lt;a href=&#34;https://evil.example&#34;&gt;Ann&lt;/a&gt; &amp; co</p>`
+	if p.contentType != "text/html" || strings.TrimRight(p.body, "\r\n") != want {
+		t.Errorf("Content-Type %q, body %q; want text/html with body %q", p.contentType, p.body, want)
 	}
 	if p.header.Get("Bcc") != "" || p.subject != "line one Bcc: evil@example.com" {
 		t.Errorf("a line break in the subject made a header: Subject %q, Bcc %q", p.subject, p.header.Get("Bcc"))

@@ -22,6 +22,20 @@ type Config struct {
 	// Body is a template over the event whose output is the message
 	// payload. Default: the event's JSON envelope, unchanged.
 	Body string `koanf:"body"`
+	// BodyFormat is json (default) or text. A json body is escaped by
+	// context and always renders valid JSON; a text body is rendered as
+	// is.
+	BodyFormat string `koanf:"body_format"`
+}
+
+// SetDefaults fills the defaults.
+func (c *Config) SetDefaults() { c.BodyFormat = "json" }
+
+func (c Config) compileBody() (*handlers.Template, error) {
+	if c.BodyFormat == "text" {
+		return handlers.CompileTemplate("body", c.Body)
+	}
+	return handlers.CompileJSONTemplate("body", c.Body)
 }
 
 var topicRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
@@ -35,10 +49,15 @@ func (c Config) Validate() error {
 	case !topicRE.MatchString(c.Topic):
 		errs = append(errs, config.Errorf("topic", "%q is not a topic: use letters, digits, '_' and '-', in tokens separated by dots", c.Topic))
 	}
-	if c.Body != "" {
-		if _, err := handlers.CompileTemplate("body", c.Body); err != nil {
-			errs = append(errs, config.Errorf("body", "%v", err))
+	switch c.BodyFormat {
+	case "json", "text":
+		if c.Body != "" {
+			if _, err := c.compileBody(); err != nil {
+				errs = append(errs, config.Errorf("body", "%v", err))
+			}
 		}
+	default:
+		errs = append(errs, config.Errorf("body_format", "%q is not one of json, text", c.BodyFormat))
 	}
 	return errors.Join(errs...)
 }
@@ -67,7 +86,7 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 		p.logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Body != "" {
-		t, err := handlers.CompileTemplate("body", c.Body)
+		t, err := c.compileBody()
 		if err != nil {
 			return nil, err
 		}

@@ -159,19 +159,29 @@ func TestBodyTemplate(t *testing.T) {
 	b := newBus(t)
 	a := build(t, b, config.Action{"topic": "notifications.orders", "body": `{"order":"{{.entity_id}}","status":"{{.data.status}}"}`})
 	other := build(t, b, config.Action{"topic": "notifications.orders"})
+	text := build(t, b, config.Action{"topic": "notifications.text", "body": `order {{.entity_id}} is {{.data.status}}`, "body_format": "text"})
 	ctx := context.Background()
-	if err := a.Execute(ctx, order(evA, "1001")); err != nil {
+	ev := order(evA, "1001")
+	ev.Data["status"] = `"shipped"`
+	if err := a.Execute(ctx, ev); err != nil {
 		t.Fatalf("Execute: %v", err)
 	}
 	// Another action on the same event publishes a message of its own.
-	if err := other.Execute(ctx, order(evA, "1001")); err != nil {
+	if err := other.Execute(ctx, ev); err != nil {
+		t.Fatalf("Execute: %v", err)
+	}
+	if err := text.Execute(ctx, ev); err != nil {
 		t.Fatalf("Execute: %v", err)
 	}
 	msgs := b.messages(t)
-	if len(msgs) != 2 {
-		t.Fatalf("the stream holds %d messages, want 2 (one per action)", len(msgs))
+	if len(msgs) != 3 {
+		t.Fatalf("the stream holds %d messages, want 3 (one per action)", len(msgs))
 	}
-	if got, want := string(msgs[0].Data), `{"order":"1001","status":"shipped"}`; got != want {
+	if got, want := string(msgs[2].Data), `order 1001 is "shipped"`; got != want {
+		t.Errorf("text payload = %s, want %s", got, want)
+	}
+	// A quote in a value stays inside its JSON string.
+	if got, want := string(msgs[0].Data), `{"order":"1001","status":"\"shipped\""}`; got != want {
 		t.Errorf("payload = %s, want %s", got, want)
 	}
 	if msgs[0].Subject != b.subject("notifications.orders") {
@@ -272,6 +282,8 @@ func TestValidate(t *testing.T) {
 		{"topic with a wildcard", func(a config.Action) { a["topic"] = "orders.>" }, p + "topic:"},
 		{"topic with an empty token", func(a config.Action) { a["topic"] = "orders..out" }, p + "topic:"},
 		{"body does not parse", func(a config.Action) { a["body"] = "{{.entity_id" }, p + "body: template does not parse"},
+		{"json body is not JSON", func(a config.Action) { a["body"] = `{"id": {{.id}}` }, p + "body:"},
+		{"body format", func(a config.Action) { a["body_format"] = "xml" }, p + "body_format:"},
 		{"unknown key", func(a config.Action) { a["subject"] = "x" }, p + "subject: unknown key"},
 	}
 	for _, c := range cases {

@@ -633,6 +633,14 @@ func (t *term) listen(ctx context.Context) (<-chan struct{}, func()) {
 			conn, err := t.sub.connect(lctx)
 			if err == nil {
 				_, err = conn.Exec(lctx, "LISTEN "+ident(Channel(t.cfg.Schema)))
+				if err == nil {
+					// Changes made before LISTEN took effect sent
+					// nothing this connection saw: read once now.
+					select {
+					case ch <- struct{}{}:
+					default:
+					}
+				}
 				for err == nil {
 					if _, err = conn.WaitForNotification(lctx); err == nil {
 						select {

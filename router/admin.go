@@ -459,11 +459,14 @@ func (r *Router) replayOne(ctx context.Context, store middleware.DeadLetters, dl
 		m.Metadata.Set(middleware.ObserverMetadata, dl.Observer)
 	}
 	// An undecodable payload is replayed as it is, and will most likely
-	// be dead-lettered again; it travels under the topic's own key.
+	// be dead-lettered again. It still needs a subject under the topic:
+	// the consumer reads "<topic>.>" only.
+	subject := "_._._"
 	if ev, err := event.Decode(dl.Payload); err == nil {
 		m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-		m.Metadata.Set(jetstream.SubjectMetadata, jetstream.Token(ev.Source)+"."+jetstream.Token(ev.Entity)+"."+string(ev.Type))
+		subject = jetstream.Token(ev.Source) + "." + jetstream.Token(ev.Entity) + "." + string(ev.Type)
 	}
+	m.Metadata.Set(jetstream.SubjectMetadata, subject)
 	topic := dl.Topic
 	if topic == "" {
 		topic = r.cfg.Router.Topic

@@ -11,6 +11,7 @@ import (
 	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/vm"
+	"github.com/expr-lang/expr/vm/runtime"
 
 	"github.com/millrace/millrace/event"
 )
@@ -29,10 +30,6 @@ var ErrNoChanges = errors.New("the event carries no changes (the producer did no
 type Condition struct {
 	src  string
 	prog *vm.Program
-	// changes is set when the expression reads the changes map itself
-	// (not only through the field_changed functions); the map is then
-	// built for each evaluation.
-	changes bool
 }
 
 // The functions of the original system. Each receives the environment
@@ -48,9 +45,12 @@ var condFuncs = map[string]struct {
 	"field_changed_from": {fieldChangedFrom, new(func(any, string, any) bool)},
 }
 
-// eqFunc is the name under which value equality is injected for == and
-// != between two operands that may hold maps or lists.
-const eqFunc = "__millrace_equal"
+// Names under which the patchers below inject value equality and field
+// access; no user function can be called so.
+const (
+	eqFunc    = "__millrace_equal"
+	fetchFunc = "__millrace_fetch"
+)
 
 // CompileCondition compiles an expression over the event (see
 // docs/conditions.md). A compile error carries its line and column:
@@ -62,14 +62,16 @@ func CompileCondition(src string) (*Condition, error) {
 	if strings.TrimSpace(src) == "" {
 		return nil, errors.New("is empty")
 	}
-	scan := &condScan{callees: map[*ast.MemberNode]bool{}}
+	callees := calleeScan{}
 	opts := []expr.Option{
 		expr.Env(&condEnv{}),
 		expr.AsBool(),
 		expr.Function(eqFunc, func(p ...any) (any, error) { return Equal(p[0], p[1]), nil },
 			new(func(any, any) bool)),
-		expr.Patch(scan),
-		expr.Patch(absentAsNil{callees: scan.callees}),
+		expr.Function(fetchFunc, func(p ...any) (any, error) { return fetch(p[0], p[1]) },
+			new(func(any, any) any)),
+		expr.Patch(callees),
+		expr.Patch(fetchPatch{callees: callees}),
 		expr.Patch(envArg{}),
 		expr.Patch(valueEquality{}),
 		expr.Patch(nilIsFalse{}),
@@ -92,7 +94,7 @@ func CompileCondition(src string) (*Condition, error) {
 		}
 		return nil, fmt.Errorf("does not compile: %w", err)
 	}
-	return &Condition{src: src, prog: prog, changes: scan.changes}, nil
+	return &Condition{src: src, prog: prog}, nil
 }
 
 // String returns the source of the condition.
@@ -109,7 +111,7 @@ var (
 // position: "at 1:6: invalid operation: <nil> > int".
 func (c *Condition) Eval(ev *event.Event) (bool, error) {
 	env := envPool.Get().(*condEnv)
-	env.fill(ev, c.changes)
+	env.fill(ev)
 	m := vmPool.Get().(*vm.VM)
 	out, err := m.Run(c.prog, env)
 	vmPool.Put(m)
@@ -145,44 +147,94 @@ type posError struct {
 func (e *posError) Error() string { return fmt.Sprintf("at %d:%d: %s", e.line, e.col, e.msg) }
 func (e *posError) Unwrap() error { return e.err }
 
-// condScan records, before any rewriting, what the expression refers to:
-// the callee of each method call (whose member access must stay as it
-// is) and whether the changes map is read directly.
-type condScan struct {
-	callees map[*ast.MemberNode]bool
-	changes bool
-}
+// calleeScan records the callee of each method call, such as
+// timestamp.Year(), whose member access must stay as it is.
+type calleeScan map[*ast.MemberNode]bool
 
-func (s *condScan) Visit(node *ast.Node) {
-	switch n := (*node).(type) {
-	case *ast.CallNode:
+func (s calleeScan) Visit(node *ast.Node) {
+	if n, ok := (*node).(*ast.CallNode); ok {
 		if m, ok := n.Callee.(*ast.MemberNode); ok {
-			s.callees[m] = true
-		}
-	case *ast.IdentifierNode:
-		// $env can reach changes by a computed name: build it then too.
-		if n.Value == "changes" || n.Value == "$env" {
-			s.changes = true
+			s[m] = true
 		}
 	}
 }
 
-// absentAsNil makes every member access nil-safe, as if written with
-// "?.": an absent field reads as nil at any depth, so that
-// data.customer.address.city == 'Paris' is false, not an error, when
-// the event has no customer. See nilIsFalse for boolean contexts; other
-// operations on nil (ordering, arithmetic, len) stay errors.
-type absentAsNil struct{ callees map[*ast.MemberNode]bool }
+// fetchPatch routes member access on event values (data.status,
+// data.tags[0], changes.status.old) to fetch. expr's own access goes
+// through reflection, allocates, and fails on a nil in the middle of a
+// path; fetch reads the event's maps directly and makes an absent field
+// nil at any depth, so that data.customer.address.city == 'Paris' is
+// false, not an error, when the event has no customer. Access to typed
+// values (the timestamp, $env) stays with expr.
+type fetchPatch struct{ callees calleeScan }
 
-func (p absentAsNil) Visit(node *ast.Node) {
+func (p fetchPatch) Visit(node *ast.Node) {
 	m, ok := (*node).(*ast.MemberNode)
 	if !ok || p.callees[m] {
 		return
 	}
-	m.Optional = true
-	// The compiler only honours Optional inside a chain; nested chains
-	// each end in nil when any link is nil.
-	ast.Patch(node, &ast.ChainNode{Node: m})
+	if id, ok := m.Node.(*ast.IdentifierNode); ok && id.Value == "$env" {
+		return
+	}
+	switch t := m.Node.Type(); {
+	case t == nil:
+	case t.Kind() == reflect.Struct, t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct:
+		return
+	}
+	ast.Patch(node, &ast.CallNode{
+		Callee:    &ast.IdentifierNode{Value: fetchFunc},
+		Arguments: []ast.Node{m.Node, m.Property},
+	})
+}
+
+// fetch reads key from an event value. Absent, at any depth, is nil: a
+// missing key, a key of nil, an index past the end of a list. Reading a
+// field of a string, number or boolean is an error.
+func fetch(from, key any) (any, error) {
+	switch x := from.(type) {
+	case nil:
+		return nil, nil
+	case map[string]any:
+		k, ok := key.(string)
+		if !ok {
+			return nil, fmt.Errorf("an object key must be a string, got %T", key)
+		}
+		return x[k], nil
+	case []any:
+		i, ok := toNumber(key)
+		if !ok || i.float {
+			return nil, fmt.Errorf("a list index must be an integer, got %v", key)
+		}
+		n := i.i
+		if n < 0 { // from the end, as in expr
+			n += int64(len(x))
+		}
+		if n < 0 || n >= int64(len(x)) {
+			return nil, nil
+		}
+		return x[n], nil
+	case map[string]event.Change:
+		k, ok := key.(string)
+		if !ok {
+			return nil, fmt.Errorf("a changes key must be a string, got %T", key)
+		}
+		c, ok := x[k]
+		if !ok {
+			return nil, nil
+		}
+		return c, nil
+	case event.Change:
+		switch key {
+		case "old":
+			return x.Old, nil
+		case "new":
+			return x.New, nil
+		}
+		return nil, fmt.Errorf("a change has old and new, not %v", key)
+	case string, bool, int64, float64, int:
+		return nil, fmt.Errorf("cannot read %v of a %s", key, kindOf(from))
+	}
+	return runtime.Fetch(from, key), nil
 }
 
 // envArg passes the environment to the condition functions as a hidden
@@ -304,12 +356,15 @@ func hasField(e *condEnv, args []any) (any, error) {
 // change returns the old and new value of field f and whether it
 // changed. On INSERT, DELETE and CUSTOM nothing changed; on an UPDATE
 // without changes the question cannot be answered.
-func (e *condEnv) change(call, f string) (old, cur any, changed bool, err error) {
+func (e *condEnv) change(fn, f string) (old, cur any, changed bool, err error) {
 	if e.ev.Type != event.Update {
 		return nil, nil, false, nil
 	}
 	if e.ev.Changes == nil {
-		return nil, nil, false, fmt.Errorf("%s: %w", call, ErrNoChanges)
+		if fn == "field_changed" {
+			return nil, nil, false, fmt.Errorf("%s('%s'): %w", fn, f, ErrNoChanges)
+		}
+		return nil, nil, false, fmt.Errorf("%s('%s', …): %w", fn, f, ErrNoChanges)
 	}
 	if c, ok := e.ev.Changes[f]; ok {
 		return c.Old, c.New, !Equal(c.Old, c.New), nil
@@ -335,7 +390,7 @@ func fieldChanged(e *condEnv, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, _, changed, err := e.change("field_changed('"+f+"')", f)
+	_, _, changed, err := e.change("field_changed", f)
 	return changed, err
 }
 
@@ -344,7 +399,7 @@ func fieldChangedTo(e *condEnv, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, cur, changed, err := e.change("field_changed_to('"+f+"', …)", f)
+	_, cur, changed, err := e.change("field_changed_to", f)
 	return changed && Equal(cur, args[1]), err
 }
 
@@ -353,7 +408,7 @@ func fieldChangedFrom(e *condEnv, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	old, _, changed, err := e.change("field_changed_from('"+f+"', …)", f)
+	old, _, changed, err := e.change("field_changed_from", f)
 	return changed && Equal(old, args[1]), err
 }
 

@@ -18,22 +18,23 @@ import (
 // docs/conditions.md), with timestamp as a time.
 func View(ev *event.Event) map[string]any {
 	m := make(map[string]any, viewSize)
-	fillView(m, ev, true)
+	fillView(m, ev, true, true)
 	return m
 }
 
 const viewSize = 11
 
-// fillView writes the view of ev into m. withChanges false leaves
-// changes nil, for templates that never read it: converting the
-// changes is the one costly part of the view.
-func fillView(m map[string]any, ev *event.Event, withChanges bool) {
-	var changes any
+// fillView writes the view of ev into m. A template that never reads
+// changes or timestamp skips their conversion, the costly parts of the
+// view. changes is a nil map, never a nil interface, so that
+// text/template reads .changes.status as absent rather than failing.
+func fillView(m map[string]any, ev *event.Event, withChanges, withTimestamp bool) {
+	var changes map[string]any
 	if withChanges && ev.Changes != nil {
 		changes = changesView(ev.Changes)
 	}
 	ts := ""
-	if !ev.Timestamp.IsZero() {
+	if withTimestamp && !ev.Timestamp.IsZero() {
 		ts = ev.Timestamp.Format(time.RFC3339Nano)
 	}
 	m["id"] = ev.ID
@@ -65,25 +66,22 @@ type condEnv struct {
 	EntityType string         `expr:"entity_type"`
 	EntityID   string         `expr:"entity_id"`
 	Data       map[string]any `expr:"data"`
-	// Changes is filled only for conditions that read it directly.
-	Changes   map[string]any `expr:"changes"`
-	UserID    string         `expr:"user_id"`
-	TenantID  string         `expr:"tenant_id"`
-	Timestamp time.Time      `expr:"timestamp"`
-	Seq       int64          `expr:"seq"`
-	Source    string         `expr:"source"`
+	// Changes is the event's own map: fetch reads it without a copy.
+	Changes   map[string]event.Change `expr:"changes"`
+	UserID    string                  `expr:"user_id"`
+	TenantID  string                  `expr:"tenant_id"`
+	Timestamp time.Time               `expr:"timestamp"`
+	Seq       int64                   `expr:"seq"`
+	Source    string                  `expr:"source"`
 
 	ev *event.Event // for the field_changed functions
 }
 
-func (e *condEnv) fill(ev *event.Event, withChanges bool) {
+func (e *condEnv) fill(ev *event.Event) {
 	*e = condEnv{
 		ID: ev.ID, EventType: string(ev.Type), EntityType: ev.Entity, EntityID: ev.EntityID,
-		Data: ev.Data, UserID: ev.UserID, TenantID: ev.TenantID,
+		Data: ev.Data, Changes: ev.Changes, UserID: ev.UserID, TenantID: ev.TenantID,
 		Timestamp: ev.Timestamp, Seq: ev.Seq, Source: ev.Source, ev: ev,
-	}
-	if withChanges && ev.Changes != nil {
-		e.Changes = changesView(ev.Changes)
 	}
 }
 
@@ -93,6 +91,12 @@ func (e *condEnv) fill(ev *event.Event, withChanges bool) {
 // only nil. Conditions use it for == on objects and lists and in
 // field_changed_to and field_changed_from.
 func Equal(a, b any) bool {
+	if c, ok := a.(event.Change); ok {
+		a = map[string]any{"old": c.Old, "new": c.New}
+	}
+	if c, ok := b.(event.Change); ok {
+		b = map[string]any{"old": c.Old, "new": c.New}
+	}
 	switch x := a.(type) {
 	case nil:
 		return b == nil || runtime.IsNil(b)

@@ -202,14 +202,17 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 }
 
 // Matcher finds the observers of an event by type and entity with two map
-// lookups, whatever the number of observers.
+// lookups and no allocation, whatever the number of observers.
 type Matcher struct {
-	index map[string]map[string][]*Observer // event type → entity → observers
+	// index maps an event type to, for each entity named by some
+	// observer, the observers of that entity followed by those of "*";
+	// the "*" entry holds those of "*" alone, for other entities.
+	index map[string]map[string][]*Observer
 }
 
 // NewMatcher indexes obs. The order of obs is kept within each result.
 func NewMatcher(obs []*Observer) *Matcher {
-	m := &Matcher{index: map[string]map[string][]*Observer{}}
+	exact := map[string]map[string][]*Observer{}
 	for _, o := range obs {
 		types := []string{o.Event}
 		if o.Event == "*" {
@@ -219,26 +222,34 @@ func NewMatcher(obs []*Observer) *Matcher {
 			}
 		}
 		for _, t := range types {
-			if m.index[t] == nil {
-				m.index[t] = map[string][]*Observer{}
+			if exact[t] == nil {
+				exact[t] = map[string][]*Observer{}
 			}
-			m.index[t][o.Entity] = append(m.index[t][o.Entity], o)
+			exact[t][o.Entity] = append(exact[t][o.Entity], o)
 		}
+	}
+	m := &Matcher{index: make(map[string]map[string][]*Observer, len(exact))}
+	for t, byEntity := range exact {
+		wild := byEntity["*"]
+		merged := make(map[string][]*Observer, len(byEntity))
+		for entity, list := range byEntity {
+			if entity != "*" {
+				list = append(list[:len(list):len(list)], wild...)
+			}
+			merged[entity] = list
+		}
+		m.index[t] = merged
 	}
 	return m
 }
 
 // Match returns the observers whose event and entity match ev: those of
-// the exact entity first, then those of "*".
+// the exact entity first, then those of "*". The slice is shared: the
+// caller must not modify it.
 func (m *Matcher) Match(ev *event.Event) []*Observer {
 	byEntity := m.index[string(ev.Type)]
-	exact, any := byEntity[ev.Entity], byEntity["*"]
-	switch {
-	case len(any) == 0 || ev.Entity == "*":
-		return exact
-	case len(exact) == 0:
-		return any
+	if list, ok := byEntity[ev.Entity]; ok {
+		return list
 	}
-	out := make([]*Observer, 0, len(exact)+len(any))
-	return append(append(out, exact...), any...)
+	return byEntity["*"]
 }

@@ -24,9 +24,9 @@ import (
 type Template struct {
 	src string
 	t   *template.Template
-	// changes is set when the template may read .changes, which is
-	// then converted for each render.
-	changes bool
+	// changes and timestamp are set when the template may read them;
+	// they are then converted for each render.
+	changes, timestamp bool
 }
 
 // Names of the functions that the compiler appends to each action; the
@@ -59,7 +59,7 @@ func CompileTemplate(name, src string) (*Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	changes := readsChanges(t)
+	changes, timestamp := readsKey(t, "changes"), readsKey(t, "timestamp")
 	for _, tt := range t.Templates() {
 		if tt.Tree == nil {
 			continue
@@ -69,9 +69,9 @@ func CompileTemplate(name, src string) (*Template, error) {
 				appendFunc(tt.Tree, a.Pipe, textFunc)
 			}
 		})
-		rewriteFields(tt.Tree)
+		rewriteFields(tt.Tree, tt.Tree.Root, tt.Name() == name)
 	}
-	return &Template{src: src, t: t, changes: changes}, nil
+	return &Template{src: src, t: t, changes: changes, timestamp: timestamp}, nil
 }
 
 // CompileJSONTemplate parses src, a template that produces a JSON
@@ -96,7 +96,7 @@ func CompileJSONTemplate(name, src string) (*Template, error) {
 		return nil, errors.New("template does not parse: a JSON template cannot define other templates")
 	}
 	tree := t.Tree
-	changes, samples := readsChanges(t), sampleEvents(tree)
+	changes, timestamp, samples := readsKey(t, "changes"), readsKey(t, "timestamp"), sampleEvents(tree)
 	end, err := escapeJSON(tree, tree.Root, jsonState{})
 	if err != nil {
 		return nil, fmt.Errorf("template cannot be escaped as JSON: %w", err)
@@ -104,8 +104,8 @@ func CompileJSONTemplate(name, src string) (*Template, error) {
 	if end.inString {
 		return nil, errors.New("template does not produce JSON: a string is not closed")
 	}
-	rewriteFields(tree)
-	out := &Template{src: src, t: t, changes: changes}
+	rewriteFields(tree, tree.Root, true)
+	out := &Template{src: src, t: t, changes: changes, timestamp: timestamp}
 	for _, ev := range samples {
 		s, err := out.Render(ev)
 		if err != nil {
@@ -142,7 +142,7 @@ func (t *Template) Render(ev *event.Event) (string, error) {
 // Execute writes the template's output for ev to w.
 func (t *Template) Execute(w io.Writer, ev *event.Event) error {
 	m := viewPool.Get().(map[string]any)
-	fillView(m, ev, t.changes)
+	fillView(m, ev, t.changes, t.timestamp)
 	err := t.t.Execute(w, m)
 	clear(m)
 	viewPool.Put(m)
@@ -228,6 +228,15 @@ func toString(v any) string {
 	switch x := v.(type) {
 	case nil:
 		return ""
+	case map[string]any:
+		if x == nil { // .changes of an event without changes
+			return ""
+		}
+		s, err := jsonValue(x)
+		if err != nil {
+			return fmt.Sprint(x)
+		}
+		return s
 	case string:
 		return x
 	case int64:
@@ -236,7 +245,7 @@ func toString(v any) string {
 		return strconv.FormatFloat(x, 'g', -1, 64)
 	case bool:
 		return strconv.FormatBool(x)
-	case map[string]any, []any:
+	case []any:
 		s, err := jsonValue(x)
 		if err != nil {
 			return fmt.Sprint(x)
@@ -423,29 +432,66 @@ func appendFunc(tree *parse.Tree, p *parse.PipeNode, fn string) {
 	p.Cmds = append(p.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: p.Position(), Args: []parse.Node{id}})
 }
 
-// rewriteFields turns every field chain (.data.a.b, $x.a, (pipe).a)
-// into a call of getPath, for which null and absent read the same at
-// any depth: text/template stops with "nil pointer evaluating
-// interface {}.b" when data.a is JSON null.
-func rewriteFields(tree *parse.Tree) {
-	walk(tree.Root, func(n parse.Node) {
-		cmd, ok := n.(*parse.CommandNode)
-		if !ok {
-			return
+// rewriteFields turns field chains that may pass through a null into
+// calls of getPath, for which null and absent read the same at any
+// depth: text/template stops with "nil pointer evaluating interface
+// {}.b" on .data.a.b when data.a is JSON null. Chains from the view of
+// one or two steps (.data.status, .changes.status) cannot meet a null
+// and keep text/template's faster field access. dotIsView tells whether
+// dot is the view, as it is outside range and with.
+func rewriteFields(tree *parse.Tree, list *parse.ListNode, dotIsView bool) {
+	if list == nil {
+		return
+	}
+	for _, n := range list.Nodes {
+		switch n := n.(type) {
+		case *parse.ActionNode:
+			rewritePipe(tree, n.Pipe, dotIsView)
+		case *parse.TemplateNode:
+			rewritePipe(tree, n.Pipe, dotIsView)
+		case *parse.IfNode:
+			rewritePipe(tree, n.Pipe, dotIsView)
+			rewriteFields(tree, n.List, dotIsView)
+			rewriteFields(tree, n.ElseList, dotIsView)
+		case *parse.RangeNode:
+			rewritePipe(tree, n.Pipe, dotIsView)
+			rewriteFields(tree, n.List, false)
+			rewriteFields(tree, n.ElseList, dotIsView)
+		case *parse.WithNode:
+			rewritePipe(tree, n.Pipe, dotIsView)
+			rewriteFields(tree, n.List, false)
+			rewriteFields(tree, n.ElseList, dotIsView)
 		}
+	}
+}
+
+func rewritePipe(tree *parse.Tree, p *parse.PipeNode, dotIsView bool) {
+	if p == nil {
+		return
+	}
+	for _, cmd := range p.Cmds {
 		for i, arg := range cmd.Args {
 			var base parse.Node
 			var path []string
 			switch a := arg.(type) {
+			case *parse.PipeNode:
+				rewritePipe(tree, a, dotIsView)
+				continue
 			case *parse.FieldNode:
+				if dotIsView && len(a.Ident) <= 2 {
+					continue
+				}
 				base, path = &parse.DotNode{NodeType: parse.NodeDot, Pos: a.Pos}, a.Ident
 			case *parse.VariableNode:
-				if len(a.Ident) < 2 {
+				if len(a.Ident) < 2 || a.Ident[0] == "$" && len(a.Ident) <= 3 {
 					continue
 				}
 				base = &parse.VariableNode{NodeType: parse.NodeVariable, Pos: a.Pos, Ident: a.Ident[:1]}
 				path = a.Ident[1:]
 			case *parse.ChainNode:
+				if sub, ok := a.Node.(*parse.PipeNode); ok {
+					rewritePipe(tree, sub, dotIsView)
+				}
 				base, path = a.Node, a.Field
 			default:
 				continue
@@ -457,7 +503,7 @@ func rewriteFields(tree *parse.Tree) {
 			cmd.Args[i] = &parse.PipeNode{NodeType: parse.NodePipe, Pos: arg.Position(),
 				Cmds: []*parse.CommandNode{{NodeType: parse.NodeCommand, Pos: arg.Position(), Args: args}}}
 		}
-	})
+	}
 }
 
 // getPath follows keys through nested objects; absent or null at any
@@ -543,9 +589,10 @@ func walkBranch(b *parse.BranchNode, fn func(parse.Node)) {
 	}
 }
 
-// readsChanges reports whether a template may read .changes: by name,
-// or through the whole view (a bare dot, $, index with a computed key).
-func readsChanges(t *template.Template) bool {
+// readsKey reports whether a template may read the view's key: by
+// name, or through the whole view (a bare dot, $, a call of another
+// template).
+func readsKey(t *template.Template, key string) bool {
 	found := false
 	for _, tt := range t.Templates() {
 		if tt.Tree == nil {
@@ -554,15 +601,15 @@ func readsChanges(t *template.Template) bool {
 		walk(tt.Tree.Root, func(n parse.Node) {
 			switch n := n.(type) {
 			case *parse.FieldNode:
-				found = found || n.Ident[0] == "changes"
+				found = found || n.Ident[0] == key
 			case *parse.VariableNode:
-				found = found || len(n.Ident) == 1 || n.Ident[1] == "changes"
+				found = found || len(n.Ident) == 1 || n.Ident[1] == key
 			case *parse.DotNode, *parse.TemplateNode:
 				found = true
 			case *parse.StringNode:
-				found = found || n.Text == "changes"
+				found = found || n.Text == key
 			case *parse.ChainNode:
-				found = found || len(n.Field) > 0 && n.Field[0] == "changes"
+				found = found || len(n.Field) > 0 && n.Field[0] == key
 			}
 		})
 	}

@@ -52,7 +52,7 @@ func TestTemplateView(t *testing.T) {
 }
 
 func TestTemplateMissingRendersEmpty(t *testing.T) {
-	ev := decodeEvent(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"INSERT","entity_type":"Order","data":{"a":{},"n":null}}`)
+	ev := decodeEvent(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"INSERT","entity_type":"Order","data":{"a":{},"n":null,"items":[null,{"price":1}]}}`)
 	// Plain text/template prints "<no value>" for these; ours must not.
 	src := `[{{.data.missing}}][{{.data.a.b}}][{{.data.missing.deeper.still}}][{{.changes.status.old}}][{{.user_id}}][{{.timestamp}}][{{index .data "x"}}]`
 	std := template.Must(template.New("std").Option("missingkey=zero").Parse(src))
@@ -69,6 +69,11 @@ func TestTemplateMissingRendersEmpty(t *testing.T) {
 		// JSON null reads as absent at any depth too.
 		`[{{.data.n}}][{{.data.n.x.y}}][{{$.data.n.x}}][{{(index .data "n").x}}]`: "[][][][]",
 		`{{with $d := .data}}[{{$d.n.x}}]{{end}}`:                                 "[]",
+		`{{range .data.items}}[{{.price}}]{{end}}`:                                "[][1]",
+		`{{range $i := .data.items}}[{{$i.price}}]{{end}}`:                        "[][1]",
+		`{{with .data}}[{{.n.x}}]{{end}}`:                                         "[]",
+		`{{define "s"}}[{{.data.n.x}}]{{end}}{{template "s" .}}`:                  "[]",
+		`[{{.changes}}][{{.changes.status}}][{{json .changes}}]`:                  "[][][null]",
 		`{{.data.missing | default "n/a"}}`:                                       "n/a",
 		`{{urlquery .data.missing}}`:                                              "",
 		`{{glob_escape .data.missing}}`:                                           "",

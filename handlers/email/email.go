@@ -105,19 +105,20 @@ type addrTemplate struct {
 	t    *handlers.Template
 }
 
-// parseAddresses splits a rendered recipient entry on commas and checks
-// each address.
+// parseAddresses reads a rendered recipient entry: one address or a
+// comma-separated list (RFC 5322, so a quoted name may hold a comma).
+// An empty entry holds no address.
 func parseAddresses(s string) ([]string, error) {
-	var out []string
-	for part := range strings.SplitSeq(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		a, err := mail.ParseAddress(part)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an email address: %w", part, err)
-		}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	list, err := mail.ParseAddressList(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not an email address or a list of them: %w", s, err)
+	}
+	out := make([]string, 0, len(list))
+	for _, a := range list {
 		out = append(out, a.String())
 	}
 	return out, nil

@@ -253,7 +253,7 @@ func TestSend(t *testing.T) {
 	cfg.SMTP.UsernameEnv = "MILLRACE_TEST_SMTP_USER"
 	cfg.SMTP.PasswordEnv = "MILLRACE_TEST_SMTP_PASSWORD"
 	a := build(t, cfg, config.Action{
-		"to":      []any{"{{.data.email}}", "ops@example.com, sales@example.com"},
+		"to":      []any{"{{.data.email}}", `ops@example.com, "Sales, EU" <sales@example.com>`, "{{.data.missing}}"},
 		"cc":      []any{"audit@example.com"},
 		"subject": "Order {{.entity_id}} is {{.data.status}}",
 		"body":    "Hello {{.data.name}},\nyour order of {{.data.total}} EUR is {{.data.status}}.\n",

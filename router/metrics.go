@@ -3,17 +3,21 @@ package router
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/millrace/millrace/middleware"
 )
 
 // Metrics are millrace's own Prometheus metrics.
 type Metrics struct {
 	Registry       *prometheus.Registry
 	Ingested       *prometheus.CounterVec // by result: accepted, rejected
-	Events         *prometheus.CounterVec // by result: handled, failed, undecodable
-	Observers      *prometheus.CounterVec // by observer, result: matched, skipped_condition, succeeded, failed, duplicate_skipped
-	Actions        *prometheus.CounterVec // by observer, action, result: succeeded, failed, cache_hit
+	Events         *prometheus.CounterVec // by result: handled, failed (redelivered), undecodable, dropped
+	Observers      *prometheus.CounterVec // by observer, result: succeeded, skipped_condition, duplicate_skipped, dead_lettered, logged, dropped, failed (redelivered)
+	Actions        *prometheus.CounterVec // by observer, action, result: succeeded, failed, breaker_open
 	ActionDuration *prometheus.HistogramVec
 	EventLatency   prometheus.Histogram
+	// Delivery are the dedup, result cache and retry counters.
+	Delivery *middleware.Metrics
 }
 
 // NewMetrics registers the metrics on a new registry, with the Go and
@@ -44,6 +48,8 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
 		}),
 	}
+	m.Delivery = middleware.NewMetrics()
 	reg.MustRegister(m.Ingested, m.Events, m.Observers, m.Actions, m.ActionDuration, m.EventLatency)
+	reg.MustRegister(m.Delivery.Collectors()...)
 	return m
 }

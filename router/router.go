@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,10 +14,12 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/jetstream"
 )
@@ -43,7 +46,10 @@ type Router struct {
 
 	backend   *topologies.Backend
 	observers []*handlers.Observer
+	byName    map[string]*handlers.Observer
 	matcher   *handlers.Matcher
+	ledger    *middleware.Ledger
+	breakers  *middleware.Breakers
 	wm        *message.Router
 	http      *http.Server
 	listener  net.Listener
@@ -78,9 +84,22 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	r.backend = backend
 	defer func() { err = errors.Join(err, backend.Close()) }()
+	r.countDeadLetters(backend)
 
 	res := &resources{cfg: cfg}
 	defer func() { err = errors.Join(err, res.Close()) }()
+	dedup, cache, closeStores, err := r.openStores(ctx, backend, res)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, closeStores()) }()
+	r.ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
+		r.metrics.Delivery, r.logger.With("component", "ledger"))
+	r.breakers = middleware.NewBreakers(middleware.BreakerConfig{}, breakerFailure)
+	if err := r.metrics.Registry.Register(r.breakers); err != nil {
+		return fmt.Errorf("router: breaker metrics: %w", err)
+	}
+	defer r.metrics.Registry.Unregister(r.breakers)
 	deps := handlers.Deps{Logger: r.logger, Config: cfg, Publish: r.publishRaw, Redis: res.Redis, Database: res.Database}
 	r.observers, err = handlers.Compile(ctx, cfg, r.opts.Actions, deps)
 	if err != nil {
@@ -88,6 +107,10 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, handlers.CloseAll(r.observers)) }()
 	r.matcher = handlers.NewMatcher(r.observers)
+	r.byName = make(map[string]*handlers.Observer, len(r.observers))
+	for _, o := range r.observers {
+		r.byName[o.Name] = o
+	}
 
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.Router.ShutdownTimeout.D()},
 		watermill.NewSlogLoggerWithLevelMapping(r.logger.With("component", "watermill"), map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
@@ -165,6 +188,103 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	return runErr
 }
 
+// breakerFailure tells which errors count against an action's endpoint:
+// a permanent error (a 4xx, a bad payload) shows that it is up.
+func breakerFailure(err error) bool { return err != nil && !handlers.IsPermanent(err) }
+
+// openStores returns the dedup ledger and the result cache that
+// dedup.store and cache.store ask for ("" is the topology's own, or
+// memory), nil for a disabled one, and a func that closes what it
+// opened. Dedup and cache on the same kind share one store, so that one
+// event's checks are one round trip.
+func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *resources) (middleware.DedupStore, middleware.ResultCache, func() error, error) {
+	cfg := r.cfg
+	if cfg.Role == "capture" {
+		return nil, nil, func() error { return nil }, nil // no observers run here
+	}
+	var closers []func() error
+	closeAll := func() error {
+		var errs []error
+		for i := len(closers) - 1; i >= 0; i-- {
+			errs = append(errs, closers[i]())
+		}
+		closers = nil
+		return errors.Join(errs...)
+	}
+	opened := map[string]any{}
+	open := func(kind string) (any, error) {
+		if s, ok := opened[kind]; ok {
+			return s, nil
+		}
+		var s any
+		switch kind {
+		case "memory":
+			m, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+			if err != nil {
+				return nil, err
+			}
+			closers = append(closers, m.Close)
+			s = m
+		case "redis":
+			client, err := res.Redis()
+			if err != nil {
+				return nil, err
+			}
+			if s, err = middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix}); err != nil {
+				return nil, err
+			}
+		case "postgres":
+			url, err := config.Secret(cfg.Postgres.URL, cfg.Postgres.URLEnv)
+			if err != nil {
+				return nil, fmt.Errorf("postgres.url_env: %w", err)
+			}
+			pool, err := pgxpool.New(ctx, url)
+			if err != nil {
+				return nil, fmt.Errorf("postgres: %w", err)
+			}
+			closers = append(closers, func() error { pool.Close(); return nil })
+			ps, err := middleware.NewPostgresStore(pool, middleware.PostgresStoreConfig{Logger: r.logger.With("component", "ledger")})
+			if err != nil {
+				return nil, err
+			}
+			closers = append(closers, ps.Close)
+			if err := ps.Migrate(ctx); err != nil {
+				return nil, err
+			}
+			s = ps
+		default:
+			return nil, fmt.Errorf("unknown store %q", kind)
+		}
+		opened[kind] = s
+		return s, nil
+	}
+	var dedup middleware.DedupStore
+	var cache middleware.ResultCache
+	if cfg.Dedup.Enabled {
+		if cfg.Dedup.Store == "" && b.Dedup != nil {
+			dedup = b.Dedup
+		} else {
+			s, err := open(cmp.Or(cfg.Dedup.Store, "memory"))
+			if err != nil {
+				return nil, nil, nil, errors.Join(fmt.Errorf("dedup.store: %w", err), closeAll())
+			}
+			dedup = s.(middleware.DedupStore)
+		}
+	}
+	if cfg.Cache.Enabled {
+		if cfg.Cache.Store == "" && b.Cache != nil {
+			cache = b.Cache
+		} else {
+			s, err := open(cmp.Or(cfg.Cache.Store, "memory"))
+			if err != nil {
+				return nil, nil, nil, errors.Join(fmt.Errorf("cache.store: %w", err), closeAll())
+			}
+			cache = s.(middleware.ResultCache)
+		}
+	}
+	return dedup, cache, closeAll, nil
+}
+
 // Publish puts events on the bus topic, each with its id as message UUID
 // and its ordering key.
 func (r *Router) Publish(ctx context.Context, evs ...*event.Event) error {
@@ -187,16 +307,54 @@ func (r *Router) publishRaw(ctx context.Context, topic, id string, payload []byt
 	return r.backend.Publisher.Publish(topic, m)
 }
 
-// observe is the bus handler: decode, match, run each matching observer.
+// Delays the bus waits before redelivering a message this process could
+// not settle.
+const (
+	// inFlightRetryDelay: the same event stayed in flight in another
+	// delivery for longer than the ledger waits.
+	inFlightRetryDelay = time.Second
+	// deadLetterRetryDelay: the dead-letter store refused an entry.
+	deadLetterRetryDelay = 2 * time.Second
+	// deadLetterTimeout bounds one write to the dead-letter store.
+	deadLetterTimeout = 10 * time.Second
+)
+
+// observe is the bus handler: decode, match, run each matching observer
+// under the delivery guarantees (dedup, result cache, retries, circuit
+// breakers, failure policy).
+//
+// It returns nil, and the bus acks the message, once every observer
+// either succeeded, was skipped (condition, duplicate) or followed its
+// failure policy (dead letter written, logged, dropped). It returns an
+// error, and the bus redelivers the message, only when that is not so:
+// a dead-letter write failed, the same event is still in flight in
+// another delivery, or the process is shutting down. The message's
+// retry delay metadata then tells the bus how long to wait.
+//
+// Retries wait inside this handler: the bus releases the messages of
+// one entity one after another and those of different entities in
+// parallel, so a wait holds back only the entity whose event it is,
+// which per-entity order requires anyway.
 func (r *Router) observe(msg *message.Message) error {
 	ctx := msg.Context()
 	ev, err := event.Decode(msg.Payload)
 	if err != nil {
-		r.metrics.Events.WithLabelValues("undecodable").Inc()
-		r.logger.ErrorContext(ctx, "undecodable event dropped", "uuid", msg.UUID, "err", err, "bytes", len(msg.Payload))
-		return nil
+		return r.undecodable(ctx, msg, err)
 	}
-	sum := r.handle(ctx, ev)
+	obs := r.matcher.Match(ev)
+	if name := msg.Metadata.Get(middleware.ObserverMetadata); name != "" {
+		// A replay from the dead-letter store: only the observer that
+		// failed runs again.
+		o, ok := r.byName[name]
+		if !ok {
+			r.metrics.Events.WithLabelValues("dropped").Inc()
+			r.logger.ErrorContext(ctx, "replayed event names an observer that is not configured; dropped",
+				"observer", name, "event_id", ev.ID, "uuid", msg.UUID)
+			return nil
+		}
+		obs = []*handlers.Observer{o}
+	}
+	sum := r.handle(ctx, msg, ev, obs)
 	if !ev.Timestamp.IsZero() {
 		r.metrics.EventLatency.Observe(time.Since(ev.Timestamp).Seconds())
 	}
@@ -204,24 +362,79 @@ func (r *Router) observe(msg *message.Message) error {
 		"entity_id", ev.EntityID, "summary", sum)
 	if sum.Err != nil {
 		r.metrics.Events.WithLabelValues("failed").Inc()
-		r.logger.WarnContext(ctx, "event failed; it will be redelivered", "event_id", ev.ID, "err", sum.Err)
+		if sum.RetryDelay > 0 {
+			msg.Metadata.Set(jetstream.RetryDelayMetadata, sum.RetryDelay.String())
+		}
+		r.logger.WarnContext(ctx, "event not settled; it will be redelivered", "event_id", ev.ID, "err", sum.Err,
+			"retry_delay", sum.RetryDelay.String())
 		return sum.Err
 	}
 	r.metrics.Events.WithLabelValues("handled").Inc()
 	return nil
 }
 
+// undecodable dead-letters a message that is not an event, with its raw
+// bytes, and acks it; if the store refuses it, the message is redelivered.
+func (r *Router) undecodable(ctx context.Context, msg *message.Message, cause error) error {
+	r.metrics.Events.WithLabelValues("undecodable").Inc()
+	now := time.Now()
+	id, err := r.putDeadLetter(ctx, middleware.DeadLetter{
+		Reason: middleware.ReasonUndecodable, Error: cause.Error(), Attempts: 1,
+		FirstFailure: now, LastFailure: now, Topic: r.topicOf(ctx), Payload: msg.Payload,
+	})
+	if err != nil {
+		msg.Metadata.Set(jetstream.RetryDelayMetadata, deadLetterRetryDelay.String())
+		r.logger.ErrorContext(ctx, "undecodable message could not be dead-lettered; it will be redelivered",
+			"uuid", msg.UUID, "bytes", len(msg.Payload), "cause", cause, "err", err)
+		return fmt.Errorf("dead-letter undecodable message %s: %w", msg.UUID, err)
+	}
+	r.logger.WarnContext(ctx, "undecodable message dead-lettered", "uuid", msg.UUID, "dead_letter", id,
+		"bytes", len(msg.Payload), "err", cause)
+	return nil
+}
+
+func (r *Router) topicOf(ctx context.Context) string {
+	if t := message.SubscribeTopicFromCtx(ctx); t != "" {
+		return t
+	}
+	return r.cfg.Router.Topic
+}
+
+// putDeadLetter writes an entry even when ctx was cancelled meanwhile
+// (shutdown): the failure is final, and the entry decides whether the
+// message may be acked.
+func (r *Router) putDeadLetter(ctx context.Context, dl middleware.DeadLetter) (string, error) {
+	store := r.backend.DeadLetters
+	if store == nil {
+		return "", errors.New("the topology has no dead-letter store")
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterTimeout)
+	defer cancel()
+	return store.Put(pctx, dl)
+}
+
 // Summary is what happened to one event.
 type Summary struct {
-	Matched          int   `json:"matched"`
-	SkippedCondition int   `json:"skipped_condition"`
-	Succeeded        int   `json:"succeeded"`
-	Failed           int   `json:"failed"`
-	DuplicateSkipped int   `json:"duplicate_skipped"`
-	ActionsRun       int   `json:"actions_run"`
-	CacheHits        int   `json:"cache_hits"`
-	CacheMisses      int   `json:"cache_misses"`
-	Err              error `json:"-"`
+	Matched          int `json:"matched"`
+	SkippedCondition int `json:"skipped_condition"`
+	Succeeded        int `json:"succeeded"`
+	// Failed counts observers that failed: dead-lettered, logged,
+	// dropped, or left for a redelivery.
+	Failed           int `json:"failed"`
+	DuplicateSkipped int `json:"duplicate_skipped"`
+	DeadLettered     int `json:"dead_lettered"`
+	// ActionsRun counts action executions, retries included.
+	ActionsRun int `json:"actions_run"`
+	// Retries counts action executions after a transient failure.
+	Retries int `json:"retries"`
+	// CacheHits counts actions skipped because they already succeeded
+	// for the event (stored, or earlier in this delivery); CacheMisses
+	// counts actions looked up and not found.
+	CacheHits   int `json:"cache_hits"`
+	CacheMisses int `json:"cache_misses"`
+	// Err is set when the message must be redelivered, after RetryDelay.
+	Err        error         `json:"-"`
+	RetryDelay time.Duration `json:"-"`
 }
 
 // LogValue renders the summary as a group in logs.
@@ -229,50 +442,325 @@ func (s Summary) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Int("matched", s.Matched), slog.Int("skipped_condition", s.SkippedCondition),
 		slog.Int("succeeded", s.Succeeded), slog.Int("failed", s.Failed),
-		slog.Int("duplicate_skipped", s.DuplicateSkipped), slog.Int("actions_run", s.ActionsRun),
+		slog.Int("duplicate_skipped", s.DuplicateSkipped), slog.Int("dead_lettered", s.DeadLettered),
+		slog.Int("actions_run", s.ActionsRun), slog.Int("retries", s.Retries),
 		slog.Int("cache_hits", s.CacheHits), slog.Int("cache_misses", s.CacheMisses))
 }
 
-func (r *Router) handle(ctx context.Context, ev *event.Event) Summary {
-	var sum Summary
-	obs := r.matcher.Match(ev)
-	sum.Matched = len(obs)
+// Outcomes of one observer on one event, as counted in
+// millrace_observer_runs_total{result}.
+const (
+	outcomeSucceeded    = "succeeded"
+	outcomeSkipped      = "skipped_condition"
+	outcomeDuplicate    = "duplicate_skipped"
+	outcomeDeadLettered = "dead_lettered"
+	outcomeLogged       = "logged"
+	outcomeDropped      = "dropped"
+	outcomeRedeliver    = "failed"
+	// breakerWaitFloor is the shortest wait for an open breaker.
+	breakerWaitFloor = 100 * time.Millisecond
+)
+
+// observerResult is what one observer did with one event.
+type observerResult struct {
+	outcome                                     string
+	actionsRun, retries, cacheHits, cacheMisses int
+	// err, when set, makes the message go back to the bus.
+	err        error
+	retryDelay time.Duration
+}
+
+// handle runs the observers of one event, concurrently when there are
+// several: each has its own retries and failure policy, and the event's
+// order per entity holds for each observer.
+func (r *Router) handle(ctx context.Context, msg *message.Message, ev *event.Event, obs []*handlers.Observer) Summary {
+	sum := Summary{Matched: len(obs)}
+	results := make([]observerResult, len(obs))
+	if len(obs) == 1 {
+		results[0] = r.runObserver(ctx, msg, ev, obs[0])
+	} else {
+		var wg sync.WaitGroup
+		for i, o := range obs {
+			wg.Go(func() { results[i] = r.runObserver(ctx, msg, ev, o) })
+		}
+		wg.Wait()
+	}
 	var errs []error
-	for _, o := range obs {
-		ok, err := o.Accepts(ev)
-		if err != nil {
-			sum.Failed++
-			r.metrics.Observers.WithLabelValues(o.Name, "failed").Inc()
-			r.logger.ErrorContext(ctx, "condition failed", "observer", o.Name, "event_id", ev.ID, "err", err)
-			continue
-		}
-		if !ok {
+	for i, res := range results {
+		r.metrics.Observers.WithLabelValues(obs[i].Name, res.outcome).Inc()
+		switch res.outcome {
+		case outcomeSucceeded:
+			sum.Succeeded++
+		case outcomeSkipped:
 			sum.SkippedCondition++
-			r.metrics.Observers.WithLabelValues(o.Name, "skipped_condition").Inc()
-			continue
-		}
-		err = o.Run(ctx, ev, func(ctx context.Context, ev *event.Event, b *handlers.Bound) error {
-			start := time.Now()
-			err := b.Execute(ctx, ev)
-			id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
-			r.metrics.ActionDuration.WithLabelValues(o.Name, id).Observe(time.Since(start).Seconds())
-			result := "succeeded"
-			if err != nil {
-				result = "failed"
-			}
-			r.metrics.Actions.WithLabelValues(o.Name, id, result).Inc()
-			return err
-		})
-		sum.ActionsRun += len(o.Actions)
-		if err != nil {
+		case outcomeDuplicate:
+			sum.DuplicateSkipped++
+		case outcomeDeadLettered:
+			sum.DeadLettered++
 			sum.Failed++
-			r.metrics.Observers.WithLabelValues(o.Name, "failed").Inc()
-			errs = append(errs, fmt.Errorf("observer %q: %w", o.Name, err))
-			continue
+		default:
+			sum.Failed++
 		}
-		sum.Succeeded++
-		r.metrics.Observers.WithLabelValues(o.Name, "succeeded").Inc()
+		sum.ActionsRun += res.actionsRun
+		sum.Retries += res.retries
+		sum.CacheHits += res.cacheHits
+		sum.CacheMisses += res.cacheMisses
+		if res.err != nil {
+			errs = append(errs, res.err)
+			sum.RetryDelay = max(sum.RetryDelay, res.retryDelay)
+		}
 	}
 	sum.Err = errors.Join(errs...)
 	return sum
+}
+
+// actionState is one action's progress through one delivery.
+type actionState struct {
+	done        bool // succeeded now or before (result cache)
+	gaveUp      bool // failed permanently or used its attempts
+	rejected    bool // its circuit breaker refused the last try
+	attempts    int  // executions, breaker refusals not included
+	lastErr     error
+	permanent   bool
+	first, last time.Time // first and last failure
+}
+
+// runObserver runs one observer on one event: condition, dedup claim,
+// actions with retries (skipping those already done), then commit, or
+// the failure policy and release.
+func (r *Router) runObserver(ctx context.Context, msg *message.Message, ev *event.Event, o *handlers.Observer) (res observerResult) {
+	ok, err := o.Accepts(ev)
+	if err != nil {
+		now := time.Now()
+		r.giveUp(ctx, msg, ev, o, &res, failure{reason: middleware.ReasonCondition, err: err, attempts: 1, first: now, last: now})
+		return res
+	}
+	if !ok {
+		res.outcome = outcomeSkipped
+		return res
+	}
+	hashes := make([]string, len(o.Actions))
+	for i, b := range o.Actions {
+		hashes[i] = b.Spec.Hash
+	}
+	claim, err := r.ledger.Begin(ctx, ev.ID, o.Name, hashes)
+	if err != nil {
+		res.outcome, res.err = outcomeRedeliver, fmt.Errorf("observer %q: %w", o.Name, err)
+		if errors.Is(err, middleware.ErrInFlight) {
+			res.retryDelay = inFlightRetryDelay
+		}
+		return res
+	}
+	if claim.Duplicate() {
+		res.outcome = outcomeDuplicate
+		return res
+	}
+
+	states := make([]actionState, len(o.Actions))
+	for i := range states {
+		if claim.Cached(i) {
+			states[i].done = true
+			res.cacheHits++
+		} else if r.cfg.Cache.Enabled {
+			res.cacheMisses++
+		}
+	}
+	backoff := middleware.NewBackoff(o.Config.Retry)
+	exec := func(actx context.Context, ev *event.Event, b *handlers.Bound) error {
+		st := &states[b.Index] // each action touches only its own state
+		if st.done || st.gaveUp {
+			return nil
+		}
+		return r.execAction(actx, ev, o, b, st, claim)
+	}
+	for {
+		_ = o.Run(ctx, ev, exec) // outcomes are in states
+		if err := ctx.Err(); err != nil {
+			claim.Release(ctx)
+			res.outcome, res.err = outcomeRedeliver, fmt.Errorf("observer %q: %w", o.Name, err)
+			tally(states, &res)
+			return res
+		}
+		var wait time.Duration
+		retries, pending := 0, false
+		for i := range states {
+			st := &states[i]
+			switch {
+			case st.done, st.gaveUp:
+			case st.rejected:
+				// The endpoint's breaker is open: wait for it without
+				// using an attempt; this alone never dead-letters.
+				pending = true
+				wait = max(wait, backoff.Next(max(st.attempts, 1), breakerWaitFloor))
+			case st.permanent || st.attempts >= backoff.Attempts():
+				st.gaveUp = true
+			default:
+				pending = true
+				retries++
+				wait = max(wait, backoff.Next(st.attempts, handlers.RetryAfter(st.lastErr)))
+			}
+		}
+		if !pending {
+			break
+		}
+		r.logger.DebugContext(ctx, "retrying observer", "observer", o.Name, "event_id", ev.ID,
+			"actions", retries, "wait", wait.String())
+		if err := middleware.Sleep(ctx, wait); err != nil {
+			claim.Release(ctx)
+			res.outcome, res.err = outcomeRedeliver, fmt.Errorf("observer %q: %w", o.Name, err)
+			tally(states, &res)
+			return res
+		}
+		if retries > 0 {
+			r.metrics.Delivery.Retries.WithLabelValues(o.Name).Add(float64(retries))
+		}
+		res.retries += retries
+		// The actions that already succeeded are skipped this round.
+		for i := range states {
+			if states[i].done {
+				res.cacheHits++
+				r.metrics.Delivery.CacheHits.WithLabelValues(o.Name).Inc()
+			}
+		}
+	}
+	tally(states, &res)
+	if f, failed := failureOf(o, states); failed {
+		r.giveUp(ctx, msg, ev, o, &res, f)
+		claim.Release(ctx)
+		return res
+	}
+	claim.Commit(ctx)
+	res.outcome = outcomeSucceeded
+	return res
+}
+
+func tally(states []actionState, res *observerResult) {
+	for _, st := range states {
+		res.actionsRun += st.attempts
+	}
+}
+
+// execAction runs one action once, through its endpoint's circuit
+// breaker, and records the outcome in st; a success goes to the result
+// cache at once.
+func (r *Router) execAction(ctx context.Context, ev *event.Event, o *handlers.Observer, b *handlers.Bound, st *actionState, claim *middleware.Claim) error {
+	id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
+	start := time.Now()
+	err := r.breakers.Do(breakerKey(o, b), func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = handlers.Permanent(fmt.Errorf("panic: %v", p))
+			}
+		}()
+		return b.Execute(ctx, ev)
+	})
+	if errors.Is(err, middleware.ErrBreakerOpen) {
+		st.rejected = true
+		r.metrics.Actions.WithLabelValues(o.Name, id, "breaker_open").Inc()
+		return err
+	}
+	st.rejected = false
+	st.attempts++
+	now := time.Now()
+	r.metrics.ActionDuration.WithLabelValues(o.Name, id).Observe(now.Sub(start).Seconds())
+	if err == nil {
+		st.done, st.lastErr = true, nil
+		r.metrics.Actions.WithLabelValues(o.Name, id, "succeeded").Inc()
+		claim.Succeeded(ctx, b.Index)
+		return nil
+	}
+	r.metrics.Actions.WithLabelValues(o.Name, id, "failed").Inc()
+	st.lastErr, st.permanent, st.last = err, handlers.IsPermanent(err), now
+	if st.first.IsZero() {
+		st.first = now
+	}
+	return err
+}
+
+// breakerKey names an action's endpoint: its own key when it has one,
+// else the action itself.
+func breakerKey(o *handlers.Observer, b *handlers.Bound) string {
+	if k, ok := b.Action.(middleware.BreakerKeyer); ok {
+		if key := k.BreakerKey(); key != "" {
+			return key
+		}
+	}
+	return b.ID(o.Name)
+}
+
+// failure is what a dead letter records.
+type failure struct {
+	reason, action string
+	err            error
+	attempts       int
+	first, last    time.Time
+}
+
+// failureOf sums up the actions that gave up, if any: the first one
+// names the entry, every error is kept.
+func failureOf(o *handlers.Observer, states []actionState) (failure, bool) {
+	var f failure
+	var errs []error
+	for i, st := range states {
+		if st.done {
+			continue
+		}
+		b := o.Actions[i]
+		if f.action == "" {
+			f.action = b.ID(o.Name)
+		}
+		if st.permanent {
+			f.reason = middleware.ReasonPermanent
+		}
+		errs = append(errs, fmt.Errorf("action %s: %w", b.ID(o.Name), st.lastErr))
+		f.attempts = max(f.attempts, st.attempts)
+		if f.first.IsZero() || st.first.Before(f.first) {
+			f.first = st.first
+		}
+		f.last = maxTime(f.last, st.last)
+	}
+	if len(errs) == 0 {
+		return f, false
+	}
+	if f.reason == "" {
+		f.reason = middleware.ReasonExhausted
+	}
+	f.err = errors.Join(errs...)
+	return f, true
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// giveUp applies the observer's on_failure policy to a final failure.
+// Only a failed dead-letter write leaves the message for a redelivery.
+func (r *Router) giveUp(ctx context.Context, msg *message.Message, ev *event.Event, o *handlers.Observer, res *observerResult, f failure) {
+	attrs := []any{"observer", o.Name, "event_id", ev.ID, "action", f.action, "reason", f.reason,
+		"attempts", f.attempts, "err", f.err}
+	switch o.Config.OnFailure {
+	case "log":
+		res.outcome = outcomeLogged
+		r.logger.ErrorContext(ctx, "observer failed; event dropped (on_failure = log)", attrs...)
+	case "drop":
+		res.outcome = outcomeDropped
+		r.logger.DebugContext(ctx, "observer failed; event dropped (on_failure = drop)", attrs...)
+	default:
+		id, err := r.putDeadLetter(ctx, middleware.DeadLetter{
+			EventID: ev.ID, Observer: o.Name, Action: f.action, Reason: f.reason, Error: f.err.Error(),
+			Attempts: f.attempts, FirstFailure: f.first, LastFailure: f.last, Topic: r.topicOf(ctx), Payload: msg.Payload,
+		})
+		if err != nil {
+			res.outcome, res.retryDelay = outcomeRedeliver, deadLetterRetryDelay
+			res.err = fmt.Errorf("observer %q: dead-letter write failed: %w", o.Name, err)
+			r.logger.ErrorContext(ctx, "observer failed and its dead letter could not be written; the event will be redelivered",
+				append(attrs, "dlq_err", err)...)
+			return
+		}
+		res.outcome = outcomeDeadLettered
+		r.logger.WarnContext(ctx, "observer failed; event dead-lettered", append(attrs, "dead_letter", id)...)
+	}
 }

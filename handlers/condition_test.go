@@ -3,6 +3,8 @@ package handlers_test
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -476,5 +478,67 @@ func BenchmarkConditionEval(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// docExamples reads the sample event and the example table that follow
+// the markers in a page of docs/, so that the page stays true.
+func docExamples(t *testing.T, page string) (*event.Event, [][2]string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "docs", page))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	_, sample, ok := strings.Cut(doc, "<!-- sample-event -->\n```json\n")
+	if !ok {
+		t.Fatalf("%s: no sample event", page)
+	}
+	sample, _, _ = strings.Cut(sample, "```")
+	ev := decodeEvent(t, sample)
+	_, table, ok := strings.Cut(doc, "<!-- examples -->\n")
+	if !ok {
+		t.Fatalf("%s: no examples", page)
+	}
+	var rows [][2]string
+	for i, line := range strings.Split(table, "\n") {
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		if i < 2 { // header and rule
+			continue
+		}
+		// "\|" is a pipe inside a cell.
+		line = strings.ReplaceAll(strings.Trim(line, "|"), `\|`, "\x00")
+		var clean []string
+		for _, c := range strings.Split(line, "|") {
+			clean = append(clean, strings.ReplaceAll(strings.Trim(strings.TrimSpace(c), "`"), "\x00", "|"))
+		}
+		if len(clean) != 2 {
+			t.Fatalf("%s: bad example row %q", page, line)
+		}
+		rows = append(rows, [2]string{clean[0], clean[1]})
+	}
+	if len(rows) == 0 {
+		t.Fatalf("%s: empty example table", page)
+	}
+	return ev, rows
+}
+
+func TestConditionDocExamples(t *testing.T) {
+	ev, rows := docExamples(t, "conditions.md")
+	for _, r := range rows {
+		src, want := r[0], r[1]
+		got, err := evalCond(t, src, ev)
+		switch {
+		case want == "error":
+			if err == nil {
+				t.Errorf("docs: %s = %v; the page says it is an error", src, got)
+			}
+		case err != nil:
+			t.Errorf("docs: %s: %v; the page says %s", src, err, want)
+		case fmt.Sprint(got) != want:
+			t.Errorf("docs: %s = %v; the page says %s", src, got, want)
+		}
 	}
 }

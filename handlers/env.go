@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"cmp"
 	"math"
 	"time"
 
@@ -161,6 +162,39 @@ func (x number) equal(y number) bool {
 	default:
 		return intEqualsFloat(x.i, y.f)
 	}
+}
+
+func (x number) compare(y number) int {
+	switch {
+	case !x.float && !y.float:
+		return cmp.Compare(x.i, y.i)
+	case x.float && y.float:
+		return cmp.Compare(x.f, y.f)
+	case x.float:
+		return -compareIntFloat(y.i, x.f)
+	default:
+		return compareIntFloat(x.i, y.f)
+	}
+}
+
+// compareIntFloat orders i and f without rounding i to a float.
+func compareIntFloat(i int64, f float64) int {
+	switch {
+	case math.IsNaN(f):
+		return -1
+	case f >= 1<<63:
+		return -1
+	case f < -(1 << 63):
+		return 1
+	}
+	t := math.Trunc(f)
+	if c := cmp.Compare(i, int64(t)); c != 0 || t == f {
+		return c
+	}
+	if f > t { // i == trunc(f) < f
+		return -1
+	}
+	return 1
 }
 
 // intEqualsFloat compares exactly, without rounding i to a float:

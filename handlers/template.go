@@ -47,6 +47,22 @@ var funcs = template.FuncMap{
 	"urlquery":    urlQuery,
 	"glob_escape": func(v any) string { return GlobEscape(toString(v)) },
 
+	// text/template's comparisons refuse int64 against float64 (100
+	// against 100.0): these compare numbers by value, as conditions do.
+	"eq": func(a any, bs ...any) bool {
+		for _, b := range bs {
+			if Equal(a, b) {
+				return true
+			}
+		}
+		return false
+	},
+	"ne": func(a, b any) bool { return !Equal(a, b) },
+	"lt": func(a, b any) (bool, error) { c, err := compare(a, b); return c < 0, err },
+	"le": func(a, b any) (bool, error) { c, err := compare(a, b); return c <= 0, err },
+	"gt": func(a, b any) (bool, error) { c, err := compare(a, b); return c > 0, err },
+	"ge": func(a, b any) (bool, error) { c, err := compare(a, b); return c >= 0, err },
+
 	textFunc:       textValue,
 	jsonStringFunc: jsonStringContent,
 	getFunc:        getPath,
@@ -171,6 +187,21 @@ func GlobEscape(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// compare orders two numbers by value or two strings.
+func compare(a, b any) (int, error) {
+	if x, ok := toNumber(a); ok {
+		if y, ok := toNumber(b); ok {
+			return x.compare(y), nil
+		}
+	}
+	if x, ok := a.(string); ok {
+		if y, ok := b.(string); ok {
+			return strings.Compare(x, y), nil
+		}
+	}
+	return 0, fmt.Errorf("cannot compare %s with %s", kindOf(a), kindOf(b))
 }
 
 // jsonValue marshals v as compact JSON without HTML escaping; an absent
@@ -526,6 +557,10 @@ func getPath(v any, keys ...string) (any, error) {
 
 func kindOf(v any) string {
 	switch v.(type) {
+	case nil:
+		return "absent value"
+	case map[string]any:
+		return "object"
 	case string:
 		return "string"
 	case int64, float64, int:

@@ -116,6 +116,14 @@ func TestTemplateFunctions(t *testing.T) {
 		`{{glob_escape .data.q}}`:                     `a\*b\?c\[d\]e\\f`,
 		`cache:order:{{glob_escape .entity_id}}:*`:    `cache:order:42:*`,
 		`{{printf "%s-%d" .data.status .data.total}}`: "shipped-100",
+		// Comparisons take numbers by value, like conditions.
+		`{{if eq .data.total 100.0}}y{{end}}{{if eq .data.total 100}}y{{end}}`:   "yy",
+		`{{if eq .data.status "paid" "shipped"}}y{{end}}`:                        "y",
+		`{{if ne .data.missing "x"}}y{{end}}{{if eq .data.missing nil}}y{{end}}`: "yy",
+		`{{if gt .data.price 100}}y{{end}}{{if le .data.total 100.0}}y{{end}}`:   "yy",
+		`{{if lt .data.big 9007199254740993.5}}y{{end}}`:                         "y",
+		`{{if ge .data.status "s"}}y{{end}}{{if lt .data.total 99.5}}n{{end}}`:   "y",
+		`{{if eq .data.dims (index .data "dims")}}y{{end}}`:                      "y",
 	} {
 		if got := render(t, src, ev); got != want {
 			t.Errorf("Render(%q) = %q; want %q", src, got, want)
@@ -151,15 +159,20 @@ func TestTemplateCompileErrors(t *testing.T) {
 	}
 }
 
-func TestTemplateRuntimeError(t *testing.T) {
+func TestTemplateRuntimeErrors(t *testing.T) {
 	ev := decodeEvent(t, orderUpdate)
-	tm, err := handlers.CompileTemplate("x", `{{.data.status.deeper}}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `cannot read field "deeper" of a string`
-	if out, err := tm.Render(ev); err == nil || !strings.Contains(err.Error(), want) {
-		t.Errorf("Render = %q, %v; want an error containing %q", out, err, want)
+	for src, want := range map[string]string{
+		`{{.data.status.deeper}}`:          `cannot read field "deeper" of a string`,
+		`{{if lt .data.missing 1}}{{end}}`: "cannot compare absent value with number",
+		`{{if gt .data.status 1}}{{end}}`:  "cannot compare string with number",
+	} {
+		tm, err := handlers.CompileTemplate("x", src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := tm.Render(ev); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Render(%q) = %q, %v; want an error containing %q", src, out, err, want)
+		}
 	}
 }
 

@@ -28,11 +28,12 @@ type Config struct {
 	// by the action and cannot be overridden.
 	Headers map[string]string `koanf:"headers"`
 	// Body is a template for the request body. Default: the event
-	// envelope as JSON (no body for GET). Unless Content-Type is set to a
-	// literal non-JSON type, it is a JSON template: values are escaped by
-	// their place in the JSON text, so the body stays valid JSON whatever
-	// the event holds.
+	// envelope as JSON (no body for GET).
 	Body string `koanf:"body"`
+	// BodyFormat is json (default) or text. A json body is escaped by
+	// context, so it stays valid JSON whatever the event holds; a text
+	// body is rendered as it is. It also picks the default Content-Type.
+	BodyFormat string `koanf:"body_format"`
 	// Timeout bounds one request, answer included. Default 10s.
 	Timeout config.Duration `koanf:"timeout"`
 	// SecretEnv names the variable that holds the Standard Webhooks
@@ -50,6 +51,7 @@ const DefaultTimeout = 10 * time.Second
 // SetDefaults fills the defaults.
 func (c *Config) SetDefaults() {
 	c.Method = "POST"
+	c.BodyFormat = "json"
 	c.Timeout = config.Duration(DefaultTimeout)
 }
 
@@ -100,10 +102,15 @@ func (c Config) Validate() error {
 			errs = append(errs, config.Errorf(path, "must not contain control characters such as CR, LF or NUL"))
 		}
 	}
-	if c.Body != "" {
-		if _, err := c.compileBody(); err != nil {
-			errs = append(errs, config.Errorf("body", "%v", err))
+	switch c.BodyFormat {
+	case "json", "text":
+		if c.Body != "" {
+			if _, err := c.compileBody(); err != nil {
+				errs = append(errs, config.Errorf("body", "%v", err))
+			}
 		}
+	default:
+		errs = append(errs, config.Errorf("body_format", "%q is not one of json, text", c.BodyFormat))
 	}
 	if c.Timeout <= 0 {
 		errs = append(errs, config.Errorf("timeout", "must be positive, got %s", c.Timeout))
@@ -111,22 +118,11 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// jsonBody reports whether the body is JSON: unless a literal
-// Content-Type header says otherwise, it is.
-func (c Config) jsonBody() bool {
-	for name, v := range c.Headers {
-		if http.CanonicalHeaderKey(name) == "Content-Type" && !isTemplate(v) {
-			return strings.Contains(strings.ToLower(v), "json")
-		}
-	}
-	return true
-}
-
 func (c Config) compileBody() (*handlers.Template, error) {
-	if c.jsonBody() {
-		return handlers.CompileJSONTemplate("body", c.Body)
+	if c.BodyFormat == "text" {
+		return handlers.CompileTemplate("body", c.Body)
 	}
-	return handlers.CompileTemplate("body", c.Body)
+	return handlers.CompileJSONTemplate("body", c.Body)
 }
 
 // isTemplate tells a template from a literal: a literal needs no

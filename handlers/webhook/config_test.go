@@ -17,8 +17,8 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := spec.Config.(webhook.Config)
-	if c.Method != "POST" || c.Timeout.D() != webhook.DefaultTimeout || c.AllowPrivate || c.Body != "" {
-		t.Errorf("defaults = %+v; want POST, 10s, allow_private false, envelope body", c)
+	if c.Method != "POST" || c.Timeout.D() != webhook.DefaultTimeout || c.AllowPrivate || c.Body != "" || c.BodyFormat != "json" {
+		t.Errorf("defaults = %+v; want POST, 10s, allow_private false, envelope body, body_format json", c)
 	}
 }
 
@@ -42,6 +42,8 @@ func TestValidate(t *testing.T) {
 		{name: "bad method", change: config.Action{"method": "FETCH"}, path: ".method", msg: "one of"},
 		{name: "body does not parse", change: config.Action{"body": "{{.data"}, path: ".body", msg: "does not parse"},
 		{name: "body not JSON", change: config.Action{"body": `{"a": "{{.entity_id}}}`}, path: ".body", msg: "not closed"},
+		{name: "text body not JSON", change: config.Action{"body": `{{.event_type}} {{.entity_id}}`}, path: ".body", msg: "JSON"},
+		{name: "bad body_format", change: config.Action{"body_format": "xml"}, path: ".body_format", msg: "json, text"},
 		{name: "header does not parse", change: config.Action{"headers": map[string]any{"X-A": "{{end}}"}}, path: ".headers.X-A", msg: "does not parse"},
 		{name: "bad header name", change: config.Action{"headers": map[string]any{"X A": "v"}}, path: ".headers.X A", msg: "header name"},
 		{name: "reserved header", change: config.Action{"headers": map[string]any{"webhook-signature": "v1,x"}}, path: ".headers.webhook-signature", msg: "set by the action"},

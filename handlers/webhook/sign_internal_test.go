@@ -15,7 +15,10 @@ func TestSignTestVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := New(t.Context(), Config{URL: "https://example.com/", Method: "POST", Timeout: 1}, handlers.Deps{})
+	var c Config
+	c.SetDefaults()
+	c.URL = "https://example.com/"
+	w, err := New(t.Context(), c, handlers.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,10 +100,12 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 	} else {
 		w.envelope = w.method != http.MethodGet
 	}
-	if w.body != nil || w.envelope {
-		if !w.configured("Content-Type") {
-			w.static["Content-Type"] = []string{"application/json"}
+	if (w.body != nil || w.envelope) && !w.configured("Content-Type") {
+		ct := "application/json"
+		if w.body != nil && c.BodyFormat == "text" {
+			ct = "text/plain; charset=utf-8"
 		}
+		w.static["Content-Type"] = []string{ct}
 	}
 	if !w.configured("User-Agent") {
 		w.static["User-Agent"] = []string{"millrace"}

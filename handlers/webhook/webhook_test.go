@@ -301,7 +301,8 @@ func TestTemplates(t *testing.T) {
 			"X-Static":     "plain",
 			"Content-Type": "text/plain",
 		},
-		"body": "{{.event_type}} {{.entity_type}} {{.entity_id}} now {{.data.status}}",
+		"body_format": "text",
+		"body":        "{{.event_type}} {{.entity_type}} {{.entity_id}} now {{.data.status}}",
 	})
 	ev := newEvent()
 	if err := a.Execute(t.Context(), ev); err != nil {
@@ -362,21 +363,32 @@ func TestJSONBodyStaysValid(t *testing.T) {
 	}
 }
 
-// With a literal non-JSON Content-Type the body is plain text.
+// A text body is rendered as it is, with a text Content-Type unless the
+// headers set one.
 func TestTextBody(t *testing.T) {
 	t.Parallel()
-	rc := newReceiver(t, nil)
-	a := build(t, config.Action{
-		"type": "webhook", "url": rc.URL, "allow_private": true,
-		"headers": map[string]any{"content-type": "text/plain; charset=utf-8"},
-		"body":    `status={{.data.status}} "quoted"`,
-	})
-	if err := a.Execute(t.Context(), newEvent()); err != nil {
-		t.Fatal(err)
-	}
-	got := rc.only(t)
-	if string(got.Body) != `status=shipped "quoted"` || got.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
-		t.Errorf("body %q with Content-Type %q; want the text as rendered", got.Body, got.Header.Get("Content-Type"))
+	for _, tc := range []struct {
+		headers map[string]any
+		ct      string
+	}{
+		{nil, "text/plain; charset=utf-8"},
+		{map[string]any{"content-type": "application/x-www-form-urlencoded"}, "application/x-www-form-urlencoded"},
+	} {
+		rc := newReceiver(t, nil)
+		raw := config.Action{
+			"type": "webhook", "url": rc.URL, "allow_private": true,
+			"body_format": "text", "body": `status={{.data.status}} "quoted"`,
+		}
+		if tc.headers != nil {
+			raw["headers"] = tc.headers
+		}
+		if err := build(t, raw).Execute(t.Context(), newEvent()); err != nil {
+			t.Fatal(err)
+		}
+		got := rc.only(t)
+		if string(got.Body) != `status=shipped "quoted"` || got.Header.Get("Content-Type") != tc.ct {
+			t.Errorf("body %q with Content-Type %q; want the text as rendered with %q", got.Body, got.Header.Get("Content-Type"), tc.ct)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package handlers_test
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -402,4 +404,37 @@ func roundTrip(t *testing.T, s string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+func TestTemplateDocExamples(t *testing.T) {
+	ev, rows := docExamples(t, "templates.md")
+	for _, r := range rows {
+		if got := render(t, r[0], ev); got != r[1] {
+			t.Errorf("docs: %s renders %q; the page says %q", r[0], got, r[1])
+		}
+	}
+	b, err := os.ReadFile(filepath.Join("..", "docs", "templates.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := func(marker string) string {
+		_, rest, ok := strings.Cut(string(b), marker+"\n```")
+		if !ok {
+			t.Fatalf("templates.md: no %s", marker)
+		}
+		_, rest, _ = strings.Cut(rest, "\n")
+		rest, _, _ = strings.Cut(rest, "```")
+		return strings.TrimSpace(rest)
+	}
+	tm, err := handlers.CompileJSONTemplate("body", block("<!-- json-template -->"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := tm.Render(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := block("<!-- json-output -->"); got != want {
+		t.Errorf("docs: the JSON body renders\n%s\nthe page says\n%s", got, want)
+	}
 }

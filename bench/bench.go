@@ -1,0 +1,338 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/topologies"
+)
+
+// Defaults of Options.
+const (
+	DefaultEvents  = 50_000
+	DefaultPayload = 500
+	DefaultRate    = 1_000
+	DefaultOutDir  = "bench"
+
+	// QuickEvents and QuickSteadyEvents are the sizes of a --quick run:
+	// enough to go through every code path, too few to mean anything.
+	QuickEvents       = 200
+	QuickSteadyEvents = 50
+
+	// steadySeconds bounds the steady-rate run: min(Events, Rate x
+	// steadySeconds) events.
+	steadySeconds = 10
+	// batchSize is the size of a publish batch, a COPY, a fetch.
+	batchSize = 500
+)
+
+// Environment variables that point the suite at other servers than the
+// local ones; the same the integration tests read.
+const (
+	PostgresURLEnv = "MILLRACE_TEST_POSTGRES_URL"
+	RedisURLEnv    = "MILLRACE_TEST_REDIS_URL"
+	NATSURLEnv     = "MILLRACE_TEST_NATS_URL"
+)
+
+// Default service URLs: the local servers test/services.sh runs.
+const (
+	DefaultPostgresURL = "postgres://root@127.0.0.1:5432/test?sslmode=disable"
+	DefaultRedisURL    = "redis://127.0.0.1:6379/0"
+	DefaultNATSURL     = "nats://127.0.0.1:4222"
+)
+
+// Options configure one run of the suite.
+type Options struct {
+	// Topologies to measure, in this order. Default: every topology
+	// millrace knows (config.Topologies); those not registered in
+	// Registry are reported as not available.
+	Topologies []string
+	// Events is the number of change events of each saturation run.
+	// Default 50,000.
+	Events int
+	// PayloadBytes is the size of each event's data. Default 500.
+	PayloadBytes int
+	// Rate is the rate of the steady-rate latency run, in events per
+	// second; that run sends min(Events, 10 x Rate) events. Default 1,000.
+	Rate int
+	// OutDir receives results.json, RESULTS.md and chart.png. Default
+	// "bench".
+	OutDir string
+	// Quick runs every scenario with QuickEvents events (and the steady
+	// run with QuickSteadyEvents), for tests: the figures mean nothing.
+	Quick bool
+	// CPUProfile writes a CPU profile of each topology's no-op run to
+	// OutDir/profiles and puts its top entries in the results.
+	CPUProfile bool
+
+	// Actions is the action registry the runs use. The suite adds its
+	// "noop" type to it, so it must be a registry of its own (start from
+	// cli.Defaults()). Required.
+	Actions *handlers.Registry
+	// Registry holds the topologies available in this build. Required.
+	Registry *topologies.Registry
+
+	// Service URLs. Defaults: the MILLRACE_TEST_*_URL variables, else
+	// the local servers.
+	PostgresURL, RedisURL, NATSURL string
+
+	// Logger receives the suite's and the routers' logs; nil discards.
+	Logger *slog.Logger
+	// Progress receives progress lines; nil shows none. When Terminal
+	// is set the line is redrawn in place.
+	Progress io.Writer
+	Terminal bool
+}
+
+func (o *Options) setDefaults() {
+	if len(o.Topologies) == 0 {
+		o.Topologies = slices.Clone(config.Topologies)
+	}
+	o.Events = cmp.Or(o.Events, DefaultEvents)
+	o.PayloadBytes = cmp.Or(o.PayloadBytes, DefaultPayload)
+	o.Rate = cmp.Or(o.Rate, DefaultRate)
+	o.OutDir = cmp.Or(o.OutDir, DefaultOutDir)
+	o.PostgresURL = cmp.Or(o.PostgresURL, os.Getenv(PostgresURLEnv), DefaultPostgresURL)
+	o.RedisURL = cmp.Or(o.RedisURL, os.Getenv(RedisURLEnv), DefaultRedisURL)
+	o.NATSURL = cmp.Or(o.NATSURL, os.Getenv(NATSURLEnv), DefaultNATSURL)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+}
+
+func (o Options) validate() error {
+	var errs []error
+	if o.Actions == nil || o.Registry == nil {
+		errs = append(errs, errors.New("bench: Options.Actions and Options.Registry are required"))
+	}
+	for _, t := range o.Topologies {
+		if _, ok := specs[t]; !ok {
+			errs = append(errs, fmt.Errorf("bench: unknown topology %q (known: %s)", t, strings.Join(config.Topologies, ", ")))
+		}
+	}
+	if o.Events < 1 {
+		errs = append(errs, fmt.Errorf("bench: events must be at least 1, got %d", o.Events))
+	}
+	if o.PayloadBytes < 1 || o.PayloadBytes > 1<<20 {
+		errs = append(errs, fmt.Errorf("bench: payload must be between 1 byte and 1 MiB, got %d", o.PayloadBytes))
+	}
+	if o.Rate < 1 {
+		errs = append(errs, fmt.Errorf("bench: rate must be at least 1 event/s, got %d", o.Rate))
+	}
+	return errors.Join(errs...)
+}
+
+// events is the size of a saturation run, steadyEvents of the
+// steady-rate run.
+func (o Options) events() int {
+	if o.Quick {
+		return min(o.Events, QuickEvents)
+	}
+	return o.Events
+}
+
+func (o Options) steadyEvents() int {
+	if o.Quick {
+		return min(o.Events, QuickSteadyEvents)
+	}
+	return min(o.Events, o.Rate*steadySeconds)
+}
+
+// Result files written to OutDir.
+const (
+	ResultsJSON = "results.json"
+	ResultsMD   = "RESULTS.md"
+	ChartPNG    = "chart.png"
+)
+
+// suite is one run of the benchmark: its options, the shared clients it
+// opens on first use, and the recorders of the runs in progress, which
+// the noop action finds by run id.
+type suite struct {
+	opts   Options
+	logger *slog.Logger
+	prog   *progress
+	filler string
+
+	mu        sync.Mutex
+	recorders map[string]*recorder
+	pool      *pgxpool.Pool
+	rdb       *redis.Client
+	nc        *nats.Conn
+}
+
+// Run measures every topology of opts and writes the result files. It
+// returns the results even when some runs failed (their errors are in
+// the results); the error is for what stopped the suite: bad options,
+// ctx, or files that could not be written.
+func Run(ctx context.Context, opts Options) (*Results, error) {
+	opts.setDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	s := &suite{opts: opts, logger: opts.Logger, recorders: map[string]*recorder{}, filler: filler(opts.PayloadBytes)}
+	if err := handlers.Register(opts.Actions, noopType, s.buildNoop); err != nil {
+		return nil, fmt.Errorf("bench: %w (Options.Actions must be a registry of its own)", err)
+	}
+	defer s.close()
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+
+	res := newResults(opts)
+	steps := 0
+	for _, t := range opts.Topologies {
+		steps += 2 // the ceiling, saturated and at a steady rate
+		if s.available(t) {
+			steps += len(scenarios)
+			if !s.webhookAvailable() {
+				steps--
+			}
+		}
+	}
+	s.prog = &progress{w: opts.Progress, tty: opts.Terminal, total: steps}
+	start := time.Now()
+	for _, name := range opts.Topologies {
+		if ctx.Err() != nil {
+			break
+		}
+		res.Topologies = append(res.Topologies, s.topology(ctx, name))
+	}
+	res.DurationS = round3(time.Since(start).Seconds())
+	res.Machine.LoadEnd = loadAverage()
+	res.Targets = evaluate(res)
+	werr := res.write(opts.OutDir)
+	if err := ctx.Err(); err != nil {
+		return res, errors.Join(fmt.Errorf("bench: interrupted: %w", err), werr)
+	}
+	return res, werr
+}
+
+func (s *suite) available(topology string) bool {
+	return slices.Contains(s.opts.Registry.Names(), topology)
+}
+
+func (s *suite) webhookAvailable() bool {
+	return slices.Contains(s.opts.Actions.Names(), "webhook")
+}
+
+func (s *suite) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pool != nil {
+		s.pool.Close()
+	}
+	if s.rdb != nil {
+		_ = s.rdb.Close()
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+}
+
+// postgres returns the suite's pool, opened on first use.
+func (s *suite) postgres(ctx context.Context) (*pgxpool.Pool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pool != nil {
+		return s.pool, nil
+	}
+	cfg, err := pgxpool.ParseConfig(s.opts.PostgresURL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres url: %w", err)
+	}
+	cfg.MaxConns = 8
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	p, err := pgxpool.NewWithConfig(cctx, cfg)
+	if err == nil {
+		err = p.Ping(cctx)
+	}
+	if err != nil {
+		if p != nil {
+			p.Close()
+		}
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	s.pool = p
+	return p, nil
+}
+
+// redis returns the suite's Redis client, opened on first use.
+func (s *suite) redis(ctx context.Context) (*redis.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rdb != nil {
+		return s.rdb, nil
+	}
+	o, err := redis.ParseURL(s.opts.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	c := redis.NewClient(o)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Ping(cctx).Err(); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	s.rdb = c
+	return c, nil
+}
+
+// nats returns the suite's connection to the NATS server, opened on
+// first use.
+func (s *suite) nats() (*nats.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nc != nil {
+		return s.nc, nil
+	}
+	nc, err := nats.Connect(s.opts.NATSURL, nats.Name("millrace-bench"), nats.Timeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	s.nc = nc
+	return nc, nil
+}
+
+// freeMemory returns the heap of earlier runs to the OS, so that a run's
+// peak RSS is its own.
+func freeMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// filler is the text that pads each event's data to about n bytes.
+func filler(n int) string {
+	const overhead = len(`{"id":10000,"n":10000,"payload":""}`)
+	const text = "millrace turns database changes into actions. "
+	k := max(n-overhead, 0)
+	return strings.Repeat(text, k/len(text)+1)[:k]
+}
+
+// profilePath is where the CPU profile of a topology's no-op run goes.
+func (s *suite) profilePath(topology string) string {
+	return filepath.Join(s.opts.OutDir, "profiles", topology+"-noop.pprof")
+}

@@ -1,0 +1,188 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"image/png"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/millrace/millrace/bench"
+	"github.com/millrace/millrace/cmd/millrace/cli"
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/webhook"
+	"github.com/millrace/millrace/test/testenv"
+)
+
+// TestQuickSuite runs every scenario of every topology once with a few
+// events: the topologies of this build through millrace, the others'
+// ceilings only. It checks that the files are written and the figures
+// are there, not what they are.
+func TestQuickSuite(t *testing.T) {
+	t.Parallel()
+	o := cli.Defaults()
+	if !slices.Contains(o.Actions.Names(), "webhook") {
+		if err := webhook.Register(o.Actions); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := t.TempDir()
+	var progress bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	res, err := bench.Run(ctx, bench.Options{
+		Quick: true, OutDir: out, Actions: o.Actions, Registry: o.Topologies,
+		PostgresURL: testenv.PostgresURL(), RedisURL: testenv.RedisURL(), NATSURL: testenv.NATSURL(),
+		Progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
+	}
+
+	if got := len(res.Topologies); got != len(config.Topologies) {
+		t.Fatalf("%d topologies in the results; want %d", got, len(config.Topologies))
+	}
+	if res.Machine.Cores < 1 || res.GoVersion == "" || len(res.Modules) == 0 {
+		t.Errorf("machine %+v, go %q, %d modules: want cores, the Go version and the modules", res.Machine, res.GoVersion, len(res.Modules))
+	}
+	measured := 0
+	for _, top := range res.Topologies {
+		for name, f := range map[string]*bench.Figures{"saturated": top.Ceiling.Saturation, "steady": top.Ceiling.Steady} {
+			checkFigures(t, top.Name+" ceiling "+name, f)
+		}
+		if !top.Available {
+			if top.Status != bench.StatusNotAvailable {
+				t.Errorf("%s: status %q; want %q", top.Name, top.Status, bench.StatusNotAvailable)
+			}
+			continue
+		}
+		if top.Status != bench.StatusMeasured {
+			t.Errorf("%s: status %q; want %q", top.Name, top.Status, bench.StatusMeasured)
+		}
+		for _, sc := range top.Scenarios {
+			measured++
+			checkFigures(t, top.Name+" "+sc.Name, sc.Figures)
+			if sc.Ratio == nil || sc.Ratio.Throughput <= 0 || sc.Ratio.P99 <= 0 {
+				t.Errorf("%s %s: ratio %+v; want positive ratios to the ceiling", top.Name, sc.Name, sc.Ratio)
+			}
+			if sc.Name == bench.ScenarioWebhook && (sc.Signed == nil || *sc.Signed != int64(sc.Figures.Events)) {
+				t.Errorf("%s webhook: signed %v of %d deliveries; want all", top.Name, sc.Signed, sc.Figures.Events)
+			}
+		}
+	}
+	if measured < 4 {
+		t.Errorf("%d millrace runs measured; want every scenario of at least the embedded topology", measured)
+	}
+	for _, tg := range res.Targets {
+		if tg.Topology == "embedded" && tg.Status != bench.TargetMet && tg.Status != bench.TargetMissed {
+			t.Errorf("embedded target %q: %s (%s); want it evaluated", tg.Name, tg.Status, tg.Note)
+		}
+	}
+
+	var back bench.Results
+	b, err := os.ReadFile(filepath.Join(out, bench.ResultsJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("results.json: %v", err)
+	}
+	if len(back.Topologies) != len(res.Topologies) || len(back.Targets) != len(res.Targets) {
+		t.Errorf("results.json holds %d topologies and %d targets; want %d and %d",
+			len(back.Topologies), len(back.Targets), len(res.Topologies), len(res.Targets))
+	}
+	md, err := os.ReadFile(filepath.Join(out, bench.ResultsMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Summary", "## embedded", "## Targets", bench.StatusNotAvailable, bench.ChartPNG} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("RESULTS.md lacks %q", want)
+		}
+	}
+	f, err := os.Open(filepath.Join(out, bench.ChartPNG))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("chart.png: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() < 600 || b.Dy() < 300 {
+		t.Errorf("chart.png is %dx%d; want a readable size", b.Dx(), b.Dy())
+	}
+	if !strings.Contains(progress.String(), "embedded noop") {
+		t.Errorf("progress does not name the runs:\n%s", progress.String())
+	}
+}
+
+func checkFigures(t *testing.T, name string, f *bench.Figures) {
+	t.Helper()
+	switch {
+	case f == nil:
+		t.Errorf("%s: no figures", name)
+	case f.Error != "":
+		t.Errorf("%s: %s", name, f.Error)
+	case f.Delivered != int64(f.Events) || f.Events <= 0:
+		t.Errorf("%s: %d of %d events delivered", name, f.Delivered, f.Events)
+	case f.Throughput <= 0 || f.Seconds <= 0:
+		t.Errorf("%s: throughput %v over %v s; want positive", name, f.Throughput, f.Seconds)
+	case f.Latency.P50 <= 0 || f.Latency.P99 < f.Latency.P50 || f.Latency.Max < f.Latency.P99:
+		t.Errorf("%s: latency %+v; want 0 < p50 <= p99 <= max", name, f.Latency)
+	case f.CPUSeconds <= 0 || f.CPUPer10k <= 0:
+		t.Errorf("%s: CPU %v s, %v s/10k; want positive", name, f.CPUSeconds, f.CPUPer10k)
+	case f.PeakRSSMB <= 0:
+		t.Errorf("%s: peak RSS %v MB; want positive", name, f.PeakRSSMB)
+	}
+}
+
+// TestOptionsRejected checks that bad options fail before anything runs.
+func TestOptionsRejected(t *testing.T) {
+	t.Parallel()
+	for name, mod := range map[string]func(*bench.Options){
+		"unknown topology": func(o *bench.Options) { o.Topologies = []string{"kafka"} },
+		"negative rate":    func(o *bench.Options) { o.Rate = -1 },
+		"no registry":      func(o *bench.Options) { o.Registry = nil },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d := cli.Defaults()
+			o := bench.Options{Quick: true, OutDir: t.TempDir(), Actions: d.Actions, Registry: d.Topologies}
+			mod(&o)
+			res, err := bench.Run(context.Background(), o)
+			if err == nil || res != nil {
+				t.Fatalf("Run = %v, %v; want an error and no results", res, err)
+			}
+			if entries, _ := os.ReadDir(o.OutDir); len(entries) > 0 {
+				t.Errorf("Run wrote %d files for bad options", len(entries))
+			}
+		})
+	}
+}
+
+// TestNoopTypeTaken checks that the suite refuses a registry that has a
+// noop type already: its runs would not be recorded.
+func TestNoopTypeTaken(t *testing.T) {
+	t.Parallel()
+	d := cli.Defaults()
+	if err := handlers.Register(d.Actions, "noop", func(context.Context, nopConfig, handlers.Deps) (handlers.Action, error) {
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	o := bench.Options{Quick: true, OutDir: t.TempDir(), Actions: d.Actions, Registry: d.Topologies, Topologies: []string{"embedded"}}
+	if _, err := bench.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "noop") {
+		t.Errorf("Run on a registry with a noop type: %v; want an error about the noop type", err)
+	}
+}
+
+type nopConfig struct{}
+
+func (nopConfig) Validate() error { return nil }

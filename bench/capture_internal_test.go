@@ -1,0 +1,121 @@
+package bench
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/millrace/millrace/test/testenv"
+)
+
+// TestCaptureProducer checks the load of the capture topologies without
+// running them: rows COPYed by copySend into the watched tables that
+// prepare sets up reach each source's change log, split across the
+// sources, and cleanup drops every schema of the run.
+func TestCaptureProducer(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []topoSpec{specs["nats"], specs["multidb"]} {
+		t.Run(spec.name, func(t *testing.T) {
+			t.Parallel()
+			s := &suite{opts: Options{PostgresURL: testenv.PostgresURL(), RedisURL: testenv.RedisURL(), NATSURL: testenv.NATSURL()},
+				filler: filler(DefaultPayload)}
+			s.opts.setDefaults()
+			s.logger = s.opts.Logger
+			defer s.close()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			env, err := s.prepare(ctx, spec)
+			if err != nil {
+				s.cleanup(spec, env)
+				t.Fatal(err)
+			}
+			if len(env.schemas) != spec.sources {
+				t.Fatalf("%d schemas; want %d", len(env.schemas), spec.sources)
+			}
+			pool, err := s.postgres(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 1234
+			rec := newRecorder(n)
+			if err := pace(ctx, rec, n, 0, s.copySend(pool, env.schemas)); err != nil {
+				s.cleanup(spec, env)
+				t.Fatal(err)
+			}
+			total := 0
+			for _, schema := range env.schemas {
+				var rows, entities int
+				q := pgx.Identifier{schema}.Sanitize()
+				err := pool.QueryRow(ctx, "SELECT count(*), count(*) FILTER (WHERE entity_type = $1 AND (after_image->>'n')::bigint >= 0) FROM "+q+".change_log",
+					benchEntity).Scan(&rows, &entities)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if entities != rows {
+					t.Errorf("%s: %d of %d changes are %s rows with data.n", schema, entities, rows, benchEntity)
+				}
+				if want := n / spec.sources; rows < want {
+					t.Errorf("%s: %d changes; want at least %d", schema, rows, want)
+				}
+				total += rows
+			}
+			if total != n {
+				t.Errorf("%d changes captured; want %d", total, n)
+			}
+			s.cleanup(spec, env)
+			var left int
+			if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", "%"+env.id+"%").Scan(&left); err != nil {
+				t.Fatal(err)
+			}
+			if left != 0 {
+				t.Errorf("%d schemas of the run left after cleanup", left)
+			}
+		})
+	}
+}
+
+func TestLatencyPercentiles(t *testing.T) {
+	r := newRecorder(100)
+	base := time.Now()
+	for i := range 100 {
+		r.mark(int64(i), base)
+		r.lat[i].Store(int64(i+1) * int64(time.Millisecond)) // 1..100 ms
+	}
+	r.mark(5, base)   // a duplicate
+	r.mark(100, base) // not an event of the run
+	if got := r.latency(); got.P50 != 50 || got.P95 != 95 || got.P99 != 99 || got.Max != 100 {
+		t.Errorf("latency = %+v; want p50 50, p95 95, p99 99, max 100", got)
+	}
+	if r.dups.Load() != 1 || r.bad.Load() != 1 || r.done.Load() != 100 {
+		t.Errorf("dups %d, bad %d, done %d; want 1, 1, 100", r.dups.Load(), r.bad.Load(), r.done.Load())
+	}
+	select {
+	case <-r.all:
+	default:
+		t.Error("all is not closed after every event was marked")
+	}
+}
+
+func TestPaceSteadyRate(t *testing.T) {
+	t.Parallel()
+	const n, rate = 60, 200 // 0.3 s
+	rec := newRecorder(n)
+	var sent int
+	start := time.Now()
+	err := pace(context.Background(), rec, n, rate, func(_ context.Context, from, to int) error {
+		if from != sent {
+			t.Errorf("send(%d, %d) after %d sent", from, to, sent)
+		}
+		sent = to
+		return nil
+	})
+	if err != nil || sent != n {
+		t.Fatalf("pace: %v, %d sent; want %d", err, sent, n)
+	}
+	// Paced, not sent at once: the last event is due at (n-1)/rate.
+	if el := time.Since(start); el < time.Duration(n-1)*time.Second/rate-2*tick {
+		t.Errorf("%d events at %d/s sent in %s", n, rate, el)
+	}
+}

@@ -1,0 +1,343 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/router"
+	"github.com/millrace/millrace/topologies/capture"
+)
+
+// noopType is the action type the suite registers: it records the event
+// and returns.
+const noopType = "noop"
+
+// noopConfig is the noop action's section: the run whose recorder it
+// feeds.
+type noopConfig struct {
+	Run string `koanf:"run"`
+}
+
+// Validate requires the run.
+func (c noopConfig) Validate() error {
+	if c.Run == "" {
+		return config.Errorf("run", "is required")
+	}
+	return nil
+}
+
+func (s *suite) buildNoop(_ context.Context, c noopConfig, _ handlers.Deps) (handlers.Action, error) {
+	s.mu.Lock()
+	rec := s.recorders[c.Run]
+	s.mu.Unlock()
+	if rec == nil {
+		return nil, fmt.Errorf("noop: no bench run %q", c.Run)
+	}
+	return handlers.ActionFunc(func(_ context.Context, ev *event.Event) error {
+		rec.markEvent(ev)
+		return nil
+	}), nil
+}
+
+// newID returns a run id: lower case letters and digits, unique enough
+// to name a stream, a key prefix and schemas of its own.
+func newID() string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return "mrb" + hex.EncodeToString(b)
+}
+
+// runEnv is what one millrace run owns outside the process.
+type runEnv struct {
+	id      string
+	dataDir string   // embedded: the JetStream store
+	schemas []string // capture: one schema (and watched table) per source
+	pgURL   string   // postgres.url, with the run's schema first in search_path
+}
+
+// prepare creates what the run's config points at: a data dir, or the
+// watched tables with their capture triggers.
+func (s *suite) prepare(ctx context.Context, spec topoSpec) (*runEnv, error) {
+	env := &runEnv{id: newID()}
+	if spec.name == "embedded" {
+		dir, err := os.MkdirTemp("", "millrace-bench-")
+		if err != nil {
+			return nil, err
+		}
+		env.dataDir = dir
+	}
+	u, err := url.Parse(s.opts.PostgresURL)
+	if err != nil {
+		return nil, fmt.Errorf("postgres url: %w", err)
+	}
+	q := u.Query()
+	// Tables a topology creates without a schema land in the run's.
+	q.Set("search_path", env.id+",public")
+	u.RawQuery = q.Encode()
+	env.pgURL = u.String()
+	if !spec.capture() {
+		return env, nil
+	}
+	pool, err := s.postgres(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The run's schema exists even when no source uses it, so that
+	// search_path puts the topology's own tables there.
+	if err := createTable(ctx, pool, env.id); err != nil {
+		return env, err
+	}
+	for i := range spec.sources {
+		schema := env.id
+		if spec.sources > 1 {
+			schema = fmt.Sprintf("%s_%c", env.id, 'a'+i)
+		}
+		env.schemas = append(env.schemas, schema)
+		if err := createTable(ctx, pool, schema); err != nil {
+			return env, err
+		}
+		// The topology installs the triggers too (sources.install); doing
+		// it here first means the first rows are captured whenever the
+		// topology gets to it.
+		table := schema + "." + benchTable
+		if err := capture.Watch(ctx, pool, schema, []string{table}, map[string]string{table: benchEntity}); err != nil {
+			return env, err
+		}
+	}
+	return env, nil
+}
+
+// cleanup drops what the run left in the services: schemas, streams and
+// keys whose names hold the run id. It logs what it could not drop.
+func (s *suite) cleanup(spec topoSpec, env *runEnv) {
+	if env == nil {
+		return
+	}
+	if env.dataDir != "" {
+		if err := os.RemoveAll(env.dataDir); err != nil {
+			s.logger.Warn("bench: remove data dir", "dir", env.dataDir, "err", err)
+		}
+	}
+	if spec.name == "embedded" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if pool, err := s.postgres(ctx); err == nil {
+		rows, err := pool.Query(ctx, "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", "%"+env.id+"%")
+		var names []string
+		if err == nil {
+			for rows.Next() {
+				var n string
+				if rows.Scan(&n) == nil {
+					names = append(names, n)
+				}
+			}
+			rows.Close()
+			err = rows.Err()
+		}
+		for _, n := range names {
+			if _, e := pool.Exec(ctx, `DROP SCHEMA IF EXISTS "`+n+`" CASCADE`); e != nil {
+				err = errors.Join(err, e)
+			}
+		}
+		if err != nil {
+			s.logger.Warn("bench: drop schemas", "run", env.id, "err", err)
+		}
+	}
+	if spec.name == "postgres" {
+		return
+	}
+	if rdb, err := s.redis(ctx); err == nil {
+		var keys []string
+		it := rdb.Scan(ctx, 0, "*"+env.id+"*", 1000).Iterator()
+		for it.Next(ctx) {
+			keys = append(keys, it.Val())
+		}
+		for len(keys) > 0 {
+			k := keys[:min(len(keys), 500)]
+			keys = keys[len(k):]
+			if err := rdb.Unlink(ctx, k...).Err(); err != nil {
+				s.logger.Warn("bench: unlink keys", "run", env.id, "err", err)
+				break
+			}
+		}
+		if err := it.Err(); err != nil {
+			s.logger.Warn("bench: scan keys", "run", env.id, "err", err)
+		}
+	}
+	if spec.name == "redis" {
+		return
+	}
+	if nc, err := s.nats(); err == nil {
+		if js, err := jetstream.New(nc); err == nil {
+			names := js.StreamNames(ctx)
+			var drop []string
+			for n := range names.Name() {
+				if strings.Contains(strings.ToLower(n), env.id) {
+					drop = append(drop, n)
+				}
+			}
+			for _, n := range drop {
+				if err := js.DeleteStream(ctx, n); err != nil {
+					s.logger.Warn("bench: delete stream", "stream", n, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// config builds the config of one millrace run: the topology, the run's
+// own names everywhere, one observer "bench" with the given action.
+func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, dedupCache bool) (*config.Config, error) {
+	cfg := config.Default()
+	cfg.Topology = spec.name
+	cfg.Log.Level = "error"
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Router.ShutdownTimeout = config.Duration(10 * time.Second)
+	cfg.Embedded.DataDir = env.dataDir
+	cfg.NATS.URL = s.opts.NATSURL
+	cfg.NATS.Stream = strings.ToUpper(env.id)
+	cfg.NATS.SubjectPrefix = env.id
+	cfg.NATS.Consumer = env.id
+	cfg.Redis.URL = s.opts.RedisURL
+	cfg.Redis.KeyPrefix = "millrace:" + env.id + ":"
+	cfg.Postgres.URL = env.pgURL
+	cfg.Dedup.Enabled = dedupCache
+	cfg.Cache.Enabled = dedupCache
+	for i, schema := range env.schemas {
+		var src config.Source
+		src.SetDefaults()
+		src.Name = "bench"
+		if len(env.schemas) > 1 {
+			src.Name = fmt.Sprintf("bench_%c", 'a'+i)
+		}
+		src.PostgresURL = s.opts.PostgresURL
+		src.Tables = []string{schema + "." + benchTable}
+		src.Entities = map[string]string{schema + "." + benchTable: benchEntity}
+		src.Install = true
+		src.Schema = schema
+		cfg.Sources = append(cfg.Sources, src)
+	}
+	var o config.Observer
+	o.SetDefaults()
+	o.Actions = []config.Action{action}
+	cfg.Observers = map[string]config.Observer{"bench": o}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// runMillrace starts millrace on the run's config, pushes n events
+// through it at rate (0: saturation) and returns when rec has them all.
+// For the webhook scenario it returns how many deliveries were signed.
+func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec, rec *recorder, n, rate int, w *window) (signed *int64, err error) {
+	env, err := s.prepare(ctx, spec)
+	defer s.cleanup(spec, env)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.recorders[env.id] = rec
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.recorders, env.id)
+		s.mu.Unlock()
+	}()
+
+	action := config.Action{"type": noopType, "run": env.id}
+	var recv *receiver
+	if sc.action == "webhook" {
+		secret := make([]byte, 24)
+		_, _ = rand.Read(secret)
+		recv, err = startReceiver(rec, secret, s.logger)
+		if err != nil {
+			return nil, err
+		}
+		defer recv.close()
+		// Secrets are never inline: the action reads the run's variable.
+		name := "MILLRACE_BENCH_SECRET_" + strings.ToUpper(env.id)
+		if err := os.Setenv(name, "whsec_"+base64.StdEncoding.EncodeToString(secret)); err != nil {
+			return nil, err
+		}
+		defer os.Unsetenv(name)
+		action = config.Action{"type": "webhook", "url": recv.url, "secret_env": name, "allow_private": true}
+		defer func() {
+			v := recv.signed.Load()
+			signed = &v
+		}()
+	}
+	cfg, err := s.config(spec, env, action, sc.dedupCache)
+	if err != nil {
+		return nil, err
+	}
+	ready := make(chan string, 1)
+	r, err := router.New(cfg, router.Options{Actions: s.opts.Actions, Topologies: s.opts.Registry,
+		Logger: s.logger.With("topology", spec.name, "run", env.id), Ready: ready})
+	if err != nil {
+		return nil, err
+	}
+	rctx, stop := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	var runErr error
+	go func() {
+		defer close(stopped)
+		runErr = r.Run(rctx)
+	}()
+	defer func() {
+		stop()
+		select {
+		case <-stopped:
+		case <-time.After(cfg.Router.ShutdownTimeout.D() + 20*time.Second):
+			err = errors.Join(err, errors.New("router did not stop"))
+		}
+	}()
+	select {
+	case <-ready:
+	case <-stopped:
+		return nil, fmt.Errorf("router stopped while starting: %w", runErr)
+	case <-time.After(readyTimeout):
+		return nil, fmt.Errorf("router not ready within %s", readyTimeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+
+	send := func(ctx context.Context, from, to int) error {
+		now := time.Now()
+		evs := make([]*event.Event, 0, to-from)
+		for i := from; i < to; i++ {
+			evs = append(evs, s.event(i, now))
+		}
+		return r.Publish(ctx, evs...)
+	}
+	if spec.capture() {
+		pool, err := s.postgres(ctx)
+		if err != nil {
+			return nil, err
+		}
+		send = s.copySend(pool, env.schemas)
+	}
+	w.begin()
+	produced := make(chan error, 1)
+	pctx, cancelProducer := context.WithCancel(ctx)
+	defer cancelProducer()
+	go func() { produced <- pace(pctx, rec, n, rate, send) }()
+	err = wait(ctx, rec, produced, stopped, func() error { return runErr })
+	w.end()
+	return nil, err
+}

@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"fmt"
+	"strings"
+)
+
+// The project's performance targets, on a 2-core machine with the
+// services on the same machine, dedup and cache on, no-op action.
+var (
+	// throughputTargets are the no-op events/s per topology.
+	throughputTargets = map[string]float64{
+		"embedded": 30_000, "nats": 20_000, "multidb": 20_000, "redis": 20_000, "postgres": 5_000,
+	}
+	// webhookTargets are the events/s with the signed webhook action.
+	webhookTargets = map[string]float64{"nats": 10_000}
+	// p99Targets are the p99 latencies at the steady rate, in ms.
+	p99Targets = map[string]float64{"embedded": 20, "nats": 20, "redis": 20, "postgres": 50}
+)
+
+const (
+	// maxDedupCost is the largest share of throughput that dedup and the
+	// result cache may cost.
+	maxDedupCost = 0.25
+	// maxRSSMB is the largest peak RSS of a run.
+	maxRSSMB = 150
+)
+
+// evaluate checks every target that concerns a topology of the run.
+func evaluate(res *Results) []Target {
+	out := []Target{}
+	for _, t := range res.Topologies {
+		if lim, ok := throughputTargets[t.Name]; ok {
+			out = append(out, minTarget(t, ScenarioNoop, "throughput, no-op action", lim, res))
+		}
+		if lim, ok := webhookTargets[t.Name]; ok {
+			tg := minTarget(t, ScenarioWebhook, "throughput, signed webhook", lim, res)
+			if sc := t.scenario(ScenarioWebhook); tg.Status == TargetMet && sc != nil && sc.Signed != nil && *sc.Signed < int64(sc.Figures.Events) {
+				tg.Status = TargetMissed
+				tg.Note = fmt.Sprintf("only %d of %d deliveries carried a valid signature", *sc.Signed, sc.Figures.Events)
+			}
+			out = append(out, tg)
+		}
+		if lim, ok := p99Targets[t.Name]; ok {
+			tg := Target{Topology: t.Name, Name: fmt.Sprintf("p99 latency at %s events/s", num(float64(res.Settings.Rate))),
+				Want: fmt.Sprintf("≤ %s ms", dec(lim)), Limit: lim}
+			if f := figures(t, ScenarioSteadyNoop); f.ok() {
+				tg.Value = f.Latency.P99
+				tg.Got = dec(f.Latency.P99) + " ms"
+				tg.Status = TargetMet
+				if f.Latency.P99 > lim {
+					tg.Status = TargetMissed
+					tg.Note = fmt.Sprintf("p50 %s ms, p95 %s ms; %s", dec(f.Latency.P50), dec(f.Latency.P95), busy(f, res))
+				}
+			} else {
+				notMeasured(&tg, t, ScenarioSteadyNoop)
+			}
+			out = append(out, tg)
+		}
+		out = append(out, dedupTarget(t, res), rssTarget(t, res))
+	}
+	return out
+}
+
+func figures(t *Topology, scenario string) *Figures {
+	if sc := t.scenario(scenario); sc != nil {
+		return sc.Figures
+	}
+	return nil
+}
+
+func minTarget(t *Topology, scenario, name string, lim float64, res *Results) Target {
+	tg := Target{Topology: t.Name, Name: name, Want: "≥ " + num(lim) + " events/s", Limit: lim}
+	f := figures(t, scenario)
+	if !f.ok() {
+		notMeasured(&tg, t, scenario)
+		return tg
+	}
+	tg.Value, tg.Got, tg.Status = f.Throughput, num(f.Throughput)+" events/s", TargetMet
+	if f.Throughput < lim {
+		tg.Status = TargetMissed
+		tg.Note = busy(f, res)
+		if sc := t.scenario(scenario); sc != nil && sc.Ratio != nil {
+			tg.Note += fmt.Sprintf("; %.0f %% of the ceiling (%s events/s)", sc.Ratio.Throughput*100, num(sc.Ceiling.Throughput))
+		}
+		if t.Profile != nil && len(t.Profile.Top) > 0 {
+			tg.Note += "; CPU profile top entries under the " + t.Name + " table"
+		}
+	}
+	return tg
+}
+
+func dedupTarget(t *Topology, res *Results) Target {
+	tg := Target{Topology: t.Name, Name: "dedup + cache cost", Want: fmt.Sprintf("≤ %.0f %% of throughput", maxDedupCost*100),
+		Limit: maxDedupCost * 100}
+	on, off := figures(t, ScenarioNoop), figures(t, ScenarioNoDedup)
+	if !on.ok() || !off.ok() || off.Throughput <= 0 {
+		notMeasured(&tg, t, ScenarioNoDedup)
+		return tg
+	}
+	cost := (1 - on.Throughput/off.Throughput) * 100
+	tg.Value = round3(cost)
+	tg.Got = fmt.Sprintf("%.1f %% (%s on, %s off events/s)", cost, num(on.Throughput), num(off.Throughput))
+	tg.Status = TargetMet
+	if cost > maxDedupCost*100 {
+		tg.Status = TargetMissed
+		tg.Note = fmt.Sprintf("CPU per 10k events %s s with, %s s without; %s", dec(on.CPUPer10k), dec(off.CPUPer10k), busy(on, res))
+	}
+	return tg
+}
+
+func rssTarget(t *Topology, res *Results) Target {
+	tg := Target{Topology: t.Name, Name: fmt.Sprintf("peak RSS, %s-event run", num(float64(res.Settings.Events))),
+		Want: fmt.Sprintf("≤ %d MB", maxRSSMB), Limit: maxRSSMB}
+	var peak float64
+	var reset, any bool
+	for _, sc := range t.Scenarios {
+		if f := sc.Figures; f.ok() {
+			any = true
+			reset = f.RSSReset
+			peak = max(peak, f.PeakRSSMB)
+		}
+	}
+	if !any {
+		notMeasured(&tg, t, ScenarioNoop)
+		return tg
+	}
+	tg.Value, tg.Got, tg.Status = peak, dec(peak)+" MB", TargetMet
+	if !reset {
+		tg.Got += " (peak of the whole process: it could not be reset)"
+	}
+	if peak > maxRSSMB {
+		tg.Status = TargetMissed
+		tg.Note = "the process's peak, load generator and receivers included"
+	}
+	if res.Settings.Events != 50_000 {
+		tg.Note = strings.TrimPrefix(tg.Note+fmt.Sprintf("; the target is for 50,000 events, this run had %s", num(float64(res.Settings.Events))), "; ")
+	}
+	return tg
+}
+
+func notMeasured(tg *Target, t *Topology, scenario string) {
+	tg.Status, tg.Got = TargetNotMeasured, "—"
+	switch sc := t.scenario(scenario); {
+	case !t.Available:
+		tg.Note = "the topology is " + StatusNotAvailable
+	case sc == nil:
+		tg.Note = "no such run"
+	case sc.Figures != nil && sc.Figures.Error != "":
+		tg.Note = "the run failed: " + sc.Figures.Error
+	default:
+		tg.Note = sc.Status
+	}
+}
+
+// busy says whether the CPU was the saturated resource during a run:
+// the machine's cores, shared by this process, the services and
+// whatever else runs there.
+func busy(f *Figures, res *Results) string {
+	cores := float64(res.Machine.Cores)
+	s := fmt.Sprintf("this process kept %s of %d cores busy, the whole machine %s", dec(f.CoresBusy), res.Machine.Cores, dec(f.MachineBusy))
+	switch {
+	case f.MachineBusy >= 0.9*cores && f.CoresBusy < 0.6*f.MachineBusy:
+		return s + ": CPU-bound, with most of it outside this process (services, other load)"
+	case f.MachineBusy >= 0.9*cores:
+		return s + ": CPU-bound"
+	case f.MachineBusy >= 0.6*cores:
+		return s + ": partly CPU-bound"
+	}
+	return s + ": not CPU-bound, waiting on round trips or polling"
+}

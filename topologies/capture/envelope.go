@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"reflect"
 	"strings"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -23,9 +23,31 @@ const DeliveryMetadata = "millrace_delivery"
 // that a replayed row keeps its id.
 var idNamespace = uuid.MustParse("5d0b7f8e-3c1a-4e63-9a57-6f2b1f0c9e41")
 
-// toEvent turns a change-log row into the event envelope.
-func (c *Config) toEvent(r *row) (*event.Event, error) {
-	ev := &event.Event{
+// envelope is event.Event as it is encoded (the same JSON names), with
+// data and changes kept as raw JSON: the images come out of PostgreSQL as
+// JSON already, and decoding them into maps only to encode them again
+// was most of the reader's CPU time. TestEnvelopeMatchesEventEncode keeps
+// the two in step.
+type envelope struct {
+	ID        string          `json:"id"`
+	Type      event.Type      `json:"event_type"`
+	Entity    string          `json:"entity_type"`
+	EntityID  string          `json:"entity_id"`
+	Data      json.RawMessage `json:"data"`
+	Changes   json.RawMessage `json:"changes,omitempty"`
+	UserID    string          `json:"user_id,omitempty"`
+	TenantID  string          `json:"tenant_id,omitempty"`
+	Timestamp time.Time       `json:"timestamp"`
+	Seq       int64           `json:"seq,omitempty"`
+	Source    string          `json:"source,omitempty"`
+}
+
+// Key mirrors event.Event.Key.
+func (e *envelope) Key() string { return e.Source + "\x00" + e.Entity + "\x00" + e.EntityID }
+
+// toEnvelope turns a change-log row into the event envelope.
+func (c *Config) toEnvelope(r *row) (*envelope, error) {
+	ev := &envelope{
 		ID:        r.id,
 		Type:      event.Type(strings.ToUpper(r.op)),
 		Entity:    r.entity,
@@ -55,51 +77,41 @@ func (c *Config) toEvent(r *row) (*event.Event, error) {
 	if r.tenantID != nil {
 		ev.TenantID = *r.tenantID
 	}
-	after, err := object(r.after)
-	if err != nil {
-		return nil, fmt.Errorf("after image: %w", err)
+	after, before := isSet(r.after), isSet(r.before)
+	var data []byte
+	switch {
+	case ev.Type == event.Delete && before:
+		data = r.before
+	case after:
+		data = r.after
+	case before:
+		data = r.before
 	}
-	before, err := object(r.before)
-	if err != nil {
-		return nil, fmt.Errorf("before image: %w", err)
+	var err error
+	if ev.Data, err = asObject(data); err != nil {
+		return nil, fmt.Errorf("data: %w", err)
 	}
 	switch {
-	case ev.Type == event.Delete && before != nil:
-		ev.Data = before
-	case after != nil:
-		ev.Data = after
-	case before != nil:
-		ev.Data = before
-	default:
-		ev.Data = map[string]any{}
-	}
-	switch {
-	case r.changes != nil:
-		m, err := object(r.changes)
-		if err != nil {
+	case isSet(r.changes):
+		ev.Changes = r.changes
+	case ev.Type == event.Update && before && after:
+		if ev.Changes, err = diff(r.before, r.after); err != nil {
 			return nil, fmt.Errorf("changes: %w", err)
 		}
-		ev.Changes = make(map[string]event.Change, len(m))
-		for k, v := range m {
-			o, _ := v.(map[string]any)
-			ev.Changes[k] = event.Change{Old: o["old"], New: o["new"]}
-		}
-	case ev.Type == event.Update && before != nil && after != nil:
-		ev.Changes = diff(before, after)
 	}
 	return ev, nil
 }
 
 // toMessage builds the message of a row: the change id as UUID, the event
 // as payload, and the ordering key and subject the buses read.
-func (c *Config) toMessage(r *row) (*message.Message, string, error) {
-	ev, err := c.toEvent(r)
+func (c *Config) toMessage(r *row) (*message.Message, error) {
+	ev, err := c.toEnvelope(r)
 	if err != nil {
-		return nil, "", fmt.Errorf("change %s at position %d: %w", r.id, r.pos, err)
+		return nil, fmt.Errorf("change %s at position %d: %w", r.id, r.pos, err)
 	}
-	payload, err := event.Encode(ev)
+	payload, err := json.Marshal(ev)
 	if err != nil {
-		return nil, "", fmt.Errorf("change %s at position %d: %w", r.id, r.pos, err)
+		return nil, fmt.Errorf("change %s at position %d: %w", r.id, r.pos, err)
 	}
 	msg := message.NewMessage(ev.ID, payload)
 	if len(r.metadata) > 0 {
@@ -110,59 +122,152 @@ func (c *Config) toMessage(r *row) (*message.Message, string, error) {
 			}
 		}
 	}
-	key := ev.Key()
-	msg.Metadata.Set(jetstream.KeyMetadata, key)
-	msg.Metadata.Set(jetstream.SubjectMetadata, Subject(ev))
+	msg.Metadata.Set(jetstream.KeyMetadata, ev.Key())
+	msg.Metadata.Set(jetstream.SubjectMetadata, subject(ev.Source, ev.Entity, ev.Type))
 	delete(msg.Metadata, jetstream.RetryDelayMetadata)
-	return msg, key, nil
+	return msg, nil
+}
+
+// key is the ordering key of a row's event (event.Event.Key) without
+// building the event.
+func (c *Config) key(r *row) string {
+	source := c.Source
+	if r.source != nil && *r.source != "" {
+		source = *r.source
+	}
+	return source + "\x00" + r.entity + "\x00" + r.entityID
 }
 
 // Subject is the subject suffix of an event on the JetStream bus:
 // source.entity.EVENT_TYPE, each a single token.
-func Subject(ev *event.Event) string {
-	return jetstream.Token(ev.Source) + "." + jetstream.Token(ev.Entity) + "." + jetstream.Token(string(ev.Type))
+func Subject(ev *event.Event) string { return subject(ev.Source, ev.Entity, ev.Type) }
+
+func subject(source, entity string, t event.Type) string {
+	return jetstream.Token(source) + "." + jetstream.Token(entity) + "." + jetstream.Token(string(t))
 }
 
-// diff returns the changed, added (old null) and removed (new null) keys.
-func diff(before, after map[string]any) map[string]event.Change {
-	out := map[string]event.Change{}
-	for k, nv := range after {
-		ov, ok := before[k]
-		if !ok || !reflect.DeepEqual(ov, nv) {
-			out[k] = event.Change{Old: ov, New: nv}
-		}
+func isSet(b []byte) bool { return len(b) > 0 && !bytes.Equal(b, []byte("null")) }
+
+// asObject returns b when it is a JSON object, {} when it is empty or
+// null, and any other JSON value wrapped as {"value": ...}.
+func asObject(b []byte) (json.RawMessage, error) {
+	b = bytes.TrimSpace(b)
+	switch {
+	case !isSet(b):
+		return json.RawMessage("{}"), nil
+	case b[0] == '{':
+		return b, nil
 	}
-	for k, ov := range before {
-		if _, ok := after[k]; !ok {
-			out[k] = event.Change{Old: ov, New: nil}
-		}
-	}
-	return out
+	return json.Marshal(map[string]json.RawMessage{"value": b})
 }
 
-// object decodes a JSON object the way event.Decode does (integers that
-// fit become int64, other numbers float64), so that the values in data
-// and changes compare the same on both sides. A JSON value that is not an
-// object is kept under "value". nil in, nil out.
-func object(b []byte) (map[string]any, error) {
-	if len(b) == 0 {
-		return nil, nil
+// diff returns {field: {old, new}} for the changed, added (old null) and
+// removed (new null) top-level fields of two JSON objects. Values that
+// differ in text but not in value (10.5 and 10.50) are unchanged.
+func diff(before, after []byte) (json.RawMessage, error) {
+	var b, a map[string]json.RawMessage
+	if err := json.Unmarshal(before, &b); err != nil {
+		return nil, fmt.Errorf("before image: %w", err)
 	}
+	if err := json.Unmarshal(after, &a); err != nil {
+		return nil, fmt.Errorf("after image: %w", err)
+	}
+	type change struct {
+		Old json.RawMessage `json:"old"`
+		New json.RawMessage `json:"new"`
+	}
+	null := json.RawMessage("null")
+	out := map[string]change{}
+	for k, nv := range a {
+		ov, ok := b[k]
+		switch {
+		case !ok:
+			out[k] = change{Old: null, New: nv}
+		case !sameJSON(ov, nv):
+			out[k] = change{Old: ov, New: nv}
+		}
+	}
+	for k, ov := range b {
+		if _, ok := a[k]; !ok {
+			out[k] = change{Old: ov, New: null}
+		}
+	}
+	return json.Marshal(out)
+}
+
+// sameJSON compares two JSON values by value, numbers numerically.
+func sameJSON(x, y json.RawMessage) bool {
+	if bytes.Equal(x, y) {
+		return true
+	}
+	vx, err := decodeValue(x)
+	if err != nil {
+		return false
+	}
+	vy, err := decodeValue(y)
+	if err != nil {
+		return false
+	}
+	return equal(vx, vy)
+}
+
+// equal is reflect.DeepEqual for decoded JSON, except that numbers are
+// compared by value: 1 and 1.0 are equal.
+func equal(x, y any) bool {
+	switch a := x.(type) {
+	case int64:
+		switch b := y.(type) {
+		case int64:
+			return a == b
+		case float64:
+			return float64(a) == b
+		}
+		return false
+	case float64:
+		switch b := y.(type) {
+		case int64:
+			return a == float64(b)
+		case float64:
+			return a == b
+		}
+		return false
+	case map[string]any:
+		b, ok := y.(map[string]any)
+		if !ok || len(a) != len(b) {
+			return false
+		}
+		for k, v := range a {
+			w, ok := b[k]
+			if !ok || !equal(v, w) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		b, ok := y.([]any)
+		if !ok || len(a) != len(b) {
+			return false
+		}
+		for i := range a {
+			if !equal(a[i], b[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return x == y
+}
+
+// decodeValue decodes JSON the way event.Decode does: integers that fit
+// become int64, other numbers float64.
+func decodeValue(b []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
 		return nil, err
 	}
-	v = normalize(v)
-	switch t := v.(type) {
-	case nil:
-		return nil, nil
-	case map[string]any:
-		return t, nil
-	default:
-		return map[string]any{"value": t}, nil
-	}
+	return normalize(v), nil
 }
 
 func normalize(v any) any {

@@ -347,6 +347,8 @@ type term struct {
 	outstanding int      // pushed, not settled
 
 	flushed int64 // durable checkpoint
+
+	rows map[*message.Message]*row // pushed, event not built yet
 }
 
 type entry struct {
@@ -392,6 +394,7 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 		wake:     make(chan struct{}, 1),
 		acked:    pos,
 		flushed:  pos,
+		rows:     map[*message.Message]*row{},
 		lanes: lanes.New(laneCtx, lanes.Options{
 			MaxInFlight: sub.cfg.MaxInFlight,
 			MaxBuffered: max(2*sub.cfg.BatchSize, sub.cfg.MaxInFlight),
@@ -399,14 +402,18 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 	}
 	stopDrain := context.AfterFunc(ctx, t.drain)
 	defer stopDrain()
-	forwarded := make(chan struct{})
-	go func() {
-		defer close(forwarded)
-		for p := range t.lanes.Out() {
-			t.delivered.Add(1)
-			go t.deliver(p)
-		}
-	}()
+	// The lanes release at most MaxInFlight messages at once, and each
+	// stays with its worker until it settles: MaxInFlight long-lived
+	// workers (whose stacks have grown once) deliver them all.
+	for range sub.cfg.MaxInFlight {
+		t.delivered.Add(1)
+		go func() {
+			defer t.delivered.Done()
+			for p := range t.lanes.Out() {
+				t.deliver(p)
+			}
+		}()
+	}
 	var notify <-chan struct{}
 	if sub.cfg.Notify {
 		ch, stop := t.listen(ctx)
@@ -423,7 +430,6 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 	msgCancel()
 	laneCancel()
 	t.lanes.Close()
-	<-forwarded
 	t.delivered.Wait()
 	if !conn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -546,8 +552,33 @@ func (t *term) loop(ctx context.Context, rd *reader, notify <-chan struct{}) err
 }
 
 // push hands one row to the lanes; false means the term is stopping.
+// The event is built later, by deliver, off the reading goroutine and in
+// parallel across entities.
 func (t *term) push(r *row) bool {
-	msg, key, err := t.cfg.toMessage(r)
+	p := message.NewMessage(r.id, nil)
+	e := &entry{pos: r.pos}
+	t.mu.Lock()
+	t.pending = append(t.pending, e)
+	t.outstanding++
+	t.rows[p] = r
+	t.mu.Unlock()
+	if !t.lanes.Push(t.cfg.key(r), p, func(ok bool) { t.settle(e, ok) }, nil) {
+		t.mu.Lock()
+		t.outstanding--
+		delete(t.rows, p)
+		t.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// build fills p with the event of its row.
+func (t *term) build(p *message.Message) {
+	t.mu.Lock()
+	r := t.rows[p]
+	delete(t.rows, p)
+	t.mu.Unlock()
+	msg, err := t.cfg.toMessage(r)
 	if err != nil {
 		// Unreachable with jsonb columns; still, the change goes on to the
 		// router, whose decoder dead-letters it with the reason, rather
@@ -555,28 +586,16 @@ func (t *term) push(r *row) bool {
 		t.sub.logger.Error("capture: cannot build the event of a change", "position", r.pos, "err", err)
 		body, _ := json.Marshal(map[string]any{"id": r.id, "error": err.Error(), "position": r.pos})
 		msg = message.NewMessage(r.id, body)
-		key = fmt.Sprintf("%s\x00position\x00%d", t.cfg.Source, r.pos)
-		msg.Metadata.Set(jetstream.KeyMetadata, key)
+		msg.Metadata.Set(jetstream.KeyMetadata, t.cfg.key(r))
 	}
-	e := &entry{pos: r.pos}
-	t.mu.Lock()
-	t.pending = append(t.pending, e)
-	t.outstanding++
-	t.mu.Unlock()
-	if !t.lanes.Push(key, msg, func(ok bool) { t.settle(e, ok) }, nil) {
-		t.mu.Lock()
-		t.outstanding--
-		t.mu.Unlock()
-		return false
-	}
-	return true
+	p.UUID, p.Payload, p.Metadata = msg.UUID, msg.Payload, msg.Metadata
 }
 
 // deliver hands copies of p to the router until one is acked, so that a
 // nacked message is released again before the next message of its entity
 // (the lanes release that one only when p settles).
 func (t *term) deliver(p *message.Message) {
-	defer t.delivered.Done()
+	t.build(p)
 	for attempt := 1; ; attempt++ {
 		c := message.NewMessageWithContext(t.msgCtx, p.UUID, p.Payload)
 		c.Metadata = make(message.Metadata, len(p.Metadata)+1)

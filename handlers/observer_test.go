@@ -110,7 +110,7 @@ func TestRunRespectsConcurrencyLimit(t *testing.T) {
 				break
 			}
 		}
-		time.Sleep(40 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 		return nil
 	}
 	o := observerOf(2, 5*time.Second, fn, fn, fn, fn, fn, fn)

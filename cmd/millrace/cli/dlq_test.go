@@ -1,0 +1,338 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/webhook"
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/router"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/embedded"
+)
+
+// runCLI runs the command line as Main does and returns its exit code and
+// output.
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRoot(Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}, &out, &errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	var ee *exitError
+	switch {
+	case err == nil:
+		code = ExitOK
+	case errors.As(err, &ee):
+		code = ee.code
+		if ee.err != nil {
+			errOut.WriteString(ee.err.Error())
+		}
+	default:
+		code = ExitFailure
+		errOut.WriteString(err.Error())
+	}
+	return code, out.String(), errOut.String()
+}
+
+func TestDLQUsage(t *testing.T) {
+	t.Setenv(DefaultAdminTokenEnv, "tok")
+	// Nothing listens there: usage errors must be caught before any call.
+	addr := "--addr=127.0.0.1:1"
+	for _, args := range [][]string{
+		{"dlq"},
+		{"dlq", "nonsense"},
+		{"dlq", "list", "extra"},
+		{"dlq", "list", "--limit", "x", addr},
+		{"dlq", "list", "--limit", "-1", addr},
+		{"dlq", "list", "--bogus", addr},
+		{"dlq", "show", addr},
+		{"dlq", "show", "1", "2", addr},
+		{"dlq", "replay", addr},
+		{"dlq", "replay", "--all", "7", addr},
+		{"dlq", "replay", "--observer", "a", "7", addr},
+		{"dlq", "purge", addr},
+		{"dlq", "list", addr, "--token-env", "MILLRACE_TEST_NO_SUCH_VARIABLE"},
+	} {
+		if code, _, stderr := runCLI(t, args...); code != ExitInvalid {
+			t.Errorf("millrace %s: exit %d (%s); want %d", strings.Join(args, " "), code, stderr, ExitInvalid)
+		}
+	}
+	if code, _, stderr := runCLI(t, "dlq", "list", addr, "--timeout", "2s"); code != ExitFailure || !strings.Contains(stderr, "dlq") {
+		t.Errorf("dlq list against nothing: exit %d (%s); want %d", code, stderr, ExitFailure)
+	}
+}
+
+func TestDLQShowPayload(t *testing.T) {
+	for _, c := range []struct {
+		payload  []byte
+		encoding string
+		want     string
+	}{
+		{[]byte(`{"id":"x","n":1}`), "json", `{"id":"x","n":1}`},
+		{[]byte{0xff, 0x00, 'a'}, "base64", `"/wBh"`},
+		{[]byte(`{"truncated":`), "base64", `"eyJ0cnVuY2F0ZWQiOg=="`},
+		{[]byte{}, "base64", `""`},
+	} {
+		v := showView(middleware.DeadLetter{ID: "1", Payload: c.payload})
+		if v.PayloadEncoding != c.encoding || string(v.Payload) != c.want {
+			t.Errorf("showView(%q) = %s %s; want %s %s", c.payload, v.PayloadEncoding, v.Payload, c.encoding, c.want)
+		}
+		if _, err := json.Marshal(v); err != nil {
+			t.Errorf("showView(%q) does not marshal: %v", c.payload, err)
+		}
+	}
+}
+
+// hookServer is a webhook endpoint that answers 503 until it is fixed,
+// and counts what it received per path.
+type hookServer struct {
+	*httptest.Server
+	fixed atomic.Bool
+
+	mu        sync.Mutex
+	failed    map[string]int // path -> requests answered 503
+	delivered map[string]int // path -> requests answered 200
+}
+
+func newHookServer(t *testing.T) *hookServer {
+	h := &hookServer{failed: map[string]int{}, delivered: map[string]int{}}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.Copy(io.Discard, req.Body)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		// /other always works; /hook only once fixed.
+		if req.URL.Path == "/hook" && !h.fixed.Load() {
+			h.failed[req.URL.Path]++
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		h.delivered[req.URL.Path]++
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+func (h *hookServer) counts(path string) (failed, delivered int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.failed[path], h.delivered[path]
+}
+
+// startMillrace runs millrace in-process on the embedded topology, with
+// its data in dataDir, until the returned stop is called.
+func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
+	t.Helper()
+	cfg, err := config.Parse([]byte(cfgText), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actions := handlers.NewRegistry()
+	if err := webhook.Register(actions); err != nil {
+		t.Fatal(err)
+	}
+	topo := topologies.NewRegistry()
+	if err := embedded.Register(topo); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan string, 1)
+	r, err := router.New(cfg, router.Options{Actions: actions, Topologies: topo, Ready: ready})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("millrace did not stop within 30s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	select {
+	case a := <-ready:
+		return a, stop
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("millrace not ready within 30s")
+	}
+	return "", nil
+}
+
+// listDLQ asks the admin API for the dead letters.
+func listDLQ(t *testing.T, addr, token string) router.DeadLetterList {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/dlq", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var l router.DeadLetterList
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET /v1/dlq: %s %s", resp.Status, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDeadLetterSurvivesRestartAndReplays: a webhook that keeps failing
+// lands in the dead-letter store after its attempts; the entry survives a
+// restart of millrace; once the endpoint is fixed, dlq replay delivers
+// it exactly once, to the observer that failed only, and the entry is
+// gone.
+func TestDeadLetterSurvivesRestartAndReplays(t *testing.T) {
+	const token = "replay-token"
+	t.Setenv(DefaultAdminTokenEnv, token)
+	hooks := newHookServer(t)
+	cfgText := fmt.Sprintf(`
+[http]
+addr = "127.0.0.1:0"
+admin_token_env = %q
+[embedded]
+data_dir = %q
+[router]
+shutdown_timeout = "5s"
+[observers.shipped]
+entity = "Order"
+retry = { max_attempts = 3, backoff = "fixed", initial = "50ms", max = "1s" }
+actions = [{ type = "webhook", url = "%s/hook", allow_private = true, timeout = "5s" }]
+[observers.audit]
+entity = "Order"
+actions = [{ type = "webhook", url = "%s/other", allow_private = true, timeout = "5s" }]
+`, DefaultAdminTokenEnv, t.TempDir(), hooks.URL, hooks.URL)
+
+	addr, stop := startMillrace(t, cfgText)
+	ev := &event.Event{ID: uuid.NewString(), Type: event.Update, Entity: "Order", EntityID: "7",
+		Data: map[string]any{"status": "shipped"}, Timestamp: time.Now().UTC()}
+	body, err := event.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out, stderr := runCLI(t, "emit", "--addr", addr, "--file", writeTemp(t, body)); code != ExitOK {
+		t.Fatalf("emit: exit %d %s %s", code, out, stderr)
+	}
+	waitFor(t, "the dead letter", func() bool { return listDLQ(t, addr, token).Total == 1 })
+	if failed, _ := hooks.counts("/hook"); failed != 3 {
+		t.Errorf("/hook was tried %d times before dead-lettering; want 3 (max_attempts)", failed)
+	}
+	stop()
+
+	addr, _ = startMillrace(t, cfgText)
+	l := listDLQ(t, addr, token)
+	if l.Total != 1 || len(l.Entries) != 1 {
+		t.Fatalf("after a restart the store holds %+v; want the one entry", l)
+	}
+	e := l.Entries[0]
+	if e.EventID != ev.ID || e.Observer != "shipped" || e.Reason != middleware.ReasonExhausted || e.Attempts != 3 || e.Topic == "" {
+		t.Errorf("entry = %+v; want event %s, observer shipped, reason exhausted, 3 attempts", e, ev.ID)
+	}
+
+	code, out, stderr := runCLI(t, "dlq", "list", "--addr", addr)
+	if code != ExitOK || !strings.Contains(out, e.ID) || !strings.Contains(out, "shipped") || !strings.Contains(out, "exhausted") {
+		t.Errorf("dlq list: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = runCLI(t, "dlq", "show", e.ID, "--addr", addr)
+	var shown struct {
+		ID              string `json:"id"`
+		PayloadEncoding string `json:"payload_encoding"`
+		Payload         struct {
+			ID string `json:"id"`
+		} `json:"payload"`
+	}
+	if code != ExitOK || json.Unmarshal([]byte(out), &shown) != nil || shown.ID != e.ID || shown.PayloadEncoding != "json" || shown.Payload.ID != ev.ID {
+		t.Errorf("dlq show: exit %d\n%s%s", code, out, stderr)
+	}
+	if code, out, stderr = runCLI(t, "dlq", "replay", "--all", "--dry-run", "--addr", addr); code != ExitOK || !strings.Contains(out, "would replay 1") {
+		t.Errorf("dlq replay --all --dry-run: exit %d\n%s%s", code, out, stderr)
+	}
+	if failed, delivered := hooks.counts("/hook"); failed != 3 || delivered != 0 {
+		t.Errorf("/hook before the fix: %d failed, %d delivered; want 3 and 0 (nothing redelivered by the restart or the dry run)", failed, delivered)
+	}
+
+	hooks.fixed.Store(true)
+	code, out, stderr = runCLI(t, "dlq", "replay", e.ID, "--addr", addr)
+	if code != ExitOK || !strings.Contains(out, "replayed 1") {
+		t.Fatalf("dlq replay: exit %d\n%s%s", code, out, stderr)
+	}
+	waitFor(t, "the replayed delivery", func() bool { _, d := hooks.counts("/hook"); return d >= 1 })
+	// Anything else still on its way would arrive well within this.
+	time.Sleep(2 * time.Second)
+	if _, delivered := hooks.counts("/hook"); delivered != 1 {
+		t.Errorf("/hook received %d deliveries after the replay; want exactly 1", delivered)
+	}
+	if _, delivered := hooks.counts("/other"); delivered != 1 {
+		t.Errorf("/other (observer audit, which had succeeded) received %d deliveries; want 1, the replay is for shipped only", delivered)
+	}
+	if l := listDLQ(t, addr, token); l.Total != 0 {
+		t.Errorf("the store still holds %+v after the replay", l)
+	}
+	if code, out, _ = runCLI(t, "dlq", "list", "--addr", addr); code != ExitOK || !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list after the replay: exit %d\n%s", code, out)
+	}
+	if code, out, _ = runCLI(t, "dlq", "replay", e.ID, "--addr", addr); code != ExitFailure || !strings.Contains(out, "failed "+e.ID) {
+		t.Errorf("dlq replay of a replayed entry: exit %d\n%s; want %d and the entry among the failures", code, out, ExitFailure)
+	}
+	if code, out, _ = runCLI(t, "dlq", "purge", "--yes", "--addr", addr); code != ExitOK || !strings.Contains(out, "purged 0") {
+		t.Errorf("dlq purge --yes: exit %d\n%s", code, out)
+	}
+	if code, _, stderr = runCLI(t, "dlq", "list", "--addr", addr, "--token-env", "MILLRACE_TEST_WRONG_TOKEN"); code != ExitInvalid {
+		t.Errorf("dlq list with an unset token variable: exit %d %s; want %d", code, stderr, ExitInvalid)
+	}
+	t.Setenv("MILLRACE_TEST_WRONG_TOKEN", "nope")
+	if code, _, stderr = runCLI(t, "dlq", "list", "--addr", addr, "--token-env", "MILLRACE_TEST_WRONG_TOKEN"); code != ExitFailure || !strings.Contains(stderr, "401") {
+		t.Errorf("dlq list with a wrong token: exit %d %s; want %d and 401", code, stderr, ExitFailure)
+	}
+}
+
+func writeTemp(t *testing.T, b []byte) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "event.json")
+	if err := os.WriteFile(f, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}

@@ -1,0 +1,191 @@
+package redisbus
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/topologies/jetstream"
+)
+
+// Metadata keys the subscriber sets on the messages it releases.
+const (
+	// EntryMetadata is the stream entry id of the message ("1700000000000-0").
+	EntryMetadata = "millrace_entry"
+	// DeliveryMetadata counts the deliveries of the message when it is
+	// known: 1 on the first read, one more per local redelivery. It is
+	// absent on entries read back from the pending list or claimed.
+	DeliveryMetadata = "millrace_delivery"
+	// UndecodableMetadata is set, with the reason, on a message made from
+	// an entry that lacks the expected fields. Its payload is the entry's
+	// raw fields as a JSON object, its UUID the entry id.
+	UndecodableMetadata = "millrace_undecodable"
+)
+
+// Fields of a stream entry.
+const (
+	fieldUUID    = "uuid"
+	fieldPayload = "payload"
+	fieldKey     = "key"
+	// Other metadata travels as one field per key with this prefix.
+	fieldMetaPrefix = "md:"
+)
+
+// Config is the bus's config. The zero value of a field means its default.
+type Config struct {
+	// Prefix starts every stream name: a topic's stream is Prefix+topic.
+	Prefix string
+	// Group is the consumer group the subscriber reads through; every
+	// process with the same Group shares the work. Default "millrace".
+	Group string
+	// Consumer names this process in the group. Keep it stable across
+	// restarts (e.g. a pod name) so that a restarted process reads back
+	// its own pending entries at once. Default "<hostname>-<pid>".
+	Consumer string
+	// MaxLen caps each stream, approximately (XADD MAXLEN ~). 0: no cap.
+	MaxLen int64
+	// ClaimIdle is how long an entry may stay pending on a consumer that
+	// does not touch it (a dead worker) before another claims it.
+	// Default 30s.
+	ClaimIdle time.Duration
+	// ClaimInterval is how often the subscriber looks for such entries.
+	// Default ClaimIdle/4.
+	ClaimInterval time.Duration
+	// Batch is the most entries one XREADGROUP returns. Default 500.
+	Batch int64
+	// Block is how long one XREADGROUP waits for new entries; it bounds
+	// how long stopping a subscription takes. Default 500ms.
+	Block time.Duration
+	// MaxInFlight bounds the messages released to the router at once.
+	// Default 64.
+	MaxInFlight int
+	// DrainTimeout bounds how long Close waits for released messages to
+	// settle before it cancels their contexts. Default 30s.
+	DrainTimeout time.Duration
+}
+
+// SetDefaults fills the zero fields with their defaults.
+func (c *Config) SetDefaults() {
+	if c.Group == "" {
+		c.Group = "millrace"
+	}
+	if c.Consumer == "" {
+		c.Consumer = DefaultConsumer()
+	}
+	if c.ClaimIdle <= 0 {
+		c.ClaimIdle = 30 * time.Second
+	}
+	if c.ClaimInterval <= 0 {
+		c.ClaimInterval = max(c.ClaimIdle/4, 10*time.Millisecond)
+	}
+	if c.Batch <= 0 {
+		c.Batch = 500
+	}
+	if c.Block <= 0 {
+		c.Block = 500 * time.Millisecond
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 64
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+}
+
+// DefaultConsumer is "<hostname>-<pid>".
+func DefaultConsumer() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "millrace"
+	}
+	return fmt.Sprintf("%s-%d", h, os.Getpid())
+}
+
+// Stream returns the stream name of topic.
+func (c Config) Stream(topic string) string { return c.Prefix + topic }
+
+// entryValues encodes msg as the field/value list of one XADD.
+func entryValues(msg *message.Message) []any {
+	v := make([]any, 0, 4+2*len(msg.Metadata))
+	v = append(v, fieldUUID, msg.UUID, fieldPayload, []byte(msg.Payload))
+	for k, val := range msg.Metadata {
+		switch k {
+		case jetstream.KeyMetadata:
+			v = append(v, fieldKey, val)
+		case jetstream.SubjectMetadata, jetstream.RetryDelayMetadata, EntryMetadata, DeliveryMetadata, UndecodableMetadata:
+			// Local to one delivery, or meaningful on JetStream only.
+		default:
+			v = append(v, fieldMetaPrefix+k, val)
+		}
+	}
+	return v
+}
+
+// decoded is one stream entry made into a message.
+type decoded struct {
+	uuid     string
+	payload  []byte
+	key      string
+	metadata message.Metadata
+}
+
+// decodeEntry turns an entry into message parts. An entry without a
+// string uuid and payload, or with a non-string field, becomes a message
+// carrying its raw fields, keyed by its own id so it holds up nothing.
+func decodeEntry(stream string, e redis.XMessage) decoded {
+	d := decoded{metadata: message.Metadata{EntryMetadata: e.ID}}
+	var problems []string
+	for k, raw := range e.Values {
+		s, ok := raw.(string)
+		if !ok {
+			problems = append(problems, fmt.Sprintf("field %q is a %T, not a string", k, raw))
+			continue
+		}
+		switch {
+		case k == fieldUUID:
+			d.uuid = s
+		case k == fieldPayload:
+			d.payload = []byte(s)
+		case k == fieldKey:
+			d.key = s
+		case strings.HasPrefix(k, fieldMetaPrefix):
+			d.metadata[k[len(fieldMetaPrefix):]] = s
+		}
+	}
+	if _, ok := e.Values[fieldPayload]; !ok {
+		problems = append(problems, "no payload field")
+	}
+	if d.uuid == "" {
+		problems = append(problems, "no uuid field")
+	}
+	if len(problems) == 0 {
+		if d.key == "" {
+			// Messages published without an ordering key keep the
+			// stream's order among themselves.
+			d.key = "\x00" + stream
+		}
+		d.metadata[jetstream.KeyMetadata] = d.key
+		return d
+	}
+	sort.Strings(problems)
+	raw, err := json.Marshal(e.Values)
+	if err != nil {
+		raw = []byte(fmt.Sprintf("%q", fmt.Sprint(e.Values)))
+	}
+	return decoded{
+		uuid:    e.ID,
+		payload: raw,
+		key:     "\x00entry:" + e.ID,
+		metadata: message.Metadata{
+			EntryMetadata:         e.ID,
+			UndecodableMetadata:   strings.Join(problems, "; "),
+			jetstream.KeyMetadata: "\x00entry:" + e.ID,
+		},
+	}
+}

@@ -1,0 +1,492 @@
+package redisbus_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/topologies/jetstream"
+	"github.com/millrace/millrace/topologies/redisbus"
+)
+
+// newClient returns a client of its own on the test Redis, closed when
+// the test ends.
+func newClient(t testing.TB, url string) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestPubSub(t *testing.T) {
+	_, prefix := testenv.Redis(t)
+	newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+		c := newClient(t, testenv.RedisURL())
+		// Short Block and DrainTimeout: the suite closes subscribers
+		// one after another with messages still in flight. ClaimIdle is
+		// short too (messages left by a closed subscriber come back
+		// after it), but must leave room for touching under -race.
+		cfg := redisbus.Config{
+			Prefix: prefix, Group: group, ClaimIdle: 3 * time.Second, MaxInFlight: 16, Batch: 100,
+			Block: 100 * time.Millisecond, DrainTimeout: 200 * time.Millisecond,
+		}
+		return redisbus.NewPublisher(c, cfg), redisbus.NewSubscriber(c, cfg, nil)
+	}
+	tests.TestPubSub(t,
+		tests.Features{
+			ConsumerGroups: true,
+			// Messages without an ordering key share one lane per topic,
+			// so one subscriber releases them in stream order and one at
+			// a time; subscribers sharing a group split the stream.
+			GuaranteedOrder:                     true,
+			GuaranteedOrderWithSingleSubscriber: true,
+			Persistent:                          true,
+			ExactlyOnceDelivery:                 false,
+			// Subscribers share the consumer group, so a new one does
+			// not get what the group already consumed.
+			NewSubscriberReceivesOldMessages: false,
+		},
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, "suite") },
+		newPubSub,
+	)
+}
+
+// recv returns the next message or fails after timeout.
+func recv(t *testing.T, ch <-chan *message.Message, timeout time.Duration) *message.Message {
+	t.Helper()
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			t.Fatal("subscription channel closed")
+		}
+		return m
+	case <-time.After(timeout):
+		t.Fatalf("no message within %s", timeout)
+	}
+	return nil
+}
+
+// pending returns the number of entries pending in the group.
+func pending(t *testing.T, c *redis.Client, stream, group string) int64 {
+	t.Helper()
+	p, err := c.XPending(context.Background(), stream, group).Result()
+	if err != nil {
+		t.Fatalf("XPENDING: %v", err)
+	}
+	return p.Count
+}
+
+func waitPending(t *testing.T, c *redis.Client, stream, group string, want int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := pending(t, c, stream, group)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pending entries = %d, want %d", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func newMessages(n int, key func(i int) string) []*message.Message {
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(fmt.Sprintf("00000000-0000-4000-8000-%012d", i), []byte(strconv.Itoa(i)))
+		if key != nil {
+			msgs[i].Metadata.Set(jetstream.KeyMetadata, key(i))
+		}
+	}
+	return msgs
+}
+
+func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	cfg := redisbus.Config{Prefix: prefix, DrainTimeout: time.Second}
+	pub, sub := redisbus.NewPublisher(c, cfg), redisbus.NewSubscriber(c, cfg, nil)
+	defer sub.Close()
+	in := message.NewMessage("2b5c0f6e-8b7a-4c8e-9d3e-4f7a9b1c2d3e", []byte(`{"a":1}`))
+	in.Metadata.Set(jetstream.KeyMetadata, "db\x00Order\x0042")
+	in.Metadata.Set("trace", "abc")
+	in.Metadata.Set(jetstream.SubjectMetadata, "db.Order.INSERT")
+	if err := pub.Publish("events", in); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := sub.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := recv(t, ch, 5*time.Second)
+	m.Ack()
+	if m.UUID != in.UUID || string(m.Payload) != string(in.Payload) {
+		t.Errorf("got %s %q, want %s %q", m.UUID, m.Payload, in.UUID, in.Payload)
+	}
+	for k, want := range map[string]string{jetstream.KeyMetadata: "db\x00Order\x0042", "trace": "abc", redisbus.DeliveryMetadata: "1", jetstream.SubjectMetadata: ""} {
+		if got := m.Metadata.Get(k); got != want {
+			t.Errorf("metadata %q = %q, want %q", k, got, want)
+		}
+	}
+	if m.Metadata.Get(redisbus.EntryMetadata) == "" {
+		t.Errorf("metadata %q is empty", redisbus.EntryMetadata)
+	}
+	waitPending(t, c, prefix+"events", "millrace", 0)
+}
+
+// A consumer that read entries and died (it never acks nor touches them)
+// loses them to a live consumer after ClaimIdle; entries a live consumer
+// holds, even longer than ClaimIdle, are not taken from it.
+func TestClaimFromDeadConsumer(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	ctx := context.Background()
+	stream := prefix + "events"
+	cfg := redisbus.Config{Prefix: prefix, Group: "workers", ClaimIdle: 300 * time.Millisecond, ClaimInterval: 50 * time.Millisecond, DrainTimeout: time.Second}
+	pub := redisbus.NewPublisher(c, cfg)
+	if err := pub.Publish("events", newMessages(20, func(i int) string { return strconv.Itoa(i) })...); err != nil {
+		t.Fatal(err)
+	}
+	if err := redisbus.NewSubscriber(c, cfg, nil).SubscribeInitialize("events"); err != nil {
+		t.Fatal(err)
+	}
+	// The dead worker: reads everything and is never heard of again.
+	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "workers", Consumer: "dead", Streams: []string{stream, ">"}, Count: 100, Block: -1}).Result()
+	if err != nil || len(res[0].Messages) != 20 {
+		t.Fatalf("dead worker read %v, %v; want 20 entries", res, err)
+	}
+
+	liveCfg := cfg
+	liveCfg.Consumer = "live"
+	live := redisbus.NewSubscriber(c, liveCfg, nil)
+	defer live.Close()
+	ch, err := live.Subscribe(ctx, "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for len(got) < 20 {
+		m := recv(t, ch, 10*time.Second)
+		got[m.UUID] = true
+		m.Ack()
+	}
+	waitPending(t, c, stream, "workers", 0)
+
+	// Now a live holder: one message kept unacked for 5 × ClaimIdle.
+	if err := pub.Publish("events", newMessages(1, nil)...); err != nil {
+		t.Fatal(err)
+	}
+	held := recv(t, ch, 5*time.Second)
+	otherCfg := cfg
+	otherCfg.Consumer = "other"
+	other := redisbus.NewSubscriber(c, otherCfg, nil)
+	defer other.Close()
+	och, err := other.Subscribe(ctx, "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-och:
+		t.Fatalf("entry %s held by a live consumer was claimed by another", m.UUID)
+	case <-time.After(5 * cfg.ClaimIdle):
+	}
+	held.Ack()
+	waitPending(t, c, stream, "workers", 0)
+}
+
+// An entry without the expected fields comes out as a message carrying
+// its raw fields, and the subscription goes on with the next entry.
+func TestUndecodableEntryIsReleasedNotFatal(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	ctx := context.Background()
+	stream := prefix + "events"
+	cfg := redisbus.Config{Prefix: prefix, DrainTimeout: time.Second}
+	badID, err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"foo", "bar"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := newMessages(1, nil)[0]
+	if err := redisbus.NewPublisher(c, cfg).Publish("events", good); err != nil {
+		t.Fatal(err)
+	}
+	sub := redisbus.NewSubscriber(c, cfg, nil)
+	defer sub.Close()
+	ch, err := sub.Subscribe(ctx, "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]*message.Message{}
+	for range 2 {
+		m := recv(t, ch, 5*time.Second)
+		seen[m.UUID] = m
+		m.Ack()
+	}
+	bad, ok := seen[badID]
+	if !ok {
+		t.Fatalf("no message for the undecodable entry %s; got %v", badID, seen)
+	}
+	var fields map[string]string
+	if err := json.Unmarshal(bad.Payload, &fields); err != nil || fields["foo"] != "bar" {
+		t.Errorf("undecodable payload = %s (%v), want the raw fields", bad.Payload, err)
+	}
+	if bad.Metadata.Get(redisbus.UndecodableMetadata) == "" {
+		t.Errorf("metadata %q not set on the undecodable message", redisbus.UndecodableMetadata)
+	}
+	if _, ok := seen[good.UUID]; !ok {
+		t.Errorf("the entry after the undecodable one was not delivered")
+	}
+	waitPending(t, c, stream, "millrace", 0)
+}
+
+// Messages of one key are handled one at a time, in publish order, even
+// when some are nacked and redelivered; different keys run in parallel.
+func TestOrderPerKeyUnderParallelKeys(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	const keys, perKey = 16, 60
+	cfg := redisbus.Config{Prefix: prefix, MaxInFlight: 8, Batch: 50, DrainTimeout: time.Second}
+	msgs := make([]*message.Message, 0, keys*perKey)
+	for i := range keys * perKey {
+		m := message.NewMessage(fmt.Sprintf("id-%d", i), []byte(strconv.Itoa(i/keys)))
+		m.Metadata.Set(jetstream.KeyMetadata, "k"+strconv.Itoa(i%keys))
+		msgs = append(msgs, m)
+	}
+	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	sub := redisbus.NewSubscriber(c, cfg, nil)
+	defer sub.Close()
+	ch, err := sub.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu        sync.Mutex
+		busy      = map[string]bool{}
+		next      = map[string]int{}
+		inFlight  atomic.Int32
+		maxFlight atomic.Int32
+		nacks     atomic.Int32
+		done      sync.WaitGroup
+	)
+	done.Add(keys * perKey)
+	go func() {
+		for m := range ch {
+			go func() {
+				key := m.Metadata.Get(jetstream.KeyMetadata)
+				seq, _ := strconv.Atoi(string(m.Payload))
+				mu.Lock()
+				if busy[key] {
+					t.Errorf("key %s: two messages in flight at once", key)
+				}
+				busy[key] = true
+				if seq != next[key] {
+					t.Errorf("key %s: got seq %d, want %d", key, seq, next[key])
+				}
+				mu.Unlock()
+				n := inFlight.Add(1)
+				for {
+					old := maxFlight.Load()
+					if n <= old || maxFlight.CompareAndSwap(old, n) {
+						break
+					}
+				}
+				time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+				inFlight.Add(-1)
+				mu.Lock()
+				busy[key] = false
+				nack := rand.IntN(10) == 0
+				if !nack {
+					next[key] = seq + 1
+				}
+				mu.Unlock()
+				if nack {
+					nacks.Add(1)
+					m.Metadata.Set(jetstream.RetryDelayMetadata, "2ms")
+					m.Nack()
+					return
+				}
+				m.Ack()
+				done.Done()
+			}()
+		}
+	}()
+	waitGroup(t, &done, 60*time.Second)
+	if maxFlight.Load() < 2 {
+		t.Errorf("at most %d message(s) in flight: keys did not run in parallel", maxFlight.Load())
+	}
+	if nacks.Load() == 0 {
+		t.Errorf("no nack happened; the test did not exercise redelivery")
+	}
+	mu.Lock()
+	for k := range keys {
+		if got := next["k"+strconv.Itoa(k)]; got != perKey {
+			t.Errorf("key k%d: %d messages handled, want %d", k, got, perKey)
+		}
+	}
+	mu.Unlock()
+	waitPending(t, c, prefix+"events", "millrace", 0)
+}
+
+func waitGroup(t *testing.T, wg *sync.WaitGroup, timeout time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		t.Fatalf("not every message was acked within %s", timeout)
+	}
+}
+
+// A nacked message comes back after the delay it asked for, before the
+// next message of its key.
+func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	cfg := redisbus.Config{Prefix: prefix, DrainTimeout: time.Second}
+	msgs := newMessages(2, func(int) string { return "same" })
+	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	sub := redisbus.NewSubscriber(c, cfg, nil)
+	defer sub.Close()
+	ch, err := sub.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := recv(t, ch, 5*time.Second)
+	if first.UUID != msgs[0].UUID {
+		t.Fatalf("first delivery %s, want %s", first.UUID, msgs[0].UUID)
+	}
+	const delay = 300 * time.Millisecond
+	first.Metadata.Set(jetstream.RetryDelayMetadata, delay.String())
+	nackedAt := time.Now()
+	first.Nack()
+	again := recv(t, ch, 5*time.Second)
+	if again.UUID != msgs[0].UUID {
+		t.Fatalf("after a nack got %s, want %s again", again.UUID, msgs[0].UUID)
+	}
+	if waited := time.Since(nackedAt); waited < delay {
+		t.Errorf("redelivered after %s, want at least %s", waited, delay)
+	}
+	if got := again.Metadata.Get(redisbus.DeliveryMetadata); got != "2" {
+		t.Errorf("delivery count = %q, want 2", got)
+	}
+	again.Ack()
+	second := recv(t, ch, 5*time.Second)
+	if second.UUID != msgs[1].UUID {
+		t.Fatalf("then got %s, want %s", second.UUID, msgs[1].UUID)
+	}
+	second.Ack()
+	waitPending(t, c, prefix+"events", "millrace", 0)
+}
+
+// A consumer that subscribes again under the same name reads back what
+// it held unacked when it stopped, without waiting for ClaimIdle.
+func TestResubscribeReadsBackOwnPending(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	cfg := redisbus.Config{Prefix: prefix, Consumer: "pod-0", ClaimIdle: time.Hour, DrainTimeout: 100 * time.Millisecond}
+	msgs := newMessages(5, func(i int) string { return strconv.Itoa(i) })
+	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	first := redisbus.NewSubscriber(c, cfg, nil)
+	ch, err := first.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		recv(t, ch, 5*time.Second) // never acked
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := pending(t, c, prefix+"events", "millrace"); n != 5 {
+		t.Fatalf("pending after close = %d, want 5", n)
+	}
+	second := redisbus.NewSubscriber(c, cfg, nil)
+	defer second.Close()
+	ch, err = second.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for len(got) < 5 {
+		m := recv(t, ch, 5*time.Second)
+		got[m.UUID] = true
+		m.Ack()
+	}
+	waitPending(t, c, prefix+"events", "millrace", 0)
+}
+
+// The subscription outlives a Redis restart that lost every key: it
+// recreates its group and goes on with new entries.
+func TestSurvivesRedisRestart(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	c := newClient(t, srv.URL())
+	cfg := redisbus.Config{Prefix: "t:", Block: 100 * time.Millisecond, DrainTimeout: time.Second}
+	pub := redisbus.NewPublisher(c, cfg)
+	sub := redisbus.NewSubscriber(c, cfg, nil)
+	defer sub.Close()
+	ch, err := sub.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := newMessages(3, nil)
+	if err := pub.Publish("events", before...); err != nil {
+		t.Fatal(err)
+	}
+	for range before {
+		recv(t, ch, 5*time.Second).Ack()
+	}
+	srv.Stop()
+	srv.Start()
+	after := message.NewMessage("after-restart", []byte("x"))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := pub.Publish("events", after)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publish after restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m := recv(t, ch, 15*time.Second)
+	if m.UUID != after.UUID {
+		t.Fatalf("after restart got %s, want %s", m.UUID, after.UUID)
+	}
+	m.Ack()
+}
+
+func TestPublishCapsStreamLength(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	cfg := redisbus.Config{Prefix: prefix, MaxLen: 100}
+	if err := redisbus.NewPublisher(c, cfg).Publish("events", newMessages(5000, nil)...); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.XLen(context.Background(), prefix+"events").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// MAXLEN ~ trims whole macro nodes (100 entries by default), so the
+	// stream keeps a little more than the cap, never the whole history.
+	if n < 100 || n > 1000 {
+		t.Errorf("stream length = %d after 5000 appends with max_len 100", n)
+	}
+}

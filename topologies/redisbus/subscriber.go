@@ -1,0 +1,637 @@
+package redisbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/topologies/jetstream"
+	"github.com/millrace/millrace/topologies/lanes"
+)
+
+const (
+	// ackBatch bounds the ids of one XACK; touchChunk those of one XCLAIM.
+	ackBatch   = 1000
+	touchChunk = 500
+	// claimRounds bounds the XAUTOCLAIM calls of one sweep.
+	claimRounds = 10
+	// opTimeout bounds one XACK, XCLAIM or XAUTOCLAIM.
+	opTimeout = 5 * time.Second
+	// staleConsumer is how long a consumer with nothing pending may stay
+	// silent before it is removed from the group. A live one reads every
+	// Block, so this only removes the names of processes long gone.
+	staleConsumer = time.Hour
+	// pruneEvery is how often the group's consumers are checked.
+	pruneEvery = 10 * time.Minute
+)
+
+// Subscriber consumes topics through a consumer group. It is safe for
+// concurrent use and does not own the client.
+type Subscriber struct {
+	client redis.UniversalClient
+	cfg    Config
+	logger *slog.Logger
+	// readBack: the consumer name was configured, so it is stable across
+	// restarts and its pending entries are this process's to read back.
+	readBack bool
+
+	mu     sync.Mutex
+	closed bool
+	subs   []*subscription
+}
+
+var (
+	_ message.Subscriber           = (*Subscriber)(nil)
+	_ message.SubscribeInitializer = (*Subscriber)(nil)
+)
+
+// NewSubscriber returns a subscriber on client. When cfg.Consumer is set,
+// each subscription first reads back the entries pending on that name
+// (left by an earlier run); a name must then be used by one subscription
+// of a stream at a time. With the default name, which changes with every
+// process, such entries come back through claiming after ClaimIdle.
+func NewSubscriber(client redis.UniversalClient, cfg Config, logger *slog.Logger) *Subscriber {
+	readBack := cfg.Consumer != ""
+	cfg.SetDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Subscriber{client: client, cfg: cfg, logger: logger, readBack: readBack}
+}
+
+// Config returns the subscriber's config, defaults filled.
+func (s *Subscriber) Config() Config { return s.cfg }
+
+// SubscribeInitialize creates topic's stream and consumer group.
+func (s *Subscriber) SubscribeInitialize(topic string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	return ensureGroup(ctx, s.client, s.cfg.Stream(topic), s.cfg.Group)
+}
+
+// ensureGroup creates the group at the start of the stream (a new group
+// reads what is already there), and the stream if it does not exist.
+func ensureGroup(ctx context.Context, client redis.UniversalClient, stream, group string) error {
+	err := client.XGroupCreateMkStream(ctx, stream, group, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("redisbus: create group %s on %s: %w", group, stream, err)
+	}
+	return nil
+}
+
+// Subscribe starts consuming topic: its own pending entries first (see
+// NewSubscriber), then new ones.
+// The channel closes after ctx ends or Close is called and every released
+// message has settled (or DrainTimeout passed).
+func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	stream := s.cfg.Stream(topic)
+	if err := ensureGroup(ctx, s.client, stream, s.cfg.Group); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("redisbus: subscriber closed")
+	}
+	sub := s.start(ctx, stream)
+	s.subs = append(s.subs, sub)
+	go func() {
+		select {
+		case <-ctx.Done():
+			sub.stop()
+		case <-sub.stopped:
+		}
+	}()
+	return sub.out, nil
+}
+
+// Close stops every subscription; released messages get DrainTimeout to
+// settle, the others stay pending in the group.
+func (s *Subscriber) Close() error {
+	s.mu.Lock()
+	subs := s.subs
+	s.subs, s.closed = nil, true
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, sub := range subs {
+		wg.Go(sub.stop)
+	}
+	wg.Wait()
+	return nil
+}
+
+// subscription is one topic's consumption. Its goroutines: the reader
+// (XREADGROUP), the toucher (XCLAIM of held entries), the claimer
+// (XAUTOCLAIM of idle ones), the forwarder (lanes → out), the acker
+// (batched XACK), and the lanes.
+type subscription struct {
+	client   redis.UniversalClient
+	cfg      Config
+	stream   string
+	logger   *slog.Logger
+	readBack bool
+
+	lanes *lanes.Lanes
+	// lctx is the parent of message contexts: it ends DrainTimeout
+	// after stop began. rctx ends when stop begins and stops the loops.
+	lctx, rctx       context.Context
+	cancelL, cancelR context.CancelFunc
+	stopping         chan struct{}
+	out              chan *message.Message
+	acks             chan string
+	// slots bounds the local redeliveries in flight, which lanes do not
+	// count (they run while the lane of their key waits).
+	slots chan struct{}
+
+	heldMu sync.Mutex
+	held   map[string]struct{} // entries released or queued, not yet acked or given up
+
+	loops     sync.WaitGroup
+	forwarded chan struct{}
+	ackDone   chan struct{}
+	stopOnce  sync.Once
+	stopped   chan struct{}
+}
+
+func (s *Subscriber) start(ctx context.Context, stream string) *subscription {
+	base := context.WithoutCancel(ctx)
+	sub := &subscription{
+		client:    s.client,
+		cfg:       s.cfg,
+		stream:    stream,
+		readBack:  s.readBack,
+		logger:    s.logger.With("stream", stream, "group", s.cfg.Group, "consumer", s.cfg.Consumer),
+		stopping:  make(chan struct{}),
+		out:       make(chan *message.Message),
+		acks:      make(chan string, 4*ackBatch),
+		slots:     make(chan struct{}, s.cfg.MaxInFlight),
+		held:      map[string]struct{}{},
+		forwarded: make(chan struct{}),
+		ackDone:   make(chan struct{}),
+		stopped:   make(chan struct{}),
+	}
+	sub.lctx, sub.cancelL = context.WithCancel(base)
+	sub.rctx, sub.cancelR = context.WithCancel(base)
+	sub.lanes = lanes.New(sub.lctx, lanes.Options{
+		MaxInFlight: s.cfg.MaxInFlight,
+		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
+	})
+	sub.loops.Add(3)
+	go sub.read()
+	go sub.keepTouched()
+	go sub.claimIdle()
+	go sub.forward()
+	go sub.ackLoop()
+	return sub
+}
+
+func (sub *subscription) stop() {
+	sub.stopOnce.Do(func() {
+		close(sub.stopping)
+		sub.cancelR()
+		sub.lanes.Drain()
+		sub.loops.Wait()
+		if !sub.lanes.Wait(sub.cfg.DrainTimeout) {
+			sub.logger.Warn("redisbus: drain timeout; unsettled messages stay pending and will be redelivered")
+		}
+		sub.cancelL()
+		sub.lanes.Close()
+		<-sub.forwarded
+		close(sub.acks)
+		<-sub.ackDone
+		close(sub.stopped)
+	})
+}
+
+func (sub *subscription) isStopping() bool {
+	select {
+	case <-sub.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// read releases this consumer's own pending entries, then new ones.
+func (sub *subscription) read() {
+	defer sub.loops.Done()
+	last := "0"
+	for sub.readBack {
+		entries, ok := sub.readGroup(last, -1)
+		if !ok {
+			return
+		}
+		if len(entries) == 0 {
+			break
+		}
+		if !sub.pushAll(sub.hold(entries), 0) {
+			return
+		}
+		last = entries[len(entries)-1].ID
+	}
+	for {
+		entries, ok := sub.readGroup(">", sub.cfg.Block)
+		if !ok {
+			return
+		}
+		if !sub.pushAll(sub.hold(entries), 1) {
+			return
+		}
+	}
+}
+
+// readGroup runs one XREADGROUP from id, retrying on errors (a lost
+// group is recreated) until it succeeds or the subscription stops.
+func (sub *subscription) readGroup(id string, block time.Duration) ([]redis.XMessage, bool) {
+	backoff := 100 * time.Millisecond
+	for {
+		res, err := sub.client.XReadGroup(sub.rctx, &redis.XReadGroupArgs{
+			Group:    sub.cfg.Group,
+			Consumer: sub.cfg.Consumer,
+			Streams:  []string{sub.stream, id},
+			Count:    sub.cfg.Batch,
+			Block:    block,
+		}).Result()
+		if sub.rctx.Err() != nil {
+			// Entries returned now stay pending on this consumer.
+			return nil, false
+		}
+		switch {
+		case err == nil:
+			if len(res) == 0 {
+				return nil, true
+			}
+			return res[0].Messages, true
+		case errors.Is(err, redis.Nil):
+			return nil, true
+		case isNoGroup(err):
+			sub.logger.Warn("redisbus: consumer group lost (stream deleted or Redis restarted without data); recreating it")
+			ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
+			err = ensureGroup(ctx, sub.client, sub.stream, sub.cfg.Group)
+			cancel()
+			if err == nil {
+				continue
+			}
+		}
+		sub.logger.Warn("redisbus: read failed; retrying", "err", err, "in", backoff.String())
+		select {
+		case <-time.After(backoff):
+		case <-sub.rctx.Done():
+			return nil, false
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func isNoGroup(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOGROUP") }
+
+// hold marks entries as held by this subscription before they are
+// queued, so that they are touched while they wait for room in the lanes,
+// and returns those that were not held already.
+func (sub *subscription) hold(entries []redis.XMessage) []redis.XMessage {
+	fresh := entries[:0:0]
+	sub.heldMu.Lock()
+	for _, e := range entries {
+		if _, dup := sub.held[e.ID]; !dup {
+			sub.held[e.ID] = struct{}{}
+			fresh = append(fresh, e)
+		}
+	}
+	sub.heldMu.Unlock()
+	return fresh
+}
+
+// pushAll queues held entries in the lanes, in order, trimmed ones
+// aside. delivery is their delivery count when known (0 otherwise). It
+// returns false when the lanes stopped; the entries not queued are
+// forgotten and stay pending.
+func (sub *subscription) pushAll(entries []redis.XMessage, delivery int) bool {
+	for i, e := range entries {
+		if e.Values == nil {
+			sub.forget(e.ID)
+			sub.trimmed(e.ID)
+			continue
+		}
+		if !sub.push(e, delivery) {
+			for _, rest := range entries[i:] {
+				sub.forget(rest.ID)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+func (sub *subscription) push(e redis.XMessage, delivery int) bool {
+	d := decodeEntry(sub.stream, e)
+	if reason := d.metadata[UndecodableMetadata]; reason != "" {
+		sub.logger.Warn("redisbus: undecodable entry released with its raw fields", "entry", e.ID, "reason", reason)
+	}
+	if delivery > 0 {
+		d.metadata[DeliveryMetadata] = strconv.Itoa(delivery)
+	}
+	ctx, cancel := context.WithCancel(sub.lctx)
+	msg := message.NewMessageWithContext(ctx, d.uuid, d.payload)
+	msg.Metadata = d.metadata
+	settle := func(acked bool) { sub.settle(e.ID, msg, cancel, delivery, acked) }
+	if !sub.lanes.Push(d.key, msg, settle, nil) {
+		cancel()
+		return false
+	}
+	return true
+}
+
+// settle is the lanes' verdict on a message, run in its key's lane: an
+// ack is queued for XACK; a nack by the router is redelivered here, so
+// later messages of the key wait; anything else (the subscription is
+// stopping) leaves the entry pending.
+func (sub *subscription) settle(id string, msg *message.Message, cancel context.CancelFunc, delivery int, acked bool) {
+	cancel()
+	if acked {
+		sub.acks <- id
+		return
+	}
+	select {
+	case <-msg.Nacked():
+		sub.redeliver(id, msg, delivery)
+	default:
+		sub.forget(id)
+	}
+}
+
+// redeliver releases prev again after the delay it asks for, until the
+// router acks it or the subscription stops.
+func (sub *subscription) redeliver(id string, prev *message.Message, delivery int) {
+	for {
+		if d, err := time.ParseDuration(prev.Metadata.Get(jetstream.RetryDelayMetadata)); err == nil && d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-sub.stopping:
+				t.Stop()
+				sub.forget(id)
+				return
+			}
+		}
+		select {
+		case sub.slots <- struct{}{}:
+		case <-sub.stopping:
+			sub.forget(id)
+			return
+		}
+		ctx, cancel := context.WithCancel(sub.lctx)
+		m := message.NewMessageWithContext(ctx, prev.UUID, prev.Payload)
+		for k, v := range prev.Metadata {
+			if k != jetstream.RetryDelayMetadata {
+				m.Metadata[k] = v
+			}
+		}
+		if delivery > 0 {
+			delivery++
+			m.Metadata[DeliveryMetadata] = strconv.Itoa(delivery)
+		}
+		acked, nacked := sub.release(m)
+		cancel()
+		<-sub.slots
+		switch {
+		case acked:
+			sub.acks <- id
+			return
+		case !nacked || sub.isStopping():
+			sub.forget(id)
+			return
+		}
+		prev = m
+	}
+}
+
+// release hands m to the router and waits for its verdict.
+func (sub *subscription) release(m *message.Message) (acked, nacked bool) {
+	select {
+	case sub.out <- m:
+	case <-sub.stopping:
+		return false, false
+	case <-sub.lctx.Done():
+		return false, false
+	}
+	select {
+	case <-m.Acked():
+		return true, false
+	case <-m.Nacked():
+		return false, true
+	case <-sub.lctx.Done():
+		return false, false
+	}
+}
+
+// forward passes the lanes' releases to the router's channel. It closes
+// that channel once the lanes closed, which is after every settle ran,
+// so no redelivery sends on it later.
+func (sub *subscription) forward() {
+	defer close(sub.forwarded)
+	defer close(sub.out)
+	for m := range sub.lanes.Out() {
+		select {
+		case sub.out <- m:
+		case <-sub.lctx.Done():
+			// The lanes see the same ctx end and settle m as not acked.
+		}
+	}
+}
+
+// forget drops an entry from the held set: it is no longer touched, and
+// stays pending in the group until this consumer or another takes it.
+func (sub *subscription) forget(ids ...string) {
+	sub.heldMu.Lock()
+	for _, id := range ids {
+		delete(sub.held, id)
+	}
+	sub.heldMu.Unlock()
+}
+
+// ackLoop acks entries in batches: whatever was acked while the previous
+// XACK was on the wire goes in the next one.
+func (sub *subscription) ackLoop() {
+	defer close(sub.ackDone)
+	ids := make([]string, 0, ackBatch)
+	for id := range sub.acks {
+		ids = append(ids[:0], id)
+	more:
+		for len(ids) < ackBatch {
+			select {
+			case id, ok := <-sub.acks:
+				if !ok {
+					break more
+				}
+				ids = append(ids, id)
+			default:
+				break more
+			}
+		}
+		sub.xack(ids)
+	}
+}
+
+func (sub *subscription) xack(ids []string) {
+	defer sub.forget(ids...)
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		err := sub.client.XAck(ctx, sub.stream, sub.cfg.Group, ids...).Err()
+		cancel()
+		if err == nil {
+			return
+		}
+		if attempt == 3 {
+			sub.logger.Warn("redisbus: ack failed; the entries will be redelivered", "entries", len(ids), "err", err)
+			return
+		}
+		time.Sleep(backoff)
+		backoff *= 4
+	}
+}
+
+// trimmed acks a pending entry whose data the stream no longer has
+// (MAXLEN trimmed it before it was handled): there is nothing to deliver.
+func (sub *subscription) trimmed(id string) {
+	sub.logger.Error("redisbus: pending entry was trimmed from the stream before it was handled; raise redis.max_len", "entry", id)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	_ = sub.client.XAck(ctx, sub.stream, sub.cfg.Group, id).Err()
+}
+
+// keepTouched touches the entries this consumer holds, so that nobody
+// claims them while they wait behind their key or run. It has a goroutine
+// of its own: claiming blocks while the lanes are full.
+func (sub *subscription) keepTouched() {
+	defer sub.loops.Done()
+	t := time.NewTicker(max(sub.cfg.ClaimIdle/3, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-sub.rctx.Done():
+			return
+		case <-t.C:
+			sub.touch()
+		}
+	}
+}
+
+// claimIdle claims entries idle on other consumers, and now and then
+// prunes the group's stale consumers.
+func (sub *subscription) claimIdle() {
+	defer sub.loops.Done()
+	claim := time.NewTicker(sub.cfg.ClaimInterval)
+	defer claim.Stop()
+	prune := time.NewTicker(pruneEvery)
+	defer prune.Stop()
+	for {
+		select {
+		case <-sub.rctx.Done():
+			return
+		case <-claim.C:
+			sub.claim()
+		case <-prune.C:
+			sub.prune()
+		}
+	}
+}
+
+// delIdleConsumer deletes consumer ARGV[2] of group ARGV[1] on stream
+// KEYS[1] if it has no pending entry; it returns -1 otherwise.
+var delIdleConsumer = redis.NewScript(`
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+`)
+
+// prune removes consumers of the group that hold nothing and have been
+// silent for staleConsumer: the default consumer name changes with every
+// process, and the group would otherwise keep every name it ever saw.
+func (sub *subscription) prune() {
+	ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
+	defer cancel()
+	consumers, err := sub.client.XInfoConsumers(ctx, sub.stream, sub.cfg.Group).Result()
+	if err != nil {
+		return
+	}
+	for _, c := range consumers {
+		if c.Name == sub.cfg.Consumer || c.Pending > 0 || c.Idle < staleConsumer {
+			continue
+		}
+		// DELCONSUMER drops the consumer's pending entries, so the
+		// script checks there are none in the same step.
+		n, err := delIdleConsumer.Run(ctx, sub.client, []string{sub.stream}, sub.cfg.Group, c.Name).Int64()
+		if err == nil && n >= 0 {
+			sub.logger.Info("redisbus: removed a stale consumer from the group", "stale", c.Name, "idle", c.Idle.String())
+		}
+	}
+}
+
+// touch resets the idle time of every held entry (XCLAIM to itself,
+// JUSTID, which does not count a delivery).
+func (sub *subscription) touch() {
+	sub.heldMu.Lock()
+	ids := make([]string, 0, len(sub.held))
+	for id := range sub.held {
+		ids = append(ids, id)
+	}
+	sub.heldMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
+	defer cancel()
+	pipe := sub.client.Pipeline()
+	for start := 0; start < len(ids); start += touchChunk {
+		pipe.XClaimJustID(ctx, &redis.XClaimArgs{
+			Stream: sub.stream, Group: sub.cfg.Group, Consumer: sub.cfg.Consumer,
+			Messages: ids[start:min(start+touchChunk, len(ids))],
+		})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && sub.rctx.Err() == nil {
+		sub.logger.Warn("redisbus: touching held entries failed; another consumer may claim them", "entries", len(ids), "err", err)
+	}
+}
+
+// claim takes over entries idle longer than ClaimIdle, on any consumer
+// of the group (a dead worker, or this one's leftovers).
+func (sub *subscription) claim() {
+	start := "0-0"
+	claimed := 0
+	defer func() {
+		if claimed > 0 {
+			sub.logger.Info("redisbus: claimed idle pending entries", "entries", claimed)
+		}
+	}()
+	for range claimRounds {
+		ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
+		msgs, next, err := sub.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: sub.stream, Group: sub.cfg.Group, Consumer: sub.cfg.Consumer,
+			MinIdle: sub.cfg.ClaimIdle, Start: start, Count: sub.cfg.Batch,
+		}).Result()
+		cancel()
+		if err != nil {
+			if sub.rctx.Err() == nil && !isNoGroup(err) {
+				sub.logger.Warn("redisbus: claim failed", "err", err)
+			}
+			return
+		}
+		fresh := sub.hold(msgs)
+		claimed += len(fresh)
+		if !sub.pushAll(fresh, 0) {
+			return
+		}
+		if next == "0-0" || next == "" {
+			return
+		}
+		start = next
+	}
+}

@@ -133,6 +133,10 @@ func (c *Condition) Eval(ev *event.Event) (bool, error) {
 func positioned(err error) error {
 	var fe *file.Error
 	if !errors.As(err, &fe) || fe.Snippet == "" {
+		if first, _, multi := strings.Cut(err.Error(), "\n"); multi {
+			// An internal failure of expr comes with a stack trace.
+			return errors.New(first)
+		}
 		return err
 	}
 	return &posError{line: fe.Line, col: fe.Column + 1, msg: strings.TrimSpace(fe.Message), err: err}

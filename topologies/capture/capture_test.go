@@ -3,6 +3,7 @@ package capture_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"testing"
@@ -546,4 +547,81 @@ func TestLeaseOneReaderPerGroup(t *testing.T) {
 	if ev := ackAll(t, chB, 1)[0]; ev.EntityID != "3" {
 		t.Errorf("standby took over at %s, want 3", ev.EntityID)
 	}
+}
+
+// Concurrent writers that take an xid first, then update one hot row and
+// sometimes roll back: the reader releases every committed update of the
+// row, once, in commit order (the counter goes 1, 2, 3...). Reading in xid
+// order would release some of them out of order; a "position > last seen"
+// cursor would lose some.
+func TestConcurrentWritersInCommitOrder(t *testing.T) {
+	t.Parallel()
+	pool, _ := setup(t)
+	ctx := context.Background()
+	run(t, pool, "CREATE TABLE scratch (id serial PRIMARY KEY)")
+	run(t, pool, "INSERT INTO orders (id, amount) VALUES (0, 0)")
+	cfg := config(pool.Config().ConnConfig.RuntimeParams["search_path"])
+	ch, _, _ := subscribe(t, pool, cfg, "g")
+
+	const writers, txs = 6, 20
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for range txs {
+				err := func() error {
+					tx, err := pool.Begin(ctx)
+					if err != nil {
+						return err
+					}
+					defer func() { _ = tx.Rollback(ctx) }()
+					if _, err := tx.Exec(ctx, "INSERT INTO scratch DEFAULT VALUES"); err != nil { // the xid, first
+						return err
+					}
+					time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+					if _, err := tx.Exec(ctx, "UPDATE orders SET amount = amount + 1 WHERE id = 0"); err != nil {
+						return err
+					}
+					time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+					if rng.IntN(5) == 0 {
+						return tx.Rollback(ctx)
+					}
+					return tx.Commit(ctx)
+				}()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var committed int64
+	if err := pool.QueryRow(ctx, "SELECT amount FROM orders WHERE id = 0").Scan(&committed); err != nil {
+		t.Fatal(err)
+	}
+	evs := ackAll(t, ch, int(committed)+1)
+	if evs[0].Type != event.Insert {
+		t.Fatalf("first event %s, want the INSERT", evs[0].Type)
+	}
+	for i, ev := range evs[1:] {
+		if ev.Type != event.Update || ev.Data["amount"] != int64(i+1) {
+			t.Fatalf("update %d: %s with amount %v, want amount %d (events out of commit order or lost)", i+1, ev.Type, ev.Data["amount"], i+1)
+		}
+	}
+	none(t, ch, 10*cfg.PollInterval)
+	// How many updates an (xid, position) order would have released
+	// before an update that committed earlier.
+	var inversions int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM (
+		SELECT xid < lag(xid) OVER (ORDER BY position) AS inv FROM `+cfg.Schema+`.change_log WHERE entity_id = '0') s
+		WHERE inv`).Scan(&inversions); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d committed updates of %d transactions, in order; %d where xid order is not commit order", committed, writers*txs, inversions)
 }

@@ -184,6 +184,9 @@ func (r *reader) read(ctx context.Context, conn *pgx.Conn, n int) (out []row, mo
 	}
 	if !hole {
 		r.blockedSince = time.Time{}
+		if !b.set {
+			*b = barrier{} // a hole watched in grace mode was filled
+		}
 		return out, len(all) == n, nil
 	}
 

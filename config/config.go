@@ -111,10 +111,18 @@ type Source struct {
 	Notify bool `koanf:"notify"`
 }
 
-// Postgres is the connection of the postgres topology's bus and stores.
+// Postgres is the database of the postgres topology's stores (dedup
+// ledger, result cache, dead letters), and of its bus when there is no
+// [[sources]] entry; also the database of dedup.store = "postgres".
 type Postgres struct {
+	// URL is the connection URL; prefer URLEnv for URLs with passwords.
+	// On the postgres topology it defaults to the first source's.
 	URL    string `koanf:"url"`
 	URLEnv string `koanf:"url_env"`
+	// Group is the consumer group the postgres topology's observers read
+	// the change logs with; one process per group reads at a time, the
+	// others stand by. Default "millrace".
+	Group string `koanf:"group"`
 }
 
 // NATS is the JetStream bus of the nats and multidb topologies.
@@ -150,6 +158,14 @@ type Redis struct {
 	// ClaimIdle is how long an entry may stay pending on a dead worker
 	// before a live one claims it. Default 30s.
 	ClaimIdle Duration `koanf:"claim_idle"`
+	// Group is the consumer group the redis topology's workers share.
+	// Default "millrace".
+	Group string `koanf:"group"`
+	// Consumer names this process in the group. Default
+	// "<hostname>-<pid>"; set a name that survives restarts (a pod name)
+	// to get a restarted worker's pending entries back at once instead
+	// of after claim_idle. Two live processes must not share it.
+	Consumer string `koanf:"consumer"`
 }
 
 // Dedup is the per event and observer dedup window.

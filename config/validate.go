@@ -69,6 +69,7 @@ func (c *Config) Validate() error {
 	if c.Topology == "embedded" && c.Embedded.DataDir == "" {
 		add("embedded.data_dir", "must not be empty")
 	}
+	c.validateServices(add, positive)
 
 	between("dedup.window", c.Dedup.Window, time.Second, time.Hour)
 	between("cache.ttl", c.Cache.TTL, time.Second, time.Hour)
@@ -173,6 +174,74 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+var (
+	// streamRE matches JetStream stream and durable consumer names.
+	streamRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	// subjectRE matches a literal subject: tokens without wildcards.
+	subjectRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+)
+
+// validateServices checks the sections of the services that the chosen
+// topology uses: nats for nats and multidb, redis for redis, postgres
+// and [[sources]] where the topology needs them.
+func (c *Config) validateServices(add func(path, format string, args ...any), positive func(string, Duration)) {
+	switch c.Topology {
+	case "nats", "multidb":
+		n := c.NATS
+		if n.URL == "" {
+			add("nats.url", "must not be empty")
+		}
+		if !streamRE.MatchString(n.Stream) {
+			add("nats.stream", "%q must hold only letters, digits, '_' and '-'", n.Stream)
+		}
+		if !subjectRE.MatchString(n.SubjectPrefix) {
+			add("nats.subject_prefix", "%q must be dot-separated tokens of letters, digits, '_' and '-'", n.SubjectPrefix)
+		}
+		if !streamRE.MatchString(n.Consumer) {
+			add("nats.consumer", "%q must hold only letters, digits, '_' and '-'", n.Consumer)
+		}
+		positive("nats.ack_wait", n.AckWait)
+		if n.MaxDeliver != -1 && n.MaxDeliver < 1 {
+			add("nats.max_deliver", "must be -1 (unlimited) or at least 1, got %d", n.MaxDeliver)
+		}
+		if n.MaxAge < 0 {
+			add("nats.max_age", "must not be negative (0 keeps events forever)")
+		}
+		if n.Replicas < 1 || n.Replicas > 5 {
+			add("nats.replicas", "must be between 1 and 5, got %d", n.Replicas)
+		}
+		if c.Topology == "multidb" && len(c.Sources) == 0 {
+			add("sources", "the multidb topology needs at least one [[sources]] entry")
+		}
+	case "redis":
+		r := c.Redis
+		if (r.URL == "") == (r.URLEnv == "") {
+			add("redis", "set exactly one of url and url_env")
+		}
+		if !nameRE.MatchString(r.Group) {
+			add("redis.group", "%q may hold only letters, digits, '_' and '-'", r.Group)
+		}
+		if r.Consumer != "" && !nameRE.MatchString(r.Consumer) {
+			add("redis.consumer", "%q may hold only letters, digits, '_' and '-'", r.Consumer)
+		}
+		if r.MaxLen < 0 {
+			add("redis.max_len", "must not be negative (0 keeps every event)")
+		}
+		positive("redis.claim_idle", r.ClaimIdle)
+	case "postgres":
+		p := c.Postgres
+		if p.URL != "" && p.URLEnv != "" {
+			add("postgres", "set at most one of url and url_env")
+		}
+		if len(c.Sources) == 0 && p.URL == "" && p.URLEnv == "" {
+			add("postgres", "the postgres topology needs a [[sources]] entry or postgres.url / postgres.url_env")
+		}
+		if !nameRE.MatchString(p.Group) {
+			add("postgres.group", "%q may hold only letters, digits, '_' and '-'", p.Group)
+		}
+	}
 }
 
 // ObserverNames returns the observer names, sorted.

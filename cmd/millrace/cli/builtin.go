@@ -2,7 +2,13 @@ package cli
 
 import (
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/cacheinvalidate"
+	"github.com/millrace/millrace/handlers/email"
 	"github.com/millrace/millrace/handlers/logaction"
+	"github.com/millrace/millrace/handlers/publish"
+	"github.com/millrace/millrace/handlers/slack"
+	"github.com/millrace/millrace/handlers/sqlcall"
+	"github.com/millrace/millrace/handlers/webhook"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )
@@ -18,7 +24,13 @@ type Options struct {
 func Defaults() Options {
 	o := Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}
 	for _, register := range []func(*handlers.Registry) error{
+		cacheinvalidate.Register,
+		email.Register,
 		logaction.Register,
+		publish.Register,
+		slack.Register,
+		sqlcall.Register,
+		webhook.Register,
 	} {
 		if err := register(o.Actions); err != nil {
 			panic(err) // a duplicate built-in is a programming error

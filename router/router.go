@@ -305,16 +305,27 @@ func (r *Router) Publish(ctx context.Context, evs ...*event.Event) error {
 			return fmt.Errorf("encode event %s: %w", ev.ID, err)
 		}
 		m := message.NewMessageWithContext(ctx, ev.ID, b)
-		m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-		m.Metadata.Set(jetstream.SubjectMetadata, jetstream.Token(ev.Source)+"."+jetstream.Token(ev.Entity)+"."+string(ev.Type))
+		setRouting(m, ev)
 		msgs = append(msgs, m)
 	}
 	return r.backend.Publisher.Publish(r.cfg.Router.Topic, msgs...)
 }
 
+// publishRaw serves actions that publish (handlers.Deps.Publish). When
+// the payload is an event, the message carries its ordering key and
+// subject like any other event, so consumers of topic keep per-entity
+// order.
 func (r *Router) publishRaw(ctx context.Context, topic, id string, payload []byte) error {
 	m := message.NewMessageWithContext(ctx, id, payload)
+	if ev, err := event.Decode(payload); err == nil {
+		setRouting(m, ev)
+	}
 	return r.backend.Publisher.Publish(topic, m)
+}
+
+func setRouting(m *message.Message, ev *event.Event) {
+	m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
+	m.Metadata.Set(jetstream.SubjectMetadata, jetstream.Token(ev.Source)+"."+jetstream.Token(ev.Entity)+"."+string(ev.Type))
 }
 
 // Delays the bus waits before redelivering a message this process could

@@ -69,13 +69,14 @@ type Config struct {
 	Memory bool
 }
 
-// Subject returns the subject of topic with an optional suffix.
+// Subject returns the subject of topic with a suffix. An empty suffix
+// becomes "_": a topic's consumers filter on "<prefix>.<topic>.>", which
+// needs at least one token after the topic.
 func (c Config) Subject(topic, suffix string) string {
-	s := c.SubjectPrefix + "." + topic
-	if suffix != "" {
-		s += "." + suffix
+	if suffix == "" {
+		suffix = "_"
 	}
-	return s
+	return c.SubjectPrefix + "." + topic + "." + suffix
 }
 
 // Token makes s safe as one subject token: no dots, spaces or wildcards.

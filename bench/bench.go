@@ -79,6 +79,11 @@ type Options struct {
 	// Quick runs every scenario with QuickEvents events (and the steady
 	// run with QuickSteadyEvents), for tests: the figures mean nothing.
 	Quick bool
+	// Budget, when set, bounds the whole suite: each saturated run gets
+	// a share of the time left and, when it runs out, reports the
+	// events delivered until then (time-boxed). Steady-rate runs keep
+	// their length.
+	Budget time.Duration
 	// CPUProfile writes a CPU profile of each topology's no-op run to
 	// OutDir/profiles and puts its top entries in the results.
 	CPUProfile bool
@@ -137,6 +142,9 @@ func (o Options) validate() error {
 	if o.PayloadBytes < 1 || o.PayloadBytes > 1<<20 {
 		errs = append(errs, fmt.Errorf("bench: payload must be between 1 byte and 1 MiB, got %d", o.PayloadBytes))
 	}
+	if o.Budget < 0 {
+		errs = append(errs, fmt.Errorf("bench: budget must not be negative, got %s", o.Budget))
+	}
 	if o.Rate < 1 {
 		errs = append(errs, fmt.Errorf("bench: rate must be at least 1 event/s, got %d", o.Rate))
 	}
@@ -175,11 +183,14 @@ type suite struct {
 	prog   *progress
 	filler string
 
-	mu        sync.Mutex
-	recorders map[string]*recorder
-	pool      *pgxpool.Pool
-	rdb       *redis.Client
-	nc        *nats.Conn
+	mu         sync.Mutex
+	deadline   time.Time // of the budget; zero is none
+	satLeft    int       // saturated runs not started yet
+	steadyLeft int       // steady-rate runs not started yet
+	recorders  map[string]*recorder
+	pool       *pgxpool.Pool
+	rdb        *redis.Client
+	nc         *nats.Conn
 }
 
 // Run measures every topology of opts and writes the result files. It
@@ -201,18 +212,22 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	}
 
 	res := newResults(opts)
-	steps := 0
 	for _, t := range opts.Topologies {
-		steps += 2 // the ceiling, saturated and at a steady rate
+		s.satLeft++ // the ceiling, saturated and at a steady rate
+		s.steadyLeft++
 		if s.available(t) {
-			steps += len(scenarios)
-			if !s.webhookAvailable() {
-				steps--
+			s.satLeft += 2 // noop, with and without dedup and cache
+			s.steadyLeft++
+			if s.webhookAvailable() {
+				s.satLeft++
 			}
 		}
 	}
-	s.prog = &progress{w: opts.Progress, tty: opts.Terminal, total: steps}
+	s.prog = &progress{w: opts.Progress, tty: opts.Terminal, total: s.satLeft + s.steadyLeft}
 	start := time.Now()
+	if opts.Budget > 0 && !opts.Quick {
+		s.deadline = start.Add(opts.Budget)
+	}
 	for _, name := range opts.Topologies {
 		if ctx.Err() != nil {
 			break
@@ -315,6 +330,36 @@ func (s *suite) nats() (*nats.Conn, error) {
 	}
 	s.nc = nc
 	return nc, nil
+}
+
+// Shares of the budget.
+const (
+	// runOverhead is what a run costs beyond the wait for its events:
+	// starting and stopping the router or the ceiling's server.
+	runOverhead = 5 * time.Second
+	// minLimit is the least a saturated run gets, whatever is left.
+	minLimit = 5 * time.Second
+)
+
+// limit counts a run as started and returns how long it may wait for its
+// events: 0 (no limit) for a steady-rate run or without a budget, else
+// an equal share of the time left after the steady-rate runs still to
+// come.
+func (s *suite) limit(steady bool) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if steady {
+		s.steadyLeft--
+	} else {
+		s.satLeft--
+	}
+	if s.deadline.IsZero() || steady {
+		return 0
+	}
+	runs := time.Duration(s.satLeft + 1)
+	steadyRun := time.Duration(s.opts.steadyEvents())*time.Second/time.Duration(s.opts.Rate) + runOverhead
+	left := time.Until(s.deadline) - time.Duration(s.steadyLeft)*steadyRun - runs*runOverhead
+	return max(left/runs, minLimit)
 }
 
 // freeMemory returns the heap of earlier runs to the OS, so that a run's

@@ -119,3 +119,32 @@ func TestPaceSteadyRate(t *testing.T) {
 		t.Errorf("%d events at %d/s sent in %s", n, rate, el)
 	}
 }
+
+// TestLimitSharesTheBudget checks how the budget is shared: steady-rate
+// runs keep their length, saturated runs split what is left equally,
+// and never get less than minLimit.
+func TestLimitSharesTheBudget(t *testing.T) {
+	s := &suite{opts: Options{Events: 50_000, Rate: 1_000}}
+	s.opts.setDefaults()
+	steadyRun := 10*time.Second + runOverhead // 10,000 events at 1,000/s
+	s.deadline = time.Now().Add(3*steadyRun + 4*runOverhead + 4*time.Minute)
+	s.satLeft, s.steadyLeft = 4, 3
+	if got := s.limit(true); got != 0 {
+		t.Errorf("steady run limit %s; want none", got)
+	}
+	// Left: 2 steady runs, 4 saturated ones including this one; one
+	// steady run's worth was already spent on paper.
+	got := s.limit(false)
+	want := (4*time.Minute + steadyRun) / 4
+	if got > want || got < want-time.Second {
+		t.Errorf("saturated run limit %s; want about %s", got, want)
+	}
+	s.deadline = time.Now()
+	if got := s.limit(false); got != minLimit {
+		t.Errorf("limit with no time left %s; want %s", got, minLimit)
+	}
+	s.deadline = time.Time{}
+	if got := s.limit(false); got != 0 {
+		t.Errorf("limit without a budget %s; want none", got)
+	}
+}

@@ -135,8 +135,13 @@ func (s *suite) jetStreamJob(ctx context.Context, nc *nats.Conn, rec *recorder, 
 		defer close(consumed)
 		for {
 			m, err := it.Next()
-			if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return
+			}
+			if err != nil {
+				// A missed heartbeat on a loaded machine: the iterator
+				// pulls again by itself.
+				continue
 			}
 			h := m.Headers()
 			i, _ := strconv.ParseInt(h.Get(hdrIndex), 10, 64)
@@ -185,7 +190,7 @@ func run(ctx context.Context, rec *recorder, n, rate int, w *window, send sendFu
 	defer cancel()
 	produced := make(chan error, 1)
 	go func() { produced <- pace(pctx, rec, n, rate, send) }()
-	err := wait(ctx, rec, produced, nil, nil)
+	err := wait(ctx, rec, w.limit, produced, nil, nil)
 	w.end()
 	return err
 }

@@ -337,7 +337,7 @@ func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec,
 	pctx, cancelProducer := context.WithCancel(ctx)
 	defer cancelProducer()
 	go func() { produced <- pace(pctx, rec, n, rate, send) }()
-	err = wait(ctx, rec, produced, stopped, func() error { return runErr })
+	err = wait(ctx, rec, w.limit, produced, stopped, func() error { return runErr })
 	w.end()
 	return nil, err
 }

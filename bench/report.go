@@ -58,6 +58,9 @@ func (r *Results) Markdown() string {
 	p("- Runs: %s events per saturated run, %s events at %s events/s for the steady run; %d-byte `data`; batches of %d.\n",
 		num(float64(r.Settings.Events)), num(float64(r.Settings.SteadyEvents)), num(float64(r.Settings.Rate)),
 		r.Settings.PayloadBytes, r.Settings.BatchSize)
+	if r.Settings.BudgetS > 0 {
+		p("- Budget: %s s for the whole suite; a saturated run that used up its share reports the events delivered until then (time-boxed).\n", dec(r.Settings.BudgetS))
+	}
 	p("- Build: %s", r.GoVersion)
 	for _, m := range r.Modules {
 		for _, k := range keyModules {
@@ -125,6 +128,9 @@ func (r *Results) Markdown() string {
 			}
 			c := sc.Ceiling
 			extra := ""
+			if f.TimeBoxed {
+				extra = fmt.Sprintf(" (time-boxed: %s of %s events)", num(float64(f.Delivered)), num(float64(f.Events)))
+			}
 			if sc.Signed != nil {
 				extra = fmt.Sprintf(" (%s of %s signed)", num(float64(*sc.Signed)), num(float64(f.Events)))
 			}
@@ -143,6 +149,9 @@ func (r *Results) Markdown() string {
 			}
 			if c.f.Error != "" {
 				errs = append(errs, fmt.Sprintf("- %s: %s", c.title, c.f.Error))
+			}
+			if c.f.TimeBoxed {
+				c.title += fmt.Sprintf(" (time-boxed: %s of %s events)", num(float64(c.f.Delivered)), num(float64(c.f.Events)))
 			}
 			p("| %s | %s |  |  | %s | %s | %s |  |  | %s |  | %s / %s | %s |\n", c.title, thr(c.f),
 				ms3(c.f, c.f.Latency.P50), ms3(c.f, c.f.Latency.P95), ms3(c.f, c.f.Latency.P99), cpu(c.f),

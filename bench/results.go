@@ -45,7 +45,9 @@ type Settings struct {
 	Rate         int  `json:"rate_per_s"`
 	BatchSize    int  `json:"batch_size"`
 	Quick        bool `json:"quick"`
-	CPUProfile   bool `json:"cpu_profile"`
+	// BudgetS bounds the suite; saturated runs may be time-boxed.
+	BudgetS    float64 `json:"budget_s,omitempty"`
+	CPUProfile bool    `json:"cpu_profile"`
 }
 
 // Statuses of a topology and of a scenario.
@@ -129,11 +131,17 @@ type Figures struct {
 	// (since its start when RSSReset is false).
 	PeakRSSMB float64 `json:"peak_rss_mb"`
 	RSSReset  bool    `json:"rss_reset"`
-	Error     string  `json:"error,omitempty"`
+	// TimeBoxed is set when the run used up its share of the time
+	// budget: the figures are those of the Delivered events.
+	TimeBoxed bool   `json:"time_boxed,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
-// ok reports whether every event was delivered.
-func (f *Figures) ok() bool { return f != nil && f.Error == "" && f.Delivered == int64(f.Events) }
+// ok reports whether the run has figures: every event was delivered, or
+// some were when its time ran out.
+func (f *Figures) ok() bool {
+	return f != nil && f.Error == "" && (f.Delivered == int64(f.Events) || f.TimeBoxed && f.Delivered > 0)
+}
 
 // Ratio is millrace's figure over the ceiling's: below 1 for throughput
 // means slower, above 1 for latency and CPU means more.
@@ -197,7 +205,7 @@ func newResults(o Options) *Results {
 		Machine: Machine{Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), OS: runtime.GOOS,
 			Arch: runtime.GOARCH, LoadStart: loadAverage()},
 		Settings: Settings{Events: o.events(), SteadyEvents: o.steadyEvents(), PayloadBytes: o.PayloadBytes,
-			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile},
+			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile, BudgetS: o.Budget.Seconds()},
 		Topologies: []*Topology{},
 		Targets:    []Target{},
 	}

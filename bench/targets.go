@@ -35,9 +35,9 @@ func evaluate(res *Results) []Target {
 		}
 		if lim, ok := webhookTargets[t.Name]; ok {
 			tg := minTarget(t, ScenarioWebhook, "throughput, signed webhook", lim, res)
-			if sc := t.scenario(ScenarioWebhook); tg.Status == TargetMet && sc != nil && sc.Signed != nil && *sc.Signed < int64(sc.Figures.Events) {
+			if sc := t.scenario(ScenarioWebhook); tg.Status == TargetMet && sc != nil && sc.Signed != nil && *sc.Signed < sc.Figures.Delivered {
 				tg.Status = TargetMissed
-				tg.Note = fmt.Sprintf("only %d of %d deliveries carried a valid signature", *sc.Signed, sc.Figures.Events)
+				tg.Note = fmt.Sprintf("only %d of %d deliveries carried a valid signature", *sc.Signed, sc.Figures.Delivered)
 			}
 			out = append(out, tg)
 		}

@@ -87,7 +87,7 @@ func (s *suite) topology(ctx context.Context, name string) *Topology {
 	t.Ceiling.Saturation = s.measure(ctx, name+" ceiling, saturated", n, 0, "", func(ctx context.Context, r *recorder, w *window) error {
 		return c.run(ctx, r, n, 0, w)
 	})
-	t.Ceiling.Steady = s.measure(ctx, name+fmt.Sprintf(" ceiling, %d/s", s.opts.Rate), steadyN, s.opts.Rate, "", func(ctx context.Context, r *recorder, w *window) error {
+	t.Ceiling.Steady = s.measure(ctx, name+fmt.Sprintf(" ceiling, %s/s", num(float64(s.opts.Rate))), steadyN, s.opts.Rate, "", func(ctx context.Context, r *recorder, w *window) error {
 		return c.run(ctx, r, steadyN, s.opts.Rate, w)
 	})
 	if !t.Available {
@@ -113,7 +113,7 @@ func (s *suite) topology(ctx context.Context, name string) *Topology {
 		label := name + " " + sc.name
 		if sc.steady {
 			events, rate, ceil = steadyN, s.opts.Rate, t.Ceiling.Steady
-			label += fmt.Sprintf(" %d/s", rate)
+			label += fmt.Sprintf(" %s/s", num(float64(rate)))
 		}
 		prof := ""
 		if sc.name == ScenarioNoop && s.opts.CPUProfile && !s.opts.Quick {
@@ -145,6 +145,7 @@ func (s *suite) topology(ctx context.Context, name string) *Topology {
 // CPU profile.
 type window struct {
 	profile   string
+	limit     time.Duration // of the wait for delivery; 0 is none
 	prof      *os.File
 	t0, t1    time.Time
 	cpu0      time.Duration
@@ -192,17 +193,20 @@ func (w *window) end() {
 // figures.
 func (s *suite) measure(ctx context.Context, label string, n, rate int, profile string, job func(context.Context, *recorder, *window) error) *Figures {
 	rec := newRecorder(n)
-	w := &window{profile: profile}
+	w := &window{profile: profile, limit: s.limit(rate > 0)}
 	freeMemory()
 	reset := resetPeakRSS()
 	stop := s.prog.start(label, rec)
 	err := job(ctx, rec, w)
 	w.end()
 	f := &Figures{Events: n, Delivered: rec.done.Load(), Duplicates: rec.dups.Load(), RSSReset: reset}
+	if errors.Is(err, errTimeBoxed) && f.Delivered > 0 {
+		f.TimeBoxed, err = true, nil
+	}
 	if el := rec.elapsed(); el > 0 {
 		f.Seconds = round3(el.Seconds())
-		if f.Delivered == int64(n) {
-			f.Throughput = round3(float64(n) / el.Seconds())
+		if f.Delivered == int64(n) || f.TimeBoxed {
+			f.Throughput = round3(float64(f.Delivered) / el.Seconds())
 		}
 	}
 	f.Latency = rec.latency()
@@ -232,6 +236,9 @@ func (s *suite) measure(ctx context.Context, label string, n, rate int, profile 
 	}
 	summary := fmt.Sprintf("%s: %s events/s, p99 %s ms, %s CPU s/10k, peak RSS %s MB",
 		label, num(f.Throughput), dec(f.Latency.P99), dec(f.CPUPer10k), dec(f.PeakRSSMB))
+	if f.TimeBoxed {
+		summary += fmt.Sprintf(" (time-boxed at %s of %s events)", num(float64(f.Delivered)), num(float64(n)))
+	}
 	if f.Error != "" {
 		summary = fmt.Sprintf("%s: failed: %s", label, f.Error)
 	}
@@ -247,12 +254,23 @@ const (
 	readyTimeout = 60 * time.Second
 )
 
+// errTimeBoxed ends a saturated run that used up its share of the
+// suite's time budget: its figures are those of the events delivered
+// until then.
+var errTimeBoxed = errors.New("time-boxed")
+
 // wait returns when every event of rec was delivered, or with an error
 // when ctx ends, the producer fails, stopped (a closed channel) ends
-// first, or nothing arrives for stallTimeout.
-func wait(ctx context.Context, rec *recorder, produced <-chan error, stopped <-chan struct{}, stoppedErr func() error) error {
+// first, nothing arrives for stallTimeout, or limit (if not zero) passed.
+func wait(ctx context.Context, rec *recorder, limit time.Duration, produced <-chan error, stopped <-chan struct{}, stoppedErr func() error) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var timeUp <-chan time.Time
+	if limit > 0 {
+		t := time.NewTimer(limit)
+		defer t.Stop()
+		timeUp = t.C
+	}
 	last, lastAt := rec.done.Load(), time.Now()
 	for {
 		select {
@@ -270,6 +288,8 @@ func wait(ctx context.Context, rec *recorder, produced <-chan error, stopped <-c
 				return fmt.Errorf("stopped before every event was delivered: %w", err)
 			}
 			return errors.New("stopped before every event was delivered")
+		case <-timeUp:
+			return errTimeBoxed
 		case <-tick.C:
 			if d := rec.done.Load(); d != last {
 				last, lastAt = d, time.Now()
@@ -280,8 +300,9 @@ func wait(ctx context.Context, rec *recorder, produced <-chan error, stopped <-c
 	}
 }
 
-// pprofTop returns the top entries of a CPU profile, through the go
-// command when it is on PATH; nil otherwise.
+// pprofTop returns the top entries of a CPU profile, by own time and
+// by cumulated time, through the go command when it is on PATH; nil
+// otherwise.
 func pprofTop(ctx context.Context, file string) []string {
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
@@ -289,16 +310,26 @@ func pprofTop(ctx context.Context, file string) []string {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, goCmd, "tool", "pprof", "-top", "-nodecount=15", file).Output()
-	if err != nil {
-		return nil
-	}
 	var lines []string
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if strings.HasPrefix(l, "File:") || strings.HasPrefix(l, "Build ID:") || strings.HasPrefix(l, "Type:") || strings.HasPrefix(l, "Time:") {
-			continue
+	for i, args := range [][]string{{"-top", "-nodecount=15"}, {"-top", "-cum", "-nodecount=25"}} {
+		out, err := exec.CommandContext(ctx, goCmd, append(append([]string{"tool", "pprof"}, args...), file)...).Output()
+		if err != nil {
+			return nil
 		}
-		lines = append(lines, strings.TrimRight(l, " "))
+		if i > 0 {
+			lines = append(lines, "", "$ go tool pprof "+strings.Join(args, " "))
+		} else {
+			lines = append(lines, "$ go tool pprof "+strings.Join(args, " "))
+		}
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if i > 0 && !strings.HasPrefix(strings.TrimSpace(l), "flat") && !strings.Contains(l, "%") {
+				continue // the header once is enough
+			}
+			if strings.HasPrefix(l, "File:") || strings.HasPrefix(l, "Build ID:") || strings.HasPrefix(l, "Type:") || strings.HasPrefix(l, "Time:") {
+				continue
+			}
+			lines = append(lines, strings.TrimRight(l, " "))
+		}
 	}
 	return lines
 }

@@ -1,0 +1,129 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/jetstream"
+	"github.com/millrace/millrace/topologies/postgres"
+	"github.com/millrace/millrace/topologies/redis"
+)
+
+// connectTimeout bounds the first connection to NATS.
+const connectTimeout = 10 * time.Second
+
+// Register adds the "nats" topology to r.
+func Register(r *topologies.Registry) error { return r.Register("nats", Build) }
+
+// Build connects to NATS, ensures the stream, opens the stores and, when
+// the process captures (role all or capture), the [[sources]].
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	b = &topologies.Backend{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, b.Close())
+		}
+	}()
+	nc, err := natsgo.Connect(cfg.NATS.URL,
+		natsgo.Name("millrace "+cfg.Role),
+		natsgo.Timeout(connectTimeout),
+		natsgo.MaxReconnects(-1),
+		natsgo.DisconnectErrHandler(func(_ *natsgo.Conn, err error) {
+			if err != nil {
+				logger.Warn("nats: disconnected; reconnecting", "err", err)
+			}
+		}),
+		natsgo.ReconnectHandler(func(*natsgo.Conn) { logger.Info("nats: reconnected") }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect: %w", err)
+	}
+	b.Closers = append(b.Closers, func() error { nc.Close(); return nil })
+	js, err := njs.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("nats: jetstream: %w", err)
+	}
+	jc := BusConfig(cfg)
+	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {
+		return nil, err
+	}
+	// Dead letters get a stream of their own; "<prefix>_dlq" is outside
+	// the event stream's "<prefix>.>".
+	dlq, err := middleware.NewJetStreamDeadLetters(ctx, js, middleware.JetStreamDeadLettersConfig{
+		Stream: cfg.NATS.Stream + "_DLQ", Subject: cfg.NATS.SubjectPrefix + "_dlq",
+		MaxEntries: cfg.DLQ.MaxEntries, Replicas: cfg.NATS.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	b.DeadLetters = dlq
+	// The dedup ledger and the result cache: shared by every worker in
+	// Redis; without Redis, each process remembers what it handled, and
+	// a redelivery to another worker is not recognised as a duplicate.
+	rc, err := redis.NewClient(cfg.Redis)
+	switch {
+	case err != nil:
+		return nil, err
+	case rc != nil:
+		b.Closers = append(b.Closers, rc.Close)
+		store, err := middleware.NewRedisStore(rc, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix})
+		if err != nil {
+			return nil, err
+		}
+		b.Dedup, b.Cache = store, store
+	case cfg.Role != "capture":
+		logger.Warn("nats: redis.url is not set: dedup and the result cache are per process")
+	}
+
+	b.Publisher = jetstream.NewPublisher(js, jc)
+	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
+	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
+		srcs, err := postgres.OpenSources(ctx, cfg, logger)
+		if err != nil {
+			return nil, err
+		}
+		b.Closers = append(b.Closers, srcs.Close)
+		b.Captures = srcs.Captures(postgres.BridgeGroup)
+		for _, c := range b.Captures {
+			b.Closers = append(b.Closers, c.Close)
+		}
+	}
+	b.Ready = func(context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("not connected to NATS")
+		}
+		return nil
+	}
+	logger.Info("nats topology: JetStream bus", "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
+		"subjects", jc.SubjectPrefix+".>", "consumer", jc.Consumer, "sources", len(b.Captures))
+	return b, nil
+}
+
+// BusConfig is the JetStream bus's config of cfg: the nats section, the
+// dedup window as the stream's duplicate window, and the router's limits.
+func BusConfig(cfg *config.Config) jetstream.Config {
+	return jetstream.Config{
+		Stream:          cfg.NATS.Stream,
+		SubjectPrefix:   cfg.NATS.SubjectPrefix,
+		Consumer:        cfg.NATS.Consumer,
+		AckWait:         cfg.NATS.AckWait.D(),
+		MaxDeliver:      cfg.NATS.MaxDeliver,
+		MaxAge:          cfg.NATS.MaxAge.D(),
+		Replicas:        cfg.NATS.Replicas,
+		DuplicateWindow: cfg.Dedup.Window.D(),
+		MaxInFlight:     cfg.Router.MaxInFlight,
+		DrainTimeout:    cfg.Router.ShutdownTimeout.D(),
+	}
+}

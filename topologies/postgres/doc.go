@@ -1,0 +1,13 @@
+// Package postgres is the "postgres" topology, PostgreSQL only: the
+// change log of each [[sources]] database is the bus. Observers read it
+// through capture.Subscriber for the consumer group postgres.group (one
+// reader per source and group across processes, the others stand by),
+// HTTP ingest and the publish action append to the first source's change
+// log, and the dedup ledger, result cache and dead letters are tables in
+// postgres.url's database (default: the first source's).
+//
+// It also holds what the other topologies that capture from PostgreSQL
+// share: OpenSources connects to the [[sources]] and installs their
+// capture schema and triggers when asked, and Sources.Captures gives the
+// router one change-log reader per source.
+package postgres

@@ -1,0 +1,129 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/capture"
+)
+
+// ingestSource names the change log of postgres.url when the config has
+// no [[sources]]: events then come only from HTTP ingest and publish.
+const ingestSource = "postgres"
+
+// Register adds the "postgres" topology to r.
+func Register(r *topologies.Registry) error { return r.Register("postgres", Build) }
+
+// Build connects to the sources (or to postgres.url when there is none),
+// installs what they ask for, opens the stores in postgres.url's database
+// (default: the first source's) and returns the backend: the change logs
+// are the bus, read by postgres.group.
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	storesURL, err := config.Secret(cfg.Postgres.URL, cfg.Postgres.URLEnv)
+	if err != nil {
+		return nil, fmt.Errorf("postgres.url_env: %w", err)
+	}
+	srcCfg := cfg
+	if len(cfg.Sources) == 0 {
+		if storesURL == "" {
+			return nil, errors.New("set [[sources]] or postgres.url")
+		}
+		// The change log of postgres.url carries ingested events.
+		c := *cfg
+		var s config.Source
+		s.SetDefaults()
+		s.Name, s.PostgresURL, s.Install = ingestSource, storesURL, true
+		c.Sources = []config.Source{s}
+		srcCfg = &c
+	}
+
+	b = &topologies.Backend{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, b.Close())
+		}
+	}()
+	srcs, err := OpenSources(ctx, srcCfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	b.Closers = append(b.Closers, srcs.Close)
+	first := srcs.List[0]
+	if storesURL == "" {
+		storesURL = first.Pool.Config().ConnString()
+	}
+	if err := openStores(ctx, b, cfg, storesURL, logger); err != nil {
+		return nil, err
+	}
+
+	subs := make([]*capture.Subscriber, 0, len(srcs.List))
+	for _, s := range srcs.List {
+		subs = append(subs, capture.NewSubscriber(s.Pool, s.Capture, logger.With("component", "bus", "source", s.Name)))
+	}
+	merged := newMerged(subs, cfg.Postgres.Group)
+	b.Subscriber = merged
+	b.Closers = append(b.Closers, merged.Close)
+	// HTTP ingest and the publish action append to the first change log.
+	b.Publisher = capture.NewPublisher(first.Pool, first.Capture.Schema)
+	b.Ready = func(ctx context.Context) error { return first.Pool.Ping(ctx) }
+	names := make([]string, 0, len(srcs.List))
+	for _, s := range srcs.List {
+		names = append(names, s.Name)
+	}
+	logger.Info("postgres topology: the change logs are the bus", "sources", names, "group", cfg.Postgres.Group)
+	return b, nil
+}
+
+// openStores opens the dedup ledger, the result cache and the dead
+// letters in the database at url, each with its tables created.
+func openStores(ctx context.Context, b *topologies.Backend, cfg *config.Config, url string, logger *slog.Logger) error {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return fmt.Errorf("stores: %w", err)
+	}
+	b.Closers = append(b.Closers, func() error { pool.Close(); return nil })
+	dlq, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{MaxEntries: cfg.DLQ.MaxEntries})
+	if err != nil {
+		return err
+	}
+	if err := dlq.Migrate(ctx); err != nil {
+		return err
+	}
+	b.DeadLetters = dlq
+
+	lcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("stores: %w", err)
+	}
+	// The ledger does not wait for its writes to reach the disk: a
+	// PostgreSQL crash may forget its last few hundred ms, which at worst
+	// lets a redelivery run an effect again, while every event saves two
+	// fsyncs. The dead letters above keep synchronous commits: an entry
+	// must be durable before its message is acked.
+	lcfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	lpool, err := pgxpool.NewWithConfig(ctx, lcfg)
+	if err != nil {
+		return fmt.Errorf("stores: %w", err)
+	}
+	b.Closers = append(b.Closers, func() error { lpool.Close(); return nil })
+	ledger, err := middleware.NewPostgresStore(lpool, middleware.PostgresStoreConfig{Logger: logger.With("component", "ledger")})
+	if err != nil {
+		return err
+	}
+	b.Closers = append(b.Closers, ledger.Close)
+	if err := ledger.Migrate(ctx); err != nil {
+		return err
+	}
+	b.Dedup, b.Cache = ledger, ledger
+	return nil
+}

@@ -1,0 +1,223 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies/capture"
+)
+
+// BridgeGroup is the consumer group of the change logs read by the
+// capture handlers of the nats, multidb and redis topologies: one reader
+// per source across every process, forwarding to the bus.
+const BridgeGroup = "bridge"
+
+// Source is one [[sources]] database, connected.
+type Source struct {
+	// Name is the source's name (config sources[i].name).
+	Name string
+	// Pool is a connection pool to the database.
+	Pool *pgxpool.Pool
+	// Capture is the capture reader's config for this source.
+	Capture capture.Config
+}
+
+// Sources are the connected [[sources]] of a config. The nats, multidb
+// and redis topologies use them to capture changes onto their bus; the
+// postgres topology reads their change logs as its bus.
+type Sources struct {
+	List   []*Source
+	logger *slog.Logger
+}
+
+// OpenSources connects to each [[sources]] database and, for a source with
+// install = true, creates its capture schema and installs its triggers.
+// On error it closes what it opened.
+func OpenSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Sources, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ss := &Sources{logger: logger}
+	defer func() {
+		if err != nil {
+			ss.Close()
+		}
+	}()
+	for i, s := range cfg.Sources {
+		src, err := openSource(ctx, cfg, s, logger)
+		if err != nil {
+			return nil, fmt.Errorf("%s (%s): %w", config.Index("sources", i), s.Name, err)
+		}
+		ss.List = append(ss.List, src)
+	}
+	return ss, nil
+}
+
+func openSource(ctx context.Context, cfg *config.Config, s config.Source, logger *slog.Logger) (*Source, error) {
+	url, err := config.Secret(s.PostgresURL, s.PostgresURLEnv)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	src := &Source{Name: s.Name, Pool: pool, Capture: CaptureConfig(cfg, s)}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if s.Install {
+		if err := install(ctx, pool, s); err != nil {
+			pool.Close()
+			return nil, err
+		}
+		logger.Info("capture schema installed", "source", s.Name, "schema", s.Schema, "tables", s.Tables)
+	}
+	return src, nil
+}
+
+// install creates the capture schema of s and watches its tables, as
+// `millrace watch` does.
+func install(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
+	if err := capture.Migrate(ctx, pool, s.Schema); err != nil {
+		return err
+	}
+	if s.Mode == capture.ModeFraiseQL {
+		return nil // the change log is FraiseQL's; there is nothing to watch
+	}
+	if len(s.Tables) > 0 {
+		if err := capture.Watch(ctx, pool, s.Schema, s.Tables, s.Entities); err != nil {
+			return err
+		}
+	}
+	return capture.SetNotify(ctx, pool, s.Schema, s.Notify)
+}
+
+// CaptureConfig is the capture reader's config of source s.
+func CaptureConfig(cfg *config.Config, s config.Source) capture.Config {
+	return capture.Config{
+		Source:       s.Name,
+		Schema:       s.Schema,
+		Tables:       s.Tables,
+		Entities:     s.Entities,
+		PollInterval: s.PollInterval.D(),
+		BatchSize:    s.BatchSize,
+		Notify:       s.Notify,
+		Mode:         s.Mode,
+		MaxInFlight:  cfg.Router.MaxInFlight,
+		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
+	}
+}
+
+// Captures returns, by source name, a reader of each source's change log
+// for group, as topologies.Backend.Captures wants them: their Subscribe
+// reads group whatever the topic it is given.
+func (ss *Sources) Captures(group string) map[string]message.Subscriber {
+	out := make(map[string]message.Subscriber, len(ss.List))
+	for _, s := range ss.List {
+		sub := capture.NewSubscriber(s.Pool, s.Capture, ss.logger.With("component", "capture"))
+		out[s.Name] = &GroupSubscriber{Subscriber: sub, Group: group}
+	}
+	return out
+}
+
+// Close closes every pool. Close the readers first.
+func (ss *Sources) Close() error {
+	for _, s := range ss.List {
+		s.Pool.Close()
+	}
+	ss.List = nil
+	return nil
+}
+
+// GroupSubscriber reads a change log for one consumer group, whatever
+// the topic: the router subscribes with the bus topic, while a capture
+// subscriber takes the group as its topic.
+type GroupSubscriber struct {
+	*capture.Subscriber
+	Group string
+}
+
+var _ message.Subscriber = (*GroupSubscriber)(nil)
+
+// Subscribe reads the change log for g.Group; topic is not used.
+func (g *GroupSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	return g.Subscriber.Subscribe(ctx, g.Group)
+}
+
+// mergedSubscriber reads several change logs for one group and releases
+// their messages on one channel; each keeps its own order, lease and
+// checkpoint.
+type mergedSubscriber struct {
+	subs  []*capture.Subscriber
+	group string
+
+	mu     sync.Mutex
+	closed bool
+	stop   chan struct{}
+}
+
+var _ message.Subscriber = (*mergedSubscriber)(nil)
+
+func newMerged(subs []*capture.Subscriber, group string) *mergedSubscriber {
+	return &mergedSubscriber{subs: subs, group: group, stop: make(chan struct{})}
+}
+
+// Subscribe reads every change log for the group; topic is not used. The
+// channel closes once every change log's channel closed.
+func (m *mergedSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errors.New("postgres: subscriber closed")
+	}
+	chans := make([]<-chan *message.Message, 0, len(m.subs))
+	for _, s := range m.subs {
+		ch, err := s.Subscribe(ctx, m.group)
+		if err != nil {
+			return nil, err
+		}
+		chans = append(chans, ch)
+	}
+	out := make(chan *message.Message)
+	var wg sync.WaitGroup
+	for _, ch := range chans {
+		wg.Go(func() {
+			for msg := range ch {
+				select {
+				case out <- msg:
+				case <-m.stop:
+					// Not taken: the change log releases it again.
+				}
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	return out, nil
+}
+
+// Close stops every change log's reader.
+func (m *mergedSubscriber) Close() error {
+	m.mu.Lock()
+	if !m.closed {
+		m.closed = true
+		close(m.stop)
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, s := range m.subs {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,107 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/postgres"
+	"github.com/millrace/millrace/topologies/redisbus"
+)
+
+// Register adds the "redis" topology to r.
+func Register(r *topologies.Registry) error { return r.Register("redis", Build) }
+
+// NewClient returns a client for the redis section, or nil when neither
+// url nor url_env is set.
+func NewClient(c config.Redis) (*goredis.Client, error) {
+	url, err := config.Secret(c.URL, c.URLEnv)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url_env: %w", err)
+	}
+	if url == "" {
+		return nil, nil
+	}
+	opts, err := goredis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	return goredis.NewClient(opts), nil
+}
+
+// Build connects to Redis, opens the stores and, when the process
+// captures (role all or capture), the [[sources]].
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	b = &topologies.Backend{}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, b.Close())
+		}
+	}()
+	client, err := NewClient(cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	if client == nil {
+		return nil, errors.New("redis: set redis.url or redis.url_env")
+	}
+	b.Closers = append(b.Closers, client.Close)
+	if err := client.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("redis: connect: %w", err)
+	}
+	store, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix})
+	if err != nil {
+		return nil, err
+	}
+	b.Dedup, b.Cache = store, store
+	dlq, err := middleware.NewRedisDeadLetters(client, middleware.RedisDeadLettersConfig{
+		Key: cfg.Redis.KeyPrefix + "dlq", MaxEntries: cfg.DLQ.MaxEntries})
+	if err != nil {
+		return nil, err
+	}
+	b.DeadLetters = dlq
+
+	bc := BusConfig(cfg)
+	b.Publisher = redisbus.NewPublisher(client, bc)
+	sub := redisbus.NewSubscriber(client, bc, logger.With("component", "bus"))
+	b.Subscriber = sub
+	b.Closers = append(b.Closers, sub.Close)
+	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
+		srcs, err := postgres.OpenSources(ctx, cfg, logger)
+		if err != nil {
+			return nil, err
+		}
+		b.Closers = append(b.Closers, srcs.Close)
+		b.Captures = srcs.Captures(postgres.BridgeGroup)
+		for _, c := range b.Captures {
+			b.Closers = append(b.Closers, c.Close)
+		}
+	}
+	b.Ready = func(ctx context.Context) error { return client.Ping(ctx).Err() }
+	sc := sub.Config()
+	logger.Info("redis topology: Redis Streams bus", "stream", sc.Stream(cfg.Router.Topic), "group", sc.Group,
+		"consumer", sc.Consumer, "sources", len(b.Captures))
+	return b, nil
+}
+
+// BusConfig is the Redis Streams bus's config of cfg.
+func BusConfig(cfg *config.Config) redisbus.Config {
+	return redisbus.Config{
+		Prefix:       cfg.Redis.KeyPrefix,
+		Group:        cfg.Redis.Group,
+		Consumer:     cfg.Redis.Consumer,
+		MaxLen:       cfg.Redis.MaxLen,
+		ClaimIdle:    cfg.Redis.ClaimIdle.D(),
+		MaxInFlight:  cfg.Router.MaxInFlight,
+		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
+	}
+}

@@ -57,7 +57,14 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	}
 	jc := BusConfig(cfg)
 	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {
-		return nil, err
+		// Operators may provision the stream themselves and not let
+		// millrace change it: an existing stream is used as it is.
+		s, serr := js.Stream(ctx, jc.Stream)
+		if serr != nil {
+			return nil, err
+		}
+		logger.Warn("nats: cannot create or update the stream; using it as it is", "stream", jc.Stream, "err", err,
+			"subjects", s.CachedInfo().Config.Subjects)
 	}
 	// Dead letters get a stream of their own; "<prefix>_dlq" is outside
 	// the event stream's "<prefix>.>".

@@ -151,3 +151,27 @@ func TestStoresFollowRedisConfig(t *testing.T) {
 		t.Errorf("with redis.url: cache %T, want *middleware.RedisStore", b.Cache)
 	}
 }
+
+// A stream that exists and cannot be changed to the config (here: its
+// storage) is used as it is.
+func TestExistingStreamIsUsedAsItIs(t *testing.T) {
+	cfg, js := testConfig(t)
+	_, err := js.CreateStream(context.Background(), njs.StreamConfig{
+		Name: cfg.NATS.Stream, Subjects: []string{cfg.NATS.SubjectPrefix + ".>"}, Storage: njs.MemoryStorage,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := build(t, cfg)
+	m := message.NewMessage("0b9f3c9e-5d44-4d4c-9a57-2f1b0c9e4102", []byte(`{}`))
+	if err := b.Publisher.Publish("events", m); err != nil {
+		t.Fatalf("publish to the existing stream: %v", err)
+	}
+	s, err := js.Stream(context.Background(), cfg.NATS.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := s.CachedInfo(); info.Config.Storage != njs.MemoryStorage || info.State.Msgs != 1 {
+		t.Errorf("stream storage %v with %d messages; want the operator's memory stream with 1", info.Config.Storage, info.State.Msgs)
+	}
+}

@@ -132,7 +132,9 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
 		nm := nats.NewMsg(p.cfg.Subject(topic, m.Metadata.Get(SubjectMetadata)))
 		nm.Data = m.Payload
-		nm.Header.Set(jetstream.MsgIDHeader, m.UUID)
+		// The duplicate window is stream-wide; the topic in the id keeps
+		// the same message on two topics from being dropped as one.
+		nm.Header.Set(jetstream.MsgIDHeader, topic+":"+m.UUID)
 		nm.Header.Set(uuidHeader, m.UUID)
 		for k, v := range m.Metadata {
 			switch k {
@@ -231,8 +233,10 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 				}
 				return
 			}
-			msg, key := toMessage(lctx, jm)
-			if !l.Push(key, msg, settle(jm, msg, s.logger), func() { _ = jm.InProgress() }) {
+			msg, key, cancelMsg := toMessage(lctx, jm)
+			settleMsg := settle(jm, msg, s.logger)
+			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); cancelMsg() }, func() { _ = jm.InProgress() }) {
+				cancelMsg()
 				_ = jm.Nak()
 				return
 			}
@@ -259,13 +263,16 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	return l.Out(), nil
 }
 
-func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string) {
+func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string, context.CancelFunc) {
 	h := jm.Headers()
 	id := h.Get(uuidHeader)
 	if id == "" {
 		id = h.Get(jetstream.MsgIDHeader)
 	}
-	msg := message.NewMessageWithContext(ctx, id, jm.Data())
+	// Each message has its own context, ended when it settles (or when
+	// the subscription stops), as Watermill subscribers do.
+	mctx, cancel := context.WithCancel(ctx)
+	msg := message.NewMessageWithContext(mctx, id, jm.Data())
 	key := h.Get(keyHeader)
 	if key == "" {
 		key = jm.Subject()
@@ -279,7 +286,7 @@ func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string)
 	if md, err := jm.Metadata(); err == nil {
 		msg.Metadata.Set("millrace_delivery", fmt.Sprint(md.NumDelivered))
 	}
-	return msg, key
+	return msg, key, cancel
 }
 
 func settle(jm jetstream.Msg, msg *message.Message, logger *slog.Logger) lanes.Settle {

@@ -1,0 +1,183 @@
+package jetstream_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
+	njs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/topologies/jetstream"
+)
+
+// bus returns a config on a fresh stream of the test's own.
+func bus(t *testing.T, js njs.JetStream, prefix, group string) jetstream.Config {
+	t.Helper()
+	cfg := jetstream.Config{
+		Stream: strings.ToUpper(prefix), SubjectPrefix: prefix, Consumer: group,
+		AckWait: 5 * time.Second, MaxDeliver: -1, MaxAge: time.Hour, Replicas: 1,
+		DuplicateWindow: time.Minute, MaxInFlight: 16, DrainTimeout: 500 * time.Millisecond, Memory: true,
+	}
+	if _, err := jetstream.EnsureStream(context.Background(), js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestPubSub(t *testing.T) {
+	_, js, prefix := testenv.NATS(t)
+	newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+		cfg := bus(t, js, prefix, group)
+		return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
+	}
+	tests.TestPubSub(t,
+		tests.Features{
+			ConsumerGroups: true,
+			// Messages without an ordering key share their subject's lane,
+			// so one subscriber releases a topic's messages in stream order.
+			GuaranteedOrder:                     true,
+			GuaranteedOrderWithSingleSubscriber: true,
+			Persistent:                          true,
+			// Nats-Msg-Id drops a republished id, but a redelivery after a
+			// lost ack is still possible.
+			ExactlyOnceDelivery: false,
+			// Subscribers of one group share a durable consumer.
+			NewSubscriberReceivesOldMessages: false,
+		},
+		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, "suite") },
+		newPubSub,
+	)
+}
+
+// TestOrderPerKeyParallelAcrossKeys checks the promise the router relies
+// on: one key's messages one after another in publish order, different
+// keys at the same time.
+func TestOrderPerKeyParallelAcrossKeys(t *testing.T) {
+	_, js, prefix := testenv.NATS(t)
+	cfg := bus(t, js, prefix, "order")
+	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
+	defer sub.Close()
+	const keys, per = 8, 25
+	var msgs []*message.Message
+	for i := range per {
+		for k := range keys {
+			m := message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-%012d", k, i), []byte(fmt.Sprint(i)))
+			m.Metadata.Set(jetstream.KeyMetadata, fmt.Sprint("k", k))
+			m.Metadata.Set("custom", "v")
+			msgs = append(msgs, m)
+		}
+	}
+	if err := pub.Publish("events", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := sub.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	next := map[string]int{}
+	running := map[string]bool{}
+	maxParallel, parallel := 0, 0
+	var wg sync.WaitGroup
+	for range keys * per {
+		var m *message.Message
+		select {
+		case m = <-ch:
+		case <-time.After(15 * time.Second):
+			t.Fatal("timed out waiting for messages")
+		}
+		if m.Metadata.Get("custom") != "v" {
+			t.Errorf("metadata lost: %v", m.Metadata)
+		}
+		key := m.Metadata.Get(jetstream.KeyMetadata)
+		mu.Lock()
+		if running[key] {
+			t.Errorf("two messages of %s released at once", key)
+		}
+		if want := fmt.Sprint(next[key]); string(m.Payload) != want {
+			t.Errorf("%s: got %s, want %s", key, m.Payload, want)
+		}
+		next[key]++
+		running[key] = true
+		parallel++
+		maxParallel = max(maxParallel, parallel)
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(5 * time.Millisecond)
+			mu.Lock()
+			running[key] = false
+			parallel--
+			mu.Unlock()
+			m.Ack()
+		}()
+	}
+	wg.Wait()
+	if maxParallel < 2 {
+		t.Errorf("at most %d message(s) in flight; different keys must run in parallel", maxParallel)
+	}
+	t.Logf("proved: %d keys × %d messages in order per key, up to %d in parallel", keys, per, maxParallel)
+}
+
+// TestNackWithDelay: a nacked message comes back, not before the delay
+// the handler asked for.
+func TestNackWithDelay(t *testing.T) {
+	_, js, prefix := testenv.NATS(t)
+	cfg := bus(t, js, prefix, "nack")
+	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
+	defer sub.Close()
+	if err := pub.Publish("events", message.NewMessage("00000000-0000-4000-8000-000000000001", []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := sub.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := <-ch
+	first.Metadata.Set(jetstream.RetryDelayMetadata, "700ms")
+	start := time.Now()
+	first.Nack()
+	select {
+	case again := <-ch:
+		if waited := time.Since(start); waited < 600*time.Millisecond {
+			t.Errorf("redelivered after %s; want at least 700ms", waited)
+		}
+		if again.UUID != first.UUID {
+			t.Errorf("redelivered %s; want %s", again.UUID, first.UUID)
+		}
+		again.Ack()
+	case <-time.After(10 * time.Second):
+		t.Fatal("nacked message not redelivered")
+	}
+}
+
+// TestDuplicateIDDropped: the stream drops a message whose id it has
+// already stored within its duplicate window.
+func TestDuplicateIDDropped(t *testing.T) {
+	_, js, prefix := testenv.NATS(t)
+	cfg := bus(t, js, prefix, "dup")
+	pub := jetstream.NewPublisher(js, cfg)
+	for range 3 {
+		if err := pub.Publish("events", message.NewMessage("00000000-0000-4000-8000-000000000009", []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := js.Stream(context.Background(), cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages; want 1", info.State.Msgs)
+	}
+}

@@ -123,6 +123,10 @@ type Postgres struct {
 	// the change logs with; one process per group reads at a time, the
 	// others stand by. Default "millrace".
 	Group string `koanf:"group"`
+	// Schema holds the change log of postgres.url's database on the
+	// postgres topology when there is no [[sources]] entry (events then
+	// come from HTTP ingest and the publish action). Default "millrace".
+	Schema string `koanf:"schema"`
 }
 
 // NATS is the JetStream bus of the nats and multidb topologies.

@@ -22,7 +22,7 @@ func (c *Config) SetDefaults() {
 		URL: "nats://127.0.0.1:4222", Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",
 		AckWait: Duration(30 * time.Second), MaxDeliver: -1, MaxAge: Duration(168 * time.Hour), Replicas: 1,
 	}
-	c.Postgres = Postgres{Group: "millrace"}
+	c.Postgres = Postgres{Group: "millrace", Schema: "millrace"}
 	c.Redis = Redis{KeyPrefix: "millrace:", MaxLen: 1_000_000, ClaimIdle: Duration(30 * time.Second), Group: "millrace"}
 	c.Dedup = Dedup{Enabled: true, Window: Duration(5 * time.Minute)}
 	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}

@@ -241,6 +241,9 @@ func (c *Config) validateServices(add func(path, format string, args ...any), po
 		if !nameRE.MatchString(p.Group) {
 			add("postgres.group", "%q may hold only letters, digits, '_' and '-'", p.Group)
 		}
+		if !schemaRE.MatchString(p.Schema) {
+			add("postgres.schema", "%q must be a plain identifier (letters, digits, '_'; at most 48 bytes)", p.Schema)
+		}
 	}
 }
 

@@ -42,7 +42,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		c := *cfg
 		var s config.Source
 		s.SetDefaults()
-		s.Name, s.PostgresURL, s.Install = ingestSource, storesURL, true
+		s.Name, s.PostgresURL, s.Schema, s.Install = ingestSource, storesURL, cfg.Postgres.Schema, true
 		c.Sources = []config.Source{s}
 		srcCfg = &c
 	}

@@ -134,7 +134,8 @@ func TestRepublishIsDeduplicatedAcrossRetries(t *testing.T) {
 	if got.ID != evA || got.EntityID != "1001" || got.Data["status"] != "shipped" || got.Type != event.Update {
 		t.Errorf("payload = %s, want the event %s", m.Data, evA)
 	}
-	id := m.Header.Get(jetstream.MsgIDHeader)
+	// The bus prefixes the message id with its topic (ids dedup per topic).
+	id := strings.TrimPrefix(m.Header.Get(jetstream.MsgIDHeader), "orders_shipped:")
 	if _, err := uuid.Parse(id); err != nil || id == evA {
 		t.Errorf("Nats-Msg-Id = %q, want a UUID other than the event id", id)
 	}

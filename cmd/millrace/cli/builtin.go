@@ -11,6 +11,10 @@ import (
 	"github.com/millrace/millrace/handlers/webhook"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
+	"github.com/millrace/millrace/topologies/multidb"
+	"github.com/millrace/millrace/topologies/nats"
+	"github.com/millrace/millrace/topologies/postgres"
+	"github.com/millrace/millrace/topologies/redis"
 )
 
 // Options are the registries a millrace binary runs with.
@@ -38,6 +42,10 @@ func Defaults() Options {
 	}
 	for _, register := range []func(*topologies.Registry) error{
 		embedded.Register,
+		multidb.Register,
+		nats.Register,
+		postgres.Register,
+		redis.Register,
 	} {
 		if err := register(o.Topologies); err != nil {
 			panic(err)

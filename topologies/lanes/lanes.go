@@ -87,6 +87,11 @@ func (l *Lanes) Out() <-chan *message.Message { return l.out }
 // nothing) when the lanes are stopping. touch may be nil.
 func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func()) bool {
 	select {
+	case <-l.draining:
+		return false
+	default:
+	}
+	select {
 	case l.buffered <- struct{}{}:
 	case <-l.draining:
 		return false

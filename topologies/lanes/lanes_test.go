@@ -1,0 +1,155 @@
+package lanes_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/millrace/millrace/topologies/lanes"
+)
+
+func TestOrderPerKeyAndLimit(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 3})
+	const keys, per = 6, 20
+	var settled sync.WaitGroup
+	settled.Add(keys * per)
+	var acks atomic.Int64
+	go func() {
+		for i := range per {
+			for k := range keys {
+				m := message.NewMessage(fmt.Sprint(k, "-", i), []byte(fmt.Sprint(i)))
+				m.Metadata.Set("key", fmt.Sprint(k))
+				l.Push(fmt.Sprint(k), m, func(acked bool) {
+					if acked {
+						acks.Add(1)
+					}
+					settled.Done()
+				}, nil)
+			}
+		}
+	}()
+	var mu sync.Mutex
+	next := map[string]int{}
+	inflight, peak := 0, 0
+	for range keys * per {
+		m := <-l.Out()
+		mu.Lock()
+		k := m.Metadata.Get("key")
+		if got := string(m.Payload); got != fmt.Sprint(next[k]) {
+			t.Errorf("key %s: got %s, want %d", k, got, next[k])
+		}
+		next[k]++
+		inflight++
+		peak = max(peak, inflight)
+		mu.Unlock()
+		go func() {
+			time.Sleep(time.Millisecond)
+			mu.Lock()
+			inflight--
+			mu.Unlock()
+			m.Ack()
+		}()
+	}
+	settled.Wait()
+	if peak > 3 {
+		t.Errorf("%d messages in flight; limit is 3", peak)
+	}
+	if peak < 2 {
+		t.Errorf("peak in flight %d; different keys must run in parallel", peak)
+	}
+	if acks.Load() != keys*per {
+		t.Errorf("%d acks settled; want %d", acks.Load(), keys*per)
+	}
+}
+
+func TestNackSettlesFalseAndNextOfKeyFollows(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 4})
+	results := make(chan bool, 2)
+	a, b := message.NewMessage("a", nil), message.NewMessage("b", nil)
+	l.Push("k", a, func(ok bool) { results <- ok }, nil)
+	l.Push("k", b, func(ok bool) { results <- ok }, nil)
+	first := <-l.Out()
+	select {
+	case m := <-l.Out():
+		t.Fatalf("%s released before %s settled", m.UUID, first.UUID)
+	case <-time.After(50 * time.Millisecond):
+	}
+	first.Nack()
+	if ok := <-results; ok {
+		t.Error("a nacked message settled as acked")
+	}
+	second := <-l.Out()
+	second.Ack()
+	if ok := <-results; !ok || second.UUID != "b" {
+		t.Errorf("second = %s settled %v", second.UUID, ok)
+	}
+}
+
+func TestTouchWhileInFlight(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1, TouchEvery: 10 * time.Millisecond})
+	var touches atomic.Int64
+	done := make(chan bool, 1)
+	l.Push("k", message.NewMessage("a", nil), func(ok bool) { done <- ok }, func() { touches.Add(1) })
+	m := <-l.Out()
+	time.Sleep(100 * time.Millisecond)
+	m.Ack()
+	<-done
+	if n := touches.Load(); n < 3 {
+		t.Errorf("touched %d times in 100ms at a 10ms period", n)
+	}
+}
+
+func TestDrainSettlesQueuedAndWaitsForReleased(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1})
+	res := make(chan string, 2)
+	l.Push("k", message.NewMessage("a", nil), func(ok bool) { res <- fmt.Sprint("a ", ok) }, nil)
+	l.Push("k", message.NewMessage("b", nil), func(ok bool) { res <- fmt.Sprint("b ", ok) }, nil)
+	m := <-l.Out()
+	l.Drain()
+	if l.Push("k", message.NewMessage("c", nil), func(bool) {}, nil) {
+		t.Error("Push accepted a message while draining")
+	}
+	if l.Wait(50 * time.Millisecond) {
+		t.Error("Wait returned true with a released message unsettled")
+	}
+	m.Ack()
+	if got := <-res; got != "a true" {
+		t.Errorf("first settle %q; want the released message acked", got)
+	}
+	if got := <-res; got != "b false" {
+		t.Errorf("second settle %q; want the queued message not acked", got)
+	}
+	if !l.Wait(time.Second) {
+		t.Error("Wait timed out after everything settled")
+	}
+	l.Close()
+	if _, open := <-l.Out(); open {
+		t.Error("Out still open after Close")
+	}
+}
+
+func TestCancelSettlesEverything(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1})
+	res := make(chan bool, 2)
+	l.Push("k", message.NewMessage("a", nil), func(ok bool) { res <- ok }, nil)
+	<-l.Out() // released, never settled by the router
+	cancel()
+	if ok := <-res; ok {
+		t.Error("an unsettled message settled as acked after cancel")
+	}
+	l.Close()
+}

@@ -1,0 +1,116 @@
+package crash_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/millrace/millrace/test/e2e"
+)
+
+func TestMain(m *testing.M) { e2e.Main(m) }
+
+const (
+	// rows × (1 insert + updates) changes.
+	rows    = 2000
+	updates = 4
+	changes = rows * (1 + updates)
+	// batch changes are made at once, every pause.
+	batch = 100
+	pause = 100 * time.Millisecond
+	// minKills is the least number of SIGKILLs of a run.
+	minKills = 5
+)
+
+// TestCrash kills millrace with SIGKILL at random moments while changes
+// flow, restarts it each time, and checks that every change was
+// delivered, counting the duplicates.
+func TestCrash(t *testing.T) {
+	for _, topology := range e2e.Topologies() {
+		t.Run(topology, func(t *testing.T) {
+			t.Parallel()
+			crash(t, topology)
+		})
+	}
+}
+
+func crash(t *testing.T, topology string) {
+	recv := e2e.NewReceiver(t)
+	r := e2e.NewRig(t, topology, e2e.Options{
+		Receiver: recv,
+		Observers: map[string]e2e.Observer{
+			"crash": {Actions: []map[string]any{recv.Action("crash", nil)}},
+		},
+		// Messages a killed process held come back after the ack wait:
+		// keep it short so the run stays short.
+		Env: []string{"MILLRACE_NATS__ACK_WAIT=5s"},
+	})
+	r.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	produced := make(chan error, 1)
+	go func() { produced <- produce(ctx, r) }()
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+	kills := 0
+	var prodErr error
+	running := true
+	start := time.Now()
+	for kills < minKills || running {
+		up := time.Duration(300+rng.IntN(1200)) * time.Millisecond
+		select {
+		case prodErr = <-produced:
+			running = false
+			if prodErr != nil {
+				t.Fatal(prodErr)
+			}
+		case <-time.After(up):
+			r.Proc.Kill()
+			kills++
+			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
+			r.Start()
+		}
+	}
+	made := len(r.Produced())
+	if made != changes {
+		t.Fatalf("made %d changes, want %d", made, changes)
+	}
+	recv.Wait(t, 3*time.Minute, "every change delivered", func() bool {
+		return recv.Count("crash") >= changes && e2e.Count(r.Produced(), recv.Requests("crash")).Delivered == changes
+	})
+	// Late redeliveries of messages held at the last kill still count.
+	time.Sleep(2 * time.Second)
+	tl := e2e.Count(r.Produced(), recv.Requests("crash"))
+	if p := tl.Problems(); p != "" {
+		t.Errorf("%s", p)
+	}
+	t.Logf("%s; took %s", r.Describe(), time.Since(start).Round(time.Second))
+	t.Logf("crash %s: changes=%d kills=%d lost=%d duplicates=%d", topology, tl.Changes, kills, len(tl.Lost), tl.Duplicates)
+}
+
+// produce makes the run's changes in batches: every row inserted, then
+// updated updates times.
+func produce(ctx context.Context, r *e2e.Rig) error {
+	for round := range 1 + updates {
+		for from := 1; from <= rows; from += batch {
+			ids := e2e.Range(from, min(from+batch, rows+1))
+			var err error
+			if round == 0 {
+				err = r.Insert(ctx, ids, "new")
+			} else {
+				err = r.Update(ctx, ids, "u"+strconv.Itoa(round))
+			}
+			if err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+			}
+		}
+	}
+	return nil
+}

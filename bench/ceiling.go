@@ -42,11 +42,9 @@ func (s *suite) ceiling(spec topoSpec) ceilingJob {
 		return ceilingJob{
 			name: "NATS JetStream server, file storage (nats.go: async publish with Msg-Id, pull consumer, batches of 500, async acks)",
 			run: func(ctx context.Context, rec *recorder, n, rate int, w *window) error {
-				nc, err := s.nats()
-				if err != nil {
-					return err
-				}
-				return s.jetStreamJob(ctx, nc, rec, n, rate, w)
+				return s.jetStreamJob(ctx, func() (*nats.Conn, error) {
+					return nats.Connect(s.opts.NATSURL, nats.Name("millrace-bench-ceiling"), nats.Timeout(10*time.Second))
+				}, rec, n, rate, w)
 			},
 		}
 	case ceilRedisStreams:
@@ -87,18 +85,26 @@ func (s *suite) jetStreamInProcess(ctx context.Context, rec *recorder, n, rate i
 	if !ns.ReadyForConnections(10 * time.Second) {
 		return errors.New("nats server not ready within 10s")
 	}
-	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns))
-	if err != nil {
-		return fmt.Errorf("nats: %w", err)
-	}
-	defer nc.Close()
-	return s.jetStreamJob(ctx, nc, rec, n, rate, w)
+	return s.jetStreamJob(ctx, func() (*nats.Conn, error) {
+		return nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("millrace-bench-ceiling"))
+	}, rec, n, rate, w)
 }
 
 // jetStreamJob publishes asynchronously with Nats-Msg-Id on a stream of
 // its own and consumes through a durable pull consumer, acking each
-// message without waiting.
-func (s *suite) jetStreamJob(ctx context.Context, nc *nats.Conn, rec *recorder, n, rate int, w *window) error {
+// message without waiting. Publisher and consumer have a connection each,
+// so that neither waits behind the other's traffic.
+func (s *suite) jetStreamJob(ctx context.Context, connect func() (*nats.Conn, error), rec *recorder, n, rate int, w *window) error {
+	nc, err := connect()
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	defer nc.Close()
+	cc, err := connect()
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	defer cc.Close()
 	var pubErr atomic.Pointer[error]
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*batchSize),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
@@ -121,12 +127,21 @@ func (s *suite) jetStreamJob(ctx context.Context, nc *nats.Conn, rec *recorder, 
 			s.logger.Warn("bench: delete ceiling stream", "stream", name, "err", err)
 		}
 	}()
-	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "ceiling",
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxAckPending: 20_000})
-	if err != nil {
+	if _, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "ceiling",
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxAckPending: 20_000}); err != nil {
 		return fmt.Errorf("jetstream: create consumer: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(batchSize))
+	cjs, err := jetstream.New(cc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	cons, err := cjs.Consumer(ctx, name, "ceiling")
+	if err != nil {
+		return fmt.Errorf("jetstream: consumer: %w", err)
+	}
+	// A pull that goes missing on a loaded machine is replaced when it
+	// expires: 5 s rather than the default 30 s.
+	it, err := cons.Messages(jetstream.PullMaxMessages(batchSize), jetstream.PullExpiry(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("jetstream: consume: %w", err)
 	}

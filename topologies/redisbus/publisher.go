@@ -4,23 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
-// publishChunk bounds the XADDs of one pipeline.
-const publishChunk = 1000
-
-// publishTimeout bounds one Publish call.
-const publishTimeout = 30 * time.Second
+const (
+	// publishChunk bounds the XADDs of one pipeline.
+	publishChunk = 1000
+	// maxFlushes bounds the pipelines on the wire at once.
+	maxFlushes = 4
+	// publishTimeout bounds one pipeline.
+	publishTimeout = 30 * time.Second
+)
 
 // Publisher appends messages to a topic's stream. It is safe for
 // concurrent use and does not own the client.
+//
+// Concurrent Publish calls share pipelines: a call that finds fewer than
+// four pipelines in flight sends one with every message queued so far,
+// its own included, and the others wait for theirs. The router publishes
+// one message per call (one per captured change, many at once), so this
+// turns a round trip per change into a round trip per batch. A call's
+// messages keep their order, and a call returns once Redis stored them.
 type Publisher struct {
 	client redis.UniversalClient
 	cfg    Config
+
+	mu      sync.Mutex
+	pending []*publication
+	active  int // calls sending pipelines
+}
+
+// publication is the messages of one Publish call.
+type publication struct {
+	stream string
+	msgs   []*message.Message
+	errs   []error
+	done   chan struct{}
 }
 
 var _ message.Publisher = (*Publisher)(nil)
@@ -31,41 +54,109 @@ func NewPublisher(client redis.UniversalClient, cfg Config) *Publisher {
 	return &Publisher{client: client, cfg: cfg}
 }
 
-// Publish appends msgs to topic's stream with pipelined XADDs (one round
-// trip per 1,000 messages) and returns once Redis stored every one; the
-// error lists those that failed.
+// Publish appends msgs to topic's stream (XADD, MAXLEN ~ when MaxLen is
+// set) and returns once Redis stored every one; the error lists those
+// that failed.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	own := &publication{stream: p.cfg.Stream(topic), msgs: msgs, done: make(chan struct{})}
+	p.mu.Lock()
+	p.pending = append(p.pending, own)
+	if p.active >= maxFlushes {
+		p.mu.Unlock()
+		<-own.done
+		return errors.Join(own.errs...)
+	}
+	p.active++
+	p.mu.Unlock()
+	for {
+		p.mu.Lock()
+		if isDone(own) && (len(p.pending) == 0 || p.active > 1) {
+			// Nothing is left, or another call goes on sending it.
+			p.active--
+			p.mu.Unlock()
+			return errors.Join(own.errs...)
+		}
+		batch := p.take()
+		p.mu.Unlock()
+		if len(batch) > 0 {
+			p.send(batch)
+		} else {
+			// Our messages are on the wire in another call's pipeline.
+			<-own.done
+		}
+	}
+}
+
+func isDone(pub *publication) bool {
+	select {
+	case <-pub.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// take removes queued publications, whole, up to about publishChunk
+// messages. Call it with p.mu held.
+func (p *Publisher) take() []*publication {
+	n, i := 0, 0
+	for i < len(p.pending) && (i == 0 || n+len(p.pending[i].msgs) <= publishChunk) {
+		n += len(p.pending[i].msgs)
+		i++
+	}
+	batch := append([]*publication(nil), p.pending[:i]...)
+	p.pending = p.pending[i:]
+	return batch
+}
+
+// send appends the batch's messages with pipelined XADDs and settles each
+// publication.
+func (p *Publisher) send(batch []*publication) {
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()
-	stream := p.cfg.Stream(topic)
-	var errs []error
-	for start := 0; start < len(msgs); start += publishChunk {
-		chunk := msgs[start:min(start+publishChunk, len(msgs))]
+	type cmdOf struct {
+		pub *publication
+		msg *message.Message
+		cmd *redis.StringCmd
+	}
+	var cmds []cmdOf
+	flush := func() {
+		if len(cmds) == 0 {
+			return
+		}
 		pipe := p.client.Pipeline()
-		cmds := make([]*redis.StringCmd, len(chunk))
-		for i, m := range chunk {
-			cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: stream,
+		for i := range cmds {
+			c := &cmds[i]
+			c.cmd = pipe.XAdd(ctx, &redis.XAddArgs{
+				Stream: c.pub.stream,
 				MaxLen: p.cfg.MaxLen,
 				Approx: p.cfg.MaxLen > 0,
-				Values: entryValues(m),
+				Values: entryValues(c.msg),
 			})
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			for i, c := range cmds {
-				if c.Err() != nil {
-					errs = append(errs, fmt.Errorf("redisbus: publish %s to %s: %w", chunk[i].UUID, stream, c.Err()))
-				}
+		_, _ = pipe.Exec(ctx) // each command carries its own error
+		for _, c := range cmds {
+			if err := c.cmd.Err(); err != nil {
+				c.pub.errs = append(c.pub.errs, fmt.Errorf("redisbus: publish %s to %s: %w", c.msg.UUID, c.pub.stream, err))
 			}
-			if len(errs) == 0 {
-				errs = append(errs, fmt.Errorf("redisbus: publish to %s: %w", stream, err))
+		}
+		cmds = cmds[:0]
+	}
+	for _, pub := range batch {
+		for _, m := range pub.msgs {
+			cmds = append(cmds, cmdOf{pub: pub, msg: m})
+			if len(cmds) == publishChunk {
+				flush()
 			}
 		}
 	}
-	return errors.Join(errs...)
+	flush()
+	for _, pub := range batch {
+		close(pub.done)
+	}
 }
 
 // Close does nothing: the client belongs to the caller.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -488,5 +489,69 @@ func TestPublishCapsStreamLength(t *testing.T) {
 	// stream keeps a little more than the cap, never the whole history.
 	if n < 100 || n > 1000 {
 		t.Errorf("stream length = %d after 5000 appends with max_len 100", n)
+	}
+}
+
+// Concurrent Publish calls share pipelines: every message is stored once,
+// and the messages of one call stay in their order.
+func TestConcurrentPublishersSharePipelines(t *testing.T) {
+	c, prefix := testenv.Redis(t)
+	pc := newClient(t, testenv.RedisURL())
+	pipelines := &countPipelines{}
+	pc.AddHook(pipelines)
+	pub := redisbus.NewPublisher(pc, redisbus.Config{Prefix: prefix})
+	const callers, calls, perCall = 50, 20, 3
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for i := range calls {
+				msgs := make([]*message.Message, perCall)
+				for j := range msgs {
+					msgs[j] = message.NewMessage(fmt.Sprintf("%d-%d-%d", g, i, j), []byte(strconv.Itoa(j)))
+				}
+				if err := pub.Publish("events", msgs...); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	entries, err := c.XRange(context.Background(), prefix+"events", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != callers*calls*perCall {
+		t.Fatalf("%d entries, want %d", len(entries), callers*calls*perCall)
+	}
+	seen := map[string]bool{}
+	next := map[string]int{} // call → next position
+	for _, e := range entries {
+		id := e.Values["uuid"].(string)
+		if seen[id] {
+			t.Fatalf("message %s stored twice", id)
+		}
+		seen[id] = true
+		call := id[:strings.LastIndexByte(id, '-')]
+		if pos := e.Values["payload"].(string); pos != strconv.Itoa(next[call]) {
+			t.Fatalf("call %s: message %s at position %d of the stream order", call, pos, next[call])
+		}
+		next[call]++
+	}
+	if n := pipelines.n.Load(); n >= callers*calls {
+		t.Errorf("%d pipelines for %d calls: concurrent calls did not share them", n, callers*calls)
+	}
+	t.Logf("%d calls, %d pipelines", callers*calls, pipelines.n.Load())
+}
+
+// countPipelines counts the pipelines a client sends.
+type countPipelines struct{ n atomic.Int32 }
+
+func (h *countPipelines) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *countPipelines) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *countPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
 	}
 }

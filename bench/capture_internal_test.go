@@ -148,3 +148,32 @@ func TestLimitSharesTheBudget(t *testing.T) {
 		t.Errorf("limit without a budget %s; want none", got)
 	}
 }
+
+// TestMeasureTimeBoxed checks that a run cut by its share of the budget
+// reports the events it delivered, not a failure.
+func TestMeasureTimeBoxed(t *testing.T) {
+	s := &suite{opts: Options{}, prog: &progress{}}
+	s.opts.setDefaults()
+	s.logger, s.prog.w = s.opts.Logger, s.opts.Progress
+	f := s.measure(context.Background(), "cut", 10, 0, "", func(_ context.Context, rec *recorder, w *window) error {
+		w.begin()
+		rec.started(time.Now())
+		for i := range 4 {
+			rec.mark(int64(i), time.Now())
+		}
+		time.Sleep(10 * time.Millisecond)
+		rec.mark(4, time.Now())
+		w.end()
+		return errTimeBoxed
+	})
+	if f.Error != "" || !f.TimeBoxed || f.Delivered != 5 || f.Throughput <= 0 || !f.ok() {
+		t.Errorf("figures %+v; want 5 delivered, time-boxed, a throughput and no error", f)
+	}
+	f = s.measure(context.Background(), "short", 10, 0, "", func(_ context.Context, rec *recorder, w *window) error {
+		rec.mark(0, time.Now())
+		return nil
+	})
+	if f.Error == "" || f.ok() {
+		t.Errorf("figures %+v; want an error for a run that delivered 1 of 10 events", f)
+	}
+}

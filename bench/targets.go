@@ -94,7 +94,11 @@ func dedupTarget(t *Topology, res *Results) Target {
 	tg := Target{Topology: t.Name, Name: "dedup + cache cost", Want: fmt.Sprintf("≤ %.0f %% of throughput", maxDedupCost*100),
 		Limit: maxDedupCost * 100}
 	on, off := figures(t, ScenarioNoop), figures(t, ScenarioNoDedup)
-	if !on.ok() || !off.ok() || off.Throughput <= 0 {
+	switch {
+	case !on.ok():
+		notMeasured(&tg, t, ScenarioNoop)
+		return tg
+	case !off.ok() || off.Throughput <= 0:
 		notMeasured(&tg, t, ScenarioNoDedup)
 		return tg
 	}

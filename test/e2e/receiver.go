@@ -91,8 +91,13 @@ func NewReceiver(t testing.TB) *Receiver {
 
 // Env returns the environment entry that gives the actions the signing
 // secret.
-func (r *Receiver) Env() string {
-	return SecretEnv + "=whsec_" + base64.StdEncoding.EncodeToString(r.secret)
+func (r *Receiver) Env() string { return r.EnvAs(SecretEnv) }
+
+// EnvAs returns the environment entry that holds the signing secret in
+// the variable name, for a second receiver of one process (its actions
+// then set secret_env to name).
+func (r *Receiver) EnvAs(name string) string {
+	return name + "=whsec_" + base64.StdEncoding.EncodeToString(r.secret)
 }
 
 // Action returns a signed webhook action posting the event envelope to

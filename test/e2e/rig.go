@@ -114,6 +114,9 @@ type Options struct {
 	Env []string
 	// LogLevel is the process's log level; default info.
 	LogLevel string
+	// RedisURL and NATSURL replace the shared servers (a private server
+	// the test stops and starts).
+	RedisURL, NATSURL string
 }
 
 // Rig is one topology's millrace process with its own share of the
@@ -265,14 +268,14 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 	case BusJetStream:
 		r.NATS, r.JS, r.SubjectPrefix = testenv.NATS(t)
 		r.Stream = strings.ToUpper(r.SubjectPrefix) + "_EVENTS"
-		set("nats", "url", testenv.NATSURL())
+		set("nats", "url", or(opts.NATSURL, testenv.NATSURL()))
 		set("nats", "stream", r.Stream)
 		set("nats", "subject_prefix", r.SubjectPrefix)
 		set("nats", "consumer", r.SubjectPrefix)
 	}
-	if bus == BusRedis || bus == BusJetStream {
+	if bus == BusRedis || bus == BusJetStream || opts.RedisURL != "" {
 		r.Redis, r.RedisPrefix = testenv.Redis(t)
-		secretSet("redis", "url", testenv.RedisURL())
+		secretSet("redis", "url", or(opts.RedisURL, testenv.RedisURL()))
 		set("redis", "key_prefix", r.RedisPrefix)
 		// A name that survives restarts gets a restarted worker its
 		// pending entries back at once.
@@ -387,4 +390,27 @@ func (r *Rig) SourceOf(id int) string {
 		return ""
 	}
 	return r.Sources[id%len(r.Sources)].Name
+}
+
+// ExampleCaptures reports whether topology's example config captures
+// changes from PostgreSQL (it has [[sources]]).
+func ExampleCaptures(t testing.TB, topology string) bool {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(ModuleRoot(), "topologies", topology+".toml"))
+	if err != nil {
+		t.Fatalf("e2e: topology %q is registered but its example config cannot be read: %v", topology, err)
+	}
+	tree, err := toml.Parser().Unmarshal(raw)
+	if err != nil {
+		t.Fatalf("e2e: topologies/%s.toml: %v", topology, err)
+	}
+	srcs, _ := tree["sources"].([]any)
+	return len(srcs) > 0
+}
+
+// BusOf returns topology's bus; false when test/e2e does not know the
+// topology.
+func BusOf(topology string) (Bus, bool) {
+	b, ok := buses[topology]
+	return b, ok
 }

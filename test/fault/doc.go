@@ -1,0 +1,5 @@
+// Package fault holds the fault tests: Redis down, a NATS server
+// restarted, the capture's PostgreSQL connections killed, and a webhook
+// endpoint that times out, each on the topologies it applies to, with
+// millrace as a real process (see docs/testing.md).
+package fault

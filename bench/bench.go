@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/config"
@@ -188,6 +189,7 @@ type suite struct {
 	satLeft    int       // saturated runs not started yet
 	steadyLeft int       // steady-rate runs not started yet
 	recorders  map[string]*recorder
+	streamIDs  []string // ids of the runs that made streams on the NATS server
 	pool       *pgxpool.Pool
 	rdb        *redis.Client
 	nc         *nats.Conn
@@ -253,6 +255,7 @@ func (s *suite) webhookAvailable() bool {
 }
 
 func (s *suite) close() {
+	s.sweepStreams()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pool != nil {
@@ -360,6 +363,60 @@ func (s *suite) limit(steady bool) time.Duration {
 	steadyRun := time.Duration(s.opts.steadyEvents())*time.Second/time.Duration(s.opts.Rate) + runOverhead
 	left := time.Until(s.deadline) - time.Duration(s.steadyLeft)*steadyRun - runs*runOverhead
 	return max(left/runs, minLimit)
+}
+
+// madeStreams notes that run id made streams on the NATS server, for
+// the sweep at the end.
+func (s *suite) madeStreams(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streamIDs = append(s.streamIDs, id)
+}
+
+// sweepStreams deletes the streams of the suite's runs that are still on
+// the NATS server: a delete that failed under load is tried again.
+func (s *suite) sweepStreams() {
+	s.mu.Lock()
+	ids := s.streamIDs
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	nc, err := s.nats()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := deleteStreams(ctx, nc, ids...); err != nil {
+		s.logger.Error("bench: streams left on the NATS server", "err", err)
+	}
+}
+
+// deleteStreams deletes every stream whose name holds one of ids.
+func deleteStreams(ctx context.Context, nc *nats.Conn, ids ...string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	var drop []string
+	names := js.StreamNames(ctx)
+	for n := range names.Name() {
+		l := strings.ToLower(n)
+		for _, id := range ids {
+			if strings.Contains(l, id) {
+				drop = append(drop, n)
+				break
+			}
+		}
+	}
+	errs := []error{names.Err()}
+	for _, n := range drop {
+		if err := js.DeleteStream(ctx, n); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			errs = append(errs, fmt.Errorf("delete stream %s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // freeMemory returns the heap of earlier runs to the OS, so that a run's

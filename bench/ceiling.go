@@ -115,6 +115,7 @@ func (s *suite) jetStreamJob(ctx context.Context, connect func() (*nats.Conn, er
 	}
 	id := newID()
 	name, subject := "MRBC_"+strings.ToUpper(id), "mrbc_"+id
+	s.madeStreams(id)
 	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subject + ".>"},
 		Storage: jetstream.FileStorage, Duplicates: 5 * time.Minute})
 	if err != nil {

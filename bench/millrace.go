@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
@@ -182,20 +180,10 @@ func (s *suite) cleanup(spec topoSpec, env *runEnv) {
 	if spec.name == "redis" {
 		return
 	}
+	s.madeStreams(env.id)
 	if nc, err := s.nats(); err == nil {
-		if js, err := jetstream.New(nc); err == nil {
-			names := js.StreamNames(ctx)
-			var drop []string
-			for n := range names.Name() {
-				if strings.Contains(strings.ToLower(n), env.id) {
-					drop = append(drop, n)
-				}
-			}
-			for _, n := range drop {
-				if err := js.DeleteStream(ctx, n); err != nil {
-					s.logger.Warn("bench: delete stream", "stream", n, "err", err)
-				}
-			}
+		if err := deleteStreams(ctx, nc, env.id); err != nil {
+			s.logger.Warn("bench: delete streams", "run", env.id, "err", err)
 		}
 	}
 }

@@ -83,8 +83,8 @@ func minTarget(t *Topology, scenario, name string, lim float64, res *Results) Ta
 		if sc := t.scenario(scenario); sc != nil && sc.Ratio != nil {
 			tg.Note += fmt.Sprintf("; %.0f %% of the ceiling (%s events/s)", sc.Ratio.Throughput*100, num(sc.Ceiling.Throughput))
 		}
-		if t.Profile != nil && len(t.Profile.Top) > 0 {
-			tg.Note += "; CPU profile top entries under the " + t.Name + " table"
+		if scenario == ScenarioNoop && t.Profile != nil && len(t.Profile.Top) > 0 {
+			tg.Note += "; the CPU profile's top entries are under the " + t.Name + " table"
 		}
 	}
 	return tg

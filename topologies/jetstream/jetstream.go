@@ -214,7 +214,10 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: consumer %s: %w", cc.Durable, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(4*maxInFlight, 1000)))
+	// A missed heartbeat on a busy machine is not fatal: the iterator
+	// re-pulls by itself, so it must not end the subscription.
+	it, err := cons.Messages(jetstream.PullMaxMessages(min(4*maxInFlight, 1000)),
+		jetstream.PullExpiry(5*time.Second), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: consume %s: %w", cc.Durable, err)
 	}
@@ -227,11 +230,19 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		defer close(done)
 		for {
 			jm, err := it.Next()
-			if err != nil {
-				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					s.logger.Error("jetstream: consume stopped", "consumer", cc.Durable, "err", err)
-				}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return
+			}
+			if err != nil {
+				// Keep consuming: the router must not go on running with
+				// a subscription that silently stopped.
+				s.logger.Warn("jetstream: pull failed; retrying", "consumer", cc.Durable, "err", err)
+				select {
+				case <-time.After(time.Second):
+				case <-lctx.Done():
+					return
+				}
+				continue
 			}
 			msg, key, cancelMsg := toMessage(lctx, jm)
 			settleMsg := settle(jm, msg, s.logger)

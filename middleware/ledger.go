@@ -124,6 +124,9 @@ type Claim struct {
 	mu    sync.Mutex // held during a lease renewal, so that end waits for it
 	timer *time.Timer
 	ended bool
+	// deferred is the action whose success was not stored yet (see
+	// Succeeded); -1 when none.
+	deferred int
 }
 
 // Begin claims eventID for observer and looks up which of its actions
@@ -135,7 +138,7 @@ type Claim struct {
 // InFlightWait, or ctx's error. Store failures never make Begin fail:
 // it returns a claim that runs everything.
 func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHashes []string) (*Claim, error) {
-	c := &Claim{l: l, observer: observer, hits: make([]bool, len(actionHashes))}
+	c := &Claim{l: l, observer: observer, hits: make([]bool, len(actionHashes)), deferred: -1}
 	if l.cache != nil && len(actionHashes) > 0 {
 		c.cacheKeys = CacheKeys(eventID, observer, actionHashes)
 	}
@@ -253,10 +256,25 @@ func (c *Claim) Cached(i int) bool { return i >= 0 && i < len(c.hits) && c.hits[
 
 // Succeeded records that action i succeeded, for the cache TTL. It
 // runs even when ctx was cancelled meanwhile: the effect happened.
+//
+// When the claim holds the dedup lease and the observer has one action,
+// the store is put off: Commit follows at once and records the event as
+// handled, which makes the cache entry redundant (one round trip less
+// per event); Release stores it, so a redelivery still skips the action.
 func (c *Claim) Succeeded(ctx context.Context, i int) {
 	if i < 0 || i >= len(c.cacheKeys) {
 		return
 	}
+	if c.held && len(c.cacheKeys) == 1 {
+		c.mu.Lock()
+		c.deferred = i
+		c.mu.Unlock()
+		return
+	}
+	c.store(ctx, i)
+}
+
+func (c *Claim) store(ctx context.Context, i int) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
 	defer cancel()
 	if err := c.l.cache.Store(sctx, c.cacheKeys[i], c.l.cfg.TTL); err != nil {
@@ -290,6 +308,12 @@ func (c *Claim) Commit(ctx context.Context) {
 func (c *Claim) Release(ctx context.Context) {
 	if !c.end() || !c.held {
 		return
+	}
+	c.mu.Lock()
+	deferred := c.deferred
+	c.mu.Unlock()
+	if deferred >= 0 {
+		c.store(ctx, deferred)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
 	defer cancel()

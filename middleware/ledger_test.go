@@ -336,3 +336,56 @@ func ledgerCount(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// countingCache counts the result-cache writes that reach the store.
+type countingCache struct {
+	*middleware.MemoryStore
+	stores atomic.Int64
+}
+
+func (c *countingCache) Store(ctx context.Context, key string, ttl time.Duration) error {
+	c.stores.Add(1)
+	return c.MemoryStore.Store(ctx, key, ttl)
+}
+
+// TestLedgerSingleActionStoresOnlyWhenReleased: with one action, a
+// success followed by Commit writes no cache entry (the commit records
+// the event), while a success followed by Release (the run was cut
+// short) still writes it, so a redelivery skips the action.
+func TestLedgerSingleActionStoresOnlyWhenReleased(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := newLedgerMemory(t)
+	cache := &countingCache{MemoryStore: store}
+	l := middleware.NewLedger(store, cache, middleware.LedgerConfig{}, nil, nil)
+
+	c, err := l.Begin(ctx, "ev1", "obs", []string{"h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Succeeded(ctx, 0)
+	c.Commit(ctx)
+	if n := cache.stores.Load(); n != 0 {
+		t.Errorf("success then commit wrote %d cache entries; want 0", n)
+	}
+	if c, _ = l.Begin(ctx, "ev1", "obs", []string{"h"}); !c.Duplicate() {
+		t.Fatal("committed event is not a duplicate")
+	}
+
+	c, err = l.Begin(ctx, "ev2", "obs", []string{"h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Succeeded(ctx, 0)
+	c.Release(ctx)
+	if n := cache.stores.Load(); n != 1 {
+		t.Errorf("success then release wrote %d cache entries; want 1", n)
+	}
+	c, err = l.Begin(ctx, "ev2", "obs", []string{"h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Duplicate() || !c.Cached(0) {
+		t.Fatalf("after release: duplicate=%v cached=%v; want the action cached", c.Duplicate(), c.Cached(0))
+	}
+}

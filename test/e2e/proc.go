@@ -264,3 +264,13 @@ func (p *Process) dumpLogs(n int) {
 		p.t.Logf("%s[%d]: %s", p.name, l.Start, l.Raw)
 	}
 }
+
+// PID returns the process id of the running process, or 0.
+func (p *Process) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}

@@ -217,24 +217,29 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 			defer cancel()
 			watch := watchCheckpoints(ctx, t, r)
 			done := flow(ctx, r, 200, 5, 20, 200*time.Millisecond)
-			var apps []string
-			for _, s := range r.Sources {
-				apps = append(apps, s.AppName)
-			}
 			admin := r.Sources[0].Pool
-			killed := 0
+			killed, captures := 0, 0
 			for range 3 {
 				time.Sleep(2 * time.Second)
-				var n int
-				err := admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-					WHERE application_name = ANY($1)`, apps).Scan(&n)
+				// The process's connections, found by their client ports:
+				// application_name cannot tell them from another test's.
+				ports, err := e2e.LocalPorts(r.Proc.PID())
 				if err != nil {
 					t.Fatal(err)
 				}
-				if n == 0 {
-					t.Fatalf("no connection of the capture (application_name %v) to terminate", apps)
+				var n, c int
+				err = admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)),
+						count(*) FILTER (WHERE application_name LIKE 'millrace capture%')
+					FROM pg_stat_activity
+					WHERE client_addr = '127.0.0.1' AND client_port = ANY($1) AND pid <> pg_backend_pid()`, ports).Scan(&n, &c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c == 0 {
+					t.Fatalf("no capture connection among the %d connections of millrace terminated", n)
 				}
 				killed += n
+				captures += c
 			}
 			tl := deliverAll(t, r, recv, "all", done, 3*time.Minute, nil)
 			caughtUp := watch.waitCaughtUp(t)
@@ -243,8 +248,8 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 				t.Errorf("a checkpoint moved back: %v", back[:min(5, len(back))])
 			}
 			t.Logf("%s", r.Describe())
-			t.Logf("fault postgres-terminate %s: changes=%d terminations=3 connections_killed=%d checkpoints=%s lost=%d duplicates=%d",
-				topology, tl.Changes, killed, caughtUp, len(tl.Lost), tl.Duplicates)
+			t.Logf("fault postgres-terminate %s: changes=%d terminations=3 connections_killed=%d (capture %d) checkpoints=%s lost=%d duplicates=%d",
+				topology, tl.Changes, killed, captures, caughtUp, len(tl.Lost), tl.Duplicates)
 		})
 	}
 }

@@ -494,6 +494,48 @@ func TestPublisherAppendsEventsOnce(t *testing.T) {
 	none(t, ch, 10*config(schema).PollInterval)
 }
 
+// TestPublisherReplayGetsARowOfItsOwn: a message whose id differs from its
+// event's (a dead-letter replay) is appended even though the event is
+// already in the change log, and comes back with the event's id in the
+// payload and its own id as message UUID.
+func TestPublisherReplayGetsARowOfItsOwn(t *testing.T) {
+	t.Parallel()
+	pool, schema := testenv.Postgres(t)
+	ctx := context.Background()
+	if err := capture.Migrate(ctx, pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	pub := capture.NewPublisher(pool, schema)
+	id := "6f1c1e2a-4a55-4c1b-9f0e-2d7c5b1a0e12"
+	replayID := "0d4c9a3e-7b1f-4e55-8a2d-3c6b5e1f0a99"
+	body := []byte(`{"id":"` + id + `","event_type":"UPDATE","entity_type":"Invoice","entity_id":"42","data":{"total":99}}`)
+	if err := pub.Publish("events", message.NewMessage(id, body)); err != nil {
+		t.Fatal(err)
+	}
+	replay := message.NewMessage(replayID, body)
+	replay.Metadata.Set("millrace_observer", "billing")
+	if err := pub.Publish("events", replay); err != nil {
+		t.Fatal(err)
+	}
+	ch, _, _ := subscribe(t, pool, config(schema), "g")
+	first := next(t, ch)
+	first.Ack() // one entity: the next is released after this one settles
+	second := next(t, ch)
+	second.Ack()
+	if first.UUID != id || second.UUID != replayID {
+		t.Fatalf("message ids %s, %s; want %s, %s", first.UUID, second.UUID, id, replayID)
+	}
+	if ev := decode(t, second); ev.ID != id {
+		t.Errorf("replayed event id = %s; want the original %s", ev.ID, id)
+	}
+	if got := second.Metadata.Get("millrace_observer"); got != "billing" {
+		t.Errorf("replay metadata lost: %v", second.Metadata)
+	}
+	if second.Metadata.Get(capture.EventIDMetadata) != "" {
+		t.Errorf("internal metadata leaked: %v", second.Metadata)
+	}
+}
+
 func TestNotifyWakesTheReader(t *testing.T) {
 	t.Parallel()
 	pool, schema := setup(t)

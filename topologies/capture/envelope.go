@@ -19,6 +19,11 @@ import (
 // from 1; it restarts after a crash or a takeover.
 const DeliveryMetadata = "millrace_delivery"
 
+// EventIDMetadata holds, in a change-log row's metadata, the id of the
+// event when the row's own id differs: a dead-letter replay appends the
+// event again under a new row id, since the change log keeps each id once.
+const EventIDMetadata = "millrace_event_id"
+
 // idNamespace derives a stable event id for FraiseQL rows without one, so
 // that a replayed row keeps its id.
 var idNamespace = uuid.MustParse("5d0b7f8e-3c1a-4e63-9a57-6f2b1f0c9e41")
@@ -109,18 +114,22 @@ func (c *Config) toMessage(r *row) (*message.Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("change %s at position %d: %w", r.id, r.pos, err)
 	}
+	var md map[string]string
+	if len(r.metadata) > 0 {
+		_ = json.Unmarshal(r.metadata, &md) // metadata is best effort
+	}
+	msgID := ev.ID
+	if id := md[EventIDMetadata]; id != "" && uuid.Validate(id) == nil {
+		ev.ID = id // a replayed event: the row's id is the message's
+		delete(md, EventIDMetadata)
+	}
 	payload, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("change %s at position %d: %w", r.id, r.pos, err)
 	}
-	msg := message.NewMessage(ev.ID, payload)
-	if len(r.metadata) > 0 {
-		var md map[string]string
-		if json.Unmarshal(r.metadata, &md) == nil {
-			for k, v := range md {
-				msg.Metadata.Set(k, v)
-			}
-		}
+	msg := message.NewMessage(msgID, payload)
+	for k, v := range md {
+		msg.Metadata.Set(k, v)
 	}
 	msg.Metadata.Set(jetstream.KeyMetadata, ev.Key())
 	msg.Metadata.Set(jetstream.SubjectMetadata, subject(ev.Source, ev.Entity, ev.Type))

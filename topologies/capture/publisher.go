@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/event"
@@ -64,6 +65,14 @@ func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 			continue
 		}
 		ids[i], ops[i], entities[i], entityIDs[i] = ev.ID, string(ev.Type), ev.Entity, ev.EntityID
+		md := map[string]string{}
+		// A message whose id is not its event's (a dead-letter replay)
+		// gets a row of its own, which the change log's unique id would
+		// otherwise drop; the event keeps its id through EventIDMetadata.
+		if m.UUID != ev.ID && uuid.Validate(m.UUID) == nil {
+			ids[i] = m.UUID
+			md[EventIDMetadata] = ev.ID
+		}
 		data, err := json.Marshal(ev.Data)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("message %s: data: %w", m.UUID, err))
@@ -89,7 +98,6 @@ func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 		if ev.Seq != 0 {
 			seqs[i] = &ev.Seq
 		}
-		md := map[string]string{}
 		for k, v := range m.Metadata {
 			switch k {
 			case jetstream.KeyMetadata, jetstream.SubjectMetadata, jetstream.RetryDelayMetadata, DeliveryMetadata:

@@ -478,8 +478,9 @@ const (
 	outcomeLogged       = "logged"
 	outcomeDropped      = "dropped"
 	outcomeRedeliver    = "failed"
-	// breakerWaitFloor is the shortest wait for an open breaker.
-	breakerWaitFloor = 100 * time.Millisecond
+	// breakerRedeliverDelay is how long the bus holds back an event whose
+	// action met an open breaker before it tries again.
+	breakerRedeliverDelay = 2 * time.Second
 )
 
 // observerResult is what one observer did with one event.
@@ -603,16 +604,13 @@ func (r *Router) runObserver(ctx context.Context, msg *message.Message, ev *even
 			return res
 		}
 		var wait time.Duration
-		retries, pending := 0, false
+		retries, pending, rejected := 0, false, false
 		for i := range states {
 			st := &states[i]
 			switch {
 			case st.done, st.gaveUp:
 			case st.rejected:
-				// The endpoint's breaker is open: wait for it without
-				// using an attempt; this alone never dead-letters.
-				pending = true
-				wait = max(wait, backoff.Next(max(st.attempts, 1), breakerWaitFloor))
+				rejected = true
 			case st.permanent || st.attempts >= backoff.Attempts():
 				st.gaveUp = true
 			default:
@@ -620,6 +618,20 @@ func (r *Router) runObserver(ctx context.Context, msg *message.Message, ev *even
 				retries++
 				wait = max(wait, backoff.Next(st.attempts, handlers.RetryAfter(st.lastErr)))
 			}
+		}
+		if rejected {
+			// An endpoint's breaker is open: the event goes back to the
+			// bus with a delay, without using an attempt (an open breaker
+			// alone never dead-letters). Waiting here instead would hold
+			// one of the router's in-flight slots for as long as the
+			// breaker stays open, and a dead endpoint would starve every
+			// other observer. The actions that succeeded are kept by
+			// the ledger.
+			claim.Release(ctx)
+			tally(states, &res)
+			res.outcome, res.retryDelay = outcomeRedeliver, breakerRedeliverDelay
+			res.err = fmt.Errorf("observer %q: %w", o.Name, middleware.ErrBreakerOpen)
+			return res
 		}
 		if !pending {
 			break

@@ -20,8 +20,10 @@ const (
 	// batch changes are made at once, every pause.
 	batch = 100
 	pause = 100 * time.Millisecond
-	// minKills is the least number of SIGKILLs of a run.
+	// A run kills the process at least minKills times, and goes on
+	// killing it while changes are being made, up to maxKills times.
 	minKills = 5
+	maxKills = 12
 )
 
 // TestCrash kills millrace with SIGKILL at random moments while changes
@@ -60,6 +62,9 @@ func crash(t *testing.T, topology string) {
 	start := time.Now()
 	for kills < minKills || running {
 		up := time.Duration(300+rng.IntN(1200)) * time.Millisecond
+		if kills >= maxKills {
+			up = time.Hour // let the changes finish
+		}
 		select {
 		case prodErr = <-produced:
 			running = false

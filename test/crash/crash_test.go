@@ -92,6 +92,7 @@ func crash(t *testing.T, topology string) {
 		t.Errorf("%s", p)
 	}
 	t.Logf("%s; took %s", r.Describe(), time.Since(start).Round(time.Second))
+	// The last line is the run's result.
 	t.Logf("crash %s: changes=%d kills=%d lost=%d duplicates=%d", topology, tl.Changes, kills, len(tl.Lost), tl.Duplicates)
 }
 

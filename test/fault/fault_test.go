@@ -157,7 +157,6 @@ func TestRedisDown(t *testing.T) {
 					t.Errorf("millrace_dedup_errors_total and millrace_cache_errors_total stayed 0 while Redis was down")
 				}
 			}
-			t.Logf("%s", r.Describe())
 			t.Logf("fault redis-down %s: changes=%d down=%s delivered_while_down=%d dedup_errors=%v cache_errors=%v lost=%d duplicates=%d",
 				topology, tl.Changes, up.Sub(down).Round(100*time.Millisecond), during, dedupErrs, cacheErrs, len(tl.Lost), tl.Duplicates)
 		})
@@ -192,7 +191,6 @@ func TestNATSRestart(t *testing.T) {
 			if after == 0 {
 				t.Errorf("nothing was delivered after the NATS server came back")
 			}
-			t.Logf("%s", r.Describe())
 			t.Logf("fault nats-restart %s: changes=%d down=%s delivered_after_restart=%d lost=%d duplicates=%d",
 				topology, tl.Changes, up.Sub(down).Round(100*time.Millisecond), after, len(tl.Lost), tl.Duplicates)
 		})
@@ -247,7 +245,6 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 			if back := watch.stop(); len(back) > 0 {
 				t.Errorf("a checkpoint moved back: %v", back[:min(5, len(back))])
 			}
-			t.Logf("%s", r.Describe())
 			t.Logf("fault postgres-terminate %s: changes=%d terminations=3 connections_killed=%d (capture %d) checkpoints=%s lost=%d duplicates=%d",
 				topology, tl.Changes, killed, captures, caughtUp, len(tl.Lost), tl.Duplicates)
 		})
@@ -389,7 +386,6 @@ func TestSlowWebhook(t *testing.T) {
 			if p95 > time.Second {
 				t.Errorf("the fast observer's p95 latency is %s (p50 %s, max %s) beside an endpoint that times out", p95, p50, worst)
 			}
-			t.Logf("%s", r.Describe())
 			t.Logf("fault slow-webhook %s: events=%d slow_requests=%d fast p50=%s p95=%s max=%s lost=%d",
 				topology, tl.Changes, len(slow.Requests("slow")), p50.Round(time.Millisecond), p95.Round(time.Millisecond),
 				worst.Round(time.Millisecond), len(tl.Lost))

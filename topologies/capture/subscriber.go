@@ -398,6 +398,7 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 		lanes: lanes.New(laneCtx, lanes.Options{
 			MaxInFlight: sub.cfg.MaxInFlight,
 			MaxBuffered: max(2*sub.cfg.BatchSize, sub.cfg.MaxInFlight),
+			Redeliver:   retryDelay,
 		}),
 	}
 	stopDrain := context.AfterFunc(ctx, t.drain)
@@ -575,9 +576,12 @@ func (t *term) push(r *row) bool {
 // build fills p with the event of its row.
 func (t *term) build(p *message.Message) {
 	t.mu.Lock()
-	r := t.rows[p]
+	r, ok := t.rows[p]
 	delete(t.rows, p)
 	t.mu.Unlock()
+	if !ok {
+		return // a redelivered copy, built already
+	}
 	msg, err := t.cfg.toMessage(r)
 	if err != nil {
 		// Unreachable with jsonb columns; still, the change goes on to the
@@ -591,53 +595,50 @@ func (t *term) build(p *message.Message) {
 	p.UUID, p.Payload, p.Metadata = msg.UUID, msg.Payload, msg.Metadata
 }
 
-// deliver hands copies of p to the router until one is acked, so that a
-// nacked message is released again before the next message of its entity
-// (the lanes release that one only when p settles).
+// deliver hands a copy of p to the router and settles p as the router
+// settles the copy. A nacked p stays in its entity's lane: the lanes
+// release it again after its delay (retryDelay), before the next change
+// of its entity, without holding an in-flight slot while it waits.
 func (t *term) deliver(p *message.Message) {
 	t.build(p)
-	for attempt := 1; ; attempt++ {
-		c := message.NewMessageWithContext(t.msgCtx, p.UUID, p.Payload)
-		c.Metadata = make(message.Metadata, len(p.Metadata)+1)
-		for k, v := range p.Metadata {
-			c.Metadata[k] = v
-		}
-		c.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
-		select {
-		case t.out <- c:
-		case <-t.draining:
-			p.Nack()
-			return
-		case <-t.msgCtx.Done():
-			p.Nack()
-			return
-		}
-		select {
-		case <-c.Acked():
-			p.Ack()
-			return
-		case <-c.Nacked():
-		case <-t.msgCtx.Done():
-			p.Nack()
-			return
-		}
-		delay := defaultRetryDelay
-		if d, err := time.ParseDuration(c.Metadata.Get(jetstream.RetryDelayMetadata)); err == nil && d > 0 {
-			delay = d
-		}
-		timer := time.NewTimer(delay)
-		select {
-		case <-timer.C:
-		case <-t.draining:
-			timer.Stop()
-			p.Nack()
-			return
-		case <-t.msgCtx.Done():
-			timer.Stop()
-			p.Nack()
-			return
-		}
+	attempt, _ := strconv.Atoi(p.Metadata.Get(DeliveryMetadata))
+	attempt++
+	c := message.NewMessageWithContext(t.msgCtx, p.UUID, p.Payload)
+	c.Metadata = make(message.Metadata, len(p.Metadata)+1)
+	for k, v := range p.Metadata {
+		c.Metadata[k] = v
 	}
+	c.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
+	p.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
+	select {
+	case t.out <- c:
+	case <-t.draining:
+		p.Nack()
+		return
+	case <-t.msgCtx.Done():
+		p.Nack()
+		return
+	}
+	select {
+	case <-c.Acked():
+		p.Ack()
+	case <-c.Nacked():
+		if d := c.Metadata.Get(jetstream.RetryDelayMetadata); d != "" {
+			p.Metadata.Set(jetstream.RetryDelayMetadata, d)
+		}
+		p.Nack()
+	case <-t.msgCtx.Done():
+		p.Nack()
+	}
+}
+
+// retryDelay is how long a nacked change waits before it is released
+// again: the delay the handler asked for, or defaultRetryDelay.
+func retryDelay(p *message.Message) time.Duration {
+	if d, err := time.ParseDuration(p.Metadata.Get(jetstream.RetryDelayMetadata)); err == nil && d > 0 {
+		return d
+	}
+	return defaultRetryDelay
 }
 
 // listen wakes the reader on notifications of Channel(schema), over a

@@ -33,6 +33,13 @@ type Options struct {
 	// flight, so that a bus can extend its ack deadline (JetStream
 	// InProgress) while a long action runs.
 	TouchEvery time.Duration
+	// Redeliver, when set, keeps a nacked message in its key's lane:
+	// after the delay it returns, a fresh copy (same UUID, payload and
+	// metadata) is released again, before the key's later messages, and
+	// the message holds no in-flight slot while it waits, so that a key
+	// backing off does not starve the others. The message then settles
+	// only when a copy is acked, or as not acked when the lanes stop.
+	Redeliver func(nacked *message.Message) time.Duration
 }
 
 // Lanes is the dispatcher. Create it with New. Drain stops releasing
@@ -40,13 +47,14 @@ type Options struct {
 // to their end; when the ctx given to New ends, everything still held
 // settles as not acked at once.
 type Lanes struct {
-	ctx      context.Context
-	draining chan struct{}
-	drainOne sync.Once
-	out      chan *message.Message
-	inflight chan struct{}
-	buffered chan struct{}
-	touch    time.Duration
+	ctx       context.Context
+	draining  chan struct{}
+	drainOne  sync.Once
+	out       chan *message.Message
+	inflight  chan struct{}
+	buffered  chan struct{}
+	touch     time.Duration
+	redeliver func(*message.Message) time.Duration
 
 	mu    sync.Mutex
 	lanes map[string][]item
@@ -68,13 +76,14 @@ func New(ctx context.Context, o Options) *Lanes {
 		o.MaxBuffered = 16 * o.MaxInFlight
 	}
 	return &Lanes{
-		ctx:      ctx,
-		draining: make(chan struct{}),
-		out:      make(chan *message.Message),
-		inflight: make(chan struct{}, o.MaxInFlight),
-		buffered: make(chan struct{}, o.MaxBuffered),
-		touch:    o.TouchEvery,
-		lanes:    map[string][]item{},
+		ctx:       ctx,
+		draining:  make(chan struct{}),
+		out:       make(chan *message.Message),
+		inflight:  make(chan struct{}, o.MaxInFlight),
+		buffered:  make(chan struct{}, o.MaxBuffered),
+		touch:     o.TouchEvery,
+		redeliver: o.Redeliver,
+		lanes:     map[string][]item{},
 	}
 }
 
@@ -124,12 +133,47 @@ func (l *Lanes) drain(key string) {
 		it := q[0]
 		l.mu.Unlock()
 
-		it.settle(l.release(it))
+		it.settle(l.releaseUntilAcked(it))
 
 		l.mu.Lock()
 		l.lanes[key] = l.lanes[key][1:]
 		l.mu.Unlock()
 		<-l.buffered
+	}
+}
+
+// releaseUntilAcked releases it, and again after each nack when
+// Redeliver is set; it reports whether a copy was acked.
+func (l *Lanes) releaseUntilAcked(it item) bool {
+	for {
+		acked := l.release(it)
+		if acked || l.redeliver == nil || !nacked(it.msg) {
+			return acked
+		}
+		t := time.NewTimer(l.redeliver(it.msg))
+		select {
+		case <-t.C:
+		case <-l.draining:
+			t.Stop()
+			return false
+		case <-l.ctx.Done():
+			t.Stop()
+			return false
+		}
+		c := message.NewMessageWithContext(it.msg.Context(), it.msg.UUID, it.msg.Payload)
+		for k, v := range it.msg.Metadata {
+			c.Metadata.Set(k, v)
+		}
+		it.msg = c
+	}
+}
+
+func nacked(m *message.Message) bool {
+	select {
+	case <-m.Nacked():
+		return true
+	default:
+		return false
 	}
 }
 

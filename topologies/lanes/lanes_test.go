@@ -153,3 +153,64 @@ func TestCancelSettlesEverything(t *testing.T) {
 	}
 	l.Close()
 }
+
+// TestRedeliverKeepsOrderAndFreesTheSlot: a nacked message comes back
+// after its delay before the next message of its key, and while it waits
+// another key's message runs in the only in-flight slot.
+func TestRedeliverKeepsOrderAndFreesTheSlot(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1, Redeliver: func(*message.Message) time.Duration { return 200 * time.Millisecond }})
+	res := make(chan string, 3)
+	l.Push("a", message.NewMessage("a1", nil), func(ok bool) { res <- fmt.Sprint("a1 ", ok) }, nil)
+	l.Push("a", message.NewMessage("a2", nil), func(ok bool) { res <- fmt.Sprint("a2 ", ok) }, nil)
+	l.Push("b", message.NewMessage("b1", nil), func(ok bool) { res <- fmt.Sprint("b1 ", ok) }, nil)
+	var got []string
+	nacked := false
+	deadline := time.After(10 * time.Second)
+	for len(got) < 4 {
+		var m *message.Message
+		select {
+		case m = <-l.Out():
+		case <-deadline:
+			t.Fatalf("released %v, then nothing", got)
+		}
+		got = append(got, m.UUID)
+		if m.UUID == "a1" && !nacked {
+			nacked = true
+			m.Nack()
+			continue
+		}
+		m.Ack()
+	}
+	// b1 runs in the only slot while a1 waits; a2 only after a1's copy.
+	if i, j := index(got, "a2"), lastIndex(got, "a1"); i < j || j != index(got, "a1")+1 && index(got, "b1") > j {
+		t.Errorf("release order %v; want a1's copy before a2 and b1 while a1 waits", got)
+	}
+	if index(got, "b1") > lastIndex(got, "a1") {
+		t.Errorf("b1 waited for a1's redelivery: %v", got)
+	}
+	for range 3 {
+		if r := <-res; r != "a1 true" && r != "a2 true" && r != "b1 true" {
+			t.Errorf("settled %q", r)
+		}
+	}
+}
+
+func index(s []string, v string) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+func lastIndex(s []string, v string) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == v {
+			return i
+		}
+	}
+	return -1
+}

@@ -360,3 +360,11 @@ func find(err error, path string) *config.Error {
 	}
 	return nil
 }
+
+// An empty quoted key (found by FuzzParse) is reported with a path.
+func TestEmptyKeyHasAPath(t *testing.T) {
+	_, err := config.Parse([]byte(`''=0`), nil)
+	if e := find(err, `""`); e == nil || !strings.Contains(e.Msg, "unknown key") {
+		t.Fatalf("Parse(''=0) = %v; want an unknown-key error at path \"\"", err)
+	}
+}

@@ -33,6 +33,9 @@ func Errorf(path, format string, args ...any) error {
 
 // Join joins path segments: Join("a", "b") is "a.b", Join("", "b") is "b".
 func Join(path, key string) string {
+	if key == "" {
+		key = `""` // an empty quoted key still gets a visible path
+	}
 	if path == "" {
 		return key
 	}

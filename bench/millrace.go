@@ -218,6 +218,9 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, dedupCa
 		src.Entities = map[string]string{schema + "." + benchTable: benchEntity}
 		src.Install = true
 		src.Schema = schema
+		// Statement-level wake-ups: without them a change waits for the
+		// next poll (100 ms), which is the whole latency budget.
+		src.Notify = true
 		cfg.Sources = append(cfg.Sources, src)
 	}
 	var o config.Observer

@@ -147,6 +147,15 @@ type NATS struct {
 	MaxAge Duration `koanf:"max_age"`
 	// Replicas is the stream's replica count. Default 1.
 	Replicas int `koanf:"replicas"`
+	// Partitions, when > 0, splits the events by entity into that many
+	// partitions, each read by one worker process at a time, so that an
+	// entity's events stay in order across several workers. Default 0:
+	// one consumer shared by every worker (order per entity within each
+	// worker only). Every process of one stream must use the same value.
+	Partitions int `koanf:"partitions"`
+	// PartitionTTL is how long a dead worker's partitions wait before
+	// another worker takes them over. Default 10s.
+	PartitionTTL Duration `koanf:"partition_ttl"`
 }
 
 // Redis is the Redis server of the redis topology and of the nats and
@@ -170,6 +179,15 @@ type Redis struct {
 	// to get a restarted worker's pending entries back at once instead
 	// of after claim_idle. Two live processes must not share it.
 	Consumer string `koanf:"consumer"`
+	// Partitions, when > 0, splits the events by entity into that many
+	// streams, each read by one worker process at a time, so that an
+	// entity's events stay in order across several workers. Default 0:
+	// one stream and group shared by every worker (order per entity
+	// within each worker only). Every process must use the same value.
+	Partitions int `koanf:"partitions"`
+	// PartitionTTL is how long a dead worker's partitions wait before
+	// another worker takes them over. Default 10s.
+	PartitionTTL Duration `koanf:"partition_ttl"`
 }
 
 // Dedup is the per event and observer dedup window.

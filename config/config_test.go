@@ -211,6 +211,13 @@ func TestValidate(t *testing.T) {
 		{"retry initial", obs(func(o *config.Observer) { o.Retry.Initial = 0 }), "observers.o.retry.initial"},
 		{"retry max", obs(func(o *config.Observer) { o.Retry.Max = config.Duration(time.Millisecond) }), "observers.o.retry.max"},
 		{"retry jitter", obs(func(o *config.Observer) { o.Retry.Jitter = 2 }), "observers.o.retry.jitter"},
+		{"nats partitions", func(c *config.Config) { c.Topology = "nats"; c.NATS.Partitions = -1 }, "nats.partitions"},
+		{"nats partition ttl", func(c *config.Config) {
+			c.Topology, c.NATS.Partitions, c.NATS.PartitionTTL = "nats", 4, config.Duration(time.Millisecond)
+		}, "nats.partition_ttl"},
+		{"redis partitions", func(c *config.Config) {
+			c.Topology, c.Redis.URL, c.Redis.Partitions = "redis", "redis://x", 5000
+		}, "redis.partitions"},
 	}
 	base := func() *config.Config {
 		c := config.Default()

@@ -21,9 +21,11 @@ func (c *Config) SetDefaults() {
 	c.NATS = NATS{
 		URL: "nats://127.0.0.1:4222", Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",
 		AckWait: Duration(30 * time.Second), MaxDeliver: -1, MaxAge: Duration(168 * time.Hour), Replicas: 1,
+		PartitionTTL: Duration(10 * time.Second),
 	}
 	c.Postgres = Postgres{Group: "millrace", Schema: "millrace"}
-	c.Redis = Redis{KeyPrefix: "millrace:", MaxLen: 1_000_000, ClaimIdle: Duration(30 * time.Second), Group: "millrace"}
+	c.Redis = Redis{KeyPrefix: "millrace:", MaxLen: 1_000_000, ClaimIdle: Duration(30 * time.Second), Group: "millrace",
+		PartitionTTL: Duration(10 * time.Second)}
 	c.Dedup = Dedup{Enabled: true, Window: Duration(5 * time.Minute)}
 	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}
 	c.SMTP = SMTP{Port: 587, TLS: "starttls", Timeout: Duration(30 * time.Second)}

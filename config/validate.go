@@ -212,6 +212,7 @@ func (c *Config) validateServices(add func(path, format string, args ...any), po
 		if n.Replicas < 1 || n.Replicas > 5 {
 			add("nats.replicas", "must be between 1 and 5, got %d", n.Replicas)
 		}
+		c.validatePartitions("nats", n.Partitions, n.PartitionTTL, add)
 		if c.Topology == "multidb" && len(c.Sources) == 0 {
 			add("sources", "the multidb topology needs at least one [[sources]] entry")
 		}
@@ -230,6 +231,7 @@ func (c *Config) validateServices(add func(path, format string, args ...any), po
 			add("redis.max_len", "must not be negative (0 keeps every event)")
 		}
 		positive("redis.claim_idle", r.ClaimIdle)
+		c.validatePartitions("redis", r.Partitions, r.PartitionTTL, add)
 	case "postgres":
 		p := c.Postgres
 		if p.URL != "" && p.URLEnv != "" {
@@ -321,4 +323,17 @@ func Secret(inline, envName string) (string, error) {
 		return "", fmt.Errorf("environment variable %s is not set", envName)
 	}
 	return v, nil
+}
+
+// maxPartitions bounds [nats|redis].partitions: each partition is a
+// consumer (or stream) and a lease of its own.
+const maxPartitions = 1024
+
+func (c *Config) validatePartitions(section string, n int, ttl Duration, add func(path, format string, args ...any)) {
+	if n < 0 || n > maxPartitions {
+		add(section+".partitions", "must be between 0 (off) and %d, got %d", maxPartitions, n)
+	}
+	if n > 0 && ttl.D() < time.Second {
+		add(section+".partition_ttl", "must be at least 1s, got %s", ttl.D())
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -207,11 +208,12 @@ func (p *proc) stop(t *testing.T) {
 // action is one run of the examples' log action, read from its JSON log
 // line: "<TYPE> <entity> <id> from <source>: data=<json> changes=<json>".
 type action struct {
-	EventID    string `json:"event_id"`
-	EventType  string `json:"event_type"`
-	EntityType string `json:"entity_type"`
-	EntityID   string `json:"entity_id"`
-	Msg        string `json:"msg"`
+	EventID    string    `json:"event_id"`
+	EventType  string    `json:"event_type"`
+	EntityType string    `json:"entity_type"`
+	EntityID   string    `json:"entity_id"`
+	Msg        string    `json:"msg"`
+	Time       time.Time `json:"time"`
 	Source     string
 	Data       map[string]any
 	Changes    map[string]any
@@ -458,6 +460,85 @@ func TestNATSOneBridgeThreeWorkers(t *testing.T) {
 	}
 	t.Logf("actions per worker: %v", perWorker)
 	for _, w := range workers {
+		w.stop(t)
+	}
+	bridge.stop(t)
+}
+
+// TestNATSPartitionedWorkersKeepEntityOrder: with nats.partitions set,
+// three workers share the events, an entity's events run in commit order
+// whichever workers run them, and when a worker is killed the others
+// take its partitions over and nothing is lost.
+func TestNATSPartitionedWorkersKeepEntityOrder(t *testing.T) {
+	t.Parallel()
+	db := newDatabase(t, "orders")
+	cfg := exampleCopy(t, "nats", db.schema)
+	env := append(append(natsEnv(t), redisEnv(t)...), "ORDERS_DB_URL="+db.url,
+		"MILLRACE_NATS__PARTITION_TTL=2s") // partitions = 12 in the example
+	bridge := start(t, "bridge", cfg, env, "--role", "capture")
+	var workers []*proc
+	for i := range 3 {
+		workers = append(workers, start(t, fmt.Sprintf("worker %d", i), cfg, env, "--role", "observe"))
+	}
+
+	const rows, rounds = 40, 12
+	db.exec(t, "INSERT INTO orders (id, status, total) SELECT g, 's0', 0 FROM generate_series(1, $1::bigint) g", rows)
+	update := func(from, to int) {
+		for r := from; r <= to; r++ {
+			// One statement per round: every row gets its next status.
+			db.exec(t, "UPDATE orders SET status = 's' || $1::int, total = $1", r)
+		}
+	}
+	update(1, rounds/2)
+	waitActions(t, rows, func(a action) bool { return a.EventType == "UPDATE" }, workers...)
+	// A worker dies without draining: its partitions wait partition_ttl,
+	// then the others take them over from the consumers' ack floors.
+	if err := workers[0].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-workers[0].exited
+	workers[0].exited <- nil
+	update(rounds/2+1, rounds)
+
+	done := func(a action) bool { return a.EventType == "UPDATE" && a.Data["status"] == fmt.Sprint("s", rounds) }
+	waitActions(t, rows, done, workers...)
+	time.Sleep(time.Second) // a late duplicate or straggler shows up too
+	var all []action
+	perWorker := make([]int, len(workers))
+	for i, w := range workers {
+		for _, a := range w.actions() {
+			if a.EntityType == "Order" {
+				all = append(all, a)
+				perWorker[i]++
+			}
+		}
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Time.Before(all[j].Time) })
+	last := map[string]int{}
+	seen := map[string]bool{}
+	reruns := 0
+	for _, a := range all {
+		n := 0
+		if a.EventType == "UPDATE" {
+			fmt.Sscanf(fmt.Sprint(a.Data["status"]), "s%d", &n)
+		}
+		switch prev, ok := last[a.EntityID]; {
+		case ok && n < prev:
+			t.Errorf("order %s: status s%d ran after s%d", a.EntityID, n, prev)
+		case ok && n == prev:
+			reruns++ // the killed worker ran it but died before its ack
+		}
+		last[a.EntityID] = n
+		seen[a.EventID] = true
+	}
+	if want := rows * (1 + rounds); len(seen) != want {
+		t.Errorf("%d distinct events handled, want %d", len(seen), want)
+	}
+	if perWorker[1] == 0 || perWorker[2] == 0 {
+		t.Errorf("the live workers should share the events: %v", perWorker)
+	}
+	t.Logf("actions per worker: %v; %d re-runs of events the killed worker left unacked", perWorker, reruns)
+	for _, w := range workers[1:] {
 		w.stop(t)
 	}
 	bridge.stop(t)

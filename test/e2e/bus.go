@@ -23,7 +23,8 @@ const topic = "events"
 // that bypasses millrace would. id becomes the message id (Nats-Msg-Id,
 // the stream entry's uuid field; a fresh one when empty) and key the
 // ordering key (empty: the bus's default). On JetStream the subject is
-// <subject_prefix>.events.raw. The change-log bus has no raw form: use
+// <subject_prefix>.events.raw, or <subject_prefix>.events.0.raw with
+// partitions. The change-log bus has no raw form: use
 // InsertChangeLog.
 func (r *Rig) PublishRaw(t testing.TB, id, key string, payload []byte) {
 	t.Helper()
@@ -36,7 +37,13 @@ func (r *Rig) PublishRaw(t testing.TB, id, key string, payload []byte) {
 	case BusEmbedded, BusJetStream:
 		js, prefix, done := r.jetStream(t)
 		defer done()
-		m := nats.NewMsg(prefix + "." + topic + ".raw")
+		subject := prefix + "." + topic + ".raw"
+		if r.Partitions > 0 {
+			// The stream takes only partition subjects; any partition
+			// will do for a producer that does not care about order.
+			subject = prefix + "." + topic + ".0.raw"
+		}
+		m := nats.NewMsg(subject)
 		m.Data = payload
 		m.Header.Set(jetstream.MsgIDHeader, id)
 		if key != "" {

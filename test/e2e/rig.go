@@ -148,6 +148,8 @@ type Rig struct {
 	JS            jetstream.JetStream
 	Stream        string
 	SubjectPrefix string
+	// Partitions is nats.partitions of the config (0: off).
+	Partitions int
 	// EmbeddedURL is the embedded NATS server's URL (embedded topology).
 	EmbeddedURL string
 	// AdminToken and AdminTokenEnv: the bearer token of the admin API
@@ -272,6 +274,12 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 		set("nats", "stream", r.Stream)
 		set("nats", "subject_prefix", r.SubjectPrefix)
 		set("nats", "consumer", r.SubjectPrefix)
+		// A killed process's partitions move after partition_ttl: keep
+		// the suites' restarts short.
+		set("nats", "partition_ttl", "2s")
+		if n, ok := lookup(tree, "nats", "partitions").(int64); ok {
+			r.Partitions = int(n)
+		}
 	}
 	if bus == BusRedis || bus == BusJetStream || opts.RedisURL != "" {
 		r.Redis, r.RedisPrefix = testenv.Redis(t)

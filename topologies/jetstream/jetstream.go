@@ -8,8 +8,14 @@
 // watermill-nats because that one releases one message per subscription
 // at a time and cannot delay a redelivery per message. Here messages are
 // fetched in batches and released through lanes: in order per entity,
-// in parallel across entities, acked only after the handler succeeded,
-// nacked with the delay the handler asked for.
+// in parallel across entities, acked only after the handler succeeded;
+// a nacked message is released again after the delay the handler asked
+// for, before the later messages of its entity.
+//
+// One durable consumer shared by several worker processes keeps that
+// order only within each process. With Config.Partitions the topic is
+// split by ordering key into partitions, each with a consumer of its
+// own that one process at a time reads (package partition).
 package jetstream
 
 import (
@@ -17,6 +23,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,8 +32,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/millrace/millrace/topologies/lanes"
+	"github.com/millrace/millrace/topologies/partition"
 )
 
 // Metadata keys the bus reads from messages.
@@ -67,7 +77,23 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Memory keeps the stream in memory instead of files (tests).
 	Memory bool
+	// Partitions, when > 0, splits each topic into that many partitions
+	// by ordering key, each with its own durable consumer that one
+	// worker process at a time consumes (package partition): events of
+	// one entity then stay in order across several worker processes.
+	// Every process of one stream must use the same value.
+	Partitions int
+	// PartitionTTL is how long a dead worker's partitions wait before
+	// another worker takes them over. Default 10s.
+	PartitionTTL time.Duration
+	// Member names this process among the workers; default
+	// "<hostname>-<pid>-<random>".
+	Member string
 }
+
+// defaultRedeliverDelay is the wait before a nacked message that asked
+// for no delay is released again.
+const defaultRedeliverDelay = 100 * time.Millisecond
 
 // Subject returns the subject of topic with a suffix. An empty suffix
 // becomes "_": a topic's consumers filter on "<prefix>.<topic>.>", which
@@ -77,6 +103,30 @@ func (c Config) Subject(topic, suffix string) string {
 		suffix = "_"
 	}
 	return c.SubjectPrefix + "." + topic + "." + suffix
+}
+
+// StreamSubjects are the stream's subjects: "<prefix>.>", or with
+// partitions only the partitions' "<prefix>.*.<p>.>", so that a producer
+// that publishes around millrace onto a subject no consumer reads is
+// refused by the server rather than stored and never delivered.
+func (c Config) StreamSubjects() []string {
+	if c.Partitions <= 0 {
+		return []string{c.SubjectPrefix + ".>"}
+	}
+	subjects := make([]string, c.Partitions)
+	for p := range subjects {
+		subjects[p] = c.SubjectPrefix + ".*." + strconv.Itoa(p) + ".>"
+	}
+	return subjects
+}
+
+// PartitionSubject is Subject with the partition of key as the token
+// after the topic ("<prefix>.<topic>.<p>.<suffix>"), when Partitions > 0.
+func (c Config) PartitionSubject(topic, key, suffix string) string {
+	if c.Partitions <= 0 {
+		return c.Subject(topic, suffix)
+	}
+	return c.Subject(topic, strconv.Itoa(partition.Of(key, c.Partitions))+"."+Token(suffix))
 }
 
 // Token makes s safe as one subject token: no dots, spaces or wildcards.
@@ -97,7 +147,7 @@ func Token(s string) string {
 func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.Stream, error) {
 	sc := jetstream.StreamConfig{
 		Name:       c.Stream,
-		Subjects:   []string{c.SubjectPrefix + ".>"},
+		Subjects:   c.StreamSubjects(),
 		Retention:  jetstream.LimitsPolicy,
 		MaxAge:     c.MaxAge,
 		Replicas:   max(c.Replicas, 1),
@@ -130,7 +180,11 @@ func NewPublisher(js jetstream.JetStream, cfg Config) *Publisher {
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		nm := nats.NewMsg(p.cfg.Subject(topic, m.Metadata.Get(SubjectMetadata)))
+		key := m.Metadata.Get(KeyMetadata)
+		if key == "" {
+			key = m.UUID
+		}
+		nm := nats.NewMsg(p.cfg.PartitionSubject(topic, key, m.Metadata.Get(SubjectMetadata)))
 		nm.Data = m.Payload
 		// The duplicate window is stream-wide; the topic in the id keeps
 		// the same message on two topics from being dropped as one.
@@ -200,31 +254,121 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.closed {
 		return nil, errors.New("jetstream: subscriber closed")
 	}
+	var (
+		out  <-chan *message.Message
+		stop func()
+		err  error
+	)
+	if s.cfg.Partitions > 0 {
+		out, stop, err = s.subscribePartitions(ctx, topic)
+	} else {
+		out, stop, err = s.consume(ctx, s.ConsumerName(topic), s.cfg.Subject(topic, ">"), false, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	stopOnce := func() { once.Do(stop) }
+	s.stops = append(s.stops, stopOnce)
+	go func() {
+		<-ctx.Done()
+		stopOnce()
+	}()
+	return out, nil
+}
+
+// subscribePartitions consumes the partitions of topic that this process
+// leases (package partition), one durable consumer each, into one channel.
+func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-chan *message.Message, func(), error) {
+	ttl := s.cfg.PartitionTTL
+	if ttl <= 0 {
+		ttl = 10 * time.Second
+	}
+	leases, err := partition.NewKVLeases(ctx, s.js, Token(s.cfg.Stream+"_"+s.ConsumerName(topic))+"_partitions", ttl, s.cfg.Replicas)
+	if err != nil {
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	member := s.cfg.Member
+	if member == "" {
+		member = defaultMember()
+	}
+	out := make(chan *message.Message)
+	slots := make(chan struct{}, max(s.cfg.MaxInFlight, 1))
+	var forwarders sync.WaitGroup
+	consume := func(p int) (func(), error) {
+		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		name := Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
+		filter := s.cfg.Subject(topic, strconv.Itoa(p)+".>")
+		msgs, stop, err := s.consume(pctx, name, filter, true, slots)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		forwarders.Add(1)
+		go func() {
+			defer forwarders.Done()
+			// The lanes settle what out does not take (ctx ends them).
+			for m := range msgs {
+				out <- m
+			}
+		}()
+		return func() { stop(); cancel() }, nil
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		partition.Run(rctx, leases, partition.Config{
+			Partitions: s.cfg.Partitions, Member: member, TTL: ttl,
+			Logger: s.logger.With("topic", topic),
+		}, consume)
+		forwarders.Wait()
+		close(out)
+	}()
+	return out, func() { cancel(); <-done }, nil
+}
+
+func defaultMember() string {
+	host, _ := os.Hostname()
+	return Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8]))
+}
+
+// consume runs one durable consumer through lanes until stop. reset
+// restarts the consumer at its ack floor first, so that a new owner of
+// a partition gets the messages its last owner left unacked before the
+// later ones, in stream order. slots, when set, is shared in-flight room.
+func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset bool, slots chan struct{}) (<-chan *message.Message, func(), error) {
 	maxInFlight := max(s.cfg.MaxInFlight, 1)
 	cc := jetstream.ConsumerConfig{
-		Durable:       s.ConsumerName(topic),
-		FilterSubject: s.cfg.Subject(topic, ">"),
+		Durable:       durable,
+		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.cfg.AckWait,
 		MaxDeliver:    s.cfg.MaxDeliver,
 		MaxAckPending: 16 * maxInFlight,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, cc)
+	cons, err := s.ensureConsumer(ctx, cc, reset)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: consumer %s: %w", cc.Durable, err)
+		return nil, nil, err
 	}
 	// A missed heartbeat on a busy machine is not fatal: the iterator
 	// re-pulls by itself, so it must not end the subscription.
 	it, err := cons.Messages(jetstream.PullMaxMessages(min(4*maxInFlight, 1000)),
 		jetstream.PullExpiry(5*time.Second), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: consume %s: %w", cc.Durable, err)
+		return nil, nil, fmt.Errorf("jetstream: consume %s: %w", cc.Durable, err)
 	}
 	// Message contexts outlive Close for up to DrainTimeout, so that
 	// in-flight actions finish instead of failing at shutdown.
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	l := lanes.New(lctx, lanes.Options{MaxInFlight: maxInFlight, MaxBuffered: cc.MaxAckPending, TouchEvery: s.cfg.AckWait / 3})
+	// A nacked message waits in its lane (touched, so the server does not
+	// redeliver it meanwhile) and runs again before the later messages of
+	// its entity.
+	l := lanes.New(lctx, lanes.Options{
+		MaxInFlight: maxInFlight, MaxBuffered: cc.MaxAckPending, TouchEvery: s.cfg.AckWait / 3,
+		Redeliver: redeliverDelay, Slots: slots,
+	})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -253,25 +397,50 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 			}
 		}
 	}()
-	var once sync.Once
 	stop := func() {
-		once.Do(func() {
-			it.Stop()
-			<-done
-			l.Drain()
-			if !l.Wait(s.cfg.DrainTimeout) {
-				s.logger.Warn("jetstream: drain timeout; in-flight messages will be redelivered", "consumer", cc.Durable)
-			}
-			cancel()
-			l.Close()
-		})
+		it.Stop()
+		<-done
+		l.Drain()
+		if !l.Wait(s.cfg.DrainTimeout) {
+			s.logger.Warn("jetstream: drain timeout; in-flight messages will be redelivered", "consumer", cc.Durable)
+		}
+		cancel()
+		l.Close()
 	}
-	s.stops = append(s.stops, stop)
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
-	return l.Out(), nil
+	return l.Out(), stop, nil
+}
+
+// ensureConsumer creates or updates the durable consumer of cc. With
+// reset, a consumer that has unacked messages is recreated at its ack
+// floor: its previous reader may have left some behind, and they must
+// come before the later ones. Messages above the floor that were acked
+// come again too; the dedup ledger skips them.
+func (s *Subscriber) ensureConsumer(ctx context.Context, cc jetstream.ConsumerConfig, reset bool) (jetstream.Consumer, error) {
+	if cur, err := s.js.Consumer(ctx, s.cfg.Stream, cc.Durable); err == nil {
+		info := cur.CachedInfo()
+		// The start of an existing consumer cannot change.
+		cc.DeliverPolicy, cc.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartSeq
+		if reset && info.NumAckPending > 0 {
+			if err := s.js.DeleteConsumer(ctx, s.cfg.Stream, cc.Durable); err != nil {
+				return nil, fmt.Errorf("jetstream: reset consumer %s: %w", cc.Durable, err)
+			}
+			cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, info.AckFloor.Stream+1
+			s.logger.Info("jetstream: consumer restarted at its ack floor", "consumer", cc.Durable,
+				"from", cc.OptStartSeq, "unacked", info.NumAckPending)
+		}
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, cc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: consumer %s: %w", cc.Durable, err)
+	}
+	return cons, nil
+}
+
+func redeliverDelay(m *message.Message) time.Duration {
+	if d, err := time.ParseDuration(m.Metadata.Get(RetryDelayMetadata)); err == nil && d > 0 {
+		return d
+	}
+	return defaultRedeliverDelay
 }
 
 func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string, context.CancelFunc) {
@@ -308,13 +477,9 @@ func settle(jm jetstream.Msg, msg *message.Message, logger *slog.Logger) lanes.S
 			}
 			return
 		}
-		var err error
-		if d, perr := time.ParseDuration(msg.Metadata.Get(RetryDelayMetadata)); perr == nil && d > 0 {
-			err = jm.NakWithDelay(d)
-		} else {
-			err = jm.Nak()
-		}
-		if err != nil {
+		// Not acked before the lanes stopped: another reader (or this
+		// one, later) gets it.
+		if err := jm.Nak(); err != nil {
 			logger.Warn("jetstream: nak failed; the message will be redelivered after ack_wait", "uuid", msg.UUID, "err", err)
 		}
 	}

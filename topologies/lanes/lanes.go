@@ -40,6 +40,10 @@ type Options struct {
 	// backing off does not starve the others. The message then settles
 	// only when a copy is acked, or as not acked when the lanes stop.
 	Redeliver func(nacked *message.Message) time.Duration
+	// Slots, when set, holds the in-flight slots instead of MaxInFlight:
+	// lanes that share it share one bound (a bus consuming several
+	// partitions with one lanes each).
+	Slots chan struct{}
 }
 
 // Lanes is the dispatcher. Create it with New. Drain stops releasing
@@ -75,11 +79,14 @@ func New(ctx context.Context, o Options) *Lanes {
 	if o.MaxBuffered < o.MaxInFlight {
 		o.MaxBuffered = 16 * o.MaxInFlight
 	}
+	if o.Slots == nil {
+		o.Slots = make(chan struct{}, o.MaxInFlight)
+	}
 	return &Lanes{
 		ctx:       ctx,
 		draining:  make(chan struct{}),
 		out:       make(chan *message.Message),
-		inflight:  make(chan struct{}, o.MaxInFlight),
+		inflight:  o.Slots,
 		buffered:  make(chan struct{}, o.MaxBuffered),
 		touch:     o.TouchEvery,
 		redeliver: o.Redeliver,
@@ -150,14 +157,7 @@ func (l *Lanes) releaseUntilAcked(it item) bool {
 		if acked || l.redeliver == nil || !nacked(it.msg) {
 			return acked
 		}
-		t := time.NewTimer(l.redeliver(it.msg))
-		select {
-		case <-t.C:
-		case <-l.draining:
-			t.Stop()
-			return false
-		case <-l.ctx.Done():
-			t.Stop()
+		if !l.wait(it, l.redeliver(it.msg)) {
 			return false
 		}
 		c := message.NewMessageWithContext(it.msg.Context(), it.msg.UUID, it.msg.Payload)
@@ -165,6 +165,32 @@ func (l *Lanes) releaseUntilAcked(it item) bool {
 			c.Metadata.Set(k, v)
 		}
 		it.msg = c
+	}
+}
+
+// wait sleeps d before a redelivery, touching it as if it were in
+// flight (the bus must not redeliver it meanwhile); false when the lanes
+// stop first.
+func (l *Lanes) wait(it item, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var tick <-chan time.Time
+	if l.touch > 0 && it.touch != nil {
+		tk := time.NewTicker(l.touch)
+		defer tk.Stop()
+		tick = tk.C
+	}
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-tick:
+			it.touch()
+		case <-l.draining:
+			return false
+		case <-l.ctx.Done():
+			return false
+		}
 	}
 }
 

@@ -114,7 +114,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		return nil
 	}
 	logger.Info("nats topology: JetStream bus", "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
-		"subjects", jc.SubjectPrefix+".>", "consumer", jc.Consumer, "sources", len(b.Captures))
+		"subjects", jc.SubjectPrefix+".>", "consumer", jc.Consumer, "partitions", jc.Partitions, "sources", len(b.Captures))
 	return b, nil
 }
 
@@ -132,5 +132,7 @@ func BusConfig(cfg *config.Config) jetstream.Config {
 		DuplicateWindow: cfg.Dedup.Window.D(),
 		MaxInFlight:     cfg.Router.MaxInFlight,
 		DrainTimeout:    cfg.Router.ShutdownTimeout.D(),
+		Partitions:      cfg.NATS.Partitions,
+		PartitionTTL:    cfg.NATS.PartitionTTL.D(),
 	}
 }

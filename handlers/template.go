@@ -80,7 +80,7 @@ func CompileTemplate(name, src string) (*Template, error) {
 		if tt.Tree == nil {
 			continue
 		}
-		walk(tt.Tree.Root, func(n parse.Node) {
+		WalkTemplate(tt.Tree.Root, func(n parse.Node) {
 			if a, ok := n.(*parse.ActionNode); ok && len(a.Pipe.Decl) == 0 {
 				appendFunc(tt.Tree, a.Pipe, textFunc)
 			}
@@ -573,8 +573,9 @@ func kindOf(v any) string {
 	return fmt.Sprintf("%T", v)
 }
 
-// walk calls fn on every node under n, parents first.
-func walk(n parse.Node, fn func(parse.Node)) {
+// WalkTemplate calls fn on every node under n, parents first: actions
+// that inspect their templates at build time use it.
+func WalkTemplate(n parse.Node, fn func(parse.Node)) {
 	if n == nil {
 		return
 	}
@@ -585,26 +586,26 @@ func walk(n parse.Node, fn func(parse.Node)) {
 			return
 		}
 		for _, c := range n.Nodes {
-			walk(c, fn)
+			WalkTemplate(c, fn)
 		}
 	case *parse.ActionNode:
-		walk(n.Pipe, fn)
+		WalkTemplate(n.Pipe, fn)
 	case *parse.PipeNode:
 		if n == nil {
 			return
 		}
 		for _, d := range n.Decl {
-			walk(d, fn)
+			WalkTemplate(d, fn)
 		}
 		for _, c := range n.Cmds {
-			walk(c, fn)
+			WalkTemplate(c, fn)
 		}
 	case *parse.CommandNode:
 		for _, a := range n.Args {
-			walk(a, fn)
+			WalkTemplate(a, fn)
 		}
 	case *parse.ChainNode:
-		walk(n.Node, fn)
+		WalkTemplate(n.Node, fn)
 	case *parse.IfNode:
 		walkBranch(&n.BranchNode, fn)
 	case *parse.RangeNode:
@@ -612,15 +613,15 @@ func walk(n parse.Node, fn func(parse.Node)) {
 	case *parse.WithNode:
 		walkBranch(&n.BranchNode, fn)
 	case *parse.TemplateNode:
-		walk(n.Pipe, fn)
+		WalkTemplate(n.Pipe, fn)
 	}
 }
 
 func walkBranch(b *parse.BranchNode, fn func(parse.Node)) {
-	walk(b.Pipe, fn)
-	walk(b.List, fn)
+	WalkTemplate(b.Pipe, fn)
+	WalkTemplate(b.List, fn)
 	if b.ElseList != nil {
-		walk(b.ElseList, fn)
+		WalkTemplate(b.ElseList, fn)
 	}
 }
 
@@ -633,7 +634,7 @@ func readsKey(t *template.Template, key string) bool {
 		if tt.Tree == nil {
 			continue
 		}
-		walk(tt.Tree.Root, func(n parse.Node) {
+		WalkTemplate(tt.Tree.Root, func(n parse.Node) {
 			switch n := n.(type) {
 			case *parse.FieldNode:
 				found = found || n.Ident[0] == key
@@ -657,7 +658,7 @@ func readsKey(t *template.Template, key string) bool {
 func sampleEvents(tree *parse.Tree) []*event.Event {
 	const nasty = "q\"uote\\back\nline\ttab\u0001\u2028é😀</script>"
 	data := map[string]any{}
-	walk(tree.Root, func(n parse.Node) {
+	WalkTemplate(tree.Root, func(n parse.Node) {
 		f, ok := n.(*parse.FieldNode)
 		if !ok || len(f.Ident) < 2 || f.Ident[0] != "data" {
 			return

@@ -74,7 +74,7 @@ func compileKey(path, src string) (*key, error) {
 	k := &key{path: path, t: t}
 	usesGlobEscape := false
 	for _, tt := range trees {
-		inspect(tt.Root, func(n parse.Node) {
+		handlers.WalkTemplate(tt.Root, func(n parse.Node) {
 			switch n := n.(type) {
 			case *parse.TextNode:
 				k.pattern = k.pattern || strings.ContainsAny(string(n.Text), "*?[")
@@ -105,54 +105,6 @@ func (k *key) render(prefix string, ev, esc *event.Event) (string, error) {
 		return "", fmt.Errorf("%s: %w", k.path, err)
 	}
 	return b.String(), nil
-}
-
-// inspect calls fn on every node under n.
-func inspect(n parse.Node, fn func(parse.Node)) {
-	if n == nil {
-		return
-	}
-	fn(n)
-	switch n := n.(type) {
-	case *parse.ListNode:
-		if n == nil {
-			return
-		}
-		for _, c := range n.Nodes {
-			inspect(c, fn)
-		}
-	case *parse.ActionNode:
-		inspect(n.Pipe, fn)
-	case *parse.PipeNode:
-		if n == nil {
-			return
-		}
-		for _, c := range n.Cmds {
-			inspect(c, fn)
-		}
-	case *parse.CommandNode:
-		for _, a := range n.Args {
-			inspect(a, fn)
-		}
-	case *parse.ChainNode:
-		inspect(n.Node, fn)
-	case *parse.IfNode:
-		inspectBranch(&n.BranchNode, fn)
-	case *parse.RangeNode:
-		inspectBranch(&n.BranchNode, fn)
-	case *parse.WithNode:
-		inspectBranch(&n.BranchNode, fn)
-	case *parse.TemplateNode:
-		inspect(n.Pipe, fn)
-	}
-}
-
-func inspectBranch(b *parse.BranchNode, fn func(parse.Node)) {
-	inspect(b.Pipe, fn)
-	inspect(b.List, fn)
-	if b.ElseList != nil {
-		inspect(b.ElseList, fn)
-	}
 }
 
 // Escape quotes the glob characters of s for a Redis MATCH pattern so

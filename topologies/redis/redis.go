@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -20,6 +21,12 @@ func Register(r *topologies.Registry) error { return r.Register("redis", Build) 
 
 // NewClient returns a client for the redis section, or nil when neither
 // url nor url_env is set.
+//
+// With partitions, each partition a process consumes keeps a connection
+// in a blocking XREADGROUP; unless the URL sets pool_size, the pool gets
+// that many connections on top of go-redis's default (10 per CPU), so
+// that one worker holding every partition does not starve the other
+// calls (acks, leases, the stores) of connections.
 func NewClient(c config.Redis) (*goredis.Client, error) {
 	url, err := config.Secret(c.URL, c.URLEnv)
 	if err != nil {
@@ -31,6 +38,9 @@ func NewClient(c config.Redis) (*goredis.Client, error) {
 	opts, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	if opts.PoolSize == 0 && c.Partitions > 0 {
+		opts.PoolSize = 10*runtime.GOMAXPROCS(0) + c.Partitions
 	}
 	return goredis.NewClient(opts), nil
 }
@@ -89,7 +99,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	b.Ready = func(ctx context.Context) error { return client.Ping(ctx).Err() }
 	sc := sub.Config()
 	logger.Info("redis topology: Redis Streams bus", "stream", sc.Stream(cfg.Router.Topic), "group", sc.Group,
-		"consumer", sc.Consumer, "sources", len(b.Captures))
+		"consumer", sc.Consumer, "partitions", sc.Partitions, "sources", len(b.Captures))
 	return b, nil
 }
 
@@ -103,5 +113,7 @@ func BusConfig(cfg *config.Config) redisbus.Config {
 		ClaimIdle:    cfg.Redis.ClaimIdle.D(),
 		MaxInFlight:  cfg.Router.MaxInFlight,
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
+		Partitions:   cfg.Redis.Partitions,
+		PartitionTTL: cfg.Redis.PartitionTTL.D(),
 	}
 }

@@ -26,4 +26,14 @@
 // Delivery is at least once. Entries a consumer held when it stopped stay
 // pending in the group: the same consumer name reads them back first when
 // it subscribes again, and any other consumer claims them after ClaimIdle.
+//
+// A consumer group shared by several worker processes keeps the order of
+// a key only within each process: two workers can run two events of one
+// entity at once, and an entry claimed from a dead worker runs after the
+// later events of its entity. With Config.Partitions a topic is split by
+// ordering key into that many streams, and each worker consumes only the
+// partitions it leases (package partition, leases in Redis): one worker
+// at a time per partition. A worker that gains a partition first claims
+// every entry pending on its stream, whoever held it, and releases those
+// in stream order before it reads new entries.
 package redisbus

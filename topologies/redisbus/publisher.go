@@ -29,6 +29,9 @@ const (
 // one message per call (one per captured change, many at once), so this
 // turns a round trip per change into a round trip per batch. A call's
 // messages keep their order, and a call returns once Redis stored them.
+//
+// With Config.Partitions each message goes to the stream of its
+// partition (Config.PartitionStream), by its ordering key.
 type Publisher struct {
 	client redis.UniversalClient
 	cfg    Config
@@ -40,10 +43,10 @@ type Publisher struct {
 
 // publication is the messages of one Publish call.
 type publication struct {
-	stream string
-	msgs   []*message.Message
-	errs   []error
-	done   chan struct{}
+	topic string
+	msgs  []*message.Message
+	errs  []error
+	done  chan struct{}
 }
 
 var _ message.Publisher = (*Publisher)(nil)
@@ -54,14 +57,14 @@ func NewPublisher(client redis.UniversalClient, cfg Config) *Publisher {
 	return &Publisher{client: client, cfg: cfg}
 }
 
-// Publish appends msgs to topic's stream (XADD, MAXLEN ~ when MaxLen is
-// set) and returns once Redis stored every one; the error lists those
-// that failed.
+// Publish appends msgs to topic's stream, or to their partitions'
+// streams (XADD, MAXLEN ~ per stream when MaxLen is set), and returns
+// once Redis stored every one; the error lists those that failed.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	own := &publication{stream: p.cfg.Stream(topic), msgs: msgs, done: make(chan struct{})}
+	own := &publication{topic: topic, msgs: msgs, done: make(chan struct{})}
 	p.mu.Lock()
 	p.pending = append(p.pending, own)
 	if p.active >= maxFlushes {
@@ -118,9 +121,10 @@ func (p *Publisher) send(batch []*publication) {
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()
 	type cmdOf struct {
-		pub *publication
-		msg *message.Message
-		cmd *redis.StringCmd
+		pub    *publication
+		msg    *message.Message
+		stream string
+		cmd    *redis.StringCmd
 	}
 	var cmds []cmdOf
 	flush := func() {
@@ -131,7 +135,7 @@ func (p *Publisher) send(batch []*publication) {
 		for i := range cmds {
 			c := &cmds[i]
 			c.cmd = pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: c.pub.stream,
+				Stream: c.stream,
 				MaxLen: p.cfg.MaxLen,
 				Approx: p.cfg.MaxLen > 0,
 				Values: entryValues(c.msg),
@@ -140,14 +144,14 @@ func (p *Publisher) send(batch []*publication) {
 		_, _ = pipe.Exec(ctx) // each command carries its own error
 		for _, c := range cmds {
 			if err := c.cmd.Err(); err != nil {
-				c.pub.errs = append(c.pub.errs, fmt.Errorf("redisbus: publish %s to %s: %w", c.msg.UUID, c.pub.stream, err))
+				c.pub.errs = append(c.pub.errs, fmt.Errorf("redisbus: publish %s to %s: %w", c.msg.UUID, c.stream, err))
 			}
 		}
 		cmds = cmds[:0]
 	}
 	for _, pub := range batch {
 		for _, m := range pub.msgs {
-			cmds = append(cmds, cmdOf{pub: pub, msg: m})
+			cmds = append(cmds, cmdOf{pub: pub, msg: m, stream: p.cfg.streamOf(pub.topic, m)})
 			if len(cmds) == publishChunk {
 				flush()
 			}

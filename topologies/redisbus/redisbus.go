@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/topologies/jetstream"
+	"github.com/millrace/millrace/topologies/partition"
 )
 
 // Metadata keys the subscriber sets on the messages it releases.
@@ -44,9 +46,12 @@ type Config struct {
 	// Group is the consumer group the subscriber reads through; every
 	// process with the same Group shares the work. Default "millrace".
 	Group string
-	// Consumer names this process in the group. Keep it stable across
-	// restarts (e.g. a pod name) so that a restarted process reads back
-	// its own pending entries at once. Default "<hostname>-<pid>".
+	// Consumer names this process in the group and, with Partitions,
+	// among the workers that lease the partitions; two live processes
+	// must not share it. Keep it stable across restarts (e.g. a pod name)
+	// so that a restarted process reads back its own pending entries, or
+	// retakes its partitions, at once. Default "<hostname>-<pid>", and
+	// with Partitions a random suffix too (see NewSubscriber).
 	Consumer string
 	// MaxLen caps each stream, approximately (XADD MAXLEN ~). 0: no cap.
 	MaxLen int64
@@ -68,6 +73,17 @@ type Config struct {
 	// DrainTimeout bounds how long Close waits for released messages to
 	// settle before it cancels their contexts. Default 30s.
 	DrainTimeout time.Duration
+	// Partitions, when > 0, splits each topic into that many streams by
+	// ordering key (PartitionStream), each read by one subscriber at a
+	// time (package partition), so that the events of one key stay in
+	// order across several worker processes. Every process of one topic
+	// must use the same value. 0: one stream that every subscriber of
+	// the group shares.
+	Partitions int
+	// PartitionTTL is how long a partition's lease lasts without
+	// renewal: the time a dead worker's partitions wait before another
+	// takes them over. Default 10s.
+	PartitionTTL time.Duration
 }
 
 // SetDefaults fills the zero fields with their defaults.
@@ -96,6 +112,9 @@ func (c *Config) SetDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
 	}
+	if c.PartitionTTL <= 0 {
+		c.PartitionTTL = 10 * time.Second
+	}
 }
 
 // DefaultConsumer is "<hostname>-<pid>".
@@ -109,6 +128,37 @@ func DefaultConsumer() string {
 
 // Stream returns the stream name of topic.
 func (c Config) Stream(topic string) string { return c.Prefix + topic }
+
+// PartitionStream returns the stream that holds the messages of topic
+// with ordering key key: Stream(topic) when Partitions is 0, else the
+// stream of key's partition, Stream(topic)+":p<k>".
+func (c Config) PartitionStream(topic, key string) string {
+	if c.Partitions <= 0 {
+		return c.Stream(topic)
+	}
+	return c.partitionStream(topic, partition.Of(key, c.Partitions))
+}
+
+func (c Config) partitionStream(topic string, p int) string {
+	return c.Stream(topic) + ":p" + strconv.Itoa(p)
+}
+
+// leasePrefix starts the keys of the partition leases of topic for the
+// group: each group spreads the partitions over its own workers.
+func (c Config) leasePrefix(topic string) string {
+	return c.Stream(topic) + ":leases:" + c.Group + ":"
+}
+
+// streamOf is the stream msg is appended to: its partition's, by its
+// ordering key, or by its UUID when it has none (such messages have no
+// order to keep, so they spread over the partitions).
+func (c Config) streamOf(topic string, msg *message.Message) string {
+	key := msg.Metadata.Get(jetstream.KeyMetadata)
+	if key == "" {
+		key = msg.UUID
+	}
+	return c.PartitionStream(topic, key)
+}
 
 // entryValues encodes msg as the field/value list of one XADD.
 func entryValues(msg *message.Message) []any {

@@ -10,11 +10,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/lanes"
+	"github.com/millrace/millrace/topologies/partition"
 )
 
 const (
@@ -45,7 +47,7 @@ type Subscriber struct {
 
 	mu     sync.Mutex
 	closed bool
-	subs   []*subscription
+	stops  []func() // one per Subscribe, each safe to call twice
 }
 
 var (
@@ -58,8 +60,15 @@ var (
 // (left by an earlier run); a name must then be used by one subscription
 // of a stream at a time. With the default name, which changes with every
 // process, such entries come back through claiming after ClaimIdle.
+//
+// With cfg.Partitions the default name also gets a random suffix: the
+// name is the subscriber's lease member, and two subscribers of one
+// process (tests, tools) must lease as two workers.
 func NewSubscriber(client redis.UniversalClient, cfg Config, logger *slog.Logger) *Subscriber {
 	readBack := cfg.Consumer != ""
+	if cfg.Consumer == "" && cfg.Partitions > 0 {
+		cfg.Consumer = DefaultConsumer() + "-" + watermill.NewShortUUID()[:8]
+	}
 	cfg.SetDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -70,11 +79,32 @@ func NewSubscriber(client redis.UniversalClient, cfg Config, logger *slog.Logger
 // Config returns the subscriber's config, defaults filled.
 func (s *Subscriber) Config() Config { return s.cfg }
 
-// SubscribeInitialize creates topic's stream and consumer group.
+// SubscribeInitialize creates topic's stream and consumer group, or
+// every partition's with Config.Partitions.
 func (s *Subscriber) SubscribeInitialize(topic string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	return ensureGroup(ctx, s.client, s.cfg.Stream(topic), s.cfg.Group)
+	return s.ensureGroups(ctx, topic)
+}
+
+// ensureGroups creates the group on topic's stream, or on each of its
+// partitions' streams in one pipeline.
+func (s *Subscriber) ensureGroups(ctx context.Context, topic string) error {
+	if s.cfg.Partitions <= 0 {
+		return ensureGroup(ctx, s.client, s.cfg.Stream(topic), s.cfg.Group)
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.StatusCmd, s.cfg.Partitions)
+	for p := range cmds {
+		cmds[p] = pipe.XGroupCreateMkStream(ctx, s.cfg.partitionStream(topic, p), s.cfg.Group, "0")
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for p, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+			return fmt.Errorf("redisbus: create group %s on %s: %w", s.cfg.Group, s.cfg.partitionStream(topic, p), err)
+		}
+	}
+	return nil
 }
 
 // ensureGroup creates the group at the start of the stream (a new group
@@ -88,12 +118,15 @@ func ensureGroup(ctx context.Context, client redis.UniversalClient, stream, grou
 }
 
 // Subscribe starts consuming topic: its own pending entries first (see
-// NewSubscriber), then new ones.
+// NewSubscriber), then new ones. With Config.Partitions it consumes the
+// partitions this subscriber leases instead (see subscribePartitions).
 // The channel closes after ctx ends or Close is called and every released
 // message has settled (or DrainTimeout passed).
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	stream := s.cfg.Stream(topic)
-	if err := ensureGroup(ctx, s.client, stream, s.cfg.Group); err != nil {
+	// With partitions, every subscription ensures its partition's group
+	// again when it starts (Redis may have lost it since); this checks
+	// that Redis answers, as without.
+	if err := s.ensureGroups(ctx, topic); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -101,43 +134,104 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.closed {
 		return nil, errors.New("redisbus: subscriber closed")
 	}
-	sub := s.start(ctx, stream)
-	s.subs = append(s.subs, sub)
+	var (
+		out     <-chan *message.Message
+		stop    func()
+		stopped <-chan struct{}
+	)
+	if s.cfg.Partitions > 0 {
+		out, stop, stopped = s.subscribePartitions(ctx, topic)
+	} else {
+		sub := s.start(ctx, s.cfg.Stream(topic), nil, nil, false)
+		out, stop, stopped = sub.out, sub.stop, sub.stopped
+	}
+	s.stops = append(s.stops, stop)
 	go func() {
 		select {
 		case <-ctx.Done():
-			sub.stop()
-		case <-sub.stopped:
+			stop()
+		case <-stopped:
 		}
 	}()
-	return sub.out, nil
+	return out, nil
+}
+
+// subscribePartitions consumes the partitions of topic that this
+// subscriber leases (package partition, leases in Redis, Consumer as the
+// member name), each with a subscription of its own on its stream, into
+// one channel. The subscriptions share MaxInFlight. A subscription that
+// starts on a partition first takes over every entry pending in the
+// group on its stream, whichever consumer holds it, and releases them
+// in ID order before it reads new entries: what the partition's previous
+// owner left unacked runs before the later events of its keys.
+//
+// The returned stop ends the leasing, which stops every partition (their
+// released messages settle, their acks are sent) and releases the
+// leases; stopped is closed after it, and after the channel.
+func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out <-chan *message.Message, stop func(), stopped <-chan struct{}) {
+	base := context.WithoutCancel(ctx)
+	ch := make(chan *message.Message)
+	slots := make(chan struct{}, s.cfg.MaxInFlight)
+	consume := func(p int) (func(), error) {
+		stream := s.cfg.partitionStream(topic, p)
+		gctx, cancel := context.WithTimeout(base, opTimeout)
+		err := ensureGroup(gctx, s.client, stream, s.cfg.Group)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		return s.start(ctx, stream, ch, slots, true).stop, nil
+	}
+	rctx, cancel := context.WithCancel(base)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		partition.Run(rctx, partition.NewRedisLeases(s.client, s.cfg.leasePrefix(topic)), partition.Config{
+			Partitions: s.cfg.Partitions,
+			Member:     s.cfg.Consumer,
+			TTL:        s.cfg.PartitionTTL,
+			Logger:     s.logger.With("stream", s.cfg.Stream(topic), "group", s.cfg.Group, "consumer", s.cfg.Consumer),
+		}, consume)
+		// Run returns after every partition's stop returned: no
+		// subscription sends on ch any more.
+		close(ch)
+	}()
+	return ch, func() { cancel(); <-done }, done
 }
 
 // Close stops every subscription; released messages get DrainTimeout to
 // settle, the others stay pending in the group.
 func (s *Subscriber) Close() error {
 	s.mu.Lock()
-	subs := s.subs
-	s.subs, s.closed = nil, true
+	stops := s.stops
+	s.stops, s.closed = nil, true
 	s.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, sub := range subs {
-		wg.Go(sub.stop)
+	for _, stop := range stops {
+		wg.Go(stop)
 	}
 	wg.Wait()
 	return nil
 }
 
-// subscription is one topic's consumption. Its goroutines: the reader
-// (XREADGROUP), the toucher (XCLAIM of held entries), the claimer
-// (XAUTOCLAIM of idle ones), the forwarder (lanes → out), the acker
-// (batched XACK), and the lanes.
+// subscription is one stream's consumption: a topic's, or one
+// partition's. Its goroutines: the reader (XREADGROUP), the toucher
+// (XCLAIM of held entries), the claimer (XAUTOCLAIM of idle ones), the
+// forwarder (lanes → out), the acker (batched XACK), and the lanes.
 type subscription struct {
 	client   redis.UniversalClient
 	cfg      Config
 	stream   string
 	logger   *slog.Logger
 	readBack bool
+	// takeOver: the subscriber owns the stream alone (a leased
+	// partition). It first claims every entry pending in the group, and
+	// lets a read in progress finish when it stops rather than cutting
+	// it (see readGroup).
+	takeOver bool
+	// ownOut: out is this subscription's, closed by forward; otherwise
+	// it is shared by the partitions and closed by their owner.
+	ownOut bool
 
 	lanes *lanes.Lanes
 	// lctx is the parent of message contexts: it ends DrainTimeout
@@ -148,8 +242,13 @@ type subscription struct {
 	out              chan *message.Message
 	acks             chan string
 	// slots bounds the local redeliveries in flight, which lanes do not
-	// count (they run while the lane of their key waits).
+	// count (they run while the lane of their key waits). Partitions
+	// share one with their lanes, so MaxInFlight bounds them all.
 	slots chan struct{}
+	// caughtUp is closed once the entries pending before the start were
+	// queued (read back or taken over): the claimer waits for it, so that
+	// it does not queue a later pending entry ahead of an earlier one.
+	caughtUp chan struct{}
 
 	heldMu sync.Mutex
 	held   map[string]struct{} // entries released or queued, not yet acked or given up
@@ -161,28 +260,41 @@ type subscription struct {
 	stopped   chan struct{}
 }
 
-func (s *Subscriber) start(ctx context.Context, stream string) *subscription {
+// start starts consuming stream. out and slots, when set, are shared
+// with other subscriptions (the partitions of one Subscribe); takeOver:
+// see subscription.
+func (s *Subscriber) start(ctx context.Context, stream string, out chan *message.Message, slots chan struct{}, takeOver bool) *subscription {
 	base := context.WithoutCancel(ctx)
 	sub := &subscription{
 		client:    s.client,
 		cfg:       s.cfg,
 		stream:    stream,
-		readBack:  s.readBack,
+		readBack:  s.readBack && !takeOver,
+		takeOver:  takeOver,
+		ownOut:    out == nil,
 		logger:    s.logger.With("stream", stream, "group", s.cfg.Group, "consumer", s.cfg.Consumer),
 		stopping:  make(chan struct{}),
-		out:       make(chan *message.Message),
+		out:       out,
 		acks:      make(chan string, 4*ackBatch),
-		slots:     make(chan struct{}, s.cfg.MaxInFlight),
+		slots:     slots,
+		caughtUp:  make(chan struct{}),
 		held:      map[string]struct{}{},
 		forwarded: make(chan struct{}),
 		ackDone:   make(chan struct{}),
 		stopped:   make(chan struct{}),
+	}
+	if sub.ownOut {
+		sub.out = make(chan *message.Message)
+	}
+	if sub.slots == nil {
+		sub.slots = make(chan struct{}, s.cfg.MaxInFlight)
 	}
 	sub.lctx, sub.cancelL = context.WithCancel(base)
 	sub.rctx, sub.cancelR = context.WithCancel(base)
 	sub.lanes = lanes.New(sub.lctx, lanes.Options{
 		MaxInFlight: s.cfg.MaxInFlight,
 		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
+		Slots:       slots,
 	})
 	sub.loops.Add(3)
 	go sub.read()
@@ -220,9 +332,13 @@ func (sub *subscription) isStopping() bool {
 	}
 }
 
-// read releases this consumer's own pending entries, then new ones.
+// read releases the entries pending before the start (this consumer's
+// own, or with takeOver every consumer's), then new ones.
 func (sub *subscription) read() {
 	defer sub.loops.Done()
+	if sub.takeOver && !sub.takeOverPending() {
+		return
+	}
 	last := "0"
 	for sub.readBack {
 		entries, ok := sub.readGroup(last, -1)
@@ -237,6 +353,7 @@ func (sub *subscription) read() {
 		}
 		last = entries[len(entries)-1].ID
 	}
+	close(sub.caughtUp)
 	for {
 		entries, ok := sub.readGroup(">", sub.cfg.Block)
 		if !ok {
@@ -250,16 +367,30 @@ func (sub *subscription) read() {
 
 // readGroup runs one XREADGROUP from id, retrying on errors (a lost
 // group is recreated) until it succeeds or the subscription stops.
+//
+// With takeOver a read in progress is not cut when the subscription
+// stops but runs to its end (Block at most): cut, Redis may still hand it
+// entries, which would then be pending on this consumer after the next
+// owner of the partition took over, unseen by it. Ended, the entries it
+// returns stay pending here before the lease is released, and the next
+// owner takes them over.
 func (sub *subscription) readGroup(id string, block time.Duration) ([]redis.XMessage, bool) {
 	backoff := 100 * time.Millisecond
 	for {
-		res, err := sub.client.XReadGroup(sub.rctx, &redis.XReadGroupArgs{
+		callCtx, cancel := sub.rctx, context.CancelFunc(func() {})
+		if sub.takeOver {
+			// lctx ends only after the reader returned (stop waits for
+			// it); the timeout bounds a stop while Redis does not answer.
+			callCtx, cancel = context.WithTimeout(sub.lctx, max(block, 0)+opTimeout)
+		}
+		res, err := sub.client.XReadGroup(callCtx, &redis.XReadGroupArgs{
 			Group:    sub.cfg.Group,
 			Consumer: sub.cfg.Consumer,
 			Streams:  []string{sub.stream, id},
 			Count:    sub.cfg.Batch,
 			Block:    block,
 		}).Result()
+		cancel()
 		if sub.rctx.Err() != nil {
 			// Entries returned now stay pending on this consumer.
 			return nil, false
@@ -437,7 +568,9 @@ func (sub *subscription) release(m *message.Message) (acked, nacked bool) {
 // so no redelivery sends on it later.
 func (sub *subscription) forward() {
 	defer close(sub.forwarded)
-	defer close(sub.out)
+	if sub.ownOut {
+		defer close(sub.out)
+	}
 	for m := range sub.lanes.Out() {
 		select {
 		case sub.out <- m:
@@ -527,8 +660,20 @@ func (sub *subscription) keepTouched() {
 
 // claimIdle claims entries idle on other consumers, and now and then
 // prunes the group's stale consumers.
+//
+// On a partition (takeOver) nobody else reads the stream, so after the
+// take-over a sweep finds nothing, and it costs one XAUTOCLAIM per
+// ClaimInterval. It is kept as a safety net: a worker that stalled past
+// its lease (a long pause) may still read entries after the new owner
+// took over, and they would otherwise wait for the partition's next
+// change of owner.
 func (sub *subscription) claimIdle() {
 	defer sub.loops.Done()
+	select {
+	case <-sub.caughtUp:
+	case <-sub.rctx.Done():
+		return
+	}
 	claim := time.NewTicker(sub.cfg.ClaimInterval)
 	defer claim.Stop()
 	prune := time.NewTicker(pruneEvery)
@@ -599,6 +744,60 @@ func (sub *subscription) touch() {
 	if _, err := pipe.Exec(ctx); err != nil && sub.rctx.Err() == nil {
 		sub.logger.Warn("redisbus: touching held entries failed; another consumer may claim them", "entries", len(ids), "err", err)
 	}
+}
+
+// takeOverPending claims every entry pending in the group on the stream,
+// whichever consumer holds it (XAUTOCLAIM, min-idle 0, from 0-0), and
+// queues them in ID order. It retries until it went through the whole
+// pending list, so that no new entry is read before an older one it
+// missed, and reports false when the subscription stops first (what it
+// claimed stays pending on this consumer, for the next owner).
+func (sub *subscription) takeOverPending() bool {
+	start, taken := "0-0", 0
+	backoff := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
+		msgs, next, err := sub.client.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: sub.stream, Group: sub.cfg.Group, Consumer: sub.cfg.Consumer,
+			MinIdle: 0, Start: start, Count: sub.cfg.Batch,
+		}).Result()
+		cancel()
+		if sub.rctx.Err() != nil {
+			return false
+		}
+		if err != nil {
+			if isNoGroup(err) {
+				// Nothing can be pending in a group that is gone.
+				ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
+				err = ensureGroup(ctx, sub.client, sub.stream, sub.cfg.Group)
+				cancel()
+				if err == nil {
+					break
+				}
+			}
+			sub.logger.Warn("redisbus: taking over pending entries failed; retrying", "err", err, "in", backoff.String())
+			select {
+			case <-time.After(backoff):
+			case <-sub.rctx.Done():
+				return false
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		fresh := sub.hold(msgs)
+		taken += len(fresh)
+		if !sub.pushAll(fresh, 0) {
+			return false
+		}
+		if next == "0-0" || next == "" {
+			break
+		}
+		start = next
+	}
+	if taken > 0 {
+		sub.logger.Info("redisbus: took over the entries pending on the partition", "entries", taken)
+	}
+	return true
 }
 
 // claim takes over entries idle longer than ClaimIdle, on any consumer

@@ -465,16 +465,27 @@ func TestNATSOneBridgeThreeWorkers(t *testing.T) {
 	bridge.stop(t)
 }
 
-// TestNATSPartitionedWorkersKeepEntityOrder: with nats.partitions set,
-// three workers share the events, an entity's events run in commit order
-// whichever workers run them, and when a worker is killed the others
-// take its partitions over and nothing is lost.
-func TestNATSPartitionedWorkersKeepEntityOrder(t *testing.T) {
-	t.Parallel()
-	db := newDatabase(t, "orders")
-	cfg := exampleCopy(t, "nats", db.schema)
-	env := append(append(natsEnv(t), redisEnv(t)...), "ORDERS_DB_URL="+db.url,
-		"MILLRACE_NATS__PARTITION_TTL=2s") // partitions = 12 in the example
+// TestPartitionedWorkersKeepEntityOrder: with partitions set (12 in the
+// nats and redis examples), three workers share the events, an entity's
+// events run in commit order whichever workers run them, and when a
+// worker is killed the others take its partitions over and nothing is
+// lost.
+func TestPartitionedWorkersKeepEntityOrder(t *testing.T) {
+	t.Run("nats", func(t *testing.T) {
+		t.Parallel()
+		db := newDatabase(t, "orders")
+		env := append(append(natsEnv(t), redisEnv(t)...), "ORDERS_DB_URL="+db.url, "MILLRACE_NATS__PARTITION_TTL=2s")
+		partitionedWorkers(t, db, exampleCopy(t, "nats", db.schema), env)
+	})
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		db := newDatabase(t, "orders")
+		env := append(redisEnv(t), "ORDERS_DB_URL="+db.url, "MILLRACE_REDIS__PARTITION_TTL=2s")
+		partitionedWorkers(t, db, exampleCopy(t, "redis", db.schema), env)
+	})
+}
+
+func partitionedWorkers(t *testing.T, db database, cfg string, env []string) {
 	bridge := start(t, "bridge", cfg, env, "--role", "capture")
 	var workers []*proc
 	for i := range 3 {

@@ -288,6 +288,7 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 		// A name that survives restarts gets a restarted worker its
 		// pending entries back at once.
 		set("redis", "consumer", "worker")
+		set("redis", "partition_ttl", "2s")
 	}
 
 	observers := map[string]any{}

@@ -25,8 +25,8 @@ func NewRedisLeases(client redis.UniversalClient, prefix string) *RedisLeases {
 	return &RedisLeases{client: client, prefix: prefix}
 }
 
-// join adds ARGV[1] to the members set KEYS[1] until ARGV[2] (ms, the
-// server's clock) + ARGV[3], drops the expired ones and returns the rest.
+// join adds ARGV[1] to the members set KEYS[1] until ARGV[2] ms from
+// now (the server's clock), drops the expired ones and returns the rest.
 var join = redis.NewScript(`
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)

@@ -173,14 +173,34 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 	ch := make(chan *message.Message)
 	slots := make(chan struct{}, s.cfg.MaxInFlight)
 	consume := func(p int) (func(), error) {
-		stream := s.cfg.partitionStream(topic, p)
-		gctx, cancel := context.WithTimeout(base, opTimeout)
-		err := ensureGroup(gctx, s.client, stream, s.cfg.Group)
-		cancel()
-		if err != nil {
-			return nil, err
+		streams := []string{s.cfg.partitionStream(topic, p)}
+		if p == 0 {
+			// The owner of partition 0 also reads the topic's
+			// unpartitioned stream: what was written there before
+			// partitions were turned on, or by a producer that writes
+			// around millrace, is delivered rather than stranded.
+			streams = append(streams, s.cfg.Stream(topic))
 		}
-		return s.start(ctx, stream, ch, slots, true).stop, nil
+		var subs []*subscription
+		for _, stream := range streams {
+			gctx, cancel := context.WithTimeout(base, opTimeout)
+			err := ensureGroup(gctx, s.client, stream, s.cfg.Group)
+			cancel()
+			if err != nil {
+				for _, sub := range subs {
+					sub.stop()
+				}
+				return nil, err
+			}
+			subs = append(subs, s.start(ctx, stream, ch, slots, true))
+		}
+		return func() {
+			var wg sync.WaitGroup
+			for _, sub := range subs {
+				wg.Go(sub.stop)
+			}
+			wg.Wait()
+		}, nil
 	}
 	rctx, cancel := context.WithCancel(base)
 	done := make(chan struct{})

@@ -152,12 +152,21 @@ func (l *Lanes) drain(key string) {
 // releaseUntilAcked releases it, and again after each nack when
 // Redeliver is set; it reports whether a copy was acked.
 func (l *Lanes) releaseUntilAcked(it item) bool {
+	// One ticker for the item's whole stay, across its redeliveries:
+	// waits shorter than TouchEvery must not each start a fresh period,
+	// or a message nacked again and again would never be touched.
+	var tick <-chan time.Time
+	if l.touch > 0 && it.touch != nil {
+		t := time.NewTicker(l.touch)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
-		acked := l.release(it)
+		acked := l.release(it, tick)
 		if acked || l.redeliver == nil || !nacked(it.msg) {
 			return acked
 		}
-		if !l.wait(it, l.redeliver(it.msg)) {
+		if !l.wait(it, l.redeliver(it.msg), tick) {
 			return false
 		}
 		c := message.NewMessageWithContext(it.msg.Context(), it.msg.UUID, it.msg.Payload)
@@ -171,15 +180,9 @@ func (l *Lanes) releaseUntilAcked(it item) bool {
 // wait sleeps d before a redelivery, touching it as if it were in
 // flight (the bus must not redeliver it meanwhile); false when the lanes
 // stop first.
-func (l *Lanes) wait(it item, d time.Duration) bool {
+func (l *Lanes) wait(it item, d time.Duration, tick <-chan time.Time) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	var tick <-chan time.Time
-	if l.touch > 0 && it.touch != nil {
-		tk := time.NewTicker(l.touch)
-		defer tk.Stop()
-		tick = tk.C
-	}
 	for {
 		select {
 		case <-t.C:
@@ -203,7 +206,7 @@ func nacked(m *message.Message) bool {
 	}
 }
 
-func (l *Lanes) release(it item) bool {
+func (l *Lanes) release(it item, tick <-chan time.Time) bool {
 	select {
 	case <-l.draining:
 		return false
@@ -223,12 +226,6 @@ func (l *Lanes) release(it item) bool {
 		return false
 	case <-l.ctx.Done():
 		return false
-	}
-	var tick <-chan time.Time
-	if l.touch > 0 && it.touch != nil {
-		t := time.NewTicker(l.touch)
-		defer t.Stop()
-		tick = t.C
 	}
 	for {
 		select {

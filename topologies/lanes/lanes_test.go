@@ -214,3 +214,34 @@ func lastIndex(s []string, v string) int {
 	}
 	return -1
 }
+
+// TestTouchWhileNackedAgainAndAgain: a message nacked again and again,
+// with redelivery delays shorter than TouchEvery, is still touched every
+// TouchEvery, so that the bus does not redeliver it behind our back.
+func TestTouchWhileNackedAgainAndAgain(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1, TouchEvery: 50 * time.Millisecond,
+		Redeliver: func(*message.Message) time.Duration { return 15 * time.Millisecond }})
+	var touches atomic.Int32
+	settled := make(chan bool, 1)
+	l.Push("k", message.NewMessage("1", nil), func(acked bool) { settled <- acked }, func() { touches.Add(1) })
+	deadline := time.After(500 * time.Millisecond)
+	for done := false; !done; {
+		select {
+		case m := <-l.Out():
+			m.Nack()
+		case <-deadline:
+			done = true
+		}
+	}
+	m := <-l.Out()
+	m.Ack()
+	if !<-settled {
+		t.Fatal("settled as not acked")
+	}
+	// 500 ms at one touch per 50 ms: about 10.
+	if n := touches.Load(); n < 5 {
+		t.Fatalf("%d touches in 500 ms of nacks; want one per 50 ms", n)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -53,14 +54,26 @@ func (c PostgresStoreConfig) Validate() error {
 // table with a unique key and an expiry, shared by every process that
 // uses the same table (the postgres topology). The server's clock
 // decides expiry, so processes need not agree on the time. Run Migrate
-// once before use; Close stops the janitor. It does not own the pool.
+// once before use; Close stops the janitor and the batching. It does
+// not own the pool.
+//
+// Concurrent calls share round trips: the calls that arrive while a
+// batch is on the wire go out together in the next one (see batcher),
+// as one set-based statement per kind of call, all in one pgx batch.
+// Each call keeps its own answer; when the server refuses a batch, its
+// calls are sent again one by one, so that only the call at fault fails.
 type PostgresStore struct {
 	pool   *pgxpool.Pool
 	cfg    PostgresStoreConfig
 	table  string // quoted
 	logger *slog.Logger
+	b      *batcher[*pgCall]
 
-	sql struct{ reserve, extend, commit, release, lookup, store, sweep string }
+	sql struct {
+		reserve, extend, commit, release, lookup, store, sweep string
+		// The set-based forms, one statement for many keys.
+		reserveMany, commitMany, storeMany, lookupMany string
+	}
 
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -115,6 +128,39 @@ WHERE l.done OR l.owner = $2 OR l.expires_at <= now()`
 VALUES ($1, '', true, now() + $2 * interval '1 millisecond')
 ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at`
 	s.sql.sweep = `DELETE FROM ` + t + ` WHERE ctid IN (SELECT ctid FROM ` + t + ` WHERE expires_at <= now() LIMIT 10000)`
+
+	// The set-based forms take one array per parameter and never see a
+	// key twice (see pgRounds), since one statement cannot upsert a row
+	// twice. Each statement locks its keys in order, so that two batches
+	// sharing keys rarely deadlock (and when they do, exec sends their
+	// calls again one by one). Rows are read by a scalar subquery on the
+	// key, which the planner cannot turn into a join: a plan for a join
+	// or a key = ANY scan, cached while the table was small, may scan the
+	// whole table once it has grown.
+	s.sql.reserveMany = `WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS i(key, owner, ms)),
+claim AS (
+  INSERT INTO ` + t + ` AS l (key, owner, done, expires_at)
+  SELECT key, owner, false, now() + ms * interval '1 millisecond' FROM i ORDER BY key
+  ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, done = false, expires_at = EXCLUDED.expires_at
+  WHERE l.expires_at <= now()
+  RETURNING l.key
+)
+SELECT i.key, i.key IN (SELECT key FROM claim),
+  (SELECT o.done FROM ` + t + ` o WHERE o.key = i.key AND o.expires_at > now())
+FROM i`
+	s.sql.commitMany = `WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS i(key, owner, ms))
+INSERT INTO ` + t + ` AS l (key, owner, done, expires_at)
+SELECT key, '', true, now() + ms * interval '1 millisecond' FROM i ORDER BY key
+ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at
+WHERE l.done OR l.expires_at <= now() OR l.owner = (SELECT i.owner FROM i WHERE i.key = l.key)
+RETURNING l.key`
+	s.sql.storeMany = `INSERT INTO ` + t + ` (key, owner, done, expires_at)
+SELECT key, '', true, now() + ms * interval '1 millisecond'
+FROM unnest($1::text[], $2::int8[]) AS i(key, ms) ORDER BY key
+ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at`
+	s.sql.lookupMany = `SELECT i.key FROM unnest($1::text[]) AS i(key)
+WHERE (SELECT l.done AND l.expires_at > now() FROM ` + t + ` l WHERE l.key = i.key)`
+	s.b = newBatcher(pgWorkers, pgMaxBatch, s.exec)
 	return s, nil
 }
 
@@ -161,8 +207,11 @@ func (s *PostgresStore) janitor() {
 	}
 }
 
-// Close stops the janitor. It is safe to call twice, and before Migrate.
+// Close fails the calls still waiting with ErrStoreClosed, cancels the
+// batches on the wire and stops the janitor; later calls fail at once.
+// It is safe to call twice, and before Migrate.
 func (s *PostgresStore) Close() error {
+	s.b.close()
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.startOnce.Do(func() { close(s.done) })
 	<-s.done
@@ -186,18 +235,283 @@ func scanReservation(row pgx.Row) (Reservation, error) {
 	return InFlight, nil
 }
 
+// Batching: two batches in flight keep the server busy while the next
+// one fills, on two of the pool's connections.
+const (
+	pgWorkers  = 2
+	pgMaxBatch = 256
+)
+
+type pgOp uint8
+
+const (
+	pgOpReserve pgOp = iota + 1 // with a lookup when keys is set
+	pgOpCommit
+	pgOpStore
+	pgOpExtend
+	pgOpRelease
+	pgOpLookup
+)
+
+// pgCall is one call in a batch, with its answers: a reserve's in res,
+// resErr, hits and hitsErr, the others' in ok and call.err.
+type pgCall struct {
+	call
+	op    pgOp
+	key   string
+	owner string
+	ms    int64
+	keys  []string
+
+	res     Reservation
+	resErr  error
+	hits    []bool
+	hitsErr error
+	ok      bool // extend and commit: the row was ours
+}
+
+// fail answers c with err for each of its halves.
+func (c *pgCall) fail(err error) {
+	if c.op == pgOpReserve {
+		c.resErr = fmt.Errorf("postgres store: reserve: %w", err)
+		if len(c.keys) > 0 {
+			c.hitsErr = fmt.Errorf("postgres store: lookup: %w", err)
+		}
+		return
+	}
+	c.err = err
+}
+
+// exec sends a batch. A batch is one transaction: when the server
+// refuses a statement, nothing of it took effect, and its calls are sent
+// again one by one, so that a bad call or a deadlock with another batch
+// fails only the call at fault.
+func (s *PostgresStore) exec(ctx context.Context, batch []*pgCall) {
+	err := s.execSet(ctx, batch)
+	if err == nil {
+		return
+	}
+	var pgErr *pgconn.PgError
+	if len(batch) > 1 && errors.As(err, &pgErr) {
+		for _, c := range batch {
+			// Forget what the rolled-back batch answered.
+			c.res, c.resErr, c.hits, c.hitsErr, c.ok = 0, nil, nil, nil, false
+			if err := c.ctx.Err(); err != nil {
+				c.fail(err)
+				continue
+			}
+			// Until this caller gives up, or the store closes.
+			cctx, cancel := context.WithCancel(c.ctx)
+			stop := context.AfterFunc(ctx, cancel)
+			s.execOne(cctx, c)
+			stop()
+			cancel()
+		}
+		return
+	}
+	for _, c := range batch {
+		c.fail(err)
+	}
+}
+
+// pgGroup is the calls of one kind in one round, as the arrays of a
+// set-based statement.
+type pgGroup struct {
+	keys, owners []string
+	ms           []int64
+	calls        map[string]*pgCall
+}
+
+func (g *pgGroup) add(c *pgCall) {
+	if g.calls == nil {
+		g.calls = map[string]*pgCall{}
+	}
+	g.keys, g.owners, g.ms = append(g.keys, c.key), append(g.owners, c.owner), append(g.ms, c.ms)
+	g.calls[c.key] = c
+}
+
+// pgRound holds the reserves, commits and stores of one set-based round.
+type pgRound struct{ reserve, commit, store pgGroup }
+
+// pgRounds splits the reserves, commits and stores into rounds in which
+// no key comes twice; the calls of one batch are concurrent, so any
+// order among them is one their callers could have seen.
+func pgRounds(batch []*pgCall) []pgRound {
+	var rounds []pgRound
+	var seen []map[string]bool
+	for _, c := range batch {
+		if c.op != pgOpReserve && c.op != pgOpCommit && c.op != pgOpStore {
+			continue
+		}
+		r := 0
+		for r < len(rounds) && seen[r][c.key] {
+			r++
+		}
+		if r == len(rounds) {
+			rounds = append(rounds, pgRound{})
+			seen = append(seen, map[string]bool{})
+		}
+		seen[r][c.key] = true
+		switch c.op {
+		case pgOpReserve:
+			rounds[r].reserve.add(c)
+		case pgOpCommit:
+			rounds[r].commit.add(c)
+		default:
+			rounds[r].store.add(c)
+		}
+	}
+	return rounds
+}
+
+// execSet sends the batch in one pgx batch: one set-based statement per
+// kind and round for the reserves, commits and stores, one lookup for
+// every key looked up, and the extends and releases, which are rare, as
+// they are.
+func (s *PostgresStore) execSet(ctx context.Context, batch []*pgCall) error {
+	b := &pgx.Batch{}
+	for _, r := range pgRounds(batch) {
+		if g := r.reserve; g.calls != nil {
+			b.Queue(s.sql.reserveMany, g.keys, g.owners, g.ms).Query(func(rows pgx.Rows) error {
+				var key string
+				var claimed bool
+				var done *bool
+				_, err := pgx.ForEachRow(rows, []any{&key, &claimed, &done}, func() error {
+					c := g.calls[key]
+					switch {
+					case c == nil:
+						return fmt.Errorf("reserve: answer for an unknown key %q", key)
+					case claimed:
+						c.res = Claimed
+					case done != nil && *done:
+						c.res = Done
+					default:
+						c.res = InFlight
+					}
+					return nil
+				})
+				return err
+			})
+		}
+		if g := r.commit; g.calls != nil {
+			b.Queue(s.sql.commitMany, g.keys, g.owners, g.ms).Query(func(rows pgx.Rows) error {
+				var key string
+				_, err := pgx.ForEachRow(rows, []any{&key}, func() error {
+					if c := g.calls[key]; c != nil {
+						c.ok = true
+					}
+					return nil
+				})
+				return err
+			})
+		}
+		if g := r.store; g.calls != nil {
+			b.Queue(s.sql.storeMany, g.keys, g.ms)
+		}
+	}
+	var lookup []string
+	for _, c := range batch {
+		switch c.op {
+		case pgOpExtend:
+			b.Queue(s.sql.extend, c.key, c.owner, c.ms).Exec(func(tag pgconn.CommandTag) error {
+				c.ok = tag.RowsAffected() > 0
+				return nil
+			})
+		case pgOpRelease:
+			b.Queue(s.sql.release, c.key, c.owner)
+		case pgOpReserve, pgOpLookup:
+			lookup = append(lookup, c.keys...)
+		}
+	}
+	var found map[string]bool
+	if len(lookup) > 0 {
+		b.Queue(s.sql.lookupMany, lookup).Query(func(rows pgx.Rows) error {
+			keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			found = make(map[string]bool, len(keys))
+			for _, k := range keys {
+				found[k] = true
+			}
+			return err
+		})
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	for _, c := range batch {
+		if c.op == pgOpReserve && c.res == 0 {
+			c.resErr = errors.New("postgres store: reserve: no answer for the key")
+		}
+		if len(c.keys) > 0 && (c.op == pgOpReserve || c.op == pgOpLookup) {
+			c.hits = make([]bool, len(c.keys))
+			for i, k := range c.keys {
+				c.hits[i] = found[k]
+			}
+		}
+	}
+	return nil
+}
+
+// execOne sends one call with its own statements.
+func (s *PostgresStore) execOne(ctx context.Context, c *pgCall) {
+	switch c.op {
+	case pgOpReserve:
+		b := &pgx.Batch{}
+		b.Queue(s.sql.reserve, c.key, c.owner, c.ms).QueryRow(func(row pgx.Row) error {
+			c.res, c.resErr = scanReservation(row)
+			return nil
+		})
+		if len(c.keys) > 0 {
+			b.Queue(s.sql.lookup, c.keys).Query(func(rows pgx.Rows) error {
+				c.hits, c.hitsErr = collectHits(rows, c.keys)
+				return nil
+			})
+		}
+		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+			// The batch did not reach the server, or a callback did not run.
+			if c.res == 0 && c.resErr == nil {
+				c.resErr = fmt.Errorf("postgres store: reserve: %w", err)
+			}
+			if len(c.keys) > 0 && c.hits == nil && c.hitsErr == nil {
+				c.hitsErr = fmt.Errorf("postgres store: lookup: %w", err)
+			}
+		}
+	case pgOpLookup:
+		rows, err := s.pool.Query(ctx, s.sql.lookup, c.keys)
+		if err != nil {
+			c.err = err
+			return
+		}
+		c.hits, c.err = collectHits(rows, c.keys)
+	case pgOpCommit, pgOpExtend:
+		sql := s.sql.commit
+		if c.op == pgOpExtend {
+			sql = s.sql.extend
+		}
+		tag, err := s.pool.Exec(ctx, sql, c.key, c.owner, c.ms)
+		c.ok, c.err = err == nil && tag.RowsAffected() > 0, err
+	case pgOpStore:
+		_, c.err = s.pool.Exec(ctx, s.sql.store, c.key, c.ms)
+	case pgOpRelease:
+		_, c.err = s.pool.Exec(ctx, s.sql.release, c.key, c.owner)
+	}
+}
+
 // Reserve implements DedupStore.
 func (s *PostgresStore) Reserve(ctx context.Context, key, owner string, lease time.Duration) (Reservation, error) {
-	return scanReservation(s.pool.QueryRow(ctx, s.sql.reserve, key, owner, ms(lease)))
+	c := &pgCall{op: pgOpReserve, key: key, owner: owner, ms: ms(lease)}
+	if err := s.b.do(ctx, c); err != nil {
+		return 0, fmt.Errorf("postgres store: reserve: %w", err)
+	}
+	return c.res, c.resErr
 }
 
 // Extend implements DedupStore.
 func (s *PostgresStore) Extend(ctx context.Context, key, owner string, lease time.Duration) error {
-	tag, err := s.pool.Exec(ctx, s.sql.extend, key, owner, ms(lease))
-	if err != nil {
+	c := &pgCall{op: pgOpExtend, key: key, owner: owner, ms: ms(lease)}
+	if err := s.b.do(ctx, c); err != nil {
 		return fmt.Errorf("postgres store: extend: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
+	if !c.ok {
 		return ErrLeaseLost
 	}
 	return nil
@@ -205,11 +519,11 @@ func (s *PostgresStore) Extend(ctx context.Context, key, owner string, lease tim
 
 // Commit implements DedupStore.
 func (s *PostgresStore) Commit(ctx context.Context, key, owner string, window time.Duration) error {
-	tag, err := s.pool.Exec(ctx, s.sql.commit, key, owner, ms(window))
-	if err != nil {
+	c := &pgCall{op: pgOpCommit, key: key, owner: owner, ms: ms(window)}
+	if err := s.b.do(ctx, c); err != nil {
 		return fmt.Errorf("postgres store: commit: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
+	if !c.ok {
 		return ErrLeaseLost
 	}
 	return nil
@@ -217,7 +531,8 @@ func (s *PostgresStore) Commit(ctx context.Context, key, owner string, window ti
 
 // Release implements DedupStore.
 func (s *PostgresStore) Release(ctx context.Context, key, owner string) error {
-	if _, err := s.pool.Exec(ctx, s.sql.release, key, owner); err != nil {
+	c := &pgCall{op: pgOpRelease, key: key, owner: owner}
+	if err := s.b.do(ctx, c); err != nil {
 		return fmt.Errorf("postgres store: release: %w", err)
 	}
 	return nil
@@ -244,44 +559,34 @@ func (s *PostgresStore) Lookup(ctx context.Context, keys ...string) ([]bool, err
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	rows, err := s.pool.Query(ctx, s.sql.lookup, keys)
-	if err != nil {
+	c := &pgCall{op: pgOpLookup, keys: keys}
+	if err := s.b.do(ctx, c); err != nil {
 		return nil, fmt.Errorf("postgres store: lookup: %w", err)
 	}
-	return collectHits(rows, keys)
+	return c.hits, nil
 }
 
 // Store implements ResultCache.
 func (s *PostgresStore) Store(ctx context.Context, key string, ttl time.Duration) error {
-	if _, err := s.pool.Exec(ctx, s.sql.store, key, ms(ttl)); err != nil {
+	c := &pgCall{op: pgOpStore, key: key, ms: ms(ttl)}
+	if err := s.b.do(ctx, c); err != nil {
 		return fmt.Errorf("postgres store: store: %w", err)
 	}
 	return nil
 }
 
-// ReserveLookup implements ReserveLooker: both statements go in one
-// pgx batch, which is one round trip.
+// ReserveLookup implements ReserveLooker: the reserve and the lookup go
+// in the same batch, which is one round trip.
 func (s *PostgresStore) ReserveLookup(ctx context.Context, key, owner string, lease time.Duration, cacheKeys []string) (ReserveLookupResult, error) {
-	var r ReserveLookupResult
-	b := &pgx.Batch{}
-	b.Queue(s.sql.reserve, key, owner, ms(lease)).QueryRow(func(row pgx.Row) error {
-		r.Reservation, r.ReserveErr = scanReservation(row)
-		return nil
-	})
-	if len(cacheKeys) > 0 {
-		b.Queue(s.sql.lookup, cacheKeys).Query(func(rows pgx.Rows) error {
-			r.Hits, r.LookupErr = collectHits(rows, cacheKeys)
-			return nil
-		})
-	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		// The batch did not reach the server, or a callback did not run.
-		if r.Reservation == 0 && r.ReserveErr == nil {
-			r.ReserveErr = fmt.Errorf("postgres store: reserve: %w", err)
-		}
-		if len(cacheKeys) > 0 && r.Hits == nil && r.LookupErr == nil {
+	c := &pgCall{op: pgOpReserve, key: key, owner: owner, ms: ms(lease), keys: cacheKeys}
+	if err := s.b.do(ctx, c); err != nil {
+		// c's answers are not ours to read: its batch may still be on
+		// the wire.
+		r := ReserveLookupResult{ReserveErr: fmt.Errorf("postgres store: reserve: %w", err)}
+		if len(cacheKeys) > 0 {
 			r.LookupErr = fmt.Errorf("postgres store: lookup: %w", err)
 		}
+		return r, nil
 	}
-	return r, nil
+	return ReserveLookupResult{Reservation: c.res, ReserveErr: c.resErr, Hits: c.hits, LookupErr: c.hitsErr}, nil
 }

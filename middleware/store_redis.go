@@ -64,15 +64,32 @@ return 0`)
 // every process that uses the same server and prefix. Keys expire by
 // themselves (PX), so there is no janitor. It needs Redis 7.0 or later
 // (SET ... NX GET). It does not own the client.
+//
+// Concurrent calls share round trips: the calls that arrive while a
+// pipeline is on the wire go out together in the next one (see
+// batcher). Each command stays a command of its own key, so that the
+// batches also work on a Redis Cluster, and each call keeps its own
+// answer and error. Close ends the batching; a store that is never
+// closed leaks no goroutine, since the batching's goroutines end when
+// it is idle.
 type RedisStore struct {
 	client redis.UniversalClient
 	prefix string
+	b      *batcher[*redisCall]
 }
 
 var (
 	_ DedupStore    = (*RedisStore)(nil)
 	_ ResultCache   = (*RedisStore)(nil)
 	_ ReserveLooker = (*RedisStore)(nil)
+)
+
+// Batching: a second pipeline can go out while the first one is on the
+// wire, which keeps the server busy without spreading the load over
+// many small pipelines; 256 commands keep one pipeline's reply small.
+const (
+	redisWorkers  = 2
+	redisMaxBatch = 256
 )
 
 // NewRedisStore returns a store on client.
@@ -84,10 +101,107 @@ func NewRedisStore(client redis.UniversalClient, cfg RedisStoreConfig) (*RedisSt
 	if client == nil {
 		return nil, errors.New("redis store: nil client")
 	}
-	return &RedisStore{client: client, prefix: cfg.KeyPrefix}, nil
+	s := &RedisStore{client: client, prefix: cfg.KeyPrefix}
+	s.b = newBatcher(redisWorkers, redisMaxBatch, s.exec)
+	return s, nil
+}
+
+// Close answers the calls still waiting with ErrStoreClosed and waits
+// for the pipelines on the wire, which go-redis ends at the latest of
+// their callers' deadlines or at its own timeouts; later calls fail at
+// once. It does not close the client. It is safe to call twice.
+func (s *RedisStore) Close() error {
+	s.b.close()
+	return nil
 }
 
 func (s *RedisStore) key(k string) string { return s.prefix + k }
+
+type redisOp uint8
+
+const (
+	redisOpReserve redisOp = iota + 1 // with a lookup when keys is set
+	redisOpLookup
+	redisOpStore
+	redisOpCommit
+	redisOpExtend
+	redisOpRelease
+)
+
+// redisCall is one call in a pipeline. Its commands are built and sent
+// by a worker; the caller reads their answers once the call is done.
+type redisCall struct {
+	call
+	op    redisOp
+	key   string
+	owner string
+	ttl   time.Duration
+	keys  []string
+
+	reserve *redis.StatusCmd
+	lookup  *redis.SliceCmd
+	set     *redis.StatusCmd
+	script  *redis.Cmd
+}
+
+// exec sends a batch as one pipeline.
+func (s *RedisStore) exec(ctx context.Context, batch []*redisCall) {
+	pipe := s.client.Pipeline()
+	for _, c := range batch {
+		switch c.op {
+		case redisOpReserve:
+			c.reserve = s.reserveCmd(ctx, pipe, c.key, c.owner, c.ttl)
+			if len(c.keys) > 0 {
+				c.lookup = s.lookupCmd(ctx, pipe, c.keys)
+			}
+		case redisOpLookup:
+			c.lookup = s.lookupCmd(ctx, pipe, c.keys)
+		case redisOpStore:
+			c.set = pipe.Set(ctx, s.key(c.key), "1", max(c.ttl, time.Millisecond))
+		default:
+			c.script = c.scriptOf().EvalSha(ctx, pipe, []string{s.key(c.key)}, c.scriptArgs()...)
+		}
+	}
+	// Exec's error is the first failed command's; each command keeps
+	// its own, and redis.Nil from a reserve means "claimed".
+	_, _ = pipe.Exec(ctx)
+
+	// After a restart (or SCRIPT FLUSH) the server has forgotten the
+	// scripts: send those calls again with the source, which caches it.
+	var again redis.Pipeliner
+	for _, c := range batch {
+		if c.script != nil && isNoScript(c.script.Err()) {
+			if again == nil {
+				again = s.client.Pipeline()
+			}
+			c.script = c.scriptOf().Eval(ctx, again, []string{s.key(c.key)}, c.scriptArgs()...)
+		}
+	}
+	if again != nil {
+		_, _ = again.Exec(ctx)
+	}
+}
+
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
+
+func (c *redisCall) scriptOf() *redis.Script {
+	switch c.op {
+	case redisOpCommit:
+		return redisCommit
+	case redisOpExtend:
+		return redisExtend
+	}
+	return redisRelease
+}
+
+func (c *redisCall) scriptArgs() []any {
+	if c.op == redisOpRelease {
+		return []any{redisInflight + c.owner}
+	}
+	return []any{redisInflight + c.owner, max(c.ttl, time.Millisecond).Milliseconds()}
+}
 
 // reserveCmd is SET key "i:owner" PX lease NX GET: it sets the key only
 // when absent and answers the previous value, so that one round trip
@@ -113,12 +227,26 @@ func reservation(cmd *redis.StatusCmd) (Reservation, error) {
 
 // Reserve implements DedupStore.
 func (s *RedisStore) Reserve(ctx context.Context, key, owner string, lease time.Duration) (Reservation, error) {
-	return reservation(s.reserveCmd(ctx, s.client, key, owner, lease))
+	c := &redisCall{op: redisOpReserve, key: key, owner: owner, ttl: lease}
+	if err := s.b.do(ctx, c); err != nil {
+		return 0, fmt.Errorf("redis store: reserve: %w", err)
+	}
+	return reservation(c.reserve)
+}
+
+// runScript runs a commit, extend or release and answers the script's
+// result.
+func (s *RedisStore) runScript(ctx context.Context, op redisOp, key, owner string, ttl time.Duration) (int64, error) {
+	c := &redisCall{op: op, key: key, owner: owner, ttl: ttl}
+	if err := s.b.do(ctx, c); err != nil {
+		return 0, err
+	}
+	return c.script.Int64()
 }
 
 // Extend implements DedupStore.
 func (s *RedisStore) Extend(ctx context.Context, key, owner string, lease time.Duration) error {
-	n, err := redisExtend.Run(ctx, s.client, []string{s.key(key)}, redisInflight+owner, max(lease, time.Millisecond).Milliseconds()).Int()
+	n, err := s.runScript(ctx, redisOpExtend, key, owner, lease)
 	if err != nil {
 		return fmt.Errorf("redis store: extend: %w", err)
 	}
@@ -130,7 +258,7 @@ func (s *RedisStore) Extend(ctx context.Context, key, owner string, lease time.D
 
 // Commit implements DedupStore.
 func (s *RedisStore) Commit(ctx context.Context, key, owner string, window time.Duration) error {
-	n, err := redisCommit.Run(ctx, s.client, []string{s.key(key)}, redisInflight+owner, max(window, time.Millisecond).Milliseconds()).Int()
+	n, err := s.runScript(ctx, redisOpCommit, key, owner, window)
 	if err != nil {
 		return fmt.Errorf("redis store: commit: %w", err)
 	}
@@ -142,7 +270,7 @@ func (s *RedisStore) Commit(ctx context.Context, key, owner string, window time.
 
 // Release implements DedupStore.
 func (s *RedisStore) Release(ctx context.Context, key, owner string) error {
-	if err := redisRelease.Run(ctx, s.client, []string{s.key(key)}, redisInflight+owner).Err(); err != nil {
+	if _, err := s.runScript(ctx, redisOpRelease, key, owner, 0); err != nil {
 		return fmt.Errorf("redis store: release: %w", err)
 	}
 	return nil
@@ -176,33 +304,40 @@ func (s *RedisStore) Lookup(ctx context.Context, keys ...string) ([]bool, error)
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	return hits(s.lookupCmd(ctx, s.client, keys), len(keys))
+	c := &redisCall{op: redisOpLookup, keys: keys}
+	if err := s.b.do(ctx, c); err != nil {
+		return nil, fmt.Errorf("redis store: lookup: %w", err)
+	}
+	return hits(c.lookup, len(keys))
 }
 
 // Store implements ResultCache.
 func (s *RedisStore) Store(ctx context.Context, key string, ttl time.Duration) error {
-	if err := s.client.Set(ctx, s.key(key), "1", max(ttl, time.Millisecond)).Err(); err != nil {
+	c := &redisCall{op: redisOpStore, key: key, ttl: ttl}
+	if err := s.b.do(ctx, c); err != nil {
+		return fmt.Errorf("redis store: store: %w", err)
+	}
+	if err := c.set.Err(); err != nil {
 		return fmt.Errorf("redis store: store: %w", err)
 	}
 	return nil
 }
 
-// ReserveLookup implements ReserveLooker: SET NX GET and MGET in one
-// pipeline.
+// ReserveLookup implements ReserveLooker: SET NX GET and MGET in the
+// same pipeline.
 func (s *RedisStore) ReserveLookup(ctx context.Context, key, owner string, lease time.Duration, cacheKeys []string) (ReserveLookupResult, error) {
-	pipe := s.client.Pipeline()
-	rc := s.reserveCmd(ctx, pipe, key, owner, lease)
-	var lc *redis.SliceCmd
-	if len(cacheKeys) > 0 {
-		lc = s.lookupCmd(ctx, pipe, cacheKeys)
-	}
-	// Exec's error is the first failed command's; each command keeps
-	// its own, and redis.Nil from the reserve means "claimed".
-	_, _ = pipe.Exec(ctx)
+	c := &redisCall{op: redisOpReserve, key: key, owner: owner, ttl: lease, keys: cacheKeys}
 	var r ReserveLookupResult
-	r.Reservation, r.ReserveErr = reservation(rc)
-	if lc != nil {
-		r.Hits, r.LookupErr = hits(lc, len(cacheKeys))
+	if err := s.b.do(ctx, c); err != nil {
+		r.ReserveErr = fmt.Errorf("redis store: reserve: %w", err)
+		if len(cacheKeys) > 0 {
+			r.LookupErr = fmt.Errorf("redis store: lookup: %w", err)
+		}
+		return r, nil
+	}
+	r.Reservation, r.ReserveErr = reservation(c.reserve)
+	if c.lookup != nil {
+		r.Hits, r.LookupErr = hits(c.lookup, len(cacheKeys))
 	}
 	return r, nil
 }

@@ -1,0 +1,228 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrStoreClosed is returned by the calls of a store after its Close,
+// and by the calls that were still waiting when it closed.
+var ErrStoreClosed = errors.New("store closed")
+
+// call is what every request in a batcher's queue carries: its caller's
+// ctx, the signal that it was answered, and the error that failed it as
+// a whole (the answers themselves are in the request types).
+type call struct {
+	ctx  context.Context
+	done chan struct{}
+	err  error
+}
+
+func (c *call) base() *call { return c }
+
+// request is a pointer to a type that embeds call.
+type request interface{ base() *call }
+
+// batcher coalesces the round trips of concurrent callers: each call
+// goes into a queue, and up to `workers` goroutines take what is queued
+// (at most maxBatch at a time) and send it to the store in one round
+// trip. Whatever arrives while a batch is on the wire goes in the next
+// one, so the batches grow with the load, and nothing waits on a timer:
+// a lone call on an idle store leaves at once.
+//
+// Workers start when calls arrive and end when the queue is empty, so an
+// idle store holds no goroutine and one that is never closed leaks none.
+type batcher[R request] struct {
+	// exec sends one batch and answers each request in it, on the
+	// request's own fields or its call.err. Its ctx ends when every
+	// caller in the batch gave up, at the latest of their deadlines, or
+	// at close.
+	exec     func(ctx context.Context, batch []R)
+	workers  int
+	maxBatch int
+
+	closing chan struct{} // closed by close
+
+	mu       sync.Mutex
+	queue    []R
+	active   int
+	closed   bool
+	inflight map[*flight]struct{}
+	wg       sync.WaitGroup
+}
+
+// flight is a batch on the wire: its ctx's cancel, and the hooks that
+// count its callers giving up.
+type flight struct {
+	cancel context.CancelFunc
+	stops  []func() bool
+}
+
+func newBatcher[R request](workers, maxBatch int, exec func(context.Context, []R)) *batcher[R] {
+	return &batcher[R]{
+		exec: exec, workers: workers, maxBatch: maxBatch,
+		closing: make(chan struct{}), inflight: map[*flight]struct{}{},
+	}
+}
+
+// do queues r and waits for its answer. It returns r's call.err, or
+// ctx's error as soon as ctx ends (the caller does not wait for a batch
+// that is slow because of someone else), or ErrStoreClosed as soon as
+// the batcher closes. A request whose caller gave up before its batch
+// left is not sent. Once do returned an error, r's answers must not be
+// read: the batch may still be writing them.
+func (b *batcher[R]) do(ctx context.Context, r R) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c := r.base()
+	c.ctx, c.done = ctx, make(chan struct{})
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrStoreClosed
+	}
+	b.queue = append(b.queue, r)
+	if b.active < b.workers {
+		b.active++
+		b.wg.Add(1)
+		go b.work()
+	}
+	b.mu.Unlock()
+	var err error
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-b.closing:
+		err = ErrStoreClosed
+	}
+	select {
+	case <-c.done: // answered meanwhile: the answer is worth more
+		return c.err
+	default:
+		return err
+	}
+}
+
+func (b *batcher[R]) work() {
+	defer b.wg.Done()
+	for {
+		batch, ctx, f, ok := b.next()
+		if !ok {
+			return
+		}
+		b.exec(ctx, batch)
+		b.land(f)
+		for _, r := range batch {
+			close(r.base().done)
+		}
+	}
+}
+
+// next takes the next batch off the queue, without the requests whose
+// callers gave up (they are answered with their ctx's error), and gives
+// it a ctx that ends when all its callers gave up, or at close. ok is
+// false when the worker must end.
+func (b *batcher[R]) next() (batch []R, ctx context.Context, f *flight, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		n := min(len(b.queue), b.maxBatch)
+		if n == 0 || b.closed {
+			b.active--
+			return nil, nil, nil, false
+		}
+		if n == len(b.queue) {
+			batch, b.queue = b.queue, nil
+		} else {
+			// The rest keeps the array: appends write past its end,
+			// never into the batch.
+			batch, b.queue = b.queue[:n:n], b.queue[n:]
+		}
+		live := batch[:0]
+		for _, r := range batch {
+			c := r.base()
+			if err := c.ctx.Err(); err != nil {
+				c.err = err
+				close(c.done)
+				continue
+			}
+			live = append(live, r)
+		}
+		if len(live) > 0 {
+			batch = live
+			break
+		}
+	}
+	f = &flight{stops: make([]func() bool, len(batch))}
+	// The latest deadline too, for clients that watch deadlines but not
+	// cancellation (go-redis).
+	var deadline time.Time
+	for _, r := range batch {
+		d, ok := r.base().ctx.Deadline()
+		if !ok {
+			deadline = time.Time{}
+			break
+		}
+		if d.After(deadline) {
+			deadline = d
+		}
+	}
+	if deadline.IsZero() {
+		ctx, f.cancel = context.WithCancel(context.Background())
+	} else {
+		ctx, f.cancel = context.WithDeadline(context.Background(), deadline)
+	}
+	var waiting atomic.Int64
+	waiting.Store(int64(len(batch)))
+	gaveUp := func() {
+		if waiting.Add(-1) == 0 {
+			f.cancel()
+		}
+	}
+	for i, r := range batch {
+		f.stops[i] = context.AfterFunc(r.base().ctx, gaveUp)
+	}
+	b.inflight[f] = struct{}{}
+	return batch, ctx, f, true
+}
+
+// land forgets a batch that came back.
+func (b *batcher[R]) land(f *flight) {
+	for _, stop := range f.stops {
+		stop()
+	}
+	f.cancel()
+	b.mu.Lock()
+	delete(b.inflight, f)
+	b.mu.Unlock()
+}
+
+// close answers every waiting call with ErrStoreClosed, cancels the
+// batches on the wire and waits for the workers to end, which takes as
+// long as the store's client needs to give up on a batch (go-redis, for
+// one, stops reading only at its timeouts). Calls made after it fail at
+// once. It is safe to call twice.
+func (b *batcher[R]) close() {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.closing)
+	}
+	for _, r := range b.queue {
+		c := r.base()
+		c.err = ErrStoreClosed
+		close(c.done)
+	}
+	b.queue = nil
+	for f := range b.inflight {
+		f.cancel()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}

@@ -85,6 +85,10 @@ type Options struct {
 	// events delivered until then (time-boxed). Steady-rate runs keep
 	// their length.
 	Budget time.Duration
+	// Partitions sets nats.partitions and redis.partitions of the runs
+	// (0, the default: off), to measure the partitioned buses that keep
+	// an entity's order across worker processes.
+	Partitions int
 	// CPUProfile writes a CPU profile of each topology's no-op run to
 	// OutDir/profiles and puts its top entries in the results.
 	CPUProfile bool

@@ -198,6 +198,7 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, dedupCa
 	cfg.Router.ShutdownTimeout = config.Duration(10 * time.Second)
 	cfg.Embedded.DataDir = env.dataDir
 	cfg.NATS.URL = s.opts.NATSURL
+	cfg.NATS.Partitions, cfg.Redis.Partitions = s.opts.Partitions, s.opts.Partitions
 	cfg.NATS.Stream = strings.ToUpper(env.id)
 	cfg.NATS.SubjectPrefix = env.id
 	cfg.NATS.Consumer = env.id

@@ -48,6 +48,8 @@ type Settings struct {
 	// BudgetS bounds the suite; saturated runs may be time-boxed.
 	BudgetS    float64 `json:"budget_s,omitempty"`
 	CPUProfile bool    `json:"cpu_profile"`
+	// Partitions is nats.partitions and redis.partitions of the runs.
+	Partitions int `json:"partitions"`
 }
 
 // Statuses of a topology and of a scenario.
@@ -205,7 +207,8 @@ func newResults(o Options) *Results {
 		Machine: Machine{Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), OS: runtime.GOOS,
 			Arch: runtime.GOARCH, LoadStart: loadAverage()},
 		Settings: Settings{Events: o.events(), SteadyEvents: o.steadyEvents(), PayloadBytes: o.PayloadBytes,
-			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile, BudgetS: o.Budget.Seconds()},
+			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile, BudgetS: o.Budget.Seconds(),
+			Partitions: o.Partitions},
 		Topologies: []*Topology{},
 		Targets:    []Target{},
 	}

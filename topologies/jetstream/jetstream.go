@@ -262,7 +262,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.cfg.Partitions > 0 {
 		out, stop, err = s.subscribePartitions(ctx, topic)
 	} else {
-		out, stop, err = s.consume(ctx, s.ConsumerName(topic), s.cfg.Subject(topic, ">"), false, nil)
+		out, stop, err = s.consume(ctx, s.ConsumerName(topic), s.cfg.Subject(topic, ">"), false, share{})
 	}
 	if err != nil {
 		return nil, err
@@ -293,13 +293,20 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 		member = defaultMember()
 	}
 	out := make(chan *message.Message)
-	slots := make(chan struct{}, max(s.cfg.MaxInFlight, 1))
+	maxInFlight := max(s.cfg.MaxInFlight, 1)
+	// The partitions share the bounds of one subscription: in flight,
+	// held in the lanes, and fetched ahead.
+	sh := share{
+		slots:    make(chan struct{}, maxInFlight),
+		buffered: make(chan struct{}, 16*maxInFlight),
+		pull:     max(4*maxInFlight/s.cfg.Partitions, 16),
+	}
 	var forwarders sync.WaitGroup
 	consume := func(p int) (func(), error) {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		name := Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
 		filter := s.cfg.Subject(topic, strconv.Itoa(p)+".>")
-		msgs, stop, err := s.consume(pctx, name, filter, true, slots)
+		msgs, stop, err := s.consume(pctx, name, filter, true, sh)
 		if err != nil {
 			cancel()
 			return nil, err
@@ -333,12 +340,22 @@ func defaultMember() string {
 	return Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8]))
 }
 
+// share holds the bounds that the consumers of several partitions share;
+// zero values give one consumer bounds of its own.
+type share struct {
+	slots, buffered chan struct{}
+	pull            int // messages fetched ahead per consumer
+}
+
 // consume runs one durable consumer through lanes until stop. reset
 // restarts the consumer at its ack floor first, so that a new owner of
 // a partition gets the messages its last owner left unacked before the
-// later ones, in stream order. slots, when set, is shared in-flight room.
-func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset bool, slots chan struct{}) (<-chan *message.Message, func(), error) {
+// later ones, in stream order.
+func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset bool, sh share) (<-chan *message.Message, func(), error) {
 	maxInFlight := max(s.cfg.MaxInFlight, 1)
+	if sh.pull == 0 {
+		sh.pull = min(4*maxInFlight, 1000)
+	}
 	cc := jetstream.ConsumerConfig{
 		Durable:       durable,
 		FilterSubject: filter,
@@ -354,7 +371,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	}
 	// A missed heartbeat on a busy machine is not fatal: the iterator
 	// re-pulls by itself, so it must not end the subscription.
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(4*maxInFlight, 1000)),
+	it, err := cons.Messages(jetstream.PullMaxMessages(sh.pull),
 		jetstream.PullExpiry(5*time.Second), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return nil, nil, fmt.Errorf("jetstream: consume %s: %w", cc.Durable, err)
@@ -367,7 +384,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	// its entity.
 	l := lanes.New(lctx, lanes.Options{
 		MaxInFlight: maxInFlight, MaxBuffered: cc.MaxAckPending, TouchEvery: s.cfg.AckWait / 3,
-		Redeliver: redeliverDelay, Slots: slots,
+		Redeliver: redeliverDelay, Slots: sh.slots, Buffered: sh.buffered,
 	})
 	done := make(chan struct{})
 	go func() {

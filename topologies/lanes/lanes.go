@@ -44,6 +44,9 @@ type Options struct {
 	// lanes that share it share one bound (a bus consuming several
 	// partitions with one lanes each).
 	Slots chan struct{}
+	// Buffered, when set, holds the buffered room instead of
+	// MaxBuffered, shared the same way.
+	Buffered chan struct{}
 }
 
 // Lanes is the dispatcher. Create it with New. Drain stops releasing
@@ -82,12 +85,15 @@ func New(ctx context.Context, o Options) *Lanes {
 	if o.Slots == nil {
 		o.Slots = make(chan struct{}, o.MaxInFlight)
 	}
+	if o.Buffered == nil {
+		o.Buffered = make(chan struct{}, o.MaxBuffered)
+	}
 	return &Lanes{
 		ctx:       ctx,
 		draining:  make(chan struct{}),
 		out:       make(chan *message.Message),
 		inflight:  o.Slots,
-		buffered:  make(chan struct{}, o.MaxBuffered),
+		buffered:  o.Buffered,
 		touch:     o.TouchEvery,
 		redeliver: o.Redeliver,
 		lanes:     map[string][]item{},

@@ -142,7 +142,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.cfg.Partitions > 0 {
 		out, stop, stopped = s.subscribePartitions(ctx, topic)
 	} else {
-		sub := s.start(ctx, s.cfg.Stream(topic), nil, nil, false)
+		sub := s.start(ctx, s.cfg.Stream(topic), nil, share{}, false)
 		out, stop, stopped = sub.out, sub.stop, sub.stopped
 	}
 	s.stops = append(s.stops, stop)
@@ -171,7 +171,13 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out <-chan *message.Message, stop func(), stopped <-chan struct{}) {
 	base := context.WithoutCancel(ctx)
 	ch := make(chan *message.Message)
-	slots := make(chan struct{}, s.cfg.MaxInFlight)
+	// The partitions share the bounds of one subscription: in flight,
+	// held in the lanes, and read ahead.
+	sh := share{
+		slots:    make(chan struct{}, s.cfg.MaxInFlight),
+		buffered: make(chan struct{}, max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch))),
+		batch:    max(s.cfg.Batch/int64(s.cfg.Partitions), 16),
+	}
 	consume := func(p int) (func(), error) {
 		streams := []string{s.cfg.partitionStream(topic, p)}
 		if p == 0 {
@@ -192,7 +198,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 				}
 				return nil, err
 			}
-			subs = append(subs, s.start(ctx, stream, ch, slots, true))
+			subs = append(subs, s.start(ctx, stream, ch, sh, true))
 		}
 		return func() {
 			var wg sync.WaitGroup
@@ -280,14 +286,26 @@ type subscription struct {
 	stopped   chan struct{}
 }
 
-// start starts consuming stream. out and slots, when set, are shared
-// with other subscriptions (the partitions of one Subscribe); takeOver:
-// see subscription.
-func (s *Subscriber) start(ctx context.Context, stream string, out chan *message.Message, slots chan struct{}, takeOver bool) *subscription {
+// share holds the bounds that the subscriptions of several partitions
+// share; zero values give one subscription bounds of its own.
+type share struct {
+	slots, buffered chan struct{}
+	batch           int64 // entries per read, when set
+}
+
+// start starts consuming stream. out and sh, when set, are shared with
+// other subscriptions (the partitions of one Subscribe); takeOver: see
+// subscription.
+func (s *Subscriber) start(ctx context.Context, stream string, out chan *message.Message, sh share, takeOver bool) *subscription {
 	base := context.WithoutCancel(ctx)
+	cfg := s.cfg
+	if sh.batch > 0 {
+		cfg.Batch = sh.batch
+	}
+	slots := sh.slots
 	sub := &subscription{
 		client:    s.client,
-		cfg:       s.cfg,
+		cfg:       cfg,
 		stream:    stream,
 		readBack:  s.readBack && !takeOver,
 		takeOver:  takeOver,
@@ -315,6 +333,7 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 		MaxInFlight: s.cfg.MaxInFlight,
 		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
 		Slots:       slots,
+		Buffered:    sh.buffered,
 	})
 	sub.loops.Add(3)
 	go sub.read()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 	"time"
@@ -133,8 +134,11 @@ type wire struct {
 	Type      *string         `json:"event_type"`
 	Entity    *string         `json:"entity_type"`
 	EntityID  json.RawMessage `json:"entity_id"`
-	Data      json.RawMessage `json:"data"`
-	Changes   json.RawMessage `json:"changes"`
+	// Data and Changes are decoded in the same pass as the rest, with
+	// numbers kept as json.Number until normalize: a second parse of
+	// the raw bytes cost a third of Decode.
+	Data      any             `json:"data"`
+	Changes   any             `json:"changes"`
 	UserID    json.RawMessage `json:"user_id"`
 	TenantID  json.RawMessage `json:"tenant_id"`
 	Timestamp *string         `json:"timestamp"`
@@ -152,8 +156,16 @@ func Decode(b []byte) (*Event, error) {
 		return nil, fmt.Errorf("%w: body must be a JSON object", ErrInvalid)
 	}
 	var w wire
-	if err := json.Unmarshal(b, &w); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(&w); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: malformed JSON at byte %d: unexpected end of JSON input", ErrInvalid, len(b))
+		}
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, jsonReason(err))
+	}
+	if off := dec.InputOffset(); off < int64(len(b)) {
+		return nil, fmt.Errorf("%w: malformed JSON at byte %d: invalid character %q after top-level value", ErrInvalid, off+1, b[off])
 	}
 	return fromWire(&w)
 }
@@ -209,26 +221,20 @@ func fromWire(w *wire) (*Event, error) {
 	if e.TenantID, err = stringish(w.TenantID); err != nil {
 		bad("tenant_id", "%v", err)
 	}
-	switch d := bytes.TrimSpace(w.Data); {
-	case len(d) == 0 || string(d) == "null":
+	switch d := w.Data.(type) {
+	case nil:
 		e.Data = map[string]any{}
-	case d[0] != '{':
-		bad("data", "must be a JSON object, got %s", jsonKind(d))
+	case map[string]any:
+		normalize(d)
+		e.Data = d
 	default:
-		m, err := decodeObject(d)
-		if err != nil {
-			bad("data", "%v", err)
-		}
-		e.Data = m
+		bad("data", "must be a JSON object, got %s", kindOf(d))
 	}
-	if c := bytes.TrimSpace(w.Changes); len(c) > 0 && string(c) != "null" {
-		if c[0] != '{' {
-			bad("changes", "must be a JSON object, got %s", jsonKind(c))
+	if w.Changes != nil {
+		if m, ok := w.Changes.(map[string]any); !ok {
+			bad("changes", "must be a JSON object, got %s", kindOf(w.Changes))
 		} else {
-			m, err := decodeObject(c)
-			if err != nil {
-				bad("changes", "%v", err)
-			}
+			normalize(m)
 			e.Changes = make(map[string]Change, len(m))
 			for k, v := range m {
 				obj, ok := v.(map[string]any)
@@ -265,18 +271,6 @@ func fromWire(w *wire) (*Event, error) {
 // Encode returns the JSON envelope of e.
 func Encode(e *Event) ([]byte, error) {
 	return json.Marshal(e)
-}
-
-// decodeObject decodes a JSON object with numbers normalised (see Decode).
-func decodeObject(b []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return nil, errors.New(jsonReason(err))
-	}
-	normalize(m)
-	return m, nil
 }
 
 func normalize(v any) any {
@@ -323,6 +317,23 @@ func stringish(raw json.RawMessage) (string, error) {
 		return n.String(), nil
 	}
 	return "", fmt.Errorf("must be a string or a number, got %s", jsonKind(raw))
+}
+
+// kindOf names the JSON kind of a decoded value.
+func kindOf(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "an object"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case nil:
+		return "null"
+	}
+	return "a number"
 }
 
 func jsonKind(b []byte) string {

@@ -96,6 +96,8 @@ func TestDecodeErrors(t *testing.T) {
 	}{
 		{"not json", `hello`, "", "JSON object"},
 		{"truncated", `{"id":`, "", "malformed JSON"},
+		{"trailing data", `{` + base + `} {}`, "", "after top-level value"},
+		{"bad JSON in data", `{` + base + `,"data":{"a":}}`, "", "malformed JSON"},
 		{"array body", `[1,2]`, "", "JSON object"},
 		{"missing id", `{"event_type":"INSERT","entity_type":"Order","data":{}}`, "id", "is required"},
 		{"bad id", `{` + strings.Replace(base, "0b7f0e0c-5f3e-4d6a-9a51-3f6f5d2f8a01", "42", 1) + `}`, "id", "must be a UUID"},

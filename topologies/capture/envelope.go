@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
@@ -209,11 +208,11 @@ func sameJSON(x, y json.RawMessage) bool {
 	if bytes.Equal(x, y) {
 		return true
 	}
-	vx, err := decodeValue(x)
+	vx, err := event.DecodeValue(x)
 	if err != nil {
 		return false
 	}
-	vy, err := decodeValue(y)
+	vy, err := event.DecodeValue(y)
 	if err != nil {
 		return false
 	}
@@ -265,38 +264,4 @@ func equal(x, y any) bool {
 		return true
 	}
 	return x == y
-}
-
-// decodeValue decodes JSON the way event.Decode does: integers that fit
-// become int64, other numbers float64.
-func decodeValue(b []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	return normalize(v), nil
-}
-
-func normalize(v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		for k, x := range t {
-			t[k] = normalize(x)
-		}
-	case []any:
-		for i, x := range t {
-			t[i] = normalize(x)
-		}
-	case json.Number:
-		if i, err := t.Int64(); err == nil {
-			return i
-		}
-		if f, err := t.Float64(); err == nil && !math.IsInf(f, 0) {
-			return f
-		}
-		return t.String()
-	}
-	return v
 }

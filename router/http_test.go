@@ -18,6 +18,7 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/router"
+	"github.com/millrace/millrace/router/routertest"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )
@@ -64,34 +65,8 @@ actions = [{type = "record"}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan string, 1)
-	r, err := router.New(cfg, router.Options{Actions: reg, Topologies: topo, Ready: ready})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("router did not stop within 15s")
-		}
-	})
-	select {
-	case addr := <-ready:
-		return "http://" + addr, s
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("router not ready within 15s")
-	}
-	return "", nil
+	addr, _ := routertest.Start(t, cfg, router.Options{Actions: reg, Topologies: topo})
+	return "http://" + addr, s
 }
 
 func post(t *testing.T, url string, body []byte) (int, router.IngestResponse) {

@@ -25,6 +25,7 @@ import (
 	"github.com/millrace/millrace/handlers/webhook"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
+	"github.com/millrace/millrace/router/routertest"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )
@@ -153,38 +154,7 @@ func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
 	if err := embedded.Register(topo); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan string, 1)
-	r, err := router.New(cfg, router.Options{Actions: actions, Topologies: topo, Ready: ready})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("millrace did not stop within 30s")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	select {
-	case a := <-ready:
-		return a, stop
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("millrace not ready within 30s")
-	}
-	return "", nil
+	return routertest.Start(t, cfg, router.Options{Actions: actions, Topologies: topo})
 }
 
 // listDLQ asks the admin API for the dead letters.

@@ -1,26 +1,22 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/test/e2e"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/multidb"
@@ -29,25 +25,7 @@ import (
 	"github.com/millrace/millrace/topologies/redis"
 )
 
-// bin is the millrace-test binary, built once by TestMain.
-var bin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "millrace-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "millrace-test")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/millrace-test")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build ./test/cmd/millrace-test: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { e2e.Main(m) }
 
 // examples are the example configs of the topologies of this suite.
 var examples = []string{"postgres", "redis", "nats", "multidb"}
@@ -81,7 +59,7 @@ func TestExampleConfigsAreValid(t *testing.T) {
 					t.Errorf("source %s: the URL must come from postgres_url_env", s.Name)
 				}
 			}
-			out, err := exec.Command(bin, "validate", examplePath(name)).CombinedOutput()
+			out, err := exec.Command(e2e.Binary(t), "validate", examplePath(name)).CombinedOutput()
 			if err != nil {
 				t.Errorf("millrace validate: %v\n%s", err, out)
 			}
@@ -89,119 +67,33 @@ func TestExampleConfigsAreValid(t *testing.T) {
 	}
 }
 
-// lines collects a process's output lines and lets a test wait for them.
-type lines struct {
-	mu   sync.Mutex
-	all  []string
-	more chan struct{}
-}
-
-func collect(r io.Reader) *lines {
-	l := &lines{more: make(chan struct{}, 1)}
-	go func() {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64*1024), 4<<20)
-		for sc.Scan() {
-			l.mu.Lock()
-			l.all = append(l.all, sc.Text())
-			l.mu.Unlock()
-			select {
-			case l.more <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return l
-}
-
-func (l *lines) snapshot() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]string(nil), l.all...)
-}
-
-func (l *lines) String() string { return strings.Join(l.snapshot(), "\n") }
-
-// proc is one millrace process.
+// proc is one millrace process of these tests.
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	out    *lines
-	addr   string
-	exited chan error
+	*e2e.Process
+	name string
+	addr string
 }
 
-// start runs `millrace-test run -c cfgPath args...` with env added to the
+// start runs `millrace run -c cfgPath args...` with env added to the
 // test's environment, on a free HTTP port, logging JSON, and waits until
 // it is ready.
 func start(t *testing.T, name, cfgPath string, env []string, args ...string) *proc {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cmd := exec.Command(bin, append([]string{"run", "-c", cfgPath}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Env = append(cmd.Env, "MILLRACE_HTTP__ADDR="+addr, "MILLRACE_LOG__FORMAT=json", "MILLRACE_LOG__LEVEL=info",
-		"MILLRACE_ROUTER__SHUTDOWN_TIMEOUT=5s")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{name: name, cmd: cmd, out: collect(stderr), addr: addr, exited: make(chan error, 1)}
-	go func() { p.exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", p.name, p.out)
-		}
-	})
-	p.waitReady(t)
+	env = append(append(os.Environ(), env...), "MILLRACE_HTTP__ADDR="+addr, "MILLRACE_LOG__FORMAT=json",
+		"MILLRACE_LOG__LEVEL=info", "MILLRACE_ROUTER__SHUTDOWN_TIMEOUT=5s")
+	p := &proc{Process: e2e.NewProcess(t, name, e2e.Binary(t), append([]string{"run", "-c", cfgPath}, args...), env),
+		name: name, addr: addr}
+	p.Start()
+	p.WaitReady("http://"+addr+"/readyz", 60*time.Second)
 	return p
-}
-
-func (p *proc) waitReady(t *testing.T) {
-	t.Helper()
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := client.Get("http://" + p.addr + "/readyz")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case err := <-p.exited:
-			p.exited <- err
-			t.Fatalf("%s exited before it was ready: %v", p.name, err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: GET /readyz did not answer 200 within 60s (last error %v)", p.name, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // stop sends SIGTERM and expects a clean exit.
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-p.exited:
-		if err != nil {
-			t.Errorf("%s: after SIGTERM the process exited with %v, want 0", p.name, err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Errorf("%s did not exit within 30s of SIGTERM", p.name)
+	if code := p.Terminate(30 * time.Second); code != 0 {
+		t.Errorf("%s: after SIGTERM the process exited with %d, want 0", p.name, code)
 	}
 }
 
@@ -243,8 +135,8 @@ func parseAction(line string) (action, bool) {
 
 func (p *proc) actions() []action {
 	var out []action
-	for _, l := range p.out.snapshot() {
-		if a, ok := parseAction(l); ok {
+	for _, l := range p.Logs() {
+		if a, ok := parseAction(l.Raw); ok {
 			out = append(out, a)
 		}
 	}
@@ -491,6 +383,17 @@ func partitionedWorkers(t *testing.T, db database, cfg string, env []string) {
 	for i := range 3 {
 		workers = append(workers, start(t, fmt.Sprintf("worker %d", i), cfg, env, "--role", "observe"))
 	}
+	// The first worker takes every partition; wait until it has dealt
+	// them out (12 over 3 workers), so that all three run events at once.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, w := range workers[1:] {
+		for w.CountLogs(func(l e2e.LogLine) bool { return l.Msg == "partition: acquired" }) < 4 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the partitions were not shared out within 30s", w.name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 
 	const rows, rounds = 40, 12
 	db.exec(t, "INSERT INTO orders (id, status, total) SELECT g, 's0', 0 FROM generate_series(1, $1::bigint) g", rows)
@@ -504,11 +407,7 @@ func partitionedWorkers(t *testing.T, db database, cfg string, env []string) {
 	waitActions(t, rows, func(a action) bool { return a.EventType == "UPDATE" }, workers...)
 	// A worker dies without draining: its partitions wait partition_ttl,
 	// then the others take them over from the consumers' ack floors.
-	if err := workers[0].cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-workers[0].exited
-	workers[0].exited <- nil
+	workers[0].Kill()
 	update(rounds/2+1, rounds)
 
 	done := func(a action) bool { return a.EventType == "UPDATE" && a.Data["status"] == fmt.Sprint("s", rounds) }

@@ -126,7 +126,10 @@ func (c Config) PartitionSubject(topic, key, suffix string) string {
 	if c.Partitions <= 0 {
 		return c.Subject(topic, suffix)
 	}
-	return c.Subject(topic, strconv.Itoa(partition.Of(key, c.Partitions))+"."+Token(suffix))
+	if suffix == "" {
+		suffix = "_"
+	}
+	return c.Subject(topic, strconv.Itoa(partition.Of(key, c.Partitions))+"."+suffix)
 }
 
 // Token makes s safe as one subject token: no dots, spaces or wildcards.

@@ -323,3 +323,32 @@ func TestPartitionsKeepOrderAcrossWorkers(t *testing.T) {
 	defer mu.Unlock()
 	t.Logf("handled %d events in order per key: a=%d b=%d, %d redeliveries of handled events", handled, byWorker["a"], byWorker["b"], duplicates)
 }
+
+// TestPartitionSubjectKeepsTheSuffixTokens: with partitions the subject
+// is <prefix>.<topic>.<p>.<suffix>, the suffix's tokens as they are.
+func TestPartitionSubjectKeepsTheSuffixTokens(t *testing.T) {
+	_, js, prefix := testenv.NATS(t)
+	cfg := bus(t, js, prefix, "subj")
+	cfg.Partitions = 4
+	if _, err := jetstream.EnsureStream(context.Background(), js, cfg); err != nil {
+		t.Fatal(err)
+	}
+	m := message.NewMessage("00000000-0000-4000-8000-000000000042", []byte("x"))
+	m.Metadata.Set(jetstream.KeyMetadata, "orders_db/Order/42")
+	m.Metadata.Set(jetstream.SubjectMetadata, "orders_db.Order.UPDATE")
+	if err := jetstream.NewPublisher(js, cfg).Publish("events", m); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetMsg(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cfg.PartitionSubject("events", "orders_db/Order/42", "orders_db.Order.UPDATE")
+	if !strings.HasSuffix(want, ".orders_db.Order.UPDATE") || got.Subject != want {
+		t.Fatalf("subject %q (PartitionSubject %q); want %s.events.<p>.orders_db.Order.UPDATE", got.Subject, want, prefix)
+	}
+}

@@ -132,6 +132,16 @@ func (c Config) PartitionSubject(topic, key, suffix string) string {
 	return c.Subject(topic, strconv.Itoa(partition.Of(key, c.Partitions))+"."+suffix)
 }
 
+// PartitionKey is the key that places m in a partition: its ordering
+// key, or its UUID when it has none (such messages have no order to
+// keep, so they spread over the partitions). The Redis bus uses it too.
+func PartitionKey(m *message.Message) string {
+	if key := m.Metadata.Get(KeyMetadata); key != "" {
+		return key
+	}
+	return m.UUID
+}
+
 // Token makes s safe as one subject token: no dots, spaces or wildcards.
 func Token(s string) string {
 	if s == "" {
@@ -183,11 +193,7 @@ func NewPublisher(js jetstream.JetStream, cfg Config) *Publisher {
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		key := m.Metadata.Get(KeyMetadata)
-		if key == "" {
-			key = m.UUID
-		}
-		nm := nats.NewMsg(p.cfg.PartitionSubject(topic, key, m.Metadata.Get(SubjectMetadata)))
+		nm := nats.NewMsg(p.cfg.PartitionSubject(topic, PartitionKey(m), m.Metadata.Get(SubjectMetadata)))
 		nm.Data = m.Payload
 		// The duplicate window is stream-wide; the topic in the id keeps
 		// the same message on two topics from being dropped as one.

@@ -149,15 +149,10 @@ func (c Config) leasePrefix(topic string) string {
 	return c.Stream(topic) + ":leases:" + c.Group + ":"
 }
 
-// streamOf is the stream msg is appended to: its partition's, by its
-// ordering key, or by its UUID when it has none (such messages have no
-// order to keep, so they spread over the partitions).
+// streamOf is the stream msg is appended to: its partition's, by
+// jetstream.PartitionKey.
 func (c Config) streamOf(topic string, msg *message.Message) string {
-	key := msg.Metadata.Get(jetstream.KeyMetadata)
-	if key == "" {
-		key = msg.UUID
-	}
-	return c.PartitionStream(topic, key)
+	return c.PartitionStream(topic, jetstream.PartitionKey(msg))
 }
 
 // entryValues encodes msg as the field/value list of one XADD.

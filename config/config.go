@@ -55,6 +55,47 @@ type HTTP struct {
 	AdminTokenEnv string `koanf:"admin_token_env"`
 	// ReadTimeout bounds reading one request. Default 10s.
 	ReadTimeout Duration `koanf:"read_timeout"`
+	// Ingest serves POST /v1/events. Default true; false removes the
+	// route, for processes that only capture or observe.
+	Ingest bool `koanf:"ingest"`
+	// IngestTokens are the credentials POST /v1/events accepts. Without
+	// any, ingest takes every request, which millrace allows only when
+	// Addr is a loopback address.
+	IngestTokens []IngestToken `koanf:"ingest_tokens"`
+	// MetricsTokenEnv, when set, names the variable holding the bearer
+	// token that GET /metrics asks for. Unset: /metrics is open, like
+	// /healthz and /readyz.
+	MetricsTokenEnv string `koanf:"metrics_token_env"`
+}
+
+// IngestToken is one producer's credential for POST /v1/events: a bearer
+// token, or a Standard Webhooks signing secret for producers that sign
+// their requests. Its name travels with the events it let in (message
+// metadata) and labels the ingest metrics and logs.
+type IngestToken struct {
+	// Name identifies the producer. Required, unique.
+	Name string `koanf:"name"`
+	// TokenEnv names the variable holding the bearer token
+	// ("Authorization: Bearer <token>").
+	TokenEnv string `koanf:"token_env"`
+	// SecretEnv names the variable holding a Standard Webhooks signing
+	// secret ("whsec_<base64>" or raw): the request must carry
+	// webhook-id, webhook-timestamp and webhook-signature headers. Set
+	// exactly one of TokenEnv and SecretEnv.
+	SecretEnv string `koanf:"secret_env"`
+	// EntityTypes and EventTypes, when set, are the only entity and event
+	// types the producer may send; other events are refused (403).
+	EntityTypes []string `koanf:"entity_types"`
+	EventTypes  []string `koanf:"event_types"`
+	// Source, when set, is the only source the producer may name; its
+	// events without a source get this one.
+	Source string `koanf:"source"`
+	// Rate caps the producer's requests, "N/s", "N/m" or "N/h"; over it
+	// the answer is 429. Empty: no cap.
+	Rate string `koanf:"rate"`
+	// Burst is how many requests may come at once within Rate. Default:
+	// one second's worth of Rate, at least 1.
+	Burst int `koanf:"burst"`
 }
 
 // Router tunes the Watermill router.

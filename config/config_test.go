@@ -177,6 +177,19 @@ func TestValidate(t *testing.T) {
 		{"log format", func(c *config.Config) { c.Log.Format = "xml" }, "log.format"},
 		{"http addr", func(c *config.Config) { c.HTTP.Addr = "8080" }, "http.addr"},
 		{"max body", func(c *config.Config) { c.HTTP.MaxBodyBytes = 0 }, "http.max_body_bytes"},
+		{"open ingest beyond loopback", func(c *config.Config) { c.HTTP.Addr = "0.0.0.0:8080" }, "http.ingest_tokens"},
+		{"open ingest on every interface", func(c *config.Config) { c.HTTP.Addr = ":8080" }, "http.ingest_tokens"},
+		{"ingest token name", tok(func(t *config.IngestToken) { t.Name = "" }), "http.ingest_tokens[0].name"},
+		{"ingest token twice", func(c *config.Config) {
+			c.HTTP.IngestTokens = []config.IngestToken{{Name: "a", TokenEnv: "A"}, {Name: "a", TokenEnv: "B"}}
+		}, "http.ingest_tokens[1].name"},
+		{"ingest token without credential", tok(func(t *config.IngestToken) { t.TokenEnv = "" }), "http.ingest_tokens[0]"},
+		{"ingest token with both credentials", tok(func(t *config.IngestToken) { t.SecretEnv = "S" }), "http.ingest_tokens[0]"},
+		{"ingest token event type", tok(func(t *config.IngestToken) { t.EventTypes = []string{"UPSERT"} }), "http.ingest_tokens[0].event_types[0]"},
+		{"ingest token entity type", tok(func(t *config.IngestToken) { t.EntityTypes = []string{""} }), "http.ingest_tokens[0].entity_types[0]"},
+		{"ingest token rate", tok(func(t *config.IngestToken) { t.Rate = "50 per second" }), "http.ingest_tokens[0].rate"},
+		{"ingest token rate unit", tok(func(t *config.IngestToken) { t.Rate = "50/d" }), "http.ingest_tokens[0].rate"},
+		{"ingest token burst", tok(func(t *config.IngestToken) { t.Rate = "5/s"; t.Burst = -1 }), "http.ingest_tokens[0].burst"},
 		{"read timeout", func(c *config.Config) { c.HTTP.ReadTimeout = 0 }, "http.read_timeout"},
 		{"shutdown timeout", func(c *config.Config) { c.Router.ShutdownTimeout = 0 }, "router.shutdown_timeout"},
 		{"topic", func(c *config.Config) { c.Router.Topic = "" }, "router.topic"},
@@ -249,6 +262,56 @@ func src(name string) config.Source {
 	s := config.Source{Name: name, PostgresURL: "postgres://x"}
 	s.SetDefaults()
 	return s
+}
+
+// tok mutates a valid ingest token, the config's only one.
+func tok(f func(t *config.IngestToken)) func(c *config.Config) {
+	return func(c *config.Config) {
+		t := config.IngestToken{Name: "producer", TokenEnv: "PRODUCER_TOKEN"}
+		f(&t)
+		c.HTTP.IngestTokens = []config.IngestToken{t}
+	}
+}
+
+// TestIngestBeyondLoopback: a non-loopback http.addr needs ingest
+// credentials or ingest off; loopback addresses do not.
+func TestIngestBeyondLoopback(t *testing.T) {
+	for _, c := range []struct {
+		toml  string
+		valid bool
+	}{
+		{`http = { addr = "127.0.0.1:8080" }`, true},
+		{`http = { addr = "[::1]:8080" }`, true},
+		{`http = { addr = "localhost:8080" }`, true},
+		{`http = { addr = "0.0.0.0:8080" }`, false},
+		{`http = { addr = "10.1.2.3:8080" }`, false},
+		{`http = { addr = "[::]:8080" }`, false},
+		{`http = { addr = "0.0.0.0:8080", ingest = false }`, true},
+		{`http = { addr = "0.0.0.0:8080", ingest_tokens = [{ name = "shop", token_env = "SHOP_TOKEN" }] }`, true},
+		{`http = { addr = "0.0.0.0:8080", ingest_tokens = [{ name = "shop", secret_env = "SHOP_SECRET", rate = "100/s" }] }`, true},
+	} {
+		_, err := config.Parse([]byte(c.toml), nil)
+		e := find(err, "http.ingest_tokens")
+		switch {
+		case c.valid && err != nil:
+			t.Errorf("%s: %v; want valid", c.toml, err)
+		case !c.valid && (e == nil || !strings.Contains(e.Msg, "http.ingest = false") || !strings.Contains(e.Msg, "[[http.ingest_tokens]]")):
+			t.Errorf("%s: %v; want an error at http.ingest_tokens naming [[http.ingest_tokens]] and http.ingest = false", c.toml, err)
+		}
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]float64{"50/s": 50, "600/m": 10, "3600/h": 1, "0.5/s": 0.5} {
+		if got, err := config.ParseRate(in); err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "50", "/s", "0/s", "-1/s", "x/s", "5/ms", "Inf/s"} {
+		if _, err := config.ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q) took it", in)
+		}
+	}
 }
 
 func obs(f func(o *config.Observer)) func(c *config.Config) {

@@ -15,7 +15,7 @@ func (c *Config) SetDefaults() {
 	c.Topology = "embedded"
 	c.Role = "all"
 	c.Log = Log{Level: "info", Format: "auto"}
-	c.HTTP = HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: Duration(10 * time.Second)}
+	c.HTTP = HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: Duration(10 * time.Second), Ingest: true}
 	c.Router = Router{ShutdownTimeout: Duration(30 * time.Second), Topic: "events", MaxInFlight: 64}
 	c.Embedded = Embedded{DataDir: "data/embedded", MaxAge: Duration(168 * time.Hour)}
 	c.NATS = NATS{

@@ -3,11 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -48,9 +50,7 @@ func (c *Config) Validate() error {
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "auto", "text", "json")
 
-	if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
-		add("http.addr", "must be host:port, got %q", c.HTTP.Addr)
-	}
+	c.validateHTTP(add)
 	if c.HTTP.MaxBodyBytes <= 0 {
 		add("http.max_body_bytes", "must be greater than zero")
 	}
@@ -269,6 +269,11 @@ func (c *Config) EnvRefs() map[string]string {
 		}
 	}
 	add("http.admin_token_env", c.HTTP.AdminTokenEnv)
+	add("http.metrics_token_env", c.HTTP.MetricsTokenEnv)
+	for i, t := range c.HTTP.IngestTokens {
+		add(Index("http.ingest_tokens", i)+".token_env", t.TokenEnv)
+		add(Index("http.ingest_tokens", i)+".secret_env", t.SecretEnv)
+	}
 	for i, s := range c.Sources {
 		add(Index("sources", i)+".postgres_url_env", s.PostgresURLEnv)
 	}
@@ -336,4 +341,76 @@ func (c *Config) validatePartitions(section string, n int, ttl Duration, add fun
 	if n > 0 && ttl.D() < time.Second {
 		add(section+".partition_ttl", "must be at least 1s, got %s", ttl.D())
 	}
+}
+
+// validateHTTP checks the server's address and ingest credentials. An
+// address beyond loopback with ingest on and no credentials is refused:
+// anyone who reaches the port could make millrace send signed webhooks,
+// mail or SQL calls.
+func (c *Config) validateHTTP(add func(path, format string, args ...any)) {
+	h := c.HTTP
+	host, _, err := net.SplitHostPort(h.Addr)
+	if err != nil {
+		add("http.addr", "must be host:port, got %q", h.Addr)
+	} else if h.Ingest && len(h.IngestTokens) == 0 && !IsLoopback(host) {
+		add("http.ingest_tokens", "http.addr %q is not a loopback address and POST /v1/events has no credentials: "+
+			"add [[http.ingest_tokens]] entries, or turn ingest off with http.ingest = false", h.Addr)
+	}
+	names := map[string]bool{}
+	for i, t := range h.IngestTokens {
+		p := Index("http.ingest_tokens", i)
+		switch {
+		case t.Name == "":
+			add(p+".name", "is required")
+		case !nameRE.MatchString(t.Name):
+			add(p+".name", "%q may hold only letters, digits, '_' and '-'", t.Name)
+		case names[t.Name]:
+			add(p+".name", "%q is used by another ingest token", t.Name)
+		}
+		names[t.Name] = true
+		if (t.TokenEnv == "") == (t.SecretEnv == "") {
+			add(p, "set exactly one of token_env and secret_env")
+		}
+		for j, et := range t.EventTypes {
+			if !slices.Contains([]string{"INSERT", "UPDATE", "DELETE", "CUSTOM"}, et) {
+				add(Index(p+".event_types", j), "%q is not one of INSERT, UPDATE, DELETE, CUSTOM", et)
+			}
+		}
+		for j, et := range t.EntityTypes {
+			if et == "" {
+				add(Index(p+".entity_types", j), "must not be empty")
+			}
+		}
+		if t.Rate != "" {
+			if _, err := ParseRate(t.Rate); err != nil {
+				add(p+".rate", "%v", err)
+			}
+		}
+		if t.Burst < 0 {
+			add(p+".burst", "must not be negative")
+		}
+	}
+}
+
+// IsLoopback reports whether host, the host part of a listen address,
+// is reachable only from this machine. An empty host listens on every
+// interface.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// ParseRate parses a rate such as "50/s", "600/m" or "1000/h" into
+// events per second.
+func ParseRate(s string) (float64, error) {
+	num, unit, ok := strings.Cut(s, "/")
+	per := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour}[unit]
+	n, err := strconv.ParseFloat(num, 64)
+	if !ok || per == 0 || err != nil || n <= 0 || math.IsInf(n, 0) {
+		return 0, fmt.Errorf("%q must be a positive number per s, m or h, like \"50/s\"", s)
+	}
+	return n / per.Seconds(), nil
 }

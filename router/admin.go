@@ -2,8 +2,6 @@ package router
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -181,26 +179,12 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	if token == "" {
 		r.logger.Warn("admin endpoints refuse every request: the token variable is empty", "http.admin_token_env", envName)
 	}
-	auth := func(h http.HandlerFunc) http.HandlerFunc {
-		want := sha256.Sum256([]byte(token))
-		return func(w http.ResponseWriter, req *http.Request) {
-			got, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
-			// Hashes have a fixed length, so the comparison does not leak
-			// the token's length either.
-			sum := sha256.Sum256([]byte(got))
-			if !ok || token == "" || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="millrace admin"`)
-				writeJSON(w, http.StatusUnauthorized, errorBody("missing or wrong bearer token"))
-				return
-			}
-			h(w, req)
-		}
-	}
-	mux.HandleFunc("GET /v1/dlq", auth(r.dlqList))
-	mux.HandleFunc("GET /v1/dlq/{id}", auth(r.dlqShow))
-	mux.HandleFunc("POST /v1/dlq/replay", auth(r.dlqReplay))
-	mux.HandleFunc("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
-	mux.HandleFunc("DELETE /v1/dlq", auth(r.dlqPurge))
+	auth := func(h http.HandlerFunc) http.Handler { return requireBearer(token, "millrace admin", h) }
+	mux.Handle("GET /v1/dlq", auth(r.dlqList))
+	mux.Handle("GET /v1/dlq/{id}", auth(r.dlqShow))
+	mux.Handle("POST /v1/dlq/replay", auth(r.dlqReplay))
+	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
+	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
 }
 
 func errorBody(msg string) map[string]string { return map[string]string{"error": msg} }

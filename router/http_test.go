@@ -38,6 +38,13 @@ func (seenConfig) Validate() error { return nil }
 // records every event, and returns its HTTP address.
 func ingestRouter(t *testing.T, extra string) (string, *seen) {
 	t.Helper()
+	return ingestRouterWith(t, extra, "")
+}
+
+// ingestRouterWith is ingestRouter with more keys of the http table
+// (httpExtra, after a comma) and of the embedded table.
+func ingestRouterWith(t *testing.T, httpExtra, embeddedExtra string) (string, *seen) {
+	t.Helper()
 	s := &seen{ch: make(chan string, 1000)}
 	reg := handlers.NewRegistry()
 	handlers.MustRegister(reg, "record", func(_ context.Context, _ seenConfig, _ handlers.Deps) (handlers.Action, error) {
@@ -57,11 +64,12 @@ func ingestRouter(t *testing.T, extra string) (string, *seen) {
 http = { addr = "127.0.0.1:0" %s}
 [embedded]
 data_dir = %q
+%s
 [router]
 shutdown_timeout = "5s"
 [observers.all]
 actions = [{type = "record"}]
-`, extra, t.TempDir())), nil)
+`, httpExtra, t.TempDir(), embeddedExtra)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +226,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	for _, want := range []string{
-		`millrace_ingest_events_total{result="accepted"} 1`,
+		`millrace_ingest_events_total{result="accepted",token="anonymous"} 1`,
 		`millrace_events_total{result="handled"} 1`,
 		"handler_execution_time_seconds", // Watermill's router metrics
 		"go_goroutines",

@@ -10,7 +10,7 @@ import (
 // Metrics are millrace's own Prometheus metrics.
 type Metrics struct {
 	Registry       *prometheus.Registry
-	Ingested       *prometheus.CounterVec // by result: accepted, rejected
+	Ingested       *prometheus.CounterVec // by result (accepted, rejected, unauthorized, forbidden, rate_limited) and ingest token
 	Events         *prometheus.CounterVec // by result: handled, failed (redelivered), undecodable, dropped
 	Observers      *prometheus.CounterVec // by observer, result: succeeded, skipped_condition, duplicate_skipped, dead_lettered, logged, dropped, failed (redelivered)
 	Actions        *prometheus.CounterVec // by observer, action, result: succeeded, failed, breaker_open
@@ -28,8 +28,9 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: reg,
 		Ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "millrace_ingest_events_total", Help: "Events received by POST /v1/events, by result.",
-		}, []string{"result"}),
+			Name: "millrace_ingest_events_total",
+			Help: "Events received by POST /v1/events (requests, when refused whole), by result and ingest token.",
+		}, []string{"result", "token"}),
 		Events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "millrace_events_total", Help: "Events taken from the bus, by result.",
 		}, []string{"result"}),

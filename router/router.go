@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -53,6 +54,7 @@ type Router struct {
 	wm        *message.Router
 	http      *http.Server
 	listener  net.Listener
+	auth      *ingestAuth
 }
 
 // New checks the config against the registries and builds nothing yet.
@@ -66,7 +68,11 @@ func New(cfg *config.Config, opts Options) (*Router, error) {
 	if err := errors.Join(opts.Topologies.Check(cfg), handlers.Check(cfg, opts.Actions)); err != nil {
 		return nil, err
 	}
-	return &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics()}, nil
+	auth, err := newIngestAuth(cfg.HTTP, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	return &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth}, nil
 }
 
 // Metrics returns the router's metrics.
@@ -302,6 +308,11 @@ func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *res
 // Publish puts events on the bus topic, each with its id as message UUID
 // and its ordering key.
 func (r *Router) Publish(ctx context.Context, evs ...*event.Event) error {
+	return r.publish(ctx, nil, evs)
+}
+
+// publish is Publish with metadata set on every message.
+func (r *Router) publish(ctx context.Context, md map[string]string, evs []*event.Event) error {
 	msgs := make([]*message.Message, 0, len(evs))
 	for _, ev := range evs {
 		b, err := event.Encode(ev)
@@ -310,6 +321,9 @@ func (r *Router) Publish(ctx context.Context, evs ...*event.Event) error {
 		}
 		m := message.NewMessageWithContext(ctx, ev.ID, b)
 		setRouting(m, ev)
+		for k, v := range md {
+			m.Metadata.Set(k, v)
+		}
 		msgs = append(msgs, m)
 	}
 	return r.backend.Publisher.Publish(r.cfg.Router.Topic, msgs...)

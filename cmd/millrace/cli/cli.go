@@ -230,8 +230,8 @@ func configCmd(o Options, stdout io.Writer) *cobra.Command {
 
 func emitCmd(stdout io.Writer) *cobra.Command {
 	var (
-		addr, file, typ, entity, entityID, data, id string
-		timeout                                     time.Duration
+		addr, file, typ, entity, entityID, data, id, tokenEnv string
+		timeout                                               time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "emit [--file FILE | --type T --entity E --entity-id ID --data JSON]",
@@ -271,6 +271,9 @@ func emitCmd(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			req.Header.Set("Content-Type", "application/json")
+			if token := os.Getenv(tokenEnv); token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				return fmt.Errorf("emit: %w", err)
@@ -293,8 +296,13 @@ func emitCmd(stdout io.Writer) *cobra.Command {
 	f.StringVar(&data, "data", "{}", "data as a JSON object")
 	f.StringVar(&id, "id", "", "event id (default: a new UUID)")
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "request timeout")
+	f.StringVar(&tokenEnv, "token-env", DefaultIngestTokenEnv, "variable holding the ingest token (sent when set)")
 	return cmd
 }
+
+// DefaultIngestTokenEnv is the variable emit reads its ingest token from,
+// unless --token-env names another; the example configs name it too.
+const DefaultIngestTokenEnv = "MILLRACE_INGEST_TOKEN"
 
 func versionCmd(stdout io.Writer) *cobra.Command {
 	return &cobra.Command{

@@ -34,8 +34,14 @@ import (
 // output.
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runCLIWith(t, Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}, args...)
+}
+
+// runCLIWith is runCLI with the registries of o.
+func runCLIWith(t *testing.T, o Options, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	root := newRoot(Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}, &out, &errOut)
+	root := newRoot(o, &out, &errOut)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())
 	var ee *exitError

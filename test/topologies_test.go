@@ -80,8 +80,10 @@ type proc struct {
 func start(t *testing.T, name, cfgPath string, env []string, args ...string) *proc {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	// The example configs name an ingest token (MILLRACE_INGEST_TOKEN);
+	// these tests capture and do not ingest, but millrace run needs it set.
 	env = append(append(os.Environ(), env...), "MILLRACE_HTTP__ADDR="+addr, "MILLRACE_LOG__FORMAT=json",
-		"MILLRACE_LOG__LEVEL=info", "MILLRACE_ROUTER__SHUTDOWN_TIMEOUT=5s")
+		"MILLRACE_LOG__LEVEL=info", "MILLRACE_ROUTER__SHUTDOWN_TIMEOUT=5s", "MILLRACE_INGEST_TOKEN=topologies-test")
 	p := &proc{Process: e2e.NewProcess(t, name, e2e.Binary(t), append([]string{"run", "-c", cfgPath}, args...), env),
 		name: name, addr: addr}
 	p.Start()

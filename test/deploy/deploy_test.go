@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -214,9 +215,10 @@ func endpoints(cfg *config.Config, e env, p *problems) []endpoint {
 }
 
 // checkProcess checks what a millrace process of either file format must
-// satisfy: its effective config is valid, listens on every interface on
-// the expected port, names only variables it is given, and drains within
-// the grace period.
+// satisfy: its effective config is valid (so ingest has credentials or
+// is off, since it listens beyond loopback), listens on every interface
+// on the expected port, names only variables it is given, from a Secret
+// (k8s) or an env file (compose), and drains within the grace period.
 func checkProcess(where string, tp topology, data []byte, e env, role string, grace time.Duration, k8s bool, p *problems) (*config.Config, int) {
 	cfg, err := effective(data, e, role)
 	if err != nil {
@@ -247,6 +249,8 @@ func checkProcess(where string, tp topology, data []byte, e env, role string, gr
 			p.add("%s: %s names %s, which the environment does not provide", where, path, name)
 		case k8s && !e.fromSecret[name]:
 			p.add("%s: %s names %s, which must come from a Secret (valueFrom.secretKeyRef), not a literal value", where, path, name)
+		case !e.fromSecret[name]:
+			p.add("%s: %s names %s, which must come from an env_file, not the environment block", where, path, name)
 		}
 	}
 	if err := cfg.CheckEnv(func(k string) (string, bool) { v, ok := e.values[k]; return v, ok }); err != nil {
@@ -331,6 +335,7 @@ type composeService struct {
 	Build           *composeBuild               `yaml:"build"`
 	Command         []string                    `yaml:"command"`
 	Environment     map[string]string           `yaml:"environment"`
+	EnvFile         []string                    `yaml:"env_file"`
 	Volumes         []string                    `yaml:"volumes"`
 	Ports           []string                    `yaml:"ports"`
 	Expose          []string                    `yaml:"expose"`
@@ -372,6 +377,36 @@ func loadCompose(data []byte) (*composeFile, error) {
 		return nil, err
 	}
 	return &f, nil
+}
+
+// serviceEnv is a service's environment: its env files (relative to
+// dir), then its environment block; fromSecret marks what came from an
+// env file.
+func serviceEnv(s composeService, dir string, p *problems) env {
+	e := env{values: map[string]string{}, fromSecret: map[string]bool{}}
+	for _, f := range s.EnvFile {
+		data, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			p.add("env_file: %v", err)
+			continue
+		}
+		for i, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				p.add("env_file %s:%d: want KEY=value, got %q", f, i+1, line)
+				continue
+			}
+			e.values[k], e.fromSecret[k] = v, true
+		}
+	}
+	for k, v := range s.Environment {
+		e.values[k], e.fromSecret[k] = v, false
+	}
+	return e
 }
 
 // bindMount splits "source:target[:mode]" and resolves a relative source
@@ -465,7 +500,7 @@ func checkCompose(tp topology, f *composeFile, dir string) problems {
 		if !mounted {
 			p.add("%s: nothing is mounted at %s", where, configPath)
 		}
-		e := env{values: s.Environment}
+		e := serviceEnv(s, dir, &p)
 		grace := 10 * time.Second // Docker's default
 		if s.StopGracePeriod != "" {
 			if grace, err = time.ParseDuration(s.StopGracePeriod); err != nil {
@@ -511,7 +546,7 @@ func checkCompose(tp topology, f *composeFile, dir string) problems {
 				p.add("service %s: no healthcheck, which service_healthy needs", ep.host())
 			}
 			if ep.kind == "postgres" {
-				checkPostgresURL(where, ep, env{values: b.Environment}, &p)
+				checkPostgresURL(where, ep, serviceEnv(b, dir, &p), &p)
 				var sql strings.Builder
 				for _, v := range b.Volumes {
 					if src, target, bind := bindMount(dir, v); bind && strings.HasPrefix(target, initdbDir+"/") {
@@ -1215,6 +1250,13 @@ func TestChecksCatchMistakes(t *testing.T) {
 			ten := 10
 			m.workloads["millrace-worker"].Spec.Template.Spec.TerminationGracePeriodSeconds = &ten
 		}},
+		{"ingest token not given", "names MILLRACE_INGEST_TOKEN, which the environment does not provide", func(m *manifests) {
+			c := worker(m)
+			c.Env = slices.DeleteFunc(c.Env, func(v envVar) bool { return v.Name == "MILLRACE_INGEST_TOKEN" })
+		}},
+		{"literal ingest token", "MILLRACE_INGEST_TOKEN, which must come from a Secret", func(m *manifests) {
+			setEnv(worker(m), "MILLRACE_INGEST_TOKEN", "change-me-too")
+		}},
 		{"init script", "no init script in /docker-entrypoint-initdb.d creates table orders", func(m *manifests) {
 			m.configMaps["postgres-initdb"].Data = map[string]string{"shop.sql": "CREATE TABLE customers (id int PRIMARY KEY);"}
 		}},
@@ -1267,6 +1309,17 @@ func TestChecksCatchMistakes(t *testing.T) {
 			s.StopGracePeriod = ""
 			f.Services["worker"] = s
 		}},
+		{"literal secret", "MILLRACE_INGEST_TOKEN, which must come from an env_file", func(f *composeFile) {
+			s := f.Services["worker"]
+			s.Environment = maps.Clone(s.Environment)
+			s.Environment["MILLRACE_INGEST_TOKEN"] = "change-me-too"
+			f.Services["worker"] = s
+		}},
+		{"no env file", "names MILLRACE_INGEST_TOKEN, which the environment does not provide", func(f *composeFile) {
+			s := f.Services["worker"]
+			s.EnvFile = nil
+			f.Services["worker"] = s
+		}},
 	}
 	for _, tc := range composeCases {
 		t.Run("compose/"+tc.name, func(t *testing.T) {
@@ -1307,6 +1360,54 @@ func TestChecksCatchMistakes(t *testing.T) {
 }
 
 // ---- the Dockerfile and the guides ----
+
+// TestOpenIngestIsCaught: each deployment's process, given its example
+// config without [[http.ingest_tokens]], is found to listen beyond
+// loopback with an ingest anyone can call; with http.ingest = false
+// instead it passes.
+func TestOpenIngestIsCaught(t *testing.T) {
+	const block = "[[http.ingest_tokens]]\nname = \"producer\"\ntoken_env = \"MILLRACE_INGEST_TOKEN\"\n"
+	for _, tp := range topologies {
+		t.Run(tp.name, func(t *testing.T) {
+			example, err := os.ReadFile(exampleConfig(tp.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(example, []byte(block)) {
+				t.Fatalf("topologies/%s.toml has no ingest token block %q", tp.name, block)
+			}
+			f, err := loadCompose(must(os.ReadFile(composePath(tp.name))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var name string
+			for name = range tp.compose {
+				break
+			}
+			e := serviceEnv(f.Services[name], filepath.Dir(composePath(tp.name)), &problems{})
+			role := tp.compose[name].role
+			var p problems
+			checkProcess(name, tp, bytes.Replace(example, []byte(block), nil, 1), e, role, time.Minute, false, &p)
+			if !slices.ContainsFunc(p, func(s string) bool { return strings.Contains(s, "http.ingest_tokens: http.addr") }) {
+				t.Errorf("without ingest tokens, problems = %q; want one about http.ingest_tokens", p)
+			}
+			p = nil
+			off := bytes.Replace(example, []byte(block), nil, 1)
+			off = bytes.Replace(off, []byte("[http]\n"), []byte("[http]\ningest = false\n"), 1)
+			checkProcess(name, tp, off, e, role, time.Minute, false, &p)
+			if len(p) > 0 {
+				t.Errorf("with ingest off, problems = %q; want none", p)
+			}
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
 
 func TestDockerfile(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
@@ -1363,6 +1464,11 @@ func TestGuides(t *testing.T) {
 				"deploy/k8s/" + tp.name + "/",
 				"topologies/" + tp.name + ".toml",
 				"README",
+				// Where the secrets come from, and the ingest credentials
+				// a process listening beyond loopback needs.
+				"deploy/compose/" + tp.name + ".env",
+				"MILLRACE_INGEST_TOKEN",
+				"security.md",
 			} {
 				if !strings.Contains(doc, s) {
 					t.Errorf("%s does not mention %s", tp.guide, s)

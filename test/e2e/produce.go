@@ -258,14 +258,24 @@ func (r *Rig) Ingest(ctx context.Context, evs ...*event.Event) (int, string, err
 	return r.Post(ctx, "/v1/events", body)
 }
 
-// Post sends body to path on the process and returns the status and
-// the answer's body.
+// Post sends body to path on the process, with the rig's ingest token
+// when it has one, and returns the status and the answer's body.
 func (r *Rig) Post(ctx context.Context, path string, body []byte) (int, string, error) {
+	h := http.Header{"Content-Type": {"application/json"}}
+	if r.IngestToken != "" {
+		h.Set("Authorization", "Bearer "+r.IngestToken)
+	}
+	return r.PostWith(ctx, path, body, h)
+}
+
+// PostWith sends body to path with header h (and nothing else) and
+// returns the status and the answer's body.
+func (r *Rig) PostWith(ctx context.Context, path string, body []byte, h http.Header) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL(path), bytes.NewReader(body))
 	if err != nil {
 		return 0, "", err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header = h
 	resp, err := r.prod.client.Do(req)
 	if err != nil {
 		return 0, "", err

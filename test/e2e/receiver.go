@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers/webhook"
 )
 
 // SecretEnv names the variable that holds the signing secret of the
@@ -96,9 +95,10 @@ func (r *Receiver) Env() string { return r.EnvAs(SecretEnv) }
 // EnvAs returns the environment entry that holds the signing secret in
 // the variable name, for a second receiver of one process (its actions
 // then set secret_env to name).
-func (r *Receiver) EnvAs(name string) string {
-	return name + "=whsec_" + base64.StdEncoding.EncodeToString(r.secret)
-}
+func (r *Receiver) EnvAs(name string) string { return name + "=" + r.Secret() }
+
+// Secret is the signing secret as the actions are given it.
+func (r *Receiver) Secret() string { return "whsec_" + base64.StdEncoding.EncodeToString(r.secret) }
 
 // Action returns a signed webhook action posting the event envelope to
 // path on the receiver; extra fields are added to it (timeout, ...).
@@ -169,28 +169,12 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(status)
 }
 
-// verify checks webhook-signature ("v1,<base64 HMAC-SHA256 of
-// id.timestamp.body>", among space-separated signatures) and that the
-// idempotency key is the webhook id.
+// verify checks the Standard Webhooks signature (webhook.Verify, the
+// function millrace offers receivers) and that the idempotency key is
+// the webhook id.
 func (r *Receiver) verify(h http.Header, body []byte) bool {
-	id, ts, sigs := h.Get("Webhook-Id"), h.Get("Webhook-Timestamp"), h.Get("Webhook-Signature")
-	if id == "" || ts == "" || sigs == "" || h.Get("Idempotency-Key") != id {
-		return false
-	}
-	m := hmac.New(sha256.New, r.secret)
-	m.Write([]byte(id + "." + ts + "."))
-	m.Write(body)
-	want := m.Sum(nil)
-	for _, s := range strings.Fields(sigs) {
-		v, ok := strings.CutPrefix(s, "v1,")
-		if !ok {
-			continue
-		}
-		if got, err := base64.StdEncoding.DecodeString(v); err == nil && hmac.Equal(got, want) {
-			return true
-		}
-	}
-	return false
+	return h.Get("Idempotency-Key") == h.Get("Webhook-Id") &&
+		webhook.Verify(r.secret, h, body, time.Now(), webhook.DefaultTolerance) == nil
 }
 
 // Requests returns every request made to path, in arrival order.

@@ -117,6 +117,17 @@ type Options struct {
 	// RedisURL and NATSURL replace the shared servers (a private server
 	// the test stops and starts).
 	RedisURL, NATSURL string
+	// HTTP keys replace those of the example's [http] table, e.g.
+	// "ingest_tokens": []map[string]any{{"name": "shop", "token_env": "SHOP_TOKEN"}}.
+	HTTP map[string]any
+	// Tables are more sections of the config, e.g. "smtp", replacing the
+	// example's.
+	Tables map[string]map[string]any
+	// PostgresPassword, when set, is put in every PostgreSQL URL the
+	// process is given (the test server trusts local connections, so
+	// any password is accepted), for tests that look for it where it
+	// must not be.
+	PostgresPassword string
 }
 
 // Rig is one topology's millrace process with its own share of the
@@ -155,6 +166,10 @@ type Rig struct {
 	// AdminToken and AdminTokenEnv: the bearer token of the admin API
 	// and the variable that holds it.
 	AdminToken, AdminTokenEnv string
+	// IngestTokens are the values of the config's ingest tokens, by
+	// name; IngestToken, the first bearer token's, is what Post sends.
+	IngestTokens map[string]string
+	IngestToken  string
 	// Config is the path of the generated config file.
 	Config string
 	// Env is the process's environment.
@@ -225,6 +240,10 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 		set("http", "admin_token_env", r.AdminTokenEnv)
 	}
 	env = append(env, r.AdminTokenEnv+"="+r.AdminToken)
+	env = append(env, r.ingestTokens(tree, opts)...)
+	for name, table := range opts.Tables {
+		tree[name] = table
+	}
 
 	// Services: a schema per source, and the stores' schema.
 	srcs, _ := tree["sources"].([]any)
@@ -236,7 +255,7 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 		pool, schema := testenv.Postgres(t)
 		name, _ := src["name"].(string)
 		app := fmt.Sprintf("millrace_%s_%d", r.Name, i)
-		so := &Source{Name: name, Schema: schema, Pool: pool, URL: appURL(t, schema, app), AppName: app}
+		so := &Source{Name: name, Schema: schema, Pool: pool, URL: withPassword(t, appURL(t, schema, app), opts.PostgresPassword), AppName: app}
 		createOrders(t, pool)
 		r.Sources = append(r.Sources, so)
 		urlEnv, _ := src["postgres_url_env"].(string)
@@ -259,7 +278,7 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 		} else {
 			r.StorePool, r.StoreSchema = testenv.Postgres(t)
 		}
-		secretSet("postgres", "url", testenv.PostgresSchemaURL(t, r.StoreSchema))
+		secretSet("postgres", "url", withPassword(t, testenv.PostgresSchemaURL(t, r.StoreSchema), opts.PostgresPassword))
 	}
 	switch bus {
 	case BusEmbedded:
@@ -313,6 +332,61 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 	return r
 }
 
+// ingestTokens applies opts.HTTP to the [http] table and gives each
+// ingest token of the config a value: the one opts.Env sets, else a
+// fresh random one. It returns the variables to set.
+func (r *Rig) ingestTokens(tree map[string]any, opts Options) []string {
+	h, _ := tree["http"].(map[string]any)
+	if h == nil {
+		h = map[string]any{}
+		tree["http"] = h
+	}
+	for k, v := range opts.HTTP {
+		h[k] = v
+	}
+	var tokens []map[string]any
+	switch v := h["ingest_tokens"].(type) {
+	case []any:
+		for _, t := range v {
+			m, _ := t.(map[string]any)
+			tokens = append(tokens, m)
+		}
+	case []map[string]any:
+		tokens = v
+	}
+	given := func(name string) (string, bool) {
+		for i := len(opts.Env) - 1; i >= 0; i-- {
+			if v, ok := strings.CutPrefix(opts.Env[i], name+"="); ok {
+				return v, true
+			}
+		}
+		return "", false
+	}
+	r.IngestTokens = map[string]string{}
+	var env []string
+	for _, t := range tokens {
+		name, _ := t["name"].(string)
+		for _, key := range []string{"token_env", "secret_env"} {
+			envName, _ := t[key].(string)
+			if envName == "" {
+				continue
+			}
+			v, ok := given(envName)
+			if !ok {
+				var b [16]byte
+				_, _ = rand.Read(b[:])
+				v = hex.EncodeToString(b[:])
+				env = append(env, envName+"="+v)
+			}
+			r.IngestTokens[name] = v
+			if key == "token_env" && r.IngestToken == "" {
+				r.IngestToken = v
+			}
+		}
+	}
+	return env
+}
+
 // lookup returns tree[section][key], or nil.
 func lookup(tree map[string]any, section, key string) any {
 	m, _ := tree[section].(map[string]any)
@@ -330,6 +404,25 @@ func appURL(t testing.TB, schema, app string) string {
 	q := u.Query()
 	q.Set("application_name", app)
 	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// withPassword returns the URL raw with password pw ("" keeps it as
+// it is).
+func withPassword(t testing.TB, raw, pw string) string {
+	t.Helper()
+	if pw == "" {
+		return raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" {
+		t.Fatalf("e2e: cannot put a password in the PostgreSQL URL (%v); give one as postgres://", err)
+	}
+	user := "postgres"
+	if u.User != nil && u.User.Username() != "" {
+		user = u.User.Username()
+	}
+	u.User = url.UserPassword(user, pw)
 	return u.String()
 }
 

@@ -1,5 +1,19 @@
-// Package middleware holds what sits between the bus and the actions to
-// make delivery safe: the dedup ledger, the result cache, retries, the
-// dead-letter store and the circuit breaker, and the stores behind them
-// (memory, Redis, PostgreSQL, JetStream).
+// Package middleware is the delivery policy between the bus and the
+// actions, and the building blocks and stores behind it.
+//
+// Each observer's events go through a stack of Watermill
+// message.HandlerMiddleware, built from the config (Plan, Policy.Stack;
+// `millrace config --stack` prints it), outermost first:
+//
+//	failure policy  a final failure is dead-lettered, logged or dropped
+//	condition       the observer's condition skips the event (when set)
+//	ledger          dedup claim and result-cache lookup (when either is on)
+//	retry           rounds of the pending actions, with backoff
+//	actions         each action through the result cache and its
+//	                endpoint's circuit breaker
+//
+// Run hands one observer's Delivery to its stack. The building blocks are
+// the Ledger (dedup and result cache, ADR 4 and 5), Backoff, Breakers and
+// the DeadLetters interface, with their stores: memory, Redis, PostgreSQL
+// and JetStream.
 package middleware

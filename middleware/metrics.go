@@ -24,6 +24,10 @@ type Metrics struct {
 	CacheErrors prometheus.Counter
 	// Retries counts action attempts after the first, by observer.
 	Retries *prometheus.CounterVec
+	// Actions counts action outcomes (succeeded, failed, breaker_open)
+	// by observer and action; ActionDuration times each execution.
+	Actions        *prometheus.CounterVec
+	ActionDuration *prometheus.HistogramVec
 }
 
 // NewMetrics returns unregistered metrics; see Collectors.
@@ -42,11 +46,18 @@ func NewMetrics() *Metrics {
 		CacheErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "millrace_cache_errors_total",
 			Help: "Result cache failures; the action ran anyway (fail open)."}),
 		Retries: byObserver("millrace_retries_total", "Action attempts after the first, after a transient failure."),
+		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "millrace_action_runs_total", Help: "Action outcomes, by observer, action and result.",
+		}, []string{"observer", "action", "result"}),
+		ActionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "millrace_action_duration_seconds", Help: "Time one action took.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"observer", "action"}),
 	}
 }
 
 // Collectors returns the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.DedupHits, m.DedupMisses, m.DedupWaits, m.DedupErrors,
-		m.CacheHits, m.CacheMisses, m.CacheErrors, m.Retries}
+		m.CacheHits, m.CacheMisses, m.CacheErrors, m.Retries, m.Actions, m.ActionDuration}
 }

@@ -1,4 +1,8 @@
-// Package router builds and runs millrace's one Watermill router from the
-// config: the topology's bus, the observer handler with its middleware,
-// and the HTTP server for ingest, health, metrics and admin.
+// Package router runs one millrace process: it builds the topology's bus
+// and stores, the one Watermill router with its capture and observe
+// handlers, and the HTTP server (ingest with its credentials, health,
+// metrics, the dead-letter admin API). The observe handler decodes and
+// matches each event and hands it to each matching observer's delivery
+// stack; the delivery policy itself (dedup, result cache, retries,
+// circuit breakers, failure policy) is package middleware's.
 package router

@@ -9,14 +9,13 @@ import (
 
 // Metrics are millrace's own Prometheus metrics.
 type Metrics struct {
-	Registry       *prometheus.Registry
-	Ingested       *prometheus.CounterVec // by result (accepted, rejected, unauthorized, forbidden, rate_limited) and ingest token
-	Events         *prometheus.CounterVec // by result: handled, failed (redelivered), undecodable, dropped
-	Observers      *prometheus.CounterVec // by observer, result: succeeded, skipped_condition, duplicate_skipped, dead_lettered, logged, dropped, failed (redelivered)
-	Actions        *prometheus.CounterVec // by observer, action, result: succeeded, failed, breaker_open
-	ActionDuration *prometheus.HistogramVec
-	EventLatency   prometheus.Histogram
-	// Delivery are the dedup, result cache and retry counters.
+	Registry     *prometheus.Registry
+	Ingested     *prometheus.CounterVec // by result (accepted, rejected, unauthorized, forbidden, rate_limited) and ingest token
+	Events       *prometheus.CounterVec // by result: handled, failed (redelivered), undecodable, dropped
+	Observers    *prometheus.CounterVec // by observer, result: succeeded, skipped_condition, duplicate_skipped, dead_lettered, logged, dropped, failed (redelivered)
+	EventLatency prometheus.Histogram
+	// Delivery are the delivery middleware's counters: dedup, result
+	// cache, retries and actions.
 	Delivery *middleware.Metrics
 }
 
@@ -37,20 +36,13 @@ func NewMetrics() *Metrics {
 		Observers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "millrace_observer_runs_total", Help: "Observer outcomes per event, by observer and result.",
 		}, []string{"observer", "result"}),
-		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "millrace_action_runs_total", Help: "Action outcomes, by observer, action and result.",
-		}, []string{"observer", "action", "result"}),
-		ActionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "millrace_action_duration_seconds", Help: "Time one action took.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"observer", "action"}),
 		EventLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "millrace_event_latency_seconds", Help: "From the event's timestamp to the end of its handling.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
 		}),
 	}
 	m.Delivery = middleware.NewMetrics()
-	reg.MustRegister(m.Ingested, m.Events, m.Observers, m.Actions, m.ActionDuration, m.EventLatency)
+	reg.MustRegister(m.Ingested, m.Events, m.Observers, m.EventLatency)
 	reg.MustRegister(m.Delivery.Collectors()...)
 	return m
 }

@@ -49,8 +49,8 @@ type Router struct {
 	observers []*handlers.Observer
 	byName    map[string]*handlers.Observer
 	matcher   *handlers.Matcher
-	ledger    *middleware.Ledger
-	breakers  *middleware.Breakers
+	policy    *middleware.Policy
+	stacks    map[string]message.HandlerFunc // by observer
 	wm        *message.Router
 	http      *http.Server
 	listener  net.Listener
@@ -99,13 +99,16 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, closeStores()) }()
-	r.ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
-		r.metrics.Delivery, r.logger.With("component", "ledger"))
-	r.breakers = middleware.NewBreakers(middleware.BreakerConfig{}, breakerFailure)
-	if err := r.metrics.Registry.Register(r.breakers); err != nil {
+	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery,
+		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure)}
+	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
+		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
+			r.metrics.Delivery, r.logger.With("component", "ledger"))
+	}
+	if err := r.metrics.Registry.Register(r.policy.Breakers); err != nil {
 		return fmt.Errorf("router: breaker metrics: %w", err)
 	}
-	defer r.metrics.Registry.Unregister(r.breakers)
+	defer r.metrics.Registry.Unregister(r.policy.Breakers)
 	deps := handlers.Deps{Logger: r.logger, Config: cfg, Publish: r.publishRaw, Redis: res.Redis, Database: res.Database}
 	r.observers, err = handlers.Compile(ctx, cfg, r.opts.Actions, deps)
 	if err != nil {
@@ -114,8 +117,10 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, handlers.CloseAll(r.observers)) }()
 	r.matcher = handlers.NewMatcher(r.observers)
 	r.byName = make(map[string]*handlers.Observer, len(r.observers))
+	r.stacks = make(map[string]message.HandlerFunc, len(r.observers))
 	for _, o := range r.observers {
 		r.byName[o.Name] = o
+		r.stacks[o.Name] = r.policy.Stack(o)
 	}
 
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.Router.ShutdownTimeout.D()},
@@ -197,10 +202,6 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	r.logger.Info("stopped", "took", time.Since(start).Round(time.Millisecond).String())
 	return runErr
 }
-
-// breakerFailure tells which errors count against an action's endpoint:
-// a permanent error (a 4xx, a bad payload) shows that it is up.
-func breakerFailure(err error) bool { return err != nil && !handlers.IsPermanent(err) }
 
 // openStores returns the dedup ledger and the result cache that
 // dedup.store and cache.store ask for ("" is the topology's own, or
@@ -346,34 +347,23 @@ func setRouting(m *message.Message, ev *event.Event) {
 	m.Metadata.Set(jetstream.SubjectMetadata, jetstream.Token(ev.Source)+"."+jetstream.Token(ev.Entity)+"."+string(ev.Type))
 }
 
-// Delays the bus waits before redelivering a message this process could
-// not settle.
-const (
-	// inFlightRetryDelay: the same event stayed in flight in another
-	// delivery for longer than the ledger waits.
-	inFlightRetryDelay = time.Second
-	// deadLetterRetryDelay: the dead-letter store refused an entry.
-	deadLetterRetryDelay = 2 * time.Second
-	// deadLetterTimeout bounds one write to the dead-letter store.
-	deadLetterTimeout = 10 * time.Second
-)
-
-// observe is the bus handler: decode, match, run each matching observer
-// under the delivery guarantees (dedup, result cache, retries, circuit
-// breakers, failure policy).
+// observe is the bus handler: decode, match, and run each matching
+// observer through its delivery stack (middleware.Policy.Stack: failure
+// policy, condition, dedup ledger, retries, actions with the result
+// cache and circuit breakers).
 //
 // It returns nil, and the bus acks the message, once every observer
 // either succeeded, was skipped (condition, duplicate) or followed its
 // failure policy (dead letter written, logged, dropped). It returns an
 // error, and the bus redelivers the message, only when that is not so:
 // a dead-letter write failed, the same event is still in flight in
-// another delivery, or the process is shutting down. The message's
-// retry delay metadata then tells the bus how long to wait.
+// another delivery, a breaker is open, or the process is shutting down.
+// The message's retry delay metadata then tells the bus how long to wait.
 //
-// Retries wait inside this handler: the bus releases the messages of
-// one entity one after another and those of different entities in
-// parallel, so a wait holds back only the entity whose event it is,
-// which per-entity order requires anyway.
+// Retries wait inside the stack: the bus releases the messages of one
+// entity one after another and those of different entities in parallel,
+// so a wait holds back only the entity whose event it is, which
+// per-entity order requires anyway.
 func (r *Router) observe(msg *message.Message) error {
 	ctx := msg.Context()
 	ev, err := event.Decode(msg.Payload)
@@ -393,7 +383,7 @@ func (r *Router) observe(msg *message.Message) error {
 		}
 		obs = []*handlers.Observer{o}
 	}
-	sum := r.handle(ctx, msg, ev, obs)
+	sum := r.handle(msg, ev, obs)
 	if !ev.Timestamp.IsZero() {
 		r.metrics.EventLatency.Observe(time.Since(ev.Timestamp).Seconds())
 	}
@@ -417,12 +407,12 @@ func (r *Router) observe(msg *message.Message) error {
 func (r *Router) undecodable(ctx context.Context, msg *message.Message, cause error) error {
 	r.metrics.Events.WithLabelValues("undecodable").Inc()
 	now := time.Now()
-	id, err := r.putDeadLetter(ctx, middleware.DeadLetter{
+	id, err := r.policy.PutDeadLetter(ctx, middleware.DeadLetter{
 		Reason: middleware.ReasonUndecodable, Error: cause.Error(), Attempts: 1,
 		FirstFailure: now, LastFailure: now, Topic: r.topicOf(ctx), Payload: msg.Payload,
 	})
 	if err != nil {
-		msg.Metadata.Set(jetstream.RetryDelayMetadata, deadLetterRetryDelay.String())
+		msg.Metadata.Set(jetstream.RetryDelayMetadata, middleware.DeadLetterRetryDelay.String())
 		r.logger.ErrorContext(ctx, "undecodable message could not be dead-lettered; it will be redelivered",
 			"uuid", msg.UUID, "bytes", len(msg.Payload), "cause", cause, "err", err)
 		return fmt.Errorf("dead-letter undecodable message %s: %w", msg.UUID, err)
@@ -437,19 +427,6 @@ func (r *Router) topicOf(ctx context.Context) string {
 		return t
 	}
 	return r.cfg.Router.Topic
-}
-
-// putDeadLetter writes an entry even when ctx was cancelled meanwhile
-// (shutdown): the failure is final, and the entry decides whether the
-// message may be acked.
-func (r *Router) putDeadLetter(ctx context.Context, dl middleware.DeadLetter) (string, error) {
-	store := r.backend.DeadLetters
-	if store == nil {
-		return "", errors.New("the topology has no dead-letter store")
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterTimeout)
-	defer cancel()
-	return store.Put(pctx, dl)
 }
 
 // Summary is what happened to one event.
@@ -486,332 +463,53 @@ func (s Summary) LogValue() slog.Value {
 		slog.Int("cache_hits", s.CacheHits), slog.Int("cache_misses", s.CacheMisses))
 }
 
-// Outcomes of one observer on one event, as counted in
-// millrace_observer_runs_total{result}.
-const (
-	outcomeSucceeded    = "succeeded"
-	outcomeSkipped      = "skipped_condition"
-	outcomeDuplicate    = "duplicate_skipped"
-	outcomeDeadLettered = "dead_lettered"
-	outcomeLogged       = "logged"
-	outcomeDropped      = "dropped"
-	outcomeRedeliver    = "failed"
-	// breakerRedeliverDelay is how long the bus holds back an event whose
-	// action met an open breaker before it tries again.
-	breakerRedeliverDelay = 2 * time.Second
-)
-
-// observerResult is what one observer did with one event.
-type observerResult struct {
-	outcome                                     string
-	actionsRun, retries, cacheHits, cacheMisses int
-	// err, when set, makes the message go back to the bus.
-	err        error
-	retryDelay time.Duration
-}
-
-// handle runs the observers of one event, concurrently when there are
-// several: each has its own retries and failure policy, and the event's
-// order per entity holds for each observer.
-func (r *Router) handle(ctx context.Context, msg *message.Message, ev *event.Event, obs []*handlers.Observer) Summary {
+// handle runs the observers of one event through their stacks,
+// concurrently when there are several: each has its own retries and
+// failure policy, and the event's order per entity holds for each
+// observer.
+func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*handlers.Observer) Summary {
 	sum := Summary{Matched: len(obs)}
-	results := make([]observerResult, len(obs))
+	topic := r.topicOf(msg.Context())
+	ds := make([]*middleware.Delivery, len(obs))
+	errs := make([]error, len(obs))
+	run := func(i int) {
+		o := obs[i]
+		ds[i] = &middleware.Delivery{Event: ev, Observer: o, Payload: msg.Payload, Topic: topic,
+			Actions: make([]middleware.ActionState, len(o.Actions))}
+		errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
+	}
 	if len(obs) == 1 {
-		results[0] = r.runObserver(ctx, msg, ev, obs[0])
+		run(0)
 	} else {
 		var wg sync.WaitGroup
-		for i, o := range obs {
-			wg.Go(func() { results[i] = r.runObserver(ctx, msg, ev, o) })
+		for i := range obs {
+			wg.Go(func() { run(i) })
 		}
 		wg.Wait()
 	}
-	var errs []error
-	for i, res := range results {
-		r.metrics.Observers.WithLabelValues(obs[i].Name, res.outcome).Inc()
-		switch res.outcome {
-		case outcomeSucceeded:
+	for i, d := range ds {
+		r.metrics.Observers.WithLabelValues(obs[i].Name, d.Outcome).Inc()
+		switch d.Outcome {
+		case middleware.OutcomeSucceeded:
 			sum.Succeeded++
-		case outcomeSkipped:
+		case middleware.OutcomeSkipped:
 			sum.SkippedCondition++
-		case outcomeDuplicate:
+		case middleware.OutcomeDuplicate:
 			sum.DuplicateSkipped++
-		case outcomeDeadLettered:
+		case middleware.OutcomeDeadLettered:
 			sum.DeadLettered++
 			sum.Failed++
 		default:
 			sum.Failed++
 		}
-		sum.ActionsRun += res.actionsRun
-		sum.Retries += res.retries
-		sum.CacheHits += res.cacheHits
-		sum.CacheMisses += res.cacheMisses
-		if res.err != nil {
-			errs = append(errs, res.err)
-			sum.RetryDelay = max(sum.RetryDelay, res.retryDelay)
+		sum.ActionsRun += d.ActionsRun()
+		sum.Retries += d.Retries
+		sum.CacheHits += d.CacheHits
+		sum.CacheMisses += d.CacheMisses
+		if errs[i] != nil {
+			sum.RetryDelay = max(sum.RetryDelay, d.RetryDelay)
 		}
 	}
 	sum.Err = errors.Join(errs...)
 	return sum
-}
-
-// actionState is one action's progress through one delivery.
-type actionState struct {
-	done        bool // succeeded now or before (result cache)
-	gaveUp      bool // failed permanently or used its attempts
-	rejected    bool // its circuit breaker refused the last try
-	attempts    int  // executions, breaker refusals not included
-	lastErr     error
-	permanent   bool
-	first, last time.Time // first and last failure
-}
-
-// runObserver runs one observer on one event: condition, dedup claim,
-// actions with retries (skipping those already done), then commit, or
-// the failure policy and release.
-func (r *Router) runObserver(ctx context.Context, msg *message.Message, ev *event.Event, o *handlers.Observer) (res observerResult) {
-	ok, err := o.Accepts(ev)
-	if err != nil {
-		now := time.Now()
-		r.giveUp(ctx, msg, ev, o, &res, failure{reason: middleware.ReasonCondition, err: err, attempts: 1, first: now, last: now})
-		return res
-	}
-	if !ok {
-		res.outcome = outcomeSkipped
-		return res
-	}
-	hashes := make([]string, len(o.Actions))
-	for i, b := range o.Actions {
-		hashes[i] = b.Spec.Hash
-	}
-	claim, err := r.ledger.Begin(ctx, ev.ID, o.Name, hashes)
-	if err != nil {
-		res.outcome, res.err = outcomeRedeliver, fmt.Errorf("observer %q: %w", o.Name, err)
-		if errors.Is(err, middleware.ErrInFlight) {
-			res.retryDelay = inFlightRetryDelay
-		}
-		return res
-	}
-	if claim.Duplicate() {
-		res.outcome = outcomeDuplicate
-		return res
-	}
-
-	states := make([]actionState, len(o.Actions))
-	for i := range states {
-		if claim.Cached(i) {
-			states[i].done = true
-			res.cacheHits++
-		} else if r.cfg.Cache.Enabled {
-			res.cacheMisses++
-		}
-	}
-	backoff := middleware.NewBackoff(o.Config.Retry)
-	exec := func(actx context.Context, ev *event.Event, b *handlers.Bound) error {
-		st := &states[b.Index] // each action touches only its own state
-		if st.done || st.gaveUp {
-			return nil
-		}
-		return r.execAction(actx, ev, o, b, st, claim)
-	}
-	for {
-		_ = o.Run(ctx, ev, exec) // outcomes are in states
-		if err := ctx.Err(); err != nil {
-			claim.Release(ctx)
-			res.outcome, res.err = outcomeRedeliver, fmt.Errorf("observer %q: %w", o.Name, err)
-			tally(states, &res)
-			return res
-		}
-		var wait time.Duration
-		retries, pending, rejected := 0, false, false
-		for i := range states {
-			st := &states[i]
-			switch {
-			case st.done, st.gaveUp:
-			case st.rejected:
-				rejected = true
-			case st.permanent || st.attempts >= backoff.Attempts():
-				st.gaveUp = true
-			default:
-				pending = true
-				retries++
-				wait = max(wait, backoff.Next(st.attempts, handlers.RetryAfter(st.lastErr)))
-			}
-		}
-		if rejected {
-			// An endpoint's breaker is open: the event goes back to the
-			// bus with a delay, without using an attempt (an open breaker
-			// alone never dead-letters). Waiting here instead would hold
-			// one of the router's in-flight slots for as long as the
-			// breaker stays open, and a dead endpoint would starve every
-			// other observer. The actions that succeeded are kept by
-			// the ledger.
-			claim.Release(ctx)
-			tally(states, &res)
-			res.outcome, res.retryDelay = outcomeRedeliver, breakerRedeliverDelay
-			res.err = fmt.Errorf("observer %q: %w", o.Name, middleware.ErrBreakerOpen)
-			return res
-		}
-		if !pending {
-			break
-		}
-		r.logger.DebugContext(ctx, "retrying observer", "observer", o.Name, "event_id", ev.ID,
-			"actions", retries, "wait", wait.String())
-		if err := middleware.Sleep(ctx, wait); err != nil {
-			claim.Release(ctx)
-			res.outcome, res.err = outcomeRedeliver, fmt.Errorf("observer %q: %w", o.Name, err)
-			tally(states, &res)
-			return res
-		}
-		if retries > 0 {
-			r.metrics.Delivery.Retries.WithLabelValues(o.Name).Add(float64(retries))
-		}
-		res.retries += retries
-		// The actions that already succeeded are skipped this round.
-		for i := range states {
-			if states[i].done {
-				res.cacheHits++
-				r.metrics.Delivery.CacheHits.WithLabelValues(o.Name).Inc()
-			}
-		}
-	}
-	tally(states, &res)
-	if f, failed := failureOf(o, states); failed {
-		r.giveUp(ctx, msg, ev, o, &res, f)
-		claim.Release(ctx)
-		return res
-	}
-	claim.Commit(ctx)
-	res.outcome = outcomeSucceeded
-	return res
-}
-
-func tally(states []actionState, res *observerResult) {
-	for _, st := range states {
-		res.actionsRun += st.attempts
-	}
-}
-
-// execAction runs one action once, through its endpoint's circuit
-// breaker, and records the outcome in st; a success goes to the result
-// cache at once.
-func (r *Router) execAction(ctx context.Context, ev *event.Event, o *handlers.Observer, b *handlers.Bound, st *actionState, claim *middleware.Claim) error {
-	id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
-	start := time.Now()
-	err := r.breakers.Do(breakerKey(o, b), func() (err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				err = handlers.Permanent(fmt.Errorf("panic: %v", p))
-			}
-		}()
-		return b.Execute(ctx, ev)
-	})
-	if errors.Is(err, middleware.ErrBreakerOpen) {
-		st.rejected = true
-		r.metrics.Actions.WithLabelValues(o.Name, id, "breaker_open").Inc()
-		return err
-	}
-	st.rejected = false
-	st.attempts++
-	now := time.Now()
-	r.metrics.ActionDuration.WithLabelValues(o.Name, id).Observe(now.Sub(start).Seconds())
-	if err == nil {
-		st.done, st.lastErr = true, nil
-		r.metrics.Actions.WithLabelValues(o.Name, id, "succeeded").Inc()
-		claim.Succeeded(ctx, b.Index)
-		return nil
-	}
-	r.metrics.Actions.WithLabelValues(o.Name, id, "failed").Inc()
-	st.lastErr, st.permanent, st.last = err, handlers.IsPermanent(err), now
-	if st.first.IsZero() {
-		st.first = now
-	}
-	return err
-}
-
-// breakerKey names an action's endpoint: its own key when it has one,
-// else the action itself.
-func breakerKey(o *handlers.Observer, b *handlers.Bound) string {
-	if k, ok := b.Action.(middleware.BreakerKeyer); ok {
-		if key := k.BreakerKey(); key != "" {
-			return key
-		}
-	}
-	return b.ID(o.Name)
-}
-
-// failure is what a dead letter records.
-type failure struct {
-	reason, action string
-	err            error
-	attempts       int
-	first, last    time.Time
-}
-
-// failureOf sums up the actions that gave up, if any: the first one
-// names the entry, every error is kept.
-func failureOf(o *handlers.Observer, states []actionState) (failure, bool) {
-	var f failure
-	var errs []error
-	for i, st := range states {
-		if st.done {
-			continue
-		}
-		b := o.Actions[i]
-		if f.action == "" {
-			f.action = b.ID(o.Name)
-		}
-		if st.permanent {
-			f.reason = middleware.ReasonPermanent
-		}
-		errs = append(errs, fmt.Errorf("action %s: %w", b.ID(o.Name), st.lastErr))
-		f.attempts = max(f.attempts, st.attempts)
-		if f.first.IsZero() || st.first.Before(f.first) {
-			f.first = st.first
-		}
-		f.last = maxTime(f.last, st.last)
-	}
-	if len(errs) == 0 {
-		return f, false
-	}
-	if f.reason == "" {
-		f.reason = middleware.ReasonExhausted
-	}
-	f.err = errors.Join(errs...)
-	return f, true
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
-}
-
-// giveUp applies the observer's on_failure policy to a final failure.
-// Only a failed dead-letter write leaves the message for a redelivery.
-func (r *Router) giveUp(ctx context.Context, msg *message.Message, ev *event.Event, o *handlers.Observer, res *observerResult, f failure) {
-	attrs := []any{"observer", o.Name, "event_id", ev.ID, "action", f.action, "reason", f.reason,
-		"attempts", f.attempts, "err", f.err}
-	switch o.Config.OnFailure {
-	case "log":
-		res.outcome = outcomeLogged
-		r.logger.ErrorContext(ctx, "observer failed; event dropped (on_failure = log)", attrs...)
-	case "drop":
-		res.outcome = outcomeDropped
-		r.logger.DebugContext(ctx, "observer failed; event dropped (on_failure = drop)", attrs...)
-	default:
-		id, err := r.putDeadLetter(ctx, middleware.DeadLetter{
-			EventID: ev.ID, Observer: o.Name, Action: f.action, Reason: f.reason, Error: f.err.Error(),
-			Attempts: f.attempts, FirstFailure: f.first, LastFailure: f.last, Topic: r.topicOf(ctx), Payload: msg.Payload,
-		})
-		if err != nil {
-			res.outcome, res.retryDelay = outcomeRedeliver, deadLetterRetryDelay
-			res.err = fmt.Errorf("observer %q: dead-letter write failed: %w", o.Name, err)
-			r.logger.ErrorContext(ctx, "observer failed and its dead letter could not be written; the event will be redelivered",
-				append(attrs, "dlq_err", err)...)
-			return
-		}
-		res.outcome = outcomeDeadLettered
-		r.logger.WarnContext(ctx, "observer failed; event dead-lettered", append(attrs, "dead_letter", id)...)
-	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
 )
 
@@ -207,14 +208,24 @@ func validateCmd(o Options, stdout io.Writer) *cobra.Command {
 
 func configCmd(o Options, stdout io.Writer) *cobra.Command {
 	var path string
+	var stack bool
 	cmd := &cobra.Command{
-		Use:   "config -c FILE",
+		Use:   "config -c FILE [--stack]",
 		Short: "Print the effective config (defaults, file, environment) with secrets masked",
-		Args:  cobra.NoArgs,
+		Long: `Print the effective config (defaults, file, environment) with secrets masked.
+With --stack, print instead the delivery stack each observer's events go
+through, outermost layer first, as the config sets it up.`,
+		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			cfg, err := load(o, path)
 			if err != nil {
 				return err
+			}
+			if stack {
+				for _, name := range cfg.ObserverNames() {
+					fmt.Fprintf(stdout, "observers.%s\n%s", name, middleware.FormatPlan(middleware.Plan(cfg, cfg.Observers[name])))
+				}
+				return nil
 			}
 			b, err := cfg.TOML()
 			if err != nil {
@@ -225,6 +236,7 @@ func configCmd(o Options, stdout io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (TOML)")
+	cmd.Flags().BoolVar(&stack, "stack", false, "print each observer's delivery stack instead")
 	return cmd
 }
 

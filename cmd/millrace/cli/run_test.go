@@ -55,3 +55,44 @@ shutdown_timeout = "5s"
 		t.Errorf("emit with $%s: exit %d %s; want 0 and a 202", DefaultIngestTokenEnv, code, out)
 	}
 }
+
+// TestConfigStack: `millrace config --stack` prints each observer's
+// delivery layers, outermost first, as the config sets them up.
+func TestConfigStack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stack.toml")
+	cfg := `
+[cache]
+enabled = false
+[observers.shipped]
+condition = "data.status == 'shipped'"
+on_failure = "log"
+retry = { max_attempts = 5, backoff = "linear", initial = "200ms", max = "10s" }
+actions = [{ type = "log" }]
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLIWith(t, Defaults(), "config", "-c", path, "--stack")
+	if code != ExitOK {
+		t.Fatalf("config --stack: exit %d %s", code, stderr)
+	}
+	want := []string{
+		"observers.shipped",
+		"1. failure policy  log:",
+		"2. condition       data.status == 'shipped'",
+		"3. ledger          dedup window 5m0s",
+		"4. retry           linear, 5 attempts, 200ms..10s",
+		"5. actions         1 action(s), 4 at a time, each: circuit breaker (per endpoint) → timeout 30s",
+	}
+	last := -1
+	for _, w := range want {
+		i := strings.Index(out, w)
+		if i <= last {
+			t.Errorf("config --stack output lacks %q after the previous line:\n%s", w, out)
+		}
+		last = i
+	}
+	if strings.Contains(out, "result cache") {
+		t.Errorf("the stack shows a result cache that cache.enabled = false turned off:\n%s", out)
+	}
+}

@@ -1,0 +1,389 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
+)
+
+// Delays the bus waits before redelivering a message the stack could not
+// settle.
+const (
+	// InFlightRetryDelay: the same event stayed in flight in another
+	// delivery for longer than the ledger waits.
+	InFlightRetryDelay = time.Second
+	// DeadLetterRetryDelay: the dead-letter store refused an entry.
+	DeadLetterRetryDelay = 2 * time.Second
+	// BreakerRedeliverDelay: an action met an open breaker.
+	BreakerRedeliverDelay = 2 * time.Second
+	// deadLetterTimeout bounds one write to the dead-letter store.
+	deadLetterTimeout = 10 * time.Second
+)
+
+// Layer is one concern of an observer's delivery stack, as Plan lists
+// it and `millrace config --stack` prints it.
+type Layer struct {
+	// Name is one of the Layer constants.
+	Name string
+	// Detail says how the config set it up.
+	Detail string
+}
+
+// The layers of a delivery stack, outermost first.
+const (
+	LayerFailure   = "failure policy"
+	LayerCondition = "condition"
+	LayerLedger    = "ledger"
+	LayerRetry     = "retry"
+	LayerActions   = "actions"
+)
+
+// Plan returns the layers of observer o's delivery, outermost first, as
+// cfg asks for them: a condition layer only when o has a condition, a
+// ledger only when dedup or the result cache is on. Every message-level
+// layer is a Watermill message.HandlerMiddleware (Policy.Stack).
+func Plan(cfg *config.Config, o config.Observer) []Layer {
+	layers := []Layer{{LayerFailure, map[string]string{
+		"dlq":  "dlq: a final failure goes to the dead-letter store",
+		"log":  "log: a final failure is logged and the event dropped",
+		"drop": "drop: a final failure drops the event",
+	}[o.OnFailure]}}
+	if o.Condition != "" {
+		layers = append(layers, Layer{LayerCondition, o.Condition})
+	}
+	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
+		var parts []string
+		if cfg.Dedup.Enabled {
+			parts = append(parts, fmt.Sprintf("dedup window %s (%s)", cfg.Dedup.Window, storeName(cfg.Dedup.Store)))
+		}
+		if cfg.Cache.Enabled {
+			parts = append(parts, fmt.Sprintf("result cache lookup (%s)", storeName(cfg.Cache.Store)))
+		}
+		layers = append(layers, Layer{LayerLedger, strings.Join(parts, ", ")})
+	}
+	r := o.Retry
+	layers = append(layers, Layer{LayerRetry, fmt.Sprintf("%s, %d attempts, %s..%s, jitter %g; an open breaker redelivers after %s",
+		r.Backoff, r.MaxAttempts, r.Initial, r.Max, r.Jitter, BreakerRedeliverDelay)})
+	each := []string{}
+	if cfg.Cache.Enabled {
+		each = append(each, fmt.Sprintf("result cache (ttl %s)", cfg.Cache.TTL))
+	}
+	each = append(each, "circuit breaker (per endpoint)", fmt.Sprintf("timeout %s", o.Timeout))
+	layers = append(layers, Layer{LayerActions, fmt.Sprintf("%d action(s), %d at a time, each: %s",
+		len(o.Actions), o.Concurrency, strings.Join(each, " → "))})
+	return layers
+}
+
+func storeName(s string) string {
+	if s == "" {
+		return "the topology's store"
+	}
+	return s + " store"
+}
+
+// FormatPlan renders the layers, one per line, numbered from the
+// outermost.
+func FormatPlan(layers []Layer) string {
+	var b strings.Builder
+	for i, l := range layers {
+		fmt.Fprintf(&b, "  %d. %-15s %s\n", i+1, l.Name, l.Detail)
+	}
+	return b.String()
+}
+
+// Policy is what the delivery stacks of every observer of a process
+// share.
+type Policy struct {
+	Config *config.Config
+	// Ledger holds dedup and the result cache; nil when both are off.
+	Ledger      *Ledger
+	Breakers    *Breakers
+	DeadLetters DeadLetters
+	Metrics     *Metrics
+	Logger      *slog.Logger
+}
+
+// Stack returns o's delivery as one message.HandlerFunc: the layers of
+// Plan, each a message.HandlerMiddleware, around the run of o's actions.
+// The message's context must carry the Delivery (Run does that).
+func (p *Policy) Stack(o *handlers.Observer) message.HandlerFunc {
+	layers := Plan(p.Config, o.Config)
+	h := p.actions()
+	for i := len(layers) - 1; i >= 0; i-- {
+		var mw message.HandlerMiddleware
+		switch layers[i].Name {
+		case LayerFailure:
+			mw = p.failurePolicy
+		case LayerCondition:
+			mw = condition
+		case LayerLedger:
+			mw = p.ledger
+		case LayerRetry:
+			mw = p.retry
+		case LayerActions:
+			continue // the innermost handler
+		}
+		h = mw(h)
+	}
+	return h
+}
+
+// failurePolicy applies the observer's on_failure to a final failure
+// (a *Failure from the layers inside). Only a dead-letter write that
+// fails leaves the message for a redelivery.
+func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := next(msg)
+		var f *Failure
+		if !errors.As(err, &f) {
+			return out, err
+		}
+		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
+		o, ev := d.Observer, d.Event
+		attrs := []any{"observer", o.Name, "event_id", ev.ID, "action", f.Action, "reason", f.Reason,
+			"attempts", f.Attempts, "err", f.Err}
+		switch o.Config.OnFailure {
+		case "log":
+			d.Outcome = OutcomeLogged
+			p.Logger.ErrorContext(ctx, "observer failed; event dropped (on_failure = log)", attrs...)
+		case "drop":
+			d.Outcome = OutcomeDropped
+			p.Logger.DebugContext(ctx, "observer failed; event dropped (on_failure = drop)", attrs...)
+		default:
+			id, err := p.PutDeadLetter(ctx, DeadLetter{
+				EventID: ev.ID, Observer: o.Name, Action: f.Action, Reason: f.Reason, Error: f.Err.Error(),
+				Attempts: f.Attempts, FirstFailure: f.First, LastFailure: f.Last, Topic: d.Topic, Payload: d.Payload,
+			})
+			if err != nil {
+				d.Outcome, d.RetryDelay = OutcomeRedeliver, DeadLetterRetryDelay
+				p.Logger.ErrorContext(ctx, "observer failed and its dead letter could not be written; the event will be redelivered",
+					append(attrs, "dlq_err", err)...)
+				return nil, fmt.Errorf("observer %q: dead-letter write failed: %w", o.Name, err)
+			}
+			d.Outcome = OutcomeDeadLettered
+			p.Logger.WarnContext(ctx, "observer failed; event dead-lettered", append(attrs, "dead_letter", id)...)
+		}
+		return nil, nil
+	}
+}
+
+// PutDeadLetter writes an entry even when ctx was cancelled meanwhile
+// (shutdown): the failure is final, and the entry decides whether the
+// message may be acked.
+func (p *Policy) PutDeadLetter(ctx context.Context, dl DeadLetter) (string, error) {
+	if p.DeadLetters == nil {
+		return "", errors.New("the topology has no dead-letter store")
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterTimeout)
+	defer cancel()
+	return p.DeadLetters.Put(pctx, dl)
+}
+
+// condition skips an event the observer's condition refuses; a condition
+// that fails to evaluate is a final failure.
+func condition(next message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		d := DeliveryFrom(msg.Context())
+		ok, err := d.Observer.Accepts(d.Event)
+		if err != nil {
+			now := time.Now()
+			return nil, &Failure{Reason: ReasonCondition, Err: err, Attempts: 1, First: now, Last: now}
+		}
+		if !ok {
+			d.Outcome = OutcomeSkipped
+			return nil, nil
+		}
+		return next(msg)
+	}
+}
+
+// ledger claims (event, observer) before the run: a duplicate of a
+// handled event is skipped, the actions that already succeeded are
+// marked done. The claim is committed after a success and released
+// after any failure, so that a redelivery runs again.
+func (p *Policy) ledger(next message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
+		o := d.Observer
+		hashes := make([]string, len(o.Actions))
+		for i, b := range o.Actions {
+			hashes[i] = b.Spec.Hash
+		}
+		claim, err := p.Ledger.Begin(ctx, d.Event.ID, o.Name, hashes)
+		if err != nil {
+			if errors.Is(err, ErrInFlight) {
+				d.RetryDelay = InFlightRetryDelay
+			}
+			return nil, fmt.Errorf("observer %q: %w", o.Name, err)
+		}
+		if claim.Duplicate() {
+			d.Outcome = OutcomeDuplicate
+			return nil, nil
+		}
+		d.Claim = claim
+		for i := range d.Actions {
+			if claim.Cached(i) {
+				d.Actions[i].Done = true
+				d.CacheHits++
+			} else if p.Config.Cache.Enabled {
+				d.CacheMisses++
+			}
+		}
+		out, err := next(msg)
+		if err != nil {
+			claim.Release(ctx)
+			return out, err
+		}
+		claim.Commit(ctx)
+		return out, nil
+	}
+}
+
+// retry runs the actions until each succeeded or gave up, waiting
+// between rounds as the observer's retry policy says, and turns the
+// result into a success, a *Failure or a redelivery.
+func (p *Policy) retry(next message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
+		o := d.Observer
+		backoff := NewBackoff(o.Config.Retry)
+		for {
+			_, _ = next(msg) // outcomes are in d.Actions
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("observer %q: %w", o.Name, err)
+			}
+			var wait time.Duration
+			retries, pending, rejected := 0, false, false
+			for i := range d.Actions {
+				st := &d.Actions[i]
+				switch {
+				case st.Done, st.GaveUp:
+				case st.Rejected:
+					rejected = true
+				case st.Permanent || st.Attempts >= backoff.Attempts():
+					st.GaveUp = true
+				default:
+					pending = true
+					retries++
+					wait = max(wait, backoff.Next(st.Attempts, handlers.RetryAfter(st.LastErr)))
+				}
+			}
+			if rejected {
+				// An endpoint's breaker is open: the event goes back to
+				// the bus with a delay, without using an attempt (an open
+				// breaker alone never dead-letters). Waiting here instead
+				// would hold one of the router's in-flight slots for as
+				// long as the breaker stays open, and a dead endpoint
+				// would starve every other observer. The actions that
+				// succeeded are kept by the ledger.
+				d.RetryDelay = BreakerRedeliverDelay
+				return nil, fmt.Errorf("observer %q: %w", o.Name, ErrBreakerOpen)
+			}
+			if !pending {
+				break
+			}
+			p.Logger.DebugContext(ctx, "retrying observer", "observer", o.Name, "event_id", d.Event.ID,
+				"actions", retries, "wait", wait.String())
+			if err := Sleep(ctx, wait); err != nil {
+				return nil, fmt.Errorf("observer %q: %w", o.Name, err)
+			}
+			p.Metrics.Retries.WithLabelValues(o.Name).Add(float64(retries))
+			d.Retries += retries
+			// The actions that already succeeded are skipped this round.
+			for i := range d.Actions {
+				if d.Actions[i].Done {
+					d.CacheHits++
+					p.Metrics.CacheHits.WithLabelValues(o.Name).Inc()
+				}
+			}
+		}
+		if f := failureOf(o, d.Actions); f != nil {
+			return nil, f
+		}
+		d.Outcome = OutcomeSucceeded
+		return nil, nil
+	}
+}
+
+// actions is the innermost handler: one round of the observer's actions
+// that are neither done nor given up, each through the result cache and
+// its endpoint's circuit breaker. It records each outcome in d.Actions
+// and returns nil; the retry layer reads them.
+func (p *Policy) actions() message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
+		exec := func(actx context.Context, ev *event.Event, b *handlers.Bound) error {
+			st := &d.Actions[b.Index] // each action touches only its own state
+			if st.Done || st.GaveUp {
+				return nil
+			}
+			return p.execAction(actx, d, b, st)
+		}
+		_ = d.Observer.Run(ctx, d.Event, exec)
+		return nil, nil
+	}
+}
+
+// execAction runs one action once, through its endpoint's circuit
+// breaker, and records the outcome in st; a success goes to the result
+// cache at once.
+func (p *Policy) execAction(ctx context.Context, d *Delivery, b *handlers.Bound, st *ActionState) error {
+	o := d.Observer
+	id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
+	start := time.Now()
+	err := p.Breakers.Do(breakerKey(o, b), func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = handlers.Permanent(fmt.Errorf("panic: %v", r))
+			}
+		}()
+		return b.Execute(ctx, d.Event)
+	})
+	if errors.Is(err, ErrBreakerOpen) {
+		st.Rejected = true
+		p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open").Inc()
+		return err
+	}
+	st.Rejected = false
+	st.Attempts++
+	now := time.Now()
+	p.Metrics.ActionDuration.WithLabelValues(o.Name, id).Observe(now.Sub(start).Seconds())
+	if err == nil {
+		st.Done, st.LastErr = true, nil
+		p.Metrics.Actions.WithLabelValues(o.Name, id, "succeeded").Inc()
+		if d.Claim != nil {
+			d.Claim.Succeeded(ctx, b.Index)
+		}
+		return nil
+	}
+	p.Metrics.Actions.WithLabelValues(o.Name, id, "failed").Inc()
+	st.LastErr, st.Permanent, st.Last = err, handlers.IsPermanent(err), now
+	if st.First.IsZero() {
+		st.First = now
+	}
+	return err
+}
+
+// breakerKey names an action's endpoint: its own key when it has one,
+// else the action itself.
+func breakerKey(o *handlers.Observer, b *handlers.Bound) string {
+	if k, ok := b.Action.(BreakerKeyer); ok {
+		if key := k.BreakerKey(); key != "" {
+			return key
+		}
+	}
+	return b.ID(o.Name)
+}
+
+// BreakerFailure tells which errors count against an action's endpoint:
+// a permanent error (a 4xx, a bad payload) shows that it is up.
+func BreakerFailure(err error) bool { return err != nil && !handlers.IsPermanent(err) }

@@ -68,8 +68,11 @@ type Event struct {
 
 // Key is the ordering key of the event: events with the same key must be
 // handled in order.
-func (e *Event) Key() string {
-	return e.Source + "\x00" + e.Entity + "\x00" + e.EntityID
+func (e *Event) Key() string { return KeyOf(e.Source, e.Entity, e.EntityID) }
+
+// KeyOf is the ordering key of an event with these fields.
+func KeyOf(source, entity, entityID string) string {
+	return source + "\x00" + entity + "\x00" + entityID
 }
 
 // MaxFieldLen bounds the string fields of the envelope (not data).

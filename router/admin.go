@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +22,6 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // The admin API of the dead-letter store, under /v1/dlq. Every route
@@ -445,12 +446,11 @@ func (r *Router) replayOne(ctx context.Context, store middleware.DeadLetters, dl
 	// An undecodable payload is replayed as it is, and will most likely
 	// be dead-lettered again. It still needs a subject under the topic:
 	// the consumer reads "<topic>.>" only.
-	subject := "_._._"
 	if ev, err := event.Decode(dl.Payload); err == nil {
-		m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-		subject = jetstream.Token(ev.Source) + "." + jetstream.Token(ev.Entity) + "." + string(ev.Type)
+		bus.SetRouting(m, ev)
+	} else {
+		m.Metadata.Set(bus.SubjectMetadata, bus.Subject("", "", ""))
 	}
-	m.Metadata.Set(jetstream.SubjectMetadata, subject)
 	topic := dl.Topic
 	if topic == "" {
 		topic = r.cfg.Router.Topic

@@ -7,12 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/middleware"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // TestUndecodableIsDeadLettered publishes bad messages straight onto the
@@ -37,8 +38,8 @@ actions = [{type = "dlqrecord", observer = "a"}]
 	}
 	for _, p := range bad {
 		m := message.NewMessageWithContext(ctx, watermill.NewUUID(), p)
-		m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-		m.Metadata.Set(jetstream.SubjectMetadata, "garbage")
+		m.Metadata.Set(bus.KeyMetadata, ev.Key())
+		m.Metadata.Set(bus.SubjectMetadata, "garbage")
 		if err := r.backend.Publisher.Publish(r.cfg.Router.Topic, m); err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
@@ -26,7 +28,6 @@ import (
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // The delivery tests run real routers on the embedded topology with the
@@ -274,8 +275,8 @@ func (n *deliveryNode) publish(t *testing.T, ev *event.Event, copies int, key fu
 		if key != nil {
 			k = key(i)
 		}
-		m.Metadata.Set(jetstream.KeyMetadata, k)
-		m.Metadata.Set(jetstream.SubjectMetadata, "_.Order.INSERT")
+		m.Metadata.Set(bus.KeyMetadata, k)
+		m.Metadata.Set(bus.SubjectMetadata, "_.Order.INSERT")
 		for mk, mv := range md {
 			m.Metadata.Set(mk, mv)
 		}
@@ -731,8 +732,8 @@ func TestUndecodableMessageIsDeadLettered(t *testing.T) {
 	// Under the key of the event that follows: that one runs only once
 	// the bad message was settled.
 	m := message.NewMessage(uuid.NewString(), raw)
-	m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-	m.Metadata.Set(jetstream.SubjectMetadata, "_.Order.INSERT") // the bus consumes "<topic>.>"
+	m.Metadata.Set(bus.KeyMetadata, ev.Key())
+	m.Metadata.Set(bus.SubjectMetadata, "_.Order.INSERT") // the bus consumes "<topic>.>"
 	if err := n.backend.Publisher.Publish("events", m); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -22,7 +24,6 @@ import (
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // Options are the parts of a Router that do not come from the config.
@@ -321,7 +322,7 @@ func (r *Router) publish(ctx context.Context, md map[string]string, evs []*event
 			return fmt.Errorf("encode event %s: %w", ev.ID, err)
 		}
 		m := message.NewMessageWithContext(ctx, ev.ID, b)
-		setRouting(m, ev)
+		bus.SetRouting(m, ev)
 		for k, v := range md {
 			m.Metadata.Set(k, v)
 		}
@@ -337,14 +338,9 @@ func (r *Router) publish(ctx context.Context, md map[string]string, evs []*event
 func (r *Router) publishRaw(ctx context.Context, topic, id string, payload []byte) error {
 	m := message.NewMessageWithContext(ctx, id, payload)
 	if ev, err := event.Decode(payload); err == nil {
-		setRouting(m, ev)
+		bus.SetRouting(m, ev)
 	}
 	return r.backend.Publisher.Publish(topic, m)
-}
-
-func setRouting(m *message.Message, ev *event.Event) {
-	m.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-	m.Metadata.Set(jetstream.SubjectMetadata, jetstream.Token(ev.Source)+"."+jetstream.Token(ev.Entity)+"."+string(ev.Type))
 }
 
 // observe is the bus handler: decode, match, and run each matching
@@ -392,7 +388,7 @@ func (r *Router) observe(msg *message.Message) error {
 	if sum.Err != nil {
 		r.metrics.Events.WithLabelValues("failed").Inc()
 		if sum.RetryDelay > 0 {
-			msg.Metadata.Set(jetstream.RetryDelayMetadata, sum.RetryDelay.String())
+			msg.Metadata.Set(bus.RetryDelayMetadata, sum.RetryDelay.String())
 		}
 		r.logger.WarnContext(ctx, "event not settled; it will be redelivered", "event_id", ev.ID, "err", sum.Err,
 			"retry_delay", sum.RetryDelay.String())
@@ -412,7 +408,7 @@ func (r *Router) undecodable(ctx context.Context, msg *message.Message, cause er
 		FirstFailure: now, LastFailure: now, Topic: r.topicOf(ctx), Payload: msg.Payload,
 	})
 	if err != nil {
-		msg.Metadata.Set(jetstream.RetryDelayMetadata, middleware.DeadLetterRetryDelay.String())
+		msg.Metadata.Set(bus.RetryDelayMetadata, middleware.DeadLetterRetryDelay.String())
 		r.logger.ErrorContext(ctx, "undecodable message could not be dead-lettered; it will be redelivered",
 			"uuid", msg.UUID, "bytes", len(msg.Payload), "cause", cause, "err", err)
 		return fmt.Errorf("dead-letter undecodable message %s: %w", msg.UUID, err)

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,7 +19,6 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies/capture"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 const wait = 30 * time.Second
@@ -168,10 +169,10 @@ func TestInsertUpdateDelete(t *testing.T) {
 		if ev.Timestamp.IsZero() {
 			t.Errorf("event %d: no timestamp", i)
 		}
-		if got, want := msgs[i].Metadata.Get(jetstream.KeyMetadata), ev.Key(); got != want {
+		if got, want := msgs[i].Metadata.Get(bus.KeyMetadata), ev.Key(); got != want {
 			t.Errorf("event %d: key metadata %q, want %q", i, got, want)
 		}
-		if got, want := msgs[i].Metadata.Get(jetstream.SubjectMetadata), "orders_db.Order."+string(types[i]); got != want {
+		if got, want := msgs[i].Metadata.Get(bus.SubjectMetadata), "orders_db.Order."+string(types[i]); got != want {
 			t.Errorf("event %d: subject metadata %q, want %q", i, got, want)
 		}
 	}
@@ -376,7 +377,7 @@ func TestNackIsRetriedBeforeTheNextChangeOfItsEntity(t *testing.T) {
 		ev := decode(t, m)
 		if ev.EntityID == "1" && ev.Type == event.Insert && nacked == "" {
 			nacked = m.UUID
-			m.Metadata.Set(jetstream.RetryDelayMetadata, "300ms")
+			m.Metadata.Set(bus.RetryDelayMetadata, "300ms")
 			m.Nack()
 			continue
 		}
@@ -488,7 +489,7 @@ func TestPublisherAppendsEventsOnce(t *testing.T) {
 		ev.Data["total"] != int64(99) || ev.UserID != "bob" || ev.Source != "orders_db" {
 		t.Errorf("published event came back as %s: %+v", m.UUID, ev)
 	}
-	if m.Metadata.Get("trace") != "abc" || m.Metadata.Get(jetstream.SubjectMetadata) != "orders_db.Invoice.CUSTOM" {
+	if m.Metadata.Get("trace") != "abc" || m.Metadata.Get(bus.SubjectMetadata) != "orders_db.Invoice.CUSTOM" {
 		t.Errorf("metadata = %v", m.Metadata)
 	}
 	none(t, ch, 10*config(schema).PollInterval)

@@ -7,11 +7,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // DeliveryMetadata counts the deliveries of a message in this process,
@@ -47,7 +48,7 @@ type envelope struct {
 }
 
 // Key mirrors event.Event.Key.
-func (e *envelope) Key() string { return e.Source + "\x00" + e.Entity + "\x00" + e.EntityID }
+func (e *envelope) Key() string { return event.KeyOf(e.Source, e.Entity, e.EntityID) }
 
 // toEnvelope turns a change-log row into the event envelope.
 func (c *Config) toEnvelope(r *row) (*envelope, error) {
@@ -130,9 +131,8 @@ func (c *Config) toMessage(r *row) (*message.Message, error) {
 	for k, v := range md {
 		msg.Metadata.Set(k, v)
 	}
-	msg.Metadata.Set(jetstream.KeyMetadata, ev.Key())
-	msg.Metadata.Set(jetstream.SubjectMetadata, subject(ev.Source, ev.Entity, ev.Type))
-	delete(msg.Metadata, jetstream.RetryDelayMetadata)
+	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.Type)
+	delete(msg.Metadata, bus.RetryDelayMetadata)
 	return msg, nil
 }
 
@@ -143,15 +143,7 @@ func (c *Config) key(r *row) string {
 	if r.source != nil && *r.source != "" {
 		source = *r.source
 	}
-	return source + "\x00" + r.entity + "\x00" + r.entityID
-}
-
-// Subject is the subject suffix of an event on the JetStream bus:
-// source.entity.EVENT_TYPE, each a single token.
-func Subject(ev *event.Event) string { return subject(ev.Source, ev.Entity, ev.Type) }
-
-func subject(source, entity string, t event.Type) string {
-	return jetstream.Token(source) + "." + jetstream.Token(entity) + "." + jetstream.Token(string(t))
+	return event.KeyOf(source, r.entity, r.entityID)
 }
 
 func isSet(b []byte) bool { return len(b) > 0 && !bytes.Equal(b, []byte("null")) }

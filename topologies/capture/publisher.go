@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // publishTimeout bounds one Publish call.
@@ -100,7 +101,7 @@ func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 		}
 		for k, v := range m.Metadata {
 			switch k {
-			case jetstream.KeyMetadata, jetstream.SubjectMetadata, jetstream.RetryDelayMetadata, DeliveryMetadata:
+			case bus.KeyMetadata, bus.SubjectMetadata, bus.RetryDelayMetadata, DeliveryMetadata:
 			default:
 				md[k] = v
 			}

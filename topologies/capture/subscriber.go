@@ -11,12 +11,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/lanes"
 )
 
@@ -42,7 +43,7 @@ const flushEvery = 100 * time.Millisecond
 const queryTimeout = 30 * time.Second
 
 // defaultRetryDelay is the wait before a nacked message is released again
-// when the handler did not set jetstream.RetryDelayMetadata.
+// when the handler did not set bus.RetryDelayMetadata.
 const defaultRetryDelay = 250 * time.Millisecond
 
 // Config is a capture reader's config, built from config.Source by the
@@ -144,10 +145,10 @@ func (c *Config) fraiseqlTable() string {
 // PostgreSQL advisory lock); the others stand by.
 //
 // Messages carry the change id as UUID and the event JSON as payload, with
-// jetstream.KeyMetadata and jetstream.SubjectMetadata set. Messages of one
+// bus.KeyMetadata and bus.SubjectMetadata set. Messages of one
 // entity are released one after another, in commit order; different
 // entities run in parallel up to MaxInFlight. A nacked message is released
-// again after the delay set in jetstream.RetryDelayMetadata (default
+// again after the delay set in bus.RetryDelayMetadata (default
 // 250ms), before any later message of its entity. The checkpoint moves
 // only over messages that were acked, with every earlier one acked too, so
 // a crash replays at most the unacknowledged tail: at least once, never
@@ -590,7 +591,7 @@ func (t *term) build(p *message.Message) {
 		t.sub.logger.Error("capture: cannot build the event of a change", "position", r.pos, "err", err)
 		body, _ := json.Marshal(map[string]any{"id": r.id, "error": err.Error(), "position": r.pos})
 		msg = message.NewMessage(r.id, body)
-		msg.Metadata.Set(jetstream.KeyMetadata, t.cfg.key(r))
+		msg.Metadata.Set(bus.KeyMetadata, t.cfg.key(r))
 	}
 	p.UUID, p.Payload, p.Metadata = msg.UUID, msg.Payload, msg.Metadata
 }
@@ -623,8 +624,8 @@ func (t *term) deliver(p *message.Message) {
 	case <-c.Acked():
 		p.Ack()
 	case <-c.Nacked():
-		if d := c.Metadata.Get(jetstream.RetryDelayMetadata); d != "" {
-			p.Metadata.Set(jetstream.RetryDelayMetadata, d)
+		if d := c.Metadata.Get(bus.RetryDelayMetadata); d != "" {
+			p.Metadata.Set(bus.RetryDelayMetadata, d)
 		}
 		p.Nack()
 	case <-t.msgCtx.Done():
@@ -635,7 +636,7 @@ func (t *term) deliver(p *message.Message) {
 // retryDelay is how long a nacked change waits before it is released
 // again: the delay the handler asked for, or defaultRetryDelay.
 func retryDelay(p *message.Message) time.Duration {
-	if d, err := time.ParseDuration(p.Metadata.Get(jetstream.RetryDelayMetadata)); err == nil && d > 0 {
+	if d, err := time.ParseDuration(p.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
 		return d
 	}
 	return defaultRetryDelay

@@ -29,6 +29,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,17 +40,9 @@ import (
 	"github.com/millrace/millrace/topologies/partition"
 )
 
-// Metadata keys the bus reads from messages.
+// Headers of the messages on the stream; bus.KeyMetadata travels as
+// keyHeader, other metadata with metaPrefix.
 const (
-	// KeyMetadata is the ordering key of a message (see event.Event.Key).
-	KeyMetadata = "millrace_key"
-	// SubjectMetadata, when set, is appended to the topic's subject
-	// (dot-separated tokens, e.g. "orders_db.Order.UPDATE").
-	SubjectMetadata = "millrace_subject"
-	// RetryDelayMetadata is a duration ("250ms") the handler sets on a
-	// message before it nacks it: the bus redelivers after that delay.
-	RetryDelayMetadata = "millrace_retry_delay"
-
 	uuidHeader = "Millrace-Uuid"
 	keyHeader  = "Millrace-Key"
 	// Other metadata travels as headers with this prefix.
@@ -132,30 +126,6 @@ func (c Config) PartitionSubject(topic, key, suffix string) string {
 	return c.Subject(topic, strconv.Itoa(partition.Of(key, c.Partitions))+"."+suffix)
 }
 
-// PartitionKey is the key that places m in a partition: its ordering
-// key, or its UUID when it has none (such messages have no order to
-// keep, so they spread over the partitions). The Redis bus uses it too.
-func PartitionKey(m *message.Message) string {
-	if key := m.Metadata.Get(KeyMetadata); key != "" {
-		return key
-	}
-	return m.UUID
-}
-
-// Token makes s safe as one subject token: no dots, spaces or wildcards.
-func Token(s string) string {
-	if s == "" {
-		return "_"
-	}
-	return strings.Map(func(r rune) rune {
-		switch r {
-		case '.', ' ', '*', '>', '\t', '\r', '\n':
-			return '_'
-		}
-		return r
-	}, s)
-}
-
 // EnsureStream creates the stream or updates it to c.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstream.Stream, error) {
 	sc := jetstream.StreamConfig{
@@ -193,7 +163,7 @@ func NewPublisher(js jetstream.JetStream, cfg Config) *Publisher {
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		nm := nats.NewMsg(p.cfg.PartitionSubject(topic, PartitionKey(m), m.Metadata.Get(SubjectMetadata)))
+		nm := nats.NewMsg(p.cfg.PartitionSubject(topic, bus.PartitionKey(m), m.Metadata.Get(bus.SubjectMetadata)))
 		nm.Data = m.Payload
 		// The duplicate window is stream-wide; the topic in the id keeps
 		// the same message on two topics from being dropped as one.
@@ -201,9 +171,9 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		nm.Header.Set(uuidHeader, m.UUID)
 		for k, v := range m.Metadata {
 			switch k {
-			case KeyMetadata:
+			case bus.KeyMetadata:
 				nm.Header.Set(keyHeader, v)
-			case SubjectMetadata, RetryDelayMetadata:
+			case bus.SubjectMetadata, bus.RetryDelayMetadata:
 			default:
 				nm.Header[metaPrefix+k] = []string{v}
 			}
@@ -252,7 +222,7 @@ func NewSubscriber(js jetstream.JetStream, cfg Config, logger *slog.Logger) *Sub
 
 // ConsumerName is the durable consumer of topic.
 func (s *Subscriber) ConsumerName(topic string) string {
-	return Token(s.cfg.Consumer + "_" + topic)
+	return bus.Token(s.cfg.Consumer + "_" + topic)
 }
 
 // Subscribe starts consuming topic. The channel closes after ctx ends or
@@ -293,7 +263,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 	if ttl <= 0 {
 		ttl = 10 * time.Second
 	}
-	leases, err := partition.NewKVLeases(ctx, s.js, Token(s.cfg.Stream+"_"+s.ConsumerName(topic))+"_partitions", ttl, s.cfg.Replicas)
+	leases, err := partition.NewKVLeases(ctx, s.js, bus.Token(s.cfg.Stream+"_"+s.ConsumerName(topic))+"_partitions", ttl, s.cfg.Replicas)
 	if err != nil {
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -313,7 +283,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 	var forwarders sync.WaitGroup
 	consume := func(p int) (func(), error) {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		name := Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
+		name := bus.Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
 		filter := s.cfg.Subject(topic, strconv.Itoa(p)+".>")
 		msgs, stop, err := s.consume(pctx, name, filter, true, sh)
 		if err != nil {
@@ -346,7 +316,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 
 func defaultMember() string {
 	host, _ := os.Hostname()
-	return Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8]))
+	return bus.Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8]))
 }
 
 // share holds the bounds that the consumers of several partitions share;
@@ -463,7 +433,7 @@ func (s *Subscriber) ensureConsumer(ctx context.Context, cc jetstream.ConsumerCo
 }
 
 func redeliverDelay(m *message.Message) time.Duration {
-	if d, err := time.ParseDuration(m.Metadata.Get(RetryDelayMetadata)); err == nil && d > 0 {
+	if d, err := time.ParseDuration(m.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
 		return d
 	}
 	return defaultRedeliverDelay
@@ -483,7 +453,7 @@ func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string,
 	if key == "" {
 		key = jm.Subject()
 	}
-	msg.Metadata.Set(KeyMetadata, key)
+	msg.Metadata.Set(bus.KeyMetadata, key)
 	for k, v := range h {
 		if strings.HasPrefix(k, metaPrefix) && len(v) > 0 {
 			msg.Metadata.Set(k[len(metaPrefix):], v[0])

@@ -12,12 +12,13 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	njs "github.com/nats-io/nats.go/jetstream"
 
+	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies/jetstream"
 )
 
-// bus returns a config on a fresh stream of the test's own.
-func bus(t *testing.T, js njs.JetStream, prefix, group string) jetstream.Config {
+// busConfig returns a config on a fresh stream of the test's own.
+func busConfig(t *testing.T, js njs.JetStream, prefix, group string) jetstream.Config {
 	t.Helper()
 	cfg := jetstream.Config{
 		Stream: strings.ToUpper(prefix), SubjectPrefix: prefix, Consumer: group,
@@ -33,7 +34,7 @@ func bus(t *testing.T, js njs.JetStream, prefix, group string) jetstream.Config 
 func TestPubSub(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
 	newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-		cfg := bus(t, js, prefix, group)
+		cfg := busConfig(t, js, prefix, group)
 		return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
 	}
 	tests.TestPubSub(t,
@@ -60,7 +61,7 @@ func TestPubSub(t *testing.T) {
 // keys at the same time.
 func TestOrderPerKeyParallelAcrossKeys(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
-	cfg := bus(t, js, prefix, "order")
+	cfg := busConfig(t, js, prefix, "order")
 	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
 	defer sub.Close()
 	const keys, per = 8, 25
@@ -68,7 +69,7 @@ func TestOrderPerKeyParallelAcrossKeys(t *testing.T) {
 	for i := range per {
 		for k := range keys {
 			m := message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-%012d", k, i), []byte(fmt.Sprint(i)))
-			m.Metadata.Set(jetstream.KeyMetadata, fmt.Sprint("k", k))
+			m.Metadata.Set(bus.KeyMetadata, fmt.Sprint("k", k))
 			m.Metadata.Set("custom", "v")
 			msgs = append(msgs, m)
 		}
@@ -95,7 +96,7 @@ func TestOrderPerKeyParallelAcrossKeys(t *testing.T) {
 		if m.Metadata.Get("custom") != "v" {
 			t.Errorf("metadata lost: %v", m.Metadata)
 		}
-		key := m.Metadata.Get(jetstream.KeyMetadata)
+		key := m.Metadata.Get(bus.KeyMetadata)
 		mu.Lock()
 		if running[key] {
 			t.Errorf("two messages of %s released at once", key)
@@ -130,7 +131,7 @@ func TestOrderPerKeyParallelAcrossKeys(t *testing.T) {
 // the handler asked for.
 func TestNackWithDelay(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
-	cfg := bus(t, js, prefix, "nack")
+	cfg := busConfig(t, js, prefix, "nack")
 	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
 	defer sub.Close()
 	if err := pub.Publish("events", message.NewMessage("00000000-0000-4000-8000-000000000001", []byte("x"))); err != nil {
@@ -141,7 +142,7 @@ func TestNackWithDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := <-ch
-	first.Metadata.Set(jetstream.RetryDelayMetadata, "700ms")
+	first.Metadata.Set(bus.RetryDelayMetadata, "700ms")
 	start := time.Now()
 	first.Nack()
 	select {
@@ -162,7 +163,7 @@ func TestNackWithDelay(t *testing.T) {
 // already stored within its duplicate window.
 func TestDuplicateIDDropped(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
-	cfg := bus(t, js, prefix, "dup")
+	cfg := busConfig(t, js, prefix, "dup")
 	pub := jetstream.NewPublisher(js, cfg)
 	for range 3 {
 		if err := pub.Publish("events", message.NewMessage("00000000-0000-4000-8000-000000000009", []byte("x"))); err != nil {
@@ -186,12 +187,12 @@ func TestDuplicateIDDropped(t *testing.T) {
 // messages of its key.
 func TestNackKeepsOrder(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
-	cfg := bus(t, js, prefix, "nackorder")
+	cfg := busConfig(t, js, prefix, "nackorder")
 	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
 	defer sub.Close()
 	for i := range 2 {
 		m := message.NewMessage(fmt.Sprintf("00000000-0000-4000-8000-00000000000%d", i), []byte(fmt.Sprint(i)))
-		m.Metadata.Set(jetstream.KeyMetadata, "k")
+		m.Metadata.Set(bus.KeyMetadata, "k")
 		if err := pub.Publish("events", m); err != nil {
 			t.Fatal(err)
 		}
@@ -206,7 +207,7 @@ func TestNackKeepsOrder(t *testing.T) {
 		case m := <-ch:
 			got = append(got, string(m.Payload))
 			if len(got) == 1 {
-				m.Metadata.Set(jetstream.RetryDelayMetadata, "300ms")
+				m.Metadata.Set(bus.RetryDelayMetadata, "300ms")
 				m.Nack()
 				continue
 			}
@@ -226,14 +227,14 @@ func TestNackKeepsOrder(t *testing.T) {
 // partitions over, and every event is handled.
 func TestPartitionsKeepOrderAcrossWorkers(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
-	cfg := bus(t, js, prefix, "parts")
+	cfg := busConfig(t, js, prefix, "parts")
 	cfg.Partitions, cfg.PartitionTTL = 6, time.Second
 	const keys, per = 12, 40
 	var msgs []*message.Message
 	for i := range per {
 		for k := range keys {
 			m := message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-%012d", k, i), []byte(fmt.Sprint(i)))
-			m.Metadata.Set(jetstream.KeyMetadata, fmt.Sprint("k", k))
+			m.Metadata.Set(bus.KeyMetadata, fmt.Sprint("k", k))
 			msgs = append(msgs, m)
 		}
 	}
@@ -249,7 +250,7 @@ func TestPartitionsKeepOrderAcrossWorkers(t *testing.T) {
 	allDone := make(chan struct{})
 	work := func(name string, ch <-chan *message.Message) {
 		for m := range ch {
-			key, seq := m.Metadata.Get(jetstream.KeyMetadata), 0
+			key, seq := m.Metadata.Get(bus.KeyMetadata), 0
 			fmt.Sscan(string(m.Payload), &seq)
 			mu.Lock()
 			if w, busy := running[key]; busy {
@@ -328,14 +329,14 @@ func TestPartitionsKeepOrderAcrossWorkers(t *testing.T) {
 // is <prefix>.<topic>.<p>.<suffix>, the suffix's tokens as they are.
 func TestPartitionSubjectKeepsTheSuffixTokens(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
-	cfg := bus(t, js, prefix, "subj")
+	cfg := busConfig(t, js, prefix, "subj")
 	cfg.Partitions = 4
 	if _, err := jetstream.EnsureStream(context.Background(), js, cfg); err != nil {
 		t.Fatal(err)
 	}
 	m := message.NewMessage("00000000-0000-4000-8000-000000000042", []byte("x"))
-	m.Metadata.Set(jetstream.KeyMetadata, "orders_db/Order/42")
-	m.Metadata.Set(jetstream.SubjectMetadata, "orders_db.Order.UPDATE")
+	m.Metadata.Set(bus.KeyMetadata, "orders_db/Order/42")
+	m.Metadata.Set(bus.SubjectMetadata, "orders_db.Order.UPDATE")
 	if err := jetstream.NewPublisher(js, cfg).Publish("events", m); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	njs "github.com/nats-io/nats.go/jetstream"
 
@@ -13,7 +15,6 @@ import (
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/nats"
 )
 
@@ -75,8 +76,8 @@ func TestBusOnTheServer(t *testing.T) {
 
 	newMsg := func() *message.Message {
 		m := message.NewMessage("0b9f3c9e-5d44-4d4c-9a57-2f1b0c9e4101", []byte(`{"x":1}`))
-		m.Metadata.Set(jetstream.KeyMetadata, "orders_db\x00Order\x0042")
-		m.Metadata.Set(jetstream.SubjectMetadata, "orders_db.Order.UPDATE")
+		m.Metadata.Set(bus.KeyMetadata, "orders_db\x00Order\x0042")
+		m.Metadata.Set(bus.SubjectMetadata, "orders_db.Order.UPDATE")
 		return m
 	}
 	for range 2 {

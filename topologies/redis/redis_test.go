@@ -6,13 +6,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/redis"
 )
 
@@ -121,7 +122,7 @@ func TestBackendPartitioned(t *testing.T) {
 		}
 	}()
 	m := message.NewMessage("5f0c9c1e-8a55-4d8a-9c1b-1e2f3a4b5c6d", []byte("{}"))
-	m.Metadata.Set(jetstream.KeyMetadata, "orders_db\x00Order\x0042")
+	m.Metadata.Set(bus.KeyMetadata, "orders_db\x00Order\x0042")
 	if err := b.Publisher.Publish("events", m); err != nil {
 		t.Fatal(err)
 	}

@@ -8,11 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/redisbus"
 )
 
@@ -38,7 +39,7 @@ func BenchmarkSubscriber(b *testing.B) {
 				msgs := make([]*message.Message, benchEntries)
 				for j := range msgs {
 					msgs[j] = message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-000000000000", j), payload)
-					msgs[j].Metadata.Set(jetstream.KeyMetadata, "k"+strconv.Itoa(j%1000))
+					msgs[j].Metadata.Set(bus.KeyMetadata, "k"+strconv.Itoa(j%1000))
 				}
 				if err := pub.Publish(topic, msgs...); err != nil {
 					b.Fatal(err)

@@ -14,7 +14,7 @@
 //   - acks are batched: one XACK carries every entry the router acked
 //     since the previous one;
 //   - a nacked message is released again, locally, after the delay the
-//     handler put in its metadata (jetstream.RetryDelayMetadata), before
+//     handler put in its metadata (bus.RetryDelayMetadata), before
 //     any later message of its key;
 //   - entries held by this process are kept fresh (XCLAIM JUSTID) while
 //     they wait or run, and entries idle longer than ClaimIdle on another

@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/redisbus"
 )
 
@@ -80,7 +81,7 @@ type payloadKey struct{ message.Publisher }
 
 func (p payloadKey) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
-		m.Metadata.Set(jetstream.KeyMetadata, string(m.Payload))
+		m.Metadata.Set(bus.KeyMetadata, string(m.Payload))
 	}
 	return p.Publisher.Publish(topic, msgs...)
 }
@@ -169,7 +170,7 @@ func orderAcrossWorkers(t *testing.T, partitions int) {
 	// test cannot end well after one: the later ones of its key are
 	// counted as violations too.
 	handle := func(name string, m *message.Message) {
-		key, seq := m.Metadata.Get(jetstream.KeyMetadata), 0
+		key, seq := m.Metadata.Get(bus.KeyMetadata), 0
 		fmt.Sscan(string(m.Payload), &seq)
 		mu.Lock()
 		if w, busy := running[key]; busy {
@@ -225,7 +226,7 @@ func orderAcrossWorkers(t *testing.T, partitions int) {
 	for i := range per {
 		for k := range keys {
 			m := message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-%012d", k, i), []byte(strconv.Itoa(i)))
-			m.Metadata.Set(jetstream.KeyMetadata, "k"+strconv.Itoa(k))
+			m.Metadata.Set(bus.KeyMetadata, "k"+strconv.Itoa(k))
 			msgs = append(msgs, m)
 		}
 	}
@@ -357,7 +358,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 		for i := from; i < from+n; i++ {
 			for k := range keys {
 				m := message.NewMessage(fmt.Sprintf("k%d-%d", k, i), []byte(strconv.Itoa(i)))
-				m.Metadata.Set(jetstream.KeyMetadata, "k"+strconv.Itoa(k))
+				m.Metadata.Set(bus.KeyMetadata, "k"+strconv.Itoa(k))
 				msgs = append(msgs, m)
 			}
 		}
@@ -401,7 +402,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 	seqs := map[string][]int{}
 	for range keys * (before + after) {
 		m := recv(t, ch, 15*time.Second)
-		key := m.Metadata.Get(jetstream.KeyMetadata)
+		key := m.Metadata.Get(bus.KeyMetadata)
 		seq, _ := strconv.Atoi(string(m.Payload))
 		seqs[key] = append(seqs[key], seq)
 		// Taken-over entries carry no delivery count; new ones do.

@@ -9,10 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/partition"
 )
 
@@ -150,9 +151,9 @@ func (c Config) leasePrefix(topic string) string {
 }
 
 // streamOf is the stream msg is appended to: its partition's, by
-// jetstream.PartitionKey.
+// bus.PartitionKey.
 func (c Config) streamOf(topic string, msg *message.Message) string {
-	return c.PartitionStream(topic, jetstream.PartitionKey(msg))
+	return c.PartitionStream(topic, bus.PartitionKey(msg))
 }
 
 // entryValues encodes msg as the field/value list of one XADD.
@@ -161,9 +162,9 @@ func entryValues(msg *message.Message) []any {
 	v = append(v, fieldUUID, msg.UUID, fieldPayload, []byte(msg.Payload))
 	for k, val := range msg.Metadata {
 		switch k {
-		case jetstream.KeyMetadata:
+		case bus.KeyMetadata:
 			v = append(v, fieldKey, val)
-		case jetstream.SubjectMetadata, jetstream.RetryDelayMetadata, EntryMetadata, DeliveryMetadata, UndecodableMetadata:
+		case bus.SubjectMetadata, bus.RetryDelayMetadata, EntryMetadata, DeliveryMetadata, UndecodableMetadata:
 			// Local to one delivery, or meaningful on JetStream only.
 		default:
 			v = append(v, fieldMetaPrefix+k, val)
@@ -215,7 +216,7 @@ func decodeEntry(stream string, e redis.XMessage) decoded {
 			// stream's order among themselves.
 			d.key = "\x00" + stream
 		}
-		d.metadata[jetstream.KeyMetadata] = d.key
+		d.metadata[bus.KeyMetadata] = d.key
 		return d
 	}
 	sort.Strings(problems)
@@ -228,9 +229,9 @@ func decodeEntry(stream string, e redis.XMessage) decoded {
 		payload: raw,
 		key:     "\x00entry:" + e.ID,
 		metadata: message.Metadata{
-			EntryMetadata:         e.ID,
-			UndecodableMetadata:   strings.Join(problems, "; "),
-			jetstream.KeyMetadata: "\x00entry:" + e.ID,
+			EntryMetadata:       e.ID,
+			UndecodableMetadata: strings.Join(problems, "; "),
+			bus.KeyMetadata:     "\x00entry:" + e.ID,
 		},
 	}
 }

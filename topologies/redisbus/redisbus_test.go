@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/redisbus"
 )
 
@@ -112,7 +113,7 @@ func newMessages(n int, key func(i int) string) []*message.Message {
 	for i := range msgs {
 		msgs[i] = message.NewMessage(fmt.Sprintf("00000000-0000-4000-8000-%012d", i), []byte(strconv.Itoa(i)))
 		if key != nil {
-			msgs[i].Metadata.Set(jetstream.KeyMetadata, key(i))
+			msgs[i].Metadata.Set(bus.KeyMetadata, key(i))
 		}
 	}
 	return msgs
@@ -124,9 +125,9 @@ func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
 	pub, sub := redisbus.NewPublisher(c, cfg), redisbus.NewSubscriber(c, cfg, nil)
 	defer sub.Close()
 	in := message.NewMessage("2b5c0f6e-8b7a-4c8e-9d3e-4f7a9b1c2d3e", []byte(`{"a":1}`))
-	in.Metadata.Set(jetstream.KeyMetadata, "db\x00Order\x0042")
+	in.Metadata.Set(bus.KeyMetadata, "db\x00Order\x0042")
 	in.Metadata.Set("trace", "abc")
-	in.Metadata.Set(jetstream.SubjectMetadata, "db.Order.INSERT")
+	in.Metadata.Set(bus.SubjectMetadata, "db.Order.INSERT")
 	if err := pub.Publish("events", in); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +140,7 @@ func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
 	if m.UUID != in.UUID || string(m.Payload) != string(in.Payload) {
 		t.Errorf("got %s %q, want %s %q", m.UUID, m.Payload, in.UUID, in.Payload)
 	}
-	for k, want := range map[string]string{jetstream.KeyMetadata: "db\x00Order\x0042", "trace": "abc", redisbus.DeliveryMetadata: "1", jetstream.SubjectMetadata: ""} {
+	for k, want := range map[string]string{bus.KeyMetadata: "db\x00Order\x0042", "trace": "abc", redisbus.DeliveryMetadata: "1", bus.SubjectMetadata: ""} {
 		if got := m.Metadata.Get(k); got != want {
 			t.Errorf("metadata %q = %q, want %q", k, got, want)
 		}
@@ -262,7 +263,7 @@ func TestOrderPerKeyUnderParallelKeys(t *testing.T) {
 	msgs := make([]*message.Message, 0, keys*perKey)
 	for i := range keys * perKey {
 		m := message.NewMessage(fmt.Sprintf("id-%d", i), []byte(strconv.Itoa(i/keys)))
-		m.Metadata.Set(jetstream.KeyMetadata, "k"+strconv.Itoa(i%keys))
+		m.Metadata.Set(bus.KeyMetadata, "k"+strconv.Itoa(i%keys))
 		msgs = append(msgs, m)
 	}
 	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
@@ -288,7 +289,7 @@ func TestOrderPerKeyUnderParallelKeys(t *testing.T) {
 	go func() {
 		for m := range ch {
 			go func() {
-				key := m.Metadata.Get(jetstream.KeyMetadata)
+				key := m.Metadata.Get(bus.KeyMetadata)
 				seq, _ := strconv.Atoi(string(m.Payload))
 				mu.Lock()
 				if busy[key] {
@@ -317,7 +318,7 @@ func TestOrderPerKeyUnderParallelKeys(t *testing.T) {
 				mu.Unlock()
 				if nack {
 					nacks.Add(1)
-					m.Metadata.Set(jetstream.RetryDelayMetadata, "2ms")
+					m.Metadata.Set(bus.RetryDelayMetadata, "2ms")
 					m.Nack()
 					return
 				}
@@ -374,7 +375,7 @@ func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
 		t.Fatalf("first delivery %s, want %s", first.UUID, msgs[0].UUID)
 	}
 	const delay = 300 * time.Millisecond
-	first.Metadata.Set(jetstream.RetryDelayMetadata, delay.String())
+	first.Metadata.Set(bus.RetryDelayMetadata, delay.String())
 	nackedAt := time.Now()
 	first.Nack()
 	again := recv(t, ch, 5*time.Second)

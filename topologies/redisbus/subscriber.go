@@ -10,11 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/lanes"
 	"github.com/millrace/millrace/topologies/partition"
 )
@@ -541,7 +542,7 @@ func (sub *subscription) settle(id string, msg *message.Message, cancel context.
 // router acks it or the subscription stops.
 func (sub *subscription) redeliver(id string, prev *message.Message, delivery int) {
 	for {
-		if d, err := time.ParseDuration(prev.Metadata.Get(jetstream.RetryDelayMetadata)); err == nil && d > 0 {
+		if d, err := time.ParseDuration(prev.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:
@@ -560,7 +561,7 @@ func (sub *subscription) redeliver(id string, prev *message.Message, delivery in
 		ctx, cancel := context.WithCancel(sub.lctx)
 		m := message.NewMessageWithContext(ctx, prev.UUID, prev.Payload)
 		for k, v := range prev.Metadata {
-			if k != jetstream.RetryDelayMetadata {
+			if k != bus.RetryDelayMetadata {
 				m.Metadata[k] = v
 			}
 		}

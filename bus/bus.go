@@ -1,0 +1,64 @@
+package bus
+
+import (
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/millrace/millrace/event"
+)
+
+// Metadata keys a bus reads from messages.
+const (
+	// KeyMetadata is the ordering key of a message (event.Event.Key):
+	// messages with the same key are handled one after another, in order.
+	KeyMetadata = "millrace_key"
+	// SubjectMetadata, when set, is appended to the topic's subject on
+	// the JetStream bus ("orders_db.Order.UPDATE", see Subject).
+	SubjectMetadata = "millrace_subject"
+	// RetryDelayMetadata is a duration ("250ms") a handler sets on a
+	// message before it nacks it: the bus redelivers after that delay.
+	RetryDelayMetadata = "millrace_retry_delay"
+)
+
+// SetRouting sets the ordering key and subject of ev on m.
+func SetRouting(m *message.Message, ev *event.Event) {
+	Route(m, ev.Source, ev.Entity, ev.EntityID, ev.Type)
+}
+
+// Route is SetRouting from an event's fields.
+func Route(m *message.Message, source, entity, entityID string, t event.Type) {
+	m.Metadata.Set(KeyMetadata, event.KeyOf(source, entity, entityID))
+	m.Metadata.Set(SubjectMetadata, Subject(source, entity, t))
+}
+
+// Subject is the subject suffix of an event, "<source>.<entity>.<op>",
+// each part one token (Token).
+func Subject(source, entity string, t event.Type) string {
+	return Token(source) + "." + Token(entity) + "." + Token(string(t))
+}
+
+// Token makes s safe as one subject token: no dots, spaces or wildcards;
+// an empty s is "_".
+func Token(s string) string {
+	if s == "" {
+		return "_"
+	}
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.', ' ', '*', '>', '\t', '\r', '\n':
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+// PartitionKey is the key that places m in a partition: its ordering
+// key, or its UUID when it has none (such messages have no order to
+// keep, so they spread over the partitions).
+func PartitionKey(m *message.Message) string {
+	if key := m.Metadata.Get(KeyMetadata); key != "" {
+		return key
+	}
+	return m.UUID
+}

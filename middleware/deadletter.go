@@ -42,8 +42,10 @@ type DeadLetter struct {
 	// Topic is the bus topic the message came from.
 	Topic string `json:"topic"`
 	// Payload is the message as it was on the bus: the event's JSON, or
-	// the raw bytes that did not decode.
-	Payload []byte `json:"payload"`
+	// the raw bytes that did not decode. Lists (GET /v1/dlq) leave it out
+	// and give its size in PayloadBytes instead.
+	Payload      []byte `json:"payload,omitempty"`
+	PayloadBytes int    `json:"payload_bytes,omitempty"`
 }
 
 // DeadLetterFilter selects entries for List. Zero fields match all.

@@ -35,25 +35,10 @@ import (
 //	DELETE /v1/dlq/{id}                     drop one entry
 //	DELETE /v1/dlq                          purge
 
-// DeadLetterSummary is an entry as GET /v1/dlq lists it: everything but
-// the payload, whose size it gives instead.
-type DeadLetterSummary struct {
-	ID           string    `json:"id"`
-	EventID      string    `json:"event_id,omitempty"`
-	Observer     string    `json:"observer,omitempty"`
-	Action       string    `json:"action,omitempty"`
-	Reason       string    `json:"reason"`
-	Error        string    `json:"error"`
-	Attempts     int       `json:"attempts"`
-	FirstFailure time.Time `json:"first_failure"`
-	LastFailure  time.Time `json:"last_failure"`
-	Topic        string    `json:"topic"`
-	PayloadBytes int       `json:"payload_bytes"`
-}
-
 // DeadLetterList is the body of GET /v1/dlq.
 type DeadLetterList struct {
-	Entries []DeadLetterSummary `json:"entries"`
+	// Entries are without their payload (PayloadBytes gives its size).
+	Entries []middleware.DeadLetter `json:"entries"`
 	// Total is the number of entries in the store, whatever the filter.
 	Total int `json:"total"`
 }
@@ -246,12 +231,10 @@ func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 		r.storeError(w, req, "count", err)
 		return
 	}
-	out := DeadLetterList{Entries: make([]DeadLetterSummary, len(dls)), Total: total}
-	for i, d := range dls {
-		out.Entries[i] = DeadLetterSummary{ID: d.ID, EventID: d.EventID, Observer: d.Observer, Action: d.Action,
-			Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, FirstFailure: d.FirstFailure,
-			LastFailure: d.LastFailure, Topic: d.Topic, PayloadBytes: len(d.Payload)}
+	for i := range dls {
+		dls[i].PayloadBytes, dls[i].Payload = len(dls[i].Payload), nil
 	}
+	out := DeadLetterList{Entries: dls, Total: total}
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -14,23 +14,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/millrace/millrace/middleware"
 )
 
 // DeadLetter is an entry of the dead-letter store as the admin API
-// shows it.
-type DeadLetter struct {
-	ID           string `json:"id"`
-	EventID      string `json:"event_id"`
-	Observer     string `json:"observer"`
-	Action       string `json:"action"`
-	Reason       string `json:"reason"`
-	Error        string `json:"error"`
-	Attempts     int    `json:"attempts"`
-	Topic        string `json:"topic"`
-	PayloadBytes int    `json:"payload_bytes"`
-	// Payload is filled by DeadLetter (GET /v1/dlq/{id}) only.
-	Payload []byte `json:"payload"`
-}
+// shows it: lists leave the payload out and give its size.
+type DeadLetter = middleware.DeadLetter
 
 func (r *Rig) admin(ctx context.Context, method, path string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, r.URL(path), nil)

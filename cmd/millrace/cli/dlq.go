@@ -158,23 +158,14 @@ func dlqShowCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 // shownDeadLetter is a dead letter as dlq show prints it: the payload as
 // JSON when it is JSON, base64 otherwise, and which of the two.
 type shownDeadLetter struct {
-	ID              string          `json:"id"`
-	EventID         string          `json:"event_id,omitempty"`
-	Observer        string          `json:"observer,omitempty"`
-	Action          string          `json:"action,omitempty"`
-	Reason          string          `json:"reason"`
-	Error           string          `json:"error"`
-	Attempts        int             `json:"attempts"`
-	FirstFailure    time.Time       `json:"first_failure"`
-	LastFailure     time.Time       `json:"last_failure"`
-	Topic           string          `json:"topic"`
-	PayloadEncoding string          `json:"payload_encoding"`
-	Payload         json.RawMessage `json:"payload"`
+	middleware.DeadLetter
+	PayloadEncoding string `json:"payload_encoding"`
+	// Payload shadows the entry's bytes with their JSON rendering.
+	Payload json.RawMessage `json:"payload"`
 }
 
 func showView(dl middleware.DeadLetter) shownDeadLetter {
-	v := shownDeadLetter{ID: dl.ID, EventID: dl.EventID, Observer: dl.Observer, Action: dl.Action, Reason: dl.Reason,
-		Error: dl.Error, Attempts: dl.Attempts, FirstFailure: dl.FirstFailure, LastFailure: dl.LastFailure, Topic: dl.Topic}
+	v := shownDeadLetter{DeadLetter: dl}
 	if len(bytes.TrimSpace(dl.Payload)) > 0 && json.Valid(dl.Payload) {
 		v.PayloadEncoding, v.Payload = "json", dl.Payload
 	} else {

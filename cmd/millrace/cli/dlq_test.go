@@ -30,12 +30,12 @@ import (
 	"github.com/millrace/millrace/topologies/embedded"
 )
 
-// runCLI runs the command line as Main does and returns its exit code and
-// output.
+// runCLI runs the command line as Main does, with every built-in
+// registered, and returns its exit code and output.
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	root := newRoot(Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}, &out, &errOut)
+	root := newRoot(Defaults(), &out, &errOut)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())
 	var ee *exitError

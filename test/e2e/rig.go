@@ -117,6 +117,12 @@ type Options struct {
 	// RedisURL and NATSURL replace the shared servers (a private server
 	// the test stops and starts).
 	RedisURL, NATSURL string
+	// Reroute replaces service addresses in the URLs the process gets
+	// (sources, postgres.url, redis.url, nats.url): {"127.0.0.1:5432":
+	// proxy.Addr()} puts a Proxy in front of PostgreSQL, and
+	// "127.0.0.1:1" makes a service unreachable. The rig's own
+	// connections keep the real address.
+	Reroute map[string]string
 }
 
 // Rig is one topology's millrace process with its own share of the
@@ -307,10 +313,25 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 	if opts.Receiver != nil {
 		env = append(env, opts.Receiver.Env())
 	}
+	for i, kv := range env {
+		env[i] = reroute(kv, opts.Reroute)
+	}
 	r.Env = append(append(os.Environ(), env...), opts.Env...)
 	r.Proc = NewProcess(t, "millrace "+topology, Binary(t), []string{"run", "-c", r.Config}, r.Env)
 	r.prod = newProducer(r)
 	return r
+}
+
+// reroute returns the variable kv ("NAME=url") with the URL's host
+// replaced by to[host], when there is one.
+func reroute(kv string, to map[string]string) string {
+	name, value, _ := strings.Cut(kv, "=")
+	u, err := url.Parse(value)
+	if err != nil || u.Scheme == "" || to[u.Host] == "" {
+		return kv
+	}
+	u.Host = to[u.Host]
+	return name + "=" + u.String()
 }
 
 // lookup returns tree[section][key], or nil.

@@ -103,6 +103,10 @@ type Router struct {
 	// ShutdownTimeout bounds the drain of in-flight messages on SIGINT or
 	// SIGTERM. Default 30s.
 	ShutdownTimeout Duration `koanf:"shutdown_timeout"`
+	// StartupTimeout is how long millrace waits at start for the services
+	// the config names (PostgreSQL, Redis, NATS) to answer, retrying with
+	// backoff, before it exits with status 2; 0 fails at once. Default 60s.
+	StartupTimeout Duration `koanf:"startup_timeout"`
 	// Topic is the bus topic that carries change events. Default "events".
 	Topic string `koanf:"topic"`
 	// MaxInFlight bounds the events handled at once by one process; events

@@ -192,6 +192,7 @@ func TestValidate(t *testing.T) {
 		{"ingest token burst", tok(func(t *config.IngestToken) { t.Rate = "5/s"; t.Burst = -1 }), "http.ingest_tokens[0].burst"},
 		{"read timeout", func(c *config.Config) { c.HTTP.ReadTimeout = 0 }, "http.read_timeout"},
 		{"shutdown timeout", func(c *config.Config) { c.Router.ShutdownTimeout = 0 }, "router.shutdown_timeout"},
+		{"startup timeout", func(c *config.Config) { c.Router.StartupTimeout = -1 }, "router.startup_timeout"},
 		{"topic", func(c *config.Config) { c.Router.Topic = "" }, "router.topic"},
 		{"max in flight", func(c *config.Config) { c.Router.MaxInFlight = 0 }, "router.max_in_flight"},
 		{"embedded port", func(c *config.Config) { c.Embedded.Port = 70000 }, "embedded.port"},
@@ -397,6 +398,42 @@ func TestTOMLMasksSecrets(t *testing.T) {
 	}
 	if back.Dedup.Window != cfg.Dedup.Window || back.Observers["order_shipped"].Retry != cfg.Observers["order_shipped"].Retry {
 		t.Error("printed config does not round-trip")
+	}
+}
+
+// router.startup_timeout = "0" is valid: it means fail at once.
+func TestStartupTimeout(t *testing.T) {
+	if d := config.Default().Router.StartupTimeout.D(); d != time.Minute {
+		t.Errorf("default router.startup_timeout = %s, want 1m", d)
+	}
+	cfg, err := config.Parse([]byte(valid+"\n[router]\nstartup_timeout = \"0s\"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Router.StartupTimeout != 0 {
+		t.Errorf("router.startup_timeout = %s, want 0s", cfg.Router.StartupTimeout)
+	}
+}
+
+func TestMaskURL(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"redis://user:hunter2@h:6379/0", "redis://user:REDACTED@h:6379/0"},
+		{"https://h/in?team=ops&token=abc", "https://h/in?team=ops&token=REDACTED"},
+		{"https://h/x?Access_Token=a&API_KEY=b&apikey=c&key=d&sig=e&Signature=f&secret=g&password=h",
+			"https://h/x?Access_Token=REDACTED&API_KEY=REDACTED&apikey=REDACTED&key=REDACTED&sig=REDACTED&Signature=REDACTED&secret=REDACTED&password=REDACTED"},
+		{"postgres://u:p@h/db?sslmode=disable&sslpassword=x", "postgres://u:REDACTED@h/db?sslmode=disable&sslpassword=REDACTED"},
+		// Nothing to mask: returned as written, encoding included.
+		{"https://h/in?b=1&a=%7Bx%7D&monkey=1", "https://h/in?b=1&a=%7Bx%7D&monkey=1"},
+		{"postgres://u@h/db", "postgres://u@h/db"},
+		{"nats://a:pw1@n1:4222,nats://b:pw2@n2:4222", "nats://a:REDACTED@n1:4222,nats://b:REDACTED@n2:4222"},
+		{"host=db user=app password=s3cr3t dbname=x", "host=db user=app password=REDACTED dbname=x"},
+		{"host=db password='a b\\'c' dbname=x", "host=db password=REDACTED dbname=x"},
+		{"UPDATE users SET password = $1", "UPDATE users SET password = $1"},
+		{"not a url", "not a url"},
+	} {
+		if got := config.MaskURL(tc.in); got != tc.want {
+			t.Errorf("MaskURL(%q) = %q; want %q", tc.in, got, tc.want)
+		}
 	}
 }
 

@@ -45,6 +45,18 @@ func Join(path, key string) string {
 // Index returns path[i].
 func Index(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
 
+// URLKey names where a URL came from, for messages about its service:
+// URLKey("nats", "url", "") is "nats.url", and URLKey("sources[0]",
+// "postgres_url", "ORDERS_DB_URL") is
+// "sources[0].postgres_url_env=ORDERS_DB_URL", since the user fixes a URL
+// read from a variable in that variable.
+func URLKey(path, key, envName string) string {
+	if envName != "" {
+		return Join(path, key+"_env") + "=" + envName
+	}
+	return Join(path, key)
+}
+
 // Errors flattens a joined error into its *Error parts (and any other
 // errors as they are), in path order.
 func Errors(err error) []error {

@@ -3,6 +3,7 @@ package config
 import (
 	"net/url"
 	"reflect"
+	"regexp"
 	"strings"
 
 	"github.com/knadh/koanf/parsers/toml/v2"
@@ -76,18 +77,74 @@ func mask(key string, v any) any {
 	return MaskURL(s)
 }
 
-// MaskURL replaces the password of a URL with REDACTED; other strings are
-// returned as they are.
+// PostgreSQL keyword/value connection strings ("host=db password=x"),
+// which pgx accepts wherever a URL goes.
+var (
+	dsnStart    = regexp.MustCompile(`^\s*[a-z_]+\s*=`)
+	dsnPassword = regexp.MustCompile(`(\bpassword\s*=\s*)('(?:\\.|[^'])*'|\S+)`)
+)
+
+// MaskURL replaces the password of a URL, and the values of its query
+// parameters that carry credentials (see secretParam), with REDACTED; it
+// masks each URL of a comma-separated list (nats.url) and the password
+// of a PostgreSQL keyword/value string. Other strings are returned as
+// they are. Webhook and API URLs often carry their token in the query
+// string, where a key name cannot tell.
 func MaskURL(s string) string {
 	if !strings.Contains(s, "://") {
+		if dsnStart.MatchString(s) {
+			return dsnPassword.ReplaceAllString(s, "${1}"+Masked)
+		}
 		return s
+	}
+	if strings.Count(s, "://") > 1 && strings.Contains(s, ",") {
+		parts := strings.Split(s, ",")
+		for i, p := range parts {
+			parts[i] = MaskURL(p)
+		}
+		return strings.Join(parts, ",")
 	}
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
+	if err != nil {
 		return s
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), Masked)
+	masked := false
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User, masked = url.UserPassword(u.User.Username(), Masked), true
+		}
+	}
+	if u.RawQuery != "" {
+		// Parameter by parameter, so that the order and the encoding of
+		// the others stay as written.
+		params := strings.Split(u.RawQuery, "&")
+		for i, p := range params {
+			name, _, hasValue := strings.Cut(p, "=")
+			if n, err := url.QueryUnescape(name); err == nil && hasValue && secretParam(n) {
+				params[i], masked = name+"="+Masked, true
+			}
+		}
+		u.RawQuery = strings.Join(params, "&")
+	}
+	if !masked {
+		return s
 	}
 	return u.String()
+}
+
+// secretParam reports whether a query parameter named name carries a
+// credential: token, key, secret, password, sig, signature, api_key,
+// access_token, apikey and the like, in any case.
+func secretParam(name string) bool {
+	n := strings.ToLower(name)
+	switch n {
+	case "key", "sig", "pwd", "passwd", "auth":
+		return true
+	}
+	for _, w := range []string{"token", "secret", "password", "signature", "apikey", "api_key", "api-key", "credential"} {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
 }

@@ -56,6 +56,9 @@ func (c *Config) Validate() error {
 	}
 	positive("http.read_timeout", c.HTTP.ReadTimeout)
 	positive("router.shutdown_timeout", c.Router.ShutdownTimeout)
+	if c.Router.StartupTimeout < 0 {
+		add("router.startup_timeout", "must not be negative (0 fails at once), got %s", c.Router.StartupTimeout)
+	}
 	if c.Router.Topic == "" {
 		add("router.topic", "must not be empty")
 	}

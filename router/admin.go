@@ -134,10 +134,11 @@ func (r *Router) dlqSize() float64 {
 }
 
 func (r *Router) deadLetterStore() middleware.DeadLetters {
-	if r.backend == nil {
+	b, _ := r.builtBackend()
+	if b == nil {
 		return nil
 	}
-	return r.backend.DeadLetters
+	return b.DeadLetters
 }
 
 // countDeadLetters wraps b's dead-letter store so that every entry
@@ -178,15 +179,16 @@ func errorBody(msg string) map[string]string { return map[string]string{"error":
 // store answers 503 when the router has not built its backend yet and 501
 // when the topology keeps no dead letters.
 func (r *Router) store(w http.ResponseWriter) middleware.DeadLetters {
-	if r.backend == nil {
-		writeJSON(w, http.StatusServiceUnavailable, errorBody("starting"))
+	b, why := r.builtBackend()
+	if b == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errorBody("starting: "+why))
 		return nil
 	}
-	if r.backend.DeadLetters == nil {
+	if b.DeadLetters == nil {
 		writeJSON(w, http.StatusNotImplemented, errorBody("topology "+r.cfg.Topology+" has no dead-letter store"))
 		return nil
 	}
-	return r.backend.DeadLetters
+	return b.DeadLetters
 }
 
 // parseSince accepts an RFC 3339 time or a duration back from now ("1h").

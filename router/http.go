@@ -20,8 +20,8 @@ import (
 // Handler returns the HTTP routes:
 //
 //	POST /v1/events  one envelope or a JSON array of them (unless http.ingest = false)
-//	GET  /healthz    the process is up
-//	GET  /readyz     the bus is connected
+//	GET  /healthz    the process is up (also while it waits for its services)
+//	GET  /readyz     the services it needs answer; else 503 and which one does not
 //	GET  /metrics    Prometheus (behind http.metrics_token_env when set)
 //	/v1/dlq...       the dead-letter admin API (admin.go)
 func (r *Router) Handler() http.Handler {
@@ -47,11 +47,18 @@ func (r *Router) Handler() http.Handler {
 }
 
 func (r *Router) ready(w http.ResponseWriter, req *http.Request) {
-	if r.backend == nil || r.backend.Ready == nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+	b, why := r.builtBackend()
+	if b == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "reason": why})
 		return
 	}
-	if err := r.backend.Ready(req.Context()); err != nil {
+	if b.Ready == nil {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), probeTimeout)
+	defer cancel()
+	if err := b.Ready(ctx); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
 		return
 	}
@@ -135,6 +142,10 @@ func (r *Router) ingest(w http.ResponseWriter, req *http.Request) {
 	if len(rejected) > 0 {
 		r.metrics.Ingested.WithLabelValues("rejected", name).Add(float64(len(rejected)))
 		writeJSON(w, http.StatusBadRequest, IngestResponse{Rejected: rejected, Error: fmt.Sprintf("%d of %d events rejected; none accepted", len(rejected), len(evs))})
+		return
+	}
+	if b, why := r.builtBackend(); b == nil {
+		writeJSON(w, http.StatusServiceUnavailable, IngestResponse{Error: "starting: " + why})
 		return
 	}
 	if p != nil {

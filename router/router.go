@@ -56,6 +56,12 @@ type Router struct {
 	http      *http.Server
 	listener  net.Listener
 	auth      *ingestAuth
+
+	// started is closed once backend is set: the HTTP server runs before
+	// (see Run), and its handlers use backend only after this.
+	started chan struct{}
+	mu      sync.Mutex
+	waiting error // why the backend is not built yet
 }
 
 // New checks the config against the registries and builds nothing yet.
@@ -73,25 +79,50 @@ func New(cfg *config.Config, opts Options) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth}, nil
+	return &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth, started: make(chan struct{})}, nil
 }
 
 // Metrics returns the router's metrics.
 func (r *Router) Metrics() *Metrics { return r.metrics }
 
-// Run builds the backend and the observers, serves HTTP and consumes the
-// bus until ctx ends; then it stops taking new work, drains in-flight
-// messages within router.shutdown_timeout and returns. It returns nil on
-// a clean shutdown.
+// Run serves HTTP, builds the backend (waiting up to
+// router.startup_timeout for the services it needs) and the observers,
+// and consumes the bus until ctx ends; then it stops taking new work,
+// drains in-flight messages within router.shutdown_timeout and returns.
+// It returns nil on a clean shutdown, and an error wrapping a
+// *topologies.DependencyError when a service did not answer in time.
 func (r *Router) Run(ctx context.Context) (err error) {
 	cfg := r.cfg
-	backend, err := r.opts.Topologies.Build(ctx, cfg, r.logger)
+	// The HTTP server comes first, so that /healthz and /readyz answer
+	// while the backend waits for its services (an orchestrator must not
+	// kill a process that waits, nor send it traffic).
+	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
+		return fmt.Errorf("http: listen %s: %w", cfg.HTTP.Addr, err)
+	}
+	r.listener = ln
+	r.http = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: cfg.HTTP.ReadTimeout.D(), ReadTimeout: cfg.HTTP.ReadTimeout.D()}
+	var serving sync.WaitGroup
+	errc := make(chan error, 2)
+	serving.Go(func() {
+		if err := r.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	})
+	closeHTTP := func() { _ = r.http.Close(); serving.Wait() }
+
+	backend, err := r.build(ctx)
+	if backend == nil {
+		closeHTTP()
 		return err
 	}
-	r.backend = backend
-	defer func() { err = errors.Join(err, backend.Close()) }()
 	r.countDeadLetters(backend)
+	r.backend = backend
+	close(r.started)
+	defer func() { err = errors.Join(err, backend.Close()) }()
+	// Deferred after backend.Close, so it runs before: no request uses
+	// the backend while it closes.
+	defer closeHTTP()
 
 	res := &resources{cfg: cfg}
 	defer func() { err = errors.Join(err, res.Close()) }()
@@ -143,38 +174,22 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
 	}
 
-	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
-	if err != nil {
-		return fmt.Errorf("http: listen %s: %w", cfg.HTTP.Addr, err)
-	}
-	r.listener = ln
-	r.http = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: cfg.HTTP.ReadTimeout.D(), ReadTimeout: cfg.HTTP.ReadTimeout.D()}
-
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := r.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("http: %w", err)
-		}
-	}()
 	runCtx, stopRouter := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRouter()
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		if err := wm.Run(runCtx); err != nil {
 			errc <- fmt.Errorf("router: %w", err)
 		}
-	}()
+	})
 	select {
 	case <-wm.Running():
 	case err := <-errc:
-		_ = r.http.Close()
 		_ = wm.Close()
 		wg.Wait()
 		return err
 	}
+	wg.Go(func() { r.watchDependencies(runCtx) })
 	r.logger.Info("millrace running", "topology", cfg.Topology, "role", cfg.Role, "http", ln.Addr().String(), "observers", len(r.observers))
 	if r.opts.Ready != nil {
 		r.opts.Ready <- ln.Addr().String()
@@ -202,6 +217,116 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	wg.Wait()
 	r.logger.Info("stopped", "took", time.Since(start).Round(time.Millisecond).String())
 	return runErr
+}
+
+// Backoff between start-up attempts: the first retry comes soon, for a
+// service that is just starting; later ones are spaced out up to
+// startupMaxBackoff, for one that takes its time.
+const (
+	startupMinBackoff = 250 * time.Millisecond
+	startupMaxBackoff = 5 * time.Second
+)
+
+// build builds the backend. While a service the config names does not
+// answer (a *topologies.DependencyError), it retries with backoff for up
+// to router.startup_timeout, since in a container millrace often starts
+// before its database or bus. It logs each failed attempt with the
+// reason, which /readyz gives meanwhile. Any other error, or the
+// timeout, ends it; so does ctx, with a nil backend and a nil error.
+func (r *Router) build(ctx context.Context) (*topologies.Backend, error) {
+	timeout := r.cfg.Router.StartupTimeout.D()
+	if timeout <= 0 {
+		return r.opts.Topologies.Build(ctx, r.cfg, r.logger)
+	}
+	deadline := time.Now().Add(timeout)
+	wait := startupMinBackoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		// An attempt that would start at the deadline could only fail
+		// with it, hiding the reason of the one before.
+		if attempt > 1 && !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("gave up after router.startup_timeout (%s): %w", timeout, err)
+		}
+		actx, cancel := context.WithDeadline(ctx, deadline)
+		b, berr := r.opts.Topologies.Build(actx, r.cfg, r.logger)
+		cut := actx.Err() != nil
+		cancel()
+		var dep *topologies.DependencyError
+		if berr == nil || !errors.As(berr, &dep) {
+			return b, berr
+		}
+		if !cut || err == nil {
+			// An attempt that the deadline cut short fails with "context
+			// deadline exceeded": the attempt before says more.
+			err = berr
+		}
+		r.mu.Lock()
+		r.waiting = err
+		r.mu.Unlock()
+		pause := max(0, min(wait, time.Until(deadline)))
+		r.logger.Warn("waiting for a service", "attempt", attempt, "retry_in", pause.Round(time.Millisecond).String(),
+			"startup_timeout", timeout.String(), "err", err)
+		if middleware.Sleep(ctx, pause) != nil {
+			r.logger.Info("stopped while waiting for a service", "err", err)
+			return nil, nil
+		}
+		wait = min(2*wait, startupMaxBackoff)
+	}
+}
+
+// builtBackend returns the backend once Run built it; before, nil and
+// why it is not there yet.
+func (r *Router) builtBackend() (*topologies.Backend, string) {
+	select {
+	case <-r.started:
+		return r.backend, ""
+	default:
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.waiting != nil {
+		return nil, r.waiting.Error()
+	}
+	return nil, "starting"
+}
+
+// dependencyProbeInterval is how often a running process checks its
+// services, and probeTimeout bounds one check.
+const (
+	dependencyProbeInterval = 2 * time.Second
+	probeTimeout            = 2 * time.Second
+)
+
+// watchDependencies logs, once each, when a service the process needs
+// stops answering and when it answers again: the clients reconnect on
+// their own and quietly, and meanwhile the bus redelivers what was not
+// acked. /readyz says the same to whoever asks.
+func (r *Router) watchDependencies(ctx context.Context) {
+	if r.backend.Ready == nil {
+		return
+	}
+	t := time.NewTicker(dependencyProbeInterval)
+	defer t.Stop()
+	var lost error
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		err := r.backend.Ready(pctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && lost == nil:
+			r.logger.Warn("a service does not answer; waiting for it to come back", "err", err)
+		case err == nil && lost != nil:
+			r.logger.Info("service answers again", "was", lost.Error())
+		}
+		lost = err
+	}
 }
 
 // openStores returns the dedup ledger and the result cache that

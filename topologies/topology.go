@@ -26,7 +26,9 @@ type Backend struct {
 	// events topic. A topology whose bus is the change log itself leaves
 	// this empty and reads it through Subscriber.
 	Captures map[string]message.Subscriber
-	// Ready reports whether the bus is connected.
+	// Ready reports whether the services the process needs answer: the
+	// bus, and the sources when it captures. Its error names the one that
+	// does not (a *DependencyError).
 	Ready func(ctx context.Context) error
 	// DeadLetters is the topology's durable dead-letter store.
 	DeadLetters middleware.DeadLetters
@@ -49,8 +51,43 @@ func (b *Backend) Close() error {
 	return errors.Join(errs...)
 }
 
+// DependencyError says that a service the config names did not answer.
+// It names the service, the address (its password masked) and the config
+// key the address came from, because a typo in a URL or a service that
+// starts later than millrace are the usual causes, and the user must see
+// which. The router retries a build that fails with it while
+// router.startup_timeout lasts.
+type DependencyError struct {
+	// Service is "postgres", "redis" or "nats".
+	Service string
+	// Op is what failed: "connect" at start-up, "ping" once running.
+	Op string
+	// Addr is the URL, its password masked.
+	Addr string
+	// Key is the config key of the URL, e.g. "nats.url" or
+	// "sources[0].postgres_url_env=ORDERS_DB_URL".
+	Key string
+	Err error
+}
+
+// Unreachable returns a *DependencyError for service at rawURL.
+func Unreachable(service, op, key, rawURL string, err error) error {
+	return &DependencyError{Service: service, Op: op, Addr: config.MaskURL(rawURL), Key: key, Err: err}
+}
+
+// Error reads "nats: connect nats://127.0.0.1:1 (nats.url): <reason>".
+func (e *DependencyError) Error() string {
+	return fmt.Sprintf("%s: %s %s (%s): %v", e.Service, e.Op, e.Addr, e.Key, e.Err)
+}
+
+func (e *DependencyError) Unwrap() error { return e.Err }
+
 // BuildFunc builds a topology's backend. It owns what it opens: on error
-// it closes it; on success Backend.Close does.
+// it closes it; on success Backend.Close does. ctx bounds the build only
+// (the router gives it the start-up deadline), so nothing the backend
+// runs afterwards may keep it. An error that only means a
+// service did not answer is (or wraps) a *DependencyError, so that the
+// router waits for the service instead of failing at once.
 type BuildFunc func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Backend, error)
 
 // Registry maps topology names to builders.

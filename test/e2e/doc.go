@@ -9,7 +9,9 @@
 // produces row changes the way the topology takes them (rows in a watched
 // table when the topology captures, HTTP ingest otherwise), and records
 // what the webhook actions deliver ([Receiver]), checking every Standard
-// Webhooks signature.
+// Webhooks signature. [Proxy] puts a TCP proxy of the test between
+// millrace and a shared service, to make the service appear late or
+// vanish without touching the server ([Options].Reroute).
 //
 // The child binary is built without the race detector, so that the heavy
 // loads stay within the CI budget; MILLRACE_E2E_RACE=1 builds it with

@@ -128,6 +128,12 @@ type Options struct {
 	// any password is accepted), for tests that look for it where it
 	// must not be.
 	PostgresPassword string
+	// Reroute replaces service addresses in the URLs the process gets
+	// (sources, postgres.url, redis.url, nats.url): {"127.0.0.1:5432":
+	// proxy.Addr()} puts a Proxy in front of PostgreSQL, and
+	// "127.0.0.1:1" makes a service unreachable. The rig's own
+	// connections keep the real address.
+	Reroute map[string]string
 }
 
 // Rig is one topology's millrace process with its own share of the
@@ -326,6 +332,9 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 	if opts.Receiver != nil {
 		env = append(env, opts.Receiver.Env())
 	}
+	for i, kv := range env {
+		env[i] = reroute(kv, opts.Reroute)
+	}
 	r.Env = append(append(os.Environ(), env...), opts.Env...)
 	r.Proc = NewProcess(t, "millrace "+topology, Binary(t), []string{"run", "-c", r.Config}, r.Env)
 	r.prod = newProducer(r)
@@ -385,6 +394,18 @@ func (r *Rig) ingestTokens(tree map[string]any, opts Options) []string {
 		}
 	}
 	return env
+}
+
+// reroute returns the variable kv ("NAME=url") with the URL's host
+// replaced by to[host], when there is one.
+func reroute(kv string, to map[string]string) string {
+	name, value, _ := strings.Cut(kv, "=")
+	u, err := url.Parse(value)
+	if err != nil || u.Scheme == "" || to[u.Host] == "" {
+		return kv
+	}
+	u.Host = to[u.Host]
+	return name + "=" + u.String()
 }
 
 // lookup returns tree[section][key], or nil.

@@ -26,7 +26,7 @@ func Register(r *topologies.Registry) error { return r.Register("embedded", Buil
 
 // Build starts the server, connects to it in-process, ensures the stream
 // and returns the backend.
-func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -54,10 +54,12 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		ns.Shutdown()
 		return nil, errors.New("embedded: nats server not ready within 10s")
 	}
-	b = &topologies.Backend{Closers: []func() error{func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil }}}
+	// b, not the result, is what the deferred clean-up closes: a return
+	// nil, err leaves the result nil.
+	b := &topologies.Backend{Closers: []func() error{func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil }}}
 	defer func() {
 		if err != nil {
-			_ = b.Close()
+			err = errors.Join(err, b.Close())
 		}
 	}()
 	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("millrace"))

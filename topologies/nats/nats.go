@@ -1,10 +1,13 @@
 package nats
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"sync"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -26,19 +29,23 @@ func Register(r *topologies.Registry) error { return r.Register("nats", Build) }
 
 // Build connects to NATS, ensures the stream, opens the stores and, when
 // the process captures (role all or capture), the [[sources]].
-func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b = &topologies.Backend{}
+	// b, not the result, is what the deferred clean-up closes: a return
+	// nil, err leaves the result nil.
+	b := &topologies.Backend{}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, b.Close())
 		}
 	}()
+	d := &dialer{Dialer: net.Dialer{Timeout: connectTimeout}}
 	nc, err := natsgo.Connect(cfg.NATS.URL,
 		natsgo.Name("millrace "+cfg.Role),
 		natsgo.Timeout(connectTimeout),
+		natsgo.SetCustomDialer(d),
 		natsgo.MaxReconnects(-1),
 		natsgo.DisconnectErrHandler(func(_ *natsgo.Conn, err error) {
 			if err != nil {
@@ -48,7 +55,10 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		natsgo.ReconnectHandler(func(*natsgo.Conn) { logger.Info("nats: reconnected") }),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("nats: connect: %w", err)
+		if derr := d.lastErr(); derr != nil && errors.Is(err, natsgo.ErrNoServers) {
+			err = derr
+		}
+		return nil, topologies.Unreachable("nats", "connect", "nats.url", cfg.NATS.URL, err)
 	}
 	b.Closers = append(b.Closers, func() error { nc.Close(); return nil })
 	js, err := njs.New(nc)
@@ -79,7 +89,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	// The dedup ledger and the result cache: shared by every worker in
 	// Redis; without Redis, each process remembers what it handled, and
 	// a redelivery to another worker is not recognised as a duplicate.
-	rc, err := redis.NewClient(cfg.Redis)
+	rc, _, err := redis.Connect(ctx, cfg.Redis)
 	switch {
 	case err != nil:
 		return nil, err
@@ -96,6 +106,15 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 
 	b.Publisher = jetstream.NewPublisher(js, jc)
 	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
+	// Redis holds only the stores here, which fail open: while it is
+	// down events still flow, so it does not make the process unready.
+	b.Ready = func(context.Context) error {
+		if !nc.IsConnected() {
+			return topologies.Unreachable("nats", "ping", "nats.url", cfg.NATS.URL,
+				cmp.Or(nc.LastError(), errors.New("not connected")))
+		}
+		return nil
+	}
 	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
 		srcs, err := postgres.OpenSources(ctx, cfg, logger)
 		if err != nil {
@@ -106,16 +125,37 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		for _, c := range b.Captures {
 			b.Closers = append(b.Closers, c.Close)
 		}
-	}
-	b.Ready = func(context.Context) error {
-		if !nc.IsConnected() {
-			return errors.New("not connected to NATS")
-		}
-		return nil
+		// The process captures: a source it cannot read is a dependency
+		// lost as much as the bus.
+		busReady := b.Ready
+		b.Ready = func(ctx context.Context) error { return errors.Join(busReady(ctx), srcs.Ready(ctx)) }
 	}
 	logger.Info("nats topology: JetStream bus", "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
 		"subjects", jc.SubjectPrefix+".>", "consumer", jc.Consumer, "partitions", jc.Partitions, "sources", len(b.Captures))
 	return b, nil
+}
+
+// dialer remembers the last error of a dial: nats.go reports a refused
+// connection as "no servers available for connection", which does not
+// tell the user why.
+type dialer struct {
+	net.Dialer
+	mu  sync.Mutex
+	err error
+}
+
+func (d *dialer) Dial(network, address string) (net.Conn, error) {
+	c, err := d.Dialer.Dial(network, address)
+	d.mu.Lock()
+	d.err = err
+	d.mu.Unlock()
+	return c, err
+}
+
+func (d *dialer) lastErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
 }
 
 // BusConfig is the JetStream bus's config of cfg: the nats section, the

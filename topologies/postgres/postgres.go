@@ -25,7 +25,7 @@ func Register(r *topologies.Registry) error { return r.Register("postgres", Buil
 // installs what they ask for, opens the stores in postgres.url's database
 // (default: the first source's) and returns the backend: the change logs
 // are the bus, read by postgres.group.
-func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -33,6 +33,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	if err != nil {
 		return nil, fmt.Errorf("postgres.url_env: %w", err)
 	}
+	storesKey := config.URLKey("postgres", "url", cfg.Postgres.URLEnv)
 	srcCfg := cfg
 	if len(cfg.Sources) == 0 {
 		if storesURL == "" {
@@ -47,22 +48,31 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		srcCfg = &c
 	}
 
-	b = &topologies.Backend{}
+	// b, not the result, is what the deferred clean-up closes: a return
+	// nil, err leaves the result nil.
+	b := &topologies.Backend{}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, b.Close())
 		}
 	}()
 	srcs, err := OpenSources(ctx, srcCfg, logger)
+	var dep *topologies.DependencyError
+	if len(cfg.Sources) == 0 && errors.As(err, &dep) {
+		dep.Key = storesKey // the user wrote postgres.url, not a source
+	}
 	if err != nil {
 		return nil, err
 	}
 	b.Closers = append(b.Closers, srcs.Close)
+	if len(cfg.Sources) == 0 {
+		srcs.List[0].Key = storesKey
+	}
 	first := srcs.List[0]
 	if storesURL == "" {
-		storesURL = first.Pool.Config().ConnString()
+		storesURL, storesKey = first.URL, first.Key
 	}
-	if err := openStores(ctx, b, cfg, storesURL, logger); err != nil {
+	if err := openStores(ctx, b, cfg, storesURL, storesKey, logger); err != nil {
 		return nil, err
 	}
 
@@ -75,7 +85,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	b.Closers = append(b.Closers, merged.Close)
 	// HTTP ingest and the publish action append to the first change log.
 	b.Publisher = capture.NewPublisher(first.Pool, first.Capture.Schema)
-	b.Ready = func(ctx context.Context) error { return first.Pool.Ping(ctx) }
+	b.Ready = srcs.Ready
 	names := make([]string, 0, len(srcs.List))
 	for _, s := range srcs.List {
 		names = append(names, s.Name)
@@ -85,13 +95,17 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 }
 
 // openStores opens the dedup ledger, the result cache and the dead
-// letters in the database at url, each with its tables created.
-func openStores(ctx context.Context, b *topologies.Backend, cfg *config.Config, url string, logger *slog.Logger) error {
+// letters in the database at url (from config key key), each with its
+// tables created.
+func openStores(ctx context.Context, b *topologies.Backend, cfg *config.Config, url, key string, logger *slog.Logger) error {
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
-		return fmt.Errorf("stores: %w", err)
+		return fmt.Errorf("stores: %s: %w", key, err)
 	}
 	b.Closers = append(b.Closers, func() error { pool.Close(); return nil })
+	if err := pool.Ping(ctx); err != nil {
+		return topologies.Unreachable("postgres", "connect", key, url, err)
+	}
 	dlq, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{MaxEntries: cfg.DLQ.MaxEntries})
 	if err != nil {
 		return err
@@ -103,7 +117,7 @@ func openStores(ctx context.Context, b *topologies.Backend, cfg *config.Config, 
 
 	lcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return fmt.Errorf("stores: %w", err)
+		return fmt.Errorf("stores: %s: %w", key, err)
 	}
 	// The ledger does not wait for its writes to reach the disk: a
 	// PostgreSQL crash may forget its last few hundred ms, which at worst

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/capture"
 )
 
@@ -27,6 +28,9 @@ type Source struct {
 	Pool *pgxpool.Pool
 	// Capture is the capture reader's config for this source.
 	Capture capture.Config
+	// Key and URL are where the connection URL came from and the URL,
+	// for the errors that name the database.
+	Key, URL string
 }
 
 // Sources are the connected [[sources]] of a config. The nats, multidb
@@ -51,37 +55,52 @@ func OpenSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 		}
 	}()
 	for i, s := range cfg.Sources {
-		src, err := openSource(ctx, cfg, s, logger)
+		src, err := openSource(ctx, cfg, i, s, logger)
 		if err != nil {
-			return nil, fmt.Errorf("%s (%s): %w", config.Index("sources", i), s.Name, err)
+			return nil, err
 		}
 		ss.List = append(ss.List, src)
 	}
 	return ss, nil
 }
 
-func openSource(ctx context.Context, cfg *config.Config, s config.Source, logger *slog.Logger) (*Source, error) {
+// openSource connects to cfg.Sources[i]. A database that does not answer
+// is a *topologies.DependencyError naming the key of its URL.
+func openSource(ctx context.Context, cfg *config.Config, i int, s config.Source, logger *slog.Logger) (*Source, error) {
+	path := config.Index("sources", i)
+	key := config.URLKey(path, "postgres_url", s.PostgresURLEnv)
 	url, err := config.Secret(s.PostgresURL, s.PostgresURLEnv)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
-	src := &Source{Name: s.Name, Pool: pool, Capture: CaptureConfig(cfg, s)}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect: %w", err)
+		return nil, topologies.Unreachable("postgres", "connect", key, url, err)
 	}
 	if s.Install {
 		if err := install(ctx, pool, s); err != nil {
 			pool.Close()
-			return nil, err
+			return nil, fmt.Errorf("%s (%s): %w", path, s.Name, err)
 		}
 		logger.Info("capture schema installed", "source", s.Name, "schema", s.Schema, "tables", s.Tables)
 	}
-	return src, nil
+	return &Source{Name: s.Name, Pool: pool, Capture: CaptureConfig(cfg, s), Key: key, URL: url}, nil
+}
+
+// Ready pings every source's database; the error names each one that
+// does not answer.
+func (ss *Sources) Ready(ctx context.Context) error {
+	var errs []error
+	for _, s := range ss.List {
+		if err := s.Pool.Ping(ctx); err != nil {
+			errs = append(errs, topologies.Unreachable("postgres", "ping", s.Key, s.URL, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // install creates the capture schema of s and watches its tables, as

@@ -45,19 +45,54 @@ func NewClient(c config.Redis) (*goredis.Client, error) {
 	return goredis.NewClient(opts), nil
 }
 
+// Connect is NewClient followed by a PING, so that a Redis that does not
+// answer fails the build with a *topologies.DependencyError naming
+// redis.url. It returns a nil client (and no error) when neither url nor
+// url_env is set. The returned ready func pings again, for Backend.Ready.
+func Connect(ctx context.Context, c config.Redis) (*goredis.Client, func(context.Context) error, error) {
+	client, err := NewClient(c)
+	if err != nil || client == nil {
+		return nil, nil, err
+	}
+	url, _ := config.Secret(c.URL, c.URLEnv) // NewClient read it already
+	key := config.URLKey("redis", "url", c.URLEnv)
+	// The first PING goes through a client that tries once: the client's
+	// own retries (several dials per command, several commands) would
+	// make each start-up attempt last seconds, with a log line per dial.
+	probeOpts := *client.Options()
+	probeOpts.MaxRetries, probeOpts.DialerRetries = -1, 1
+	probe := goredis.NewClient(&probeOpts)
+	err = probe.Ping(ctx).Err()
+	if cerr := probe.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, nil, errors.Join(topologies.Unreachable("redis", "connect", key, url, err), client.Close())
+	}
+	ready := func(ctx context.Context) error {
+		if err := client.Ping(ctx).Err(); err != nil {
+			return topologies.Unreachable("redis", "ping", key, url, err)
+		}
+		return nil
+	}
+	return client, ready, nil
+}
+
 // Build connects to Redis, opens the stores and, when the process
 // captures (role all or capture), the [[sources]].
-func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *topologies.Backend, err error) {
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	b = &topologies.Backend{}
+	// b, not the result, is what the deferred clean-up closes: a return
+	// nil, err leaves the result nil.
+	b := &topologies.Backend{}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, b.Close())
 		}
 	}()
-	client, err := NewClient(cfg.Redis)
+	client, redisReady, err := Connect(ctx, cfg.Redis)
 	if err != nil {
 		return nil, err
 	}
@@ -65,9 +100,6 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		return nil, errors.New("redis: set redis.url or redis.url_env")
 	}
 	b.Closers = append(b.Closers, client.Close)
-	if err := client.Ping(ctx).Err(); err != nil {
-		return nil, fmt.Errorf("redis: connect: %w", err)
-	}
 	store, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix})
 	if err != nil {
 		return nil, err
@@ -85,6 +117,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 	sub := redisbus.NewSubscriber(client, bc, logger.With("component", "bus"))
 	b.Subscriber = sub
 	b.Closers = append(b.Closers, sub.Close)
+	b.Ready = redisReady
 	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
 		srcs, err := postgres.OpenSources(ctx, cfg, logger)
 		if err != nil {
@@ -95,8 +128,10 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (b *top
 		for _, c := range b.Captures {
 			b.Closers = append(b.Closers, c.Close)
 		}
+		// The process captures: a source it cannot read is a dependency
+		// lost as much as the bus.
+		b.Ready = func(ctx context.Context) error { return errors.Join(redisReady(ctx), srcs.Ready(ctx)) }
 	}
-	b.Ready = func(ctx context.Context) error { return client.Ping(ctx).Err() }
 	sc := sub.Config()
 	logger.Info("redis topology: Redis Streams bus", "stream", sc.Stream(cfg.Router.Topic), "group", sc.Group,
 		"consumer", sc.Consumer, "partitions", sc.Partitions, "sources", len(b.Captures))

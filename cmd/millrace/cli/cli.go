@@ -23,13 +23,18 @@ import (
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
+	"github.com/millrace/millrace/topologies"
 )
 
 // Exit codes.
 const (
 	ExitOK      = 0
 	ExitFailure = 1
-	ExitInvalid = 2 // the config (or input) is invalid
+	// ExitInvalid: the config (or input) is invalid, or a service it
+	// names did not answer within router.startup_timeout. Either way the
+	// fix is in the config or in the deployment around it, and a restart
+	// alone does not help.
+	ExitInvalid = 2
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=v1.2.3".
@@ -138,6 +143,7 @@ func formatErrors(path string, err error) error {
 
 func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command {
 	var path, role string
+	var wait bool
 	cmd := &cobra.Command{
 		Use:   "run -c FILE",
 		Short: "Run millrace with a config file",
@@ -156,6 +162,9 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 			if err := cfg.CheckEnv(nil); err != nil {
 				return &exitError{code: ExitInvalid, err: formatErrors(path, err)}
 			}
+			if !wait {
+				cfg.Router.StartupTimeout = 0
+			}
 			log := logger(cfg)
 			r, err := router.New(cfg, router.Options{Actions: o.Actions, Topologies: o.Topologies, Logger: log})
 			if err != nil {
@@ -164,6 +173,11 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if err := r.Run(ctx); err != nil {
+				var dep *topologies.DependencyError
+				if errors.As(err, &dep) {
+					log.Error("millrace could not start: a service does not answer", "err", err)
+					return &exitError{code: ExitInvalid}
+				}
 				log.Error("millrace stopped with an error", "err", err)
 				return &exitError{code: ExitFailure}
 			}
@@ -172,6 +186,7 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (TOML)")
 	cmd.Flags().StringVar(&role, "role", "", "all, capture or observe (overrides role)")
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait up to router.startup_timeout for the services the config names (--wait=false: fail at once)")
 	return cmd
 }
 

@@ -30,11 +30,11 @@ import (
 	"github.com/millrace/millrace/topologies/embedded"
 )
 
-// runCLI runs the command line as Main does and returns its exit code and
-// output.
+// runCLI runs the command line as Main does, with every built-in
+// registered, and returns its exit code and output.
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	return runCLIWith(t, Options{Actions: handlers.NewRegistry(), Topologies: topologies.NewRegistry()}, args...)
+	return runCLIWith(t, Defaults(), args...)
 }
 
 // runCLIWith is runCLI with the registries of o.

@@ -19,6 +19,10 @@ const (
 	// RetryDelayMetadata is a duration ("250ms") a handler sets on a
 	// message before it nacks it: the bus redelivers after that delay.
 	RetryDelayMetadata = "millrace_retry_delay"
+	// ObserverMetadata restricts handling to the named observer. Replays
+	// from the dead-letter store set it, so that the observers that
+	// already succeeded are not run again.
+	ObserverMetadata = "millrace_observer"
 )
 
 // SetRouting sets the ordering key and subject of ev on m.

@@ -6,14 +6,6 @@ import (
 	"time"
 )
 
-// Metadata keys that steer the observer handler.
-const (
-	// ObserverMetadata, on a message, restricts handling to the named
-	// observer. Replays from the dead-letter store set it, so that the
-	// observers that already succeeded are not run again.
-	ObserverMetadata = "millrace_observer"
-)
-
 // Reasons an entry is dead-lettered.
 const (
 	ReasonPermanent   = "permanent"   // the action failed with a permanent error

@@ -426,7 +426,7 @@ func (r *Router) replay(ctx context.Context, store middleware.DeadLetters, rr Re
 func (r *Router) replayOne(ctx context.Context, store middleware.DeadLetters, dl middleware.DeadLetter) (published bool, err error) {
 	m := message.NewMessageWithContext(ctx, watermill.NewUUID(), dl.Payload)
 	if dl.Observer != "" {
-		m.Metadata.Set(middleware.ObserverMetadata, dl.Observer)
+		m.Metadata.Set(bus.ObserverMetadata, dl.Observer)
 	}
 	// An undecodable payload is replayed as it is, and will most likely
 	// be dead-lettered again. It still needs a subject under the topic:

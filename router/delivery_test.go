@@ -493,7 +493,7 @@ func TestReplayAfterPartialFailureSkipsSucceededActions(t *testing.T) {
 				t.Errorf("dead letter payload does not decode to the event: %v", err)
 			}
 			// Replay: the first and third actions are cached, the second runs.
-			n.publish(t, ev, 1, nil, map[string]string{middleware.ObserverMetadata: "obs"})
+			n.publish(t, ev, 1, nil, map[string]string{bus.ObserverMetadata: "obs"})
 			eventually(t, 30*time.Second, "the replay handled", func() bool { return n.handled(t) == 2 })
 			for a, want := range map[string]int{"first": 1, "second": 3, "third": 1} {
 				if got := p.count("", a, ev.ID); got != want {

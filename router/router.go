@@ -492,7 +492,7 @@ func (r *Router) observe(msg *message.Message) error {
 		return r.undecodable(ctx, msg, err)
 	}
 	obs := r.matcher.Match(ev)
-	if name := msg.Metadata.Get(middleware.ObserverMetadata); name != "" {
+	if name := msg.Metadata.Get(bus.ObserverMetadata); name != "" {
 		// A replay from the dead-letter store: only the observer that
 		// failed runs again.
 		o, ok := r.byName[name]

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/config"
+	redistopology "github.com/millrace/millrace/topologies/redis"
 )
 
 // resources opens the shared clients that actions ask for, once each,
@@ -28,18 +29,14 @@ func (r *resources) Redis() (redis.UniversalClient, error) {
 	if r.redis != nil {
 		return r.redis, nil
 	}
-	url, err := config.Secret(r.cfg.Redis.URL, r.cfg.Redis.URLEnv)
+	client, err := redistopology.NewClient(r.cfg.Redis)
 	if err != nil {
-		return nil, fmt.Errorf("redis.url_env: %w", err)
+		return nil, err
 	}
-	if url == "" {
+	if client == nil {
 		return nil, errors.New("redis: set redis.url or redis.url_env")
 	}
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("redis.url: %w", err)
-	}
-	r.redis = redis.NewClient(opts)
+	r.redis = client
 	return r.redis, nil
 }
 

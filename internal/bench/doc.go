@@ -1,5 +1,6 @@
-// Package bench is millrace's benchmark suite, run by `millrace bench`
-// and `make bench`.
+// Package bench is millrace's benchmark suite, run by the
+// millrace-bench command (cmd/millrace-bench) and `make bench`. It is
+// internal: a custom millrace binary neither links nor pins it.
 //
 // For each topology it starts millrace in the process (router.New and
 // Run, with a config made for the run: its own stream, consumer, key

@@ -15,6 +15,10 @@
 // straight on the client library (NATS JetStream, Redis Streams or
 // PostgreSQL) with batching, measured in the same run.
 //
+// The webhook scenario's receiver runs in the same process, so its CPU
+// time is in millrace's figure: it checks signatures with
+// webhook.VerifyMAC and pooled MACs, as a busy receiver would.
+//
 // Run writes results.json (machine-readable), RESULTS.md (tables and the
 // issue's targets, met or missed) and chart.png. Topologies that are not
 // registered in the binary are reported as not available; their ceilings

@@ -1,6 +1,8 @@
 package webhook
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"net/http"
 	"strconv"
 	"strings"
@@ -51,6 +53,20 @@ func TestVerify(t *testing.T) {
 		err := Verify(c.key, c.h, c.body, now, DefaultTolerance)
 		if err == nil || !strings.Contains(err.Error(), c.reason) {
 			t.Errorf("%s: Verify = %v, want an error about %q", c.name, err, c.reason)
+		}
+	}
+
+	// VerifyMAC resets a reused MAC: one left with data written agrees
+	// with Verify, request after request.
+	mac := hmac.New(sha256.New, key)
+	for i := range 3 {
+		mac.Write([]byte("left over"))
+		if err := VerifyMAC(mac, header("msg_1", ts, good), body, now, DefaultTolerance); err != nil {
+			t.Errorf("VerifyMAC %d on a reused MAC: %v", i, err)
+		}
+		mac.Write([]byte("left over"))
+		if err := VerifyMAC(mac, header("msg_1", ts, good), []byte(`{"id":"e2"}`), now, DefaultTolerance); err == nil {
+			t.Errorf("VerifyMAC %d on a reused MAC accepts a tampered body", i)
 		}
 	}
 }

@@ -1,5 +1,6 @@
-// Package bench is millrace's benchmark suite, run by `millrace bench`
-// and `make bench`.
+// Package bench is millrace's benchmark suite, run by the
+// millrace-bench command (cmd/millrace-bench) and `make bench`. It is
+// internal: a custom millrace binary neither links nor pins it.
 //
 // For each topology it starts millrace in the process (router.New and
 // Run, with a config made for the run: its own stream, consumer, key
@@ -13,6 +14,10 @@
 // figure it puts the ceiling: the same publish-then-consume job written
 // straight on the client library (NATS JetStream, Redis Streams or
 // PostgreSQL) with batching, measured in the same run.
+//
+// The webhook scenario's receiver runs in the same process, so its CPU
+// time is in millrace's figure: it checks signatures with
+// webhook.VerifyMAC and pooled MACs, as a busy receiver would.
 //
 // Run writes results.json (machine-readable), RESULTS.md (tables and the
 // issue's targets, met or missed) and chart.png. Topologies that are not

@@ -52,7 +52,7 @@ func (r *Results) Markdown() string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p("# millrace benchmark results\n\n")
-	p("Measured by `millrace bench` on %s UTC, in %s s.\n\n", r.Date.Format("2006-01-02 15:04"), dec(r.DurationS))
+	p("Measured by `millrace-bench` on %s UTC, in %s s.\n\n", r.Date.Format("2006-01-02 15:04"), dec(r.DurationS))
 	p("- Machine: %d cores (%s/%s, GOMAXPROCS %d); 1-minute load average %s at the start, %s at the end.\n",
 		r.Machine.Cores, r.Machine.OS, r.Machine.Arch, r.Machine.GOMAXPROCS, load(r.Machine.LoadStart), load(r.Machine.LoadEnd))
 	p("- Runs: %s events per saturated run, %s events at %s events/s for the steady run; %d-byte `data`; batches of %d.\n",

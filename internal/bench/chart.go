@@ -84,7 +84,7 @@ func (r *Results) Chart() ([]byte, error) {
 		x += 18 + len(l.text)*charW + 30
 	}
 	text(img, x, y, "n/a: topology not in this build or run failed", colMuted)
-	foot := fmt.Sprintf("millrace bench, %s UTC; %d cores, load %s; %s events per run, %d-byte data",
+	foot := fmt.Sprintf("millrace-bench, %s UTC; %d cores, load %s; %s events per run, %d-byte data",
 		r.Date.Format("2006-01-02 15:04"), r.Machine.Cores, load(r.Machine.LoadStart), num(float64(r.Settings.Events)), r.Settings.PayloadBytes)
 	if r.Settings.Quick {
 		foot += "; QUICK RUN, figures meaningless"

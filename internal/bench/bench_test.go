@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/millrace/millrace/bench"
 	"github.com/millrace/millrace/cmd/millrace/cli"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/webhook"
+	"github.com/millrace/millrace/internal/bench"
 	"github.com/millrace/millrace/test/testenv"
 )
 

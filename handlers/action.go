@@ -32,6 +32,21 @@ type ActionFunc func(ctx context.Context, ev *event.Event) error
 // Execute calls f.
 func (f ActionFunc) Execute(ctx context.Context, ev *event.Event) error { return f(ctx, ev) }
 
+// Execute runs a on ev the way millrace runs every action: a panic in
+// a.Execute does not crash the process but comes back as a Permanent
+// error, "panic: <value>", so the event goes to the observer's failure
+// policy instead of being retried into the same panic. Any other result
+// is a.Execute's own. Code that runs actions (the observer engine, the
+// delivery middleware, tests) calls this, never a.Execute directly.
+func Execute(ctx context.Context, a Action, ev *event.Event) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = Permanent(fmt.Errorf("panic: %v", r))
+		}
+	}()
+	return a.Execute(ctx, ev)
+}
+
 // Deps is what an action's build function may use. Every field may be
 // nil or zero in tests; builders check what they need.
 type Deps struct {

@@ -3,5 +3,7 @@
 // (matching, conditions, templates) and the errors that steer retries.
 //
 // A user's action type implements Action and registers with Register; it
-// never imports Watermill. The router adapts messages to Execute calls.
+// never imports Watermill. The router adapts messages to Execute calls,
+// made through the function Execute, which turns a panic into a
+// permanent error. Package actiontest tests an action type the same way.
 package handlers

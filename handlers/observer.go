@@ -154,27 +154,23 @@ func Direct(ctx context.Context, ev *event.Event, b *Bound) error { return b.Exe
 // time (one after another, in order, when it is 1 or less), each under
 // its own Config.Timeout (none when it is zero), through exec. A failing
 // action does not stop the others. It returns every action's error,
-// joined; each names its action. A panicking action is reported as a
-// permanent error, not a crash.
+// joined; each names its action. exec runs through Execute, so a
+// panicking action is reported as a permanent error, not a crash.
 func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 	if exec == nil {
 		exec = Direct
 	}
 	limit := max(o.Config.Concurrency, 1)
 	timeout := o.Config.Timeout.D()
-	run := func(b *Bound) (err error) {
+	run := func(b *Bound) error {
 		actx := ctx
 		if timeout > 0 {
 			var cancel context.CancelFunc
 			actx, cancel = context.WithTimeout(ctx, timeout)
 			defer cancel()
 		}
-		defer func() {
-			if r := recover(); r != nil {
-				err = Permanent(fmt.Errorf("action %s: panic: %v", b.ID(o.Name), r))
-			}
-		}()
-		if err := exec(actx, ev, b); err != nil {
+		call := ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })
+		if err := Execute(actx, call, ev); err != nil {
 			return fmt.Errorf("action %s: %w", b.ID(o.Name), err)
 		}
 		return nil

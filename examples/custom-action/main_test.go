@@ -22,6 +22,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/actiontest"
 	"github.com/millrace/millrace/test/testenv"
 )
 
@@ -181,15 +182,12 @@ func waitReady(t *testing.T, url string, exited <-chan error, out *lines) {
 func TestShout(t *testing.T) {
 	reg := handlers.NewRegistry()
 	handlers.MustRegister(reg, "shout", New)
-	spec, err := reg.Decode("observers.o.actions[0]", config.Action{"type": "shout", "message": "{{.entity_type}} {{.data.total}}"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var buf bytes.Buffer
-	a, err := reg.Build(context.Background(), spec, handlers.Deps{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := actiontest.Build(t, actiontest.Case{
+		Registry: reg,
+		Config:   config.Action{"type": "shout", "message": "{{.entity_type}} {{.data.total}}"},
+		Deps:     handlers.Deps{Logger: slog.New(slog.NewTextHandler(&buf, nil))},
+	})
 	ev := &event.Event{ID: "7d4c9a7e-1f2b-4c3d-9e8f-0a1b2c3d4e5f", Type: event.Insert, Entity: "Order", EntityID: "1", Data: map[string]any{"total": 9.5}}
 	if err := a.Execute(context.Background(), ev); err != nil {
 		t.Fatal(err)
@@ -198,9 +196,24 @@ func TestShout(t *testing.T) {
 		t.Errorf("log = %q, want it to hold SHOUT ORDER 9.5!", buf.String())
 	}
 
-	_, err = reg.Decode("observers.o.actions[0]", config.Action{"type": "shout", "message": "{{.entity_type"})
+	_, err := reg.Decode("observers.o.actions[0]", config.Action{"type": "shout", "message": "{{.entity_type"})
 	var ce *config.Error
 	if !errors.As(err, &ce) || ce.Path != "observers.o.actions[0].message" {
 		t.Errorf("Decode of a bad template = %v, want an error at observers.o.actions[0].message", err)
 	}
+
+	// A message that cannot be rendered for an event will not render on
+	// a retry either.
+	bad := actiontest.Build(t, actiontest.Case{Registry: reg, Config: config.Action{"type": "shout", "message": "{{index .data.items 3}}"}})
+	ev.Data["items"] = []any{"only one"}
+	actiontest.ExpectPermanent(t, bad.Execute(context.Background(), ev))
+}
+
+// TestShoutConforms runs the checks every action must pass: it builds,
+// and Execute on a cancelled context returns at once without a permanent
+// error.
+func TestShoutConforms(t *testing.T) {
+	reg := handlers.NewRegistry()
+	handlers.MustRegister(reg, "shout", New)
+	actiontest.Check(t, actiontest.Case{Registry: reg, Config: config.Action{"type": "shout"}})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/actiontest"
 	"github.com/millrace/millrace/handlers/slack"
 	"github.com/millrace/millrace/handlers/webhook"
 )
@@ -92,19 +93,11 @@ func registry(t *testing.T) *handlers.Registry {
 	return reg
 }
 
+// build decodes raw through a registry and builds it, as the router does;
+// it is closed when the test ends.
 func build(t *testing.T, raw config.Action) handlers.Action {
 	t.Helper()
-	reg := registry(t)
-	spec, err := reg.Decode(path0, raw)
-	if err != nil {
-		t.Fatalf("Decode: %v", err)
-	}
-	a, err := reg.Build(context.Background(), spec, handlers.Deps{ActionHash: spec.Hash})
-	if err != nil {
-		t.Fatalf("Build: %v", err)
-	}
-	t.Cleanup(func() { _ = a.(io.Closer).Close() })
-	return a
+	return actiontest.Build(t, actiontest.Case{Registry: registry(t), Config: raw})
 }
 
 func newEvent() *event.Event {
@@ -217,13 +210,20 @@ func TestRateLimitRetryAfter(t *testing.T) {
 		_, _ = io.WriteString(w, "rate_limited")
 	})
 	a := build(t, config.Action{"type": "slack", "url_env": setEnv(t, srv.URL), "allow_private": true})
-	err := a.Execute(t.Context(), newEvent())
-	if err == nil || errors.Is(err, handlers.ErrPermanent) {
-		t.Fatalf("err = %v; want a transient error", err)
-	}
-	if got := handlers.RetryAfter(err); got != 30*time.Second {
-		t.Errorf("RetryAfter = %s; want 30s", got)
-	}
+	actiontest.ExpectRetryAfter(t, a.Execute(t.Context(), newEvent()), 30*time.Second)
+}
+
+// TestConforms runs the checks every action must pass: a cancelled
+// context and a server that never answers end Execute soon with a
+// transient error, and Close can be called twice.
+func TestConforms(t *testing.T) {
+	t.Parallel()
+	srv := newSlack(t, nil)
+	actiontest.Check(t, actiontest.Case{
+		Registry: registry(t),
+		Config:   config.Action{"type": "slack", "url_env": setEnv(t, srv.URL), "allow_private": true, "timeout": "1m"},
+		Blocking: config.Action{"type": "slack", "url_env": setEnv(t, actiontest.SilentServer(t).URL), "allow_private": true, "timeout": "1m"},
+	})
 }
 
 func TestContextCancel(t *testing.T) {

@@ -1,7 +1,6 @@
 package webhook_test
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -22,6 +21,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/actiontest"
 	"github.com/millrace/millrace/handlers/webhook"
 )
 
@@ -123,20 +123,11 @@ func registry(t testing.TB) *handlers.Registry {
 }
 
 // build decodes raw through a registry, as the router does, and builds it
-// with the spec's hash as the action hash.
+// with the spec's hash as the action hash; it is closed when the test
+// ends.
 func build(t testing.TB, raw config.Action) handlers.Action {
 	t.Helper()
-	reg := registry(t)
-	spec, err := reg.Decode(path0, raw)
-	if err != nil {
-		t.Fatalf("Decode: %v", err)
-	}
-	a, err := reg.Build(context.Background(), spec, handlers.Deps{ActionHash: spec.Hash})
-	if err != nil {
-		t.Fatalf("Build: %v", err)
-	}
-	t.Cleanup(func() { _ = a.(io.Closer).Close() })
-	return a
+	return actiontest.Build(t, actiontest.Case{Registry: registry(t), Config: raw})
 }
 
 // verify checks a Standard Webhooks signature, written from the

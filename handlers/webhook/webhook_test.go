@@ -12,6 +12,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/actiontest"
 )
 
 // The published Standard Webhooks vector, to check that verify (the
@@ -267,6 +268,19 @@ func TestContextCancelStopsSlowRequest(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("Execute returned after %s; want soon after the cancel", d)
 	}
+}
+
+// TestConforms runs the checks every action must pass: a cancelled
+// context and a receiver that never answers end Execute soon with a
+// transient error, and Close can be called twice.
+func TestConforms(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, nil)
+	actiontest.Check(t, actiontest.Case{
+		Registry: registry(t),
+		Config:   config.Action{"type": "webhook", "url": rc.URL, "allow_private": true, "timeout": "1m"},
+		Blocking: config.Action{"type": "webhook", "url": actiontest.SilentServer(t).URL, "allow_private": true, "timeout": "1m"},
+	})
 }
 
 func TestTimeout(t *testing.T) {

@@ -4,4 +4,10 @@
 //
 // A user's action type implements Action and registers with Register; it
 // never imports Watermill. The router adapts messages to Execute calls.
+//
+// Check validates the observers of a config without building them. An
+// action type whose config needs more than its own section (another
+// section, or a feature of the topology, config.Features) implements
+// ConfigChecker, which Check calls with the whole config and the
+// topology's features; this package does not import the topologies.
 package handlers

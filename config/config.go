@@ -9,13 +9,12 @@ import (
 // topology's default store.
 var Stores = []string{"", "memory", "redis", "postgres"}
 
-// Topologies lists the values of the topology key.
-var Topologies = []string{"embedded", "postgres", "redis", "nats", "multidb"}
-
 // Config is the whole millrace configuration file.
 type Config struct {
-	// Topology picks the bus and stores: embedded (default), postgres,
-	// redis, nats or multidb.
+	// Topology picks the bus and stores: the name of a topology
+	// registered in the binary (topologies.Registry), which also checks
+	// the sections it uses. Built in: embedded (default), postgres,
+	// redis, nats and multidb.
 	Topology string `koanf:"topology"`
 	// Role is what this process runs: all (default), capture or observe.
 	Role string `koanf:"role"`

@@ -165,13 +165,14 @@ func TestWrongTypes(t *testing.T) {
 }
 
 // TestValidate starts from a valid config and breaks one rule at a time.
+// The topology key and the topologies' own sections are checked by the
+// topologies' registry (topologies.TestValidate).
 func TestValidate(t *testing.T) {
 	tests := []struct {
 		name   string
 		mutate func(c *config.Config)
 		path   string
 	}{
-		{"topology", func(c *config.Config) { c.Topology = "kafka" }, "topology"},
 		{"role", func(c *config.Config) { c.Role = "both" }, "role"},
 		{"log level", func(c *config.Config) { c.Log.Level = "loud" }, "log.level"},
 		{"log format", func(c *config.Config) { c.Log.Format = "xml" }, "log.format"},
@@ -195,9 +196,6 @@ func TestValidate(t *testing.T) {
 		{"startup timeout", func(c *config.Config) { c.Router.StartupTimeout = -1 }, "router.startup_timeout"},
 		{"topic", func(c *config.Config) { c.Router.Topic = "" }, "router.topic"},
 		{"max in flight", func(c *config.Config) { c.Router.MaxInFlight = 0 }, "router.max_in_flight"},
-		{"embedded port", func(c *config.Config) { c.Embedded.Port = 70000 }, "embedded.port"},
-		{"embedded data dir", func(c *config.Config) { c.Embedded.DataDir = "" }, "embedded.data_dir"},
-		{"embedded max age", func(c *config.Config) { c.Embedded.MaxAge = 0 }, "embedded.max_age"},
 		{"dedup window low", func(c *config.Config) { c.Dedup.Window = config.Duration(time.Millisecond) }, "dedup.window"},
 		{"dedup window high", func(c *config.Config) { c.Dedup.Window = config.Duration(2 * time.Hour) }, "dedup.window"},
 		{"cache ttl", func(c *config.Config) { c.Cache.TTL = config.Duration(2 * time.Hour) }, "cache.ttl"},
@@ -225,13 +223,6 @@ func TestValidate(t *testing.T) {
 		{"retry initial", obs(func(o *config.Observer) { o.Retry.Initial = 0 }), "observers.o.retry.initial"},
 		{"retry max", obs(func(o *config.Observer) { o.Retry.Max = config.Duration(time.Millisecond) }), "observers.o.retry.max"},
 		{"retry jitter", obs(func(o *config.Observer) { o.Retry.Jitter = 2 }), "observers.o.retry.jitter"},
-		{"nats partitions", func(c *config.Config) { c.Topology = "nats"; c.NATS.Partitions = -1 }, "nats.partitions"},
-		{"nats partition ttl", func(c *config.Config) {
-			c.Topology, c.NATS.Partitions, c.NATS.PartitionTTL = "nats", 4, config.Duration(time.Millisecond)
-		}, "nats.partition_ttl"},
-		{"redis partitions", func(c *config.Config) {
-			c.Topology, c.Redis.URL, c.Redis.Partitions = "redis", "redis://x", 5000
-		}, "redis.partitions"},
 	}
 	base := func() *config.Config {
 		c := config.Default()

@@ -20,6 +20,37 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]*$`)
 // short enough that the trigger names derived from them stay whole.
 var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,47}$`)
 
+// The checks below are shared by config's own validation and by the
+// checks that topologies and actions register (topologies.Registry,
+// handlers.ConfigChecker), so that one rule gives one message. Each
+// returns nil or an *Error at path.
+
+// CheckName reports v unless it is a name: letters, digits, '_' and '-',
+// not starting with '-'.
+func CheckName(path, v string) error {
+	if !nameRE.MatchString(v) {
+		return Errorf(path, "%q may hold only letters, digits, '_' and '-'", v)
+	}
+	return nil
+}
+
+// CheckSchema reports v unless it is a plain identifier short enough for
+// the trigger names derived from it.
+func CheckSchema(path, v string) error {
+	if !schemaRE.MatchString(v) {
+		return Errorf(path, "%q must be a plain identifier (letters, digits, '_'; at most 48 bytes)", v)
+	}
+	return nil
+}
+
+// CheckPositive reports d unless it is greater than zero.
+func CheckPositive(path string, d Duration) error {
+	if d <= 0 {
+		return Errorf(path, "must be greater than zero, got %s", d)
+	}
+	return nil
+}
+
 // Validate checks the meaning of every value and returns every problem,
 // joined, each an *Error with its key path. It does no I/O and does not
 // look at the environment (see CheckEnv).
@@ -39,13 +70,8 @@ func (c *Config) Validate() error {
 			add(path, "%s is out of range [%s, %s]", d, lo, hi)
 		}
 	}
-	positive := func(path string, d Duration) {
-		if d <= 0 {
-			add(path, "must be greater than zero, got %s", d)
-		}
-	}
+	positive := func(path string, d Duration) { errs = append(errs, CheckPositive(path, d)) }
 
-	oneOf("topology", c.Topology, Topologies...)
 	oneOf("role", c.Role, "all", "capture", "observe")
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "auto", "text", "json")
@@ -65,14 +91,6 @@ func (c *Config) Validate() error {
 	if c.Router.MaxInFlight < 1 {
 		add("router.max_in_flight", "must be at least 1")
 	}
-	if c.Embedded.Port < 0 || c.Embedded.Port > 65535 {
-		add("embedded.port", "must be a port number (0 picks a free one)")
-	}
-	positive("embedded.max_age", c.Embedded.MaxAge)
-	if c.Topology == "embedded" && c.Embedded.DataDir == "" {
-		add("embedded.data_dir", "must not be empty")
-	}
-	c.validateServices(add, positive)
 
 	between("dedup.window", c.Dedup.Window, time.Second, time.Hour)
 	between("cache.ttl", c.Cache.TTL, time.Second, time.Hour)
@@ -109,9 +127,7 @@ func (c *Config) Validate() error {
 			add(p+".batch_size", "must be between 1 and 10000")
 		}
 		positive(p+".poll_interval", s.PollInterval)
-		if !schemaRE.MatchString(s.Schema) {
-			add(p+".schema", "%q must be a plain identifier (letters, digits, '_'; at most 48 bytes)", s.Schema)
-		}
+		errs = append(errs, CheckSchema(p+".schema", s.Schema))
 		oneOf(p+".mode", s.Mode, "millrace", "fraiseql")
 		if s.Mode == "fraiseql" && len(s.Tables) > 1 {
 			add(p+".tables", "mode fraiseql reads one change-log table; name at most one")
@@ -177,79 +193,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-var (
-	// streamRE matches JetStream stream and durable consumer names.
-	streamRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-	// subjectRE matches a literal subject: tokens without wildcards.
-	subjectRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
-)
-
-// validateServices checks the sections of the services that the chosen
-// topology uses: nats for nats and multidb, redis for redis, postgres
-// and [[sources]] where the topology needs them.
-func (c *Config) validateServices(add func(path, format string, args ...any), positive func(string, Duration)) {
-	switch c.Topology {
-	case "nats", "multidb":
-		n := c.NATS
-		if n.URL == "" {
-			add("nats.url", "must not be empty")
-		}
-		if !streamRE.MatchString(n.Stream) {
-			add("nats.stream", "%q must hold only letters, digits, '_' and '-'", n.Stream)
-		}
-		if !subjectRE.MatchString(n.SubjectPrefix) {
-			add("nats.subject_prefix", "%q must be dot-separated tokens of letters, digits, '_' and '-'", n.SubjectPrefix)
-		}
-		if !streamRE.MatchString(n.Consumer) {
-			add("nats.consumer", "%q must hold only letters, digits, '_' and '-'", n.Consumer)
-		}
-		positive("nats.ack_wait", n.AckWait)
-		if n.MaxDeliver != -1 && n.MaxDeliver < 1 {
-			add("nats.max_deliver", "must be -1 (unlimited) or at least 1, got %d", n.MaxDeliver)
-		}
-		if n.MaxAge < 0 {
-			add("nats.max_age", "must not be negative (0 keeps events forever)")
-		}
-		if n.Replicas < 1 || n.Replicas > 5 {
-			add("nats.replicas", "must be between 1 and 5, got %d", n.Replicas)
-		}
-		c.validatePartitions("nats", n.Partitions, n.PartitionTTL, add)
-		if c.Topology == "multidb" && len(c.Sources) == 0 {
-			add("sources", "the multidb topology needs at least one [[sources]] entry")
-		}
-	case "redis":
-		r := c.Redis
-		if (r.URL == "") == (r.URLEnv == "") {
-			add("redis", "set exactly one of url and url_env")
-		}
-		if !nameRE.MatchString(r.Group) {
-			add("redis.group", "%q may hold only letters, digits, '_' and '-'", r.Group)
-		}
-		if r.Consumer != "" && !nameRE.MatchString(r.Consumer) {
-			add("redis.consumer", "%q may hold only letters, digits, '_' and '-'", r.Consumer)
-		}
-		if r.MaxLen < 0 {
-			add("redis.max_len", "must not be negative (0 keeps every event)")
-		}
-		positive("redis.claim_idle", r.ClaimIdle)
-		c.validatePartitions("redis", r.Partitions, r.PartitionTTL, add)
-	case "postgres":
-		p := c.Postgres
-		if p.URL != "" && p.URLEnv != "" {
-			add("postgres", "set at most one of url and url_env")
-		}
-		if len(c.Sources) == 0 && p.URL == "" && p.URLEnv == "" {
-			add("postgres", "the postgres topology needs a [[sources]] entry or postgres.url / postgres.url_env")
-		}
-		if !nameRE.MatchString(p.Group) {
-			add("postgres.group", "%q may hold only letters, digits, '_' and '-'", p.Group)
-		}
-		if !schemaRE.MatchString(p.Schema) {
-			add("postgres.schema", "%q must be a plain identifier (letters, digits, '_'; at most 48 bytes)", p.Schema)
-		}
-	}
 }
 
 // ObserverNames returns the observer names, sorted.
@@ -331,19 +274,6 @@ func Secret(inline, envName string) (string, error) {
 		return "", fmt.Errorf("environment variable %s is not set", envName)
 	}
 	return v, nil
-}
-
-// maxPartitions bounds [nats|redis].partitions: each partition is a
-// consumer (or stream) and a lease of its own.
-const maxPartitions = 1024
-
-func (c *Config) validatePartitions(section string, n int, ttl Duration, add func(path, format string, args ...any)) {
-	if n < 0 || n > maxPartitions {
-		add(section+".partitions", "must be between 0 (off) and %d, got %d", maxPartitions, n)
-	}
-	if n > 0 && ttl.D() < time.Second {
-		add(section+".partition_ttl", "must be at least 1s, got %s", ttl.D())
-	}
 }
 
 // validateHTTP checks the server's address and ingest credentials. An

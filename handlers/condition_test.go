@@ -420,7 +420,7 @@ actions = [{ type = "probe", url = "http://x" }]
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)
 	}
-	err = handlers.Check(cfg, probeRegistry(t))
+	err = handlers.Check(cfg, probeRegistry(t), config.Features{})
 	want := "observers.order_shipped.condition: does not compile at 1:29: unknown name field_changd"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Check error = %v; want %q", err, want)

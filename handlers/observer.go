@@ -37,10 +37,20 @@ func (b *Bound) ID(observer string) string {
 
 // Check decodes and validates every observer of cfg against reg without
 // building anything: unknown action types, bad action fields, conditions
-// and templates that do not compile. It returns every problem.
-func Check(cfg *config.Config, reg *Registry) error {
-	_, err := decodeAll(cfg, reg)
-	return err
+// and templates that do not compile, and, for action types whose Config
+// is a ConfigChecker, what they need of the rest of cfg and of features,
+// those of cfg's topology. It returns every problem.
+func Check(cfg *config.Config, reg *Registry, features config.Features) error {
+	ds, err := decodeAll(cfg, reg)
+	errs := []error{err}
+	for _, d := range ds {
+		for _, s := range d.specs {
+			if c, ok := s.Config.(ConfigChecker); ok {
+				errs = append(errs, prefixErrors(s.Path, c.CheckConfig(cfg, features)))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 type decoded struct {

@@ -22,6 +22,19 @@ type Config interface {
 	Validate() error
 }
 
+// ConfigChecker is implemented by a Config that needs more than its own
+// section: another section of the file ([smtp], [databases.NAME],
+// [redis]) or something of the topology (config.Features). Check calls
+// CheckConfig after Validate, with the whole config and the features of
+// its topology, so that `millrace validate` finds what would otherwise
+// fail, or go wrong silently, at run time. Like Validate, it does no I/O
+// and does not read the environment. Errors follow Validate's rules: a
+// *config.Error path relative to the action (or empty, for the action
+// itself) gets the action's path put in front.
+type ConfigChecker interface {
+	CheckConfig(cfg *config.Config, features config.Features) error
+}
+
 // BuildFunc turns a validated config into a running Action.
 type BuildFunc[C Config] func(ctx context.Context, cfg C, deps Deps) (Action, error)
 
@@ -157,7 +170,9 @@ func prefixErrors(path string, err error) error {
 	for _, e := range config.Errors(err) {
 		var ce *config.Error
 		if errors.As(e, &ce) {
-			if !strings.HasPrefix(ce.Path, path) {
+			if ce.Path == "" {
+				ce = &config.Error{Path: path, Msg: ce.Msg}
+			} else if !strings.HasPrefix(ce.Path, path) {
 				ce = &config.Error{Path: config.Join(path, ce.Path), Msg: ce.Msg}
 			}
 			out = append(out, ce)

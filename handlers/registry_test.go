@@ -189,7 +189,7 @@ actions = [{ type = "probe" }]
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)
 	}
-	err = handlers.Check(cfg, probeRegistry(t))
+	err = handlers.Check(cfg, probeRegistry(t), config.Features{})
 	var got []string
 	for _, e := range config.Errors(err) {
 		got = append(got, e.Error())
@@ -202,6 +202,70 @@ actions = [{ type = "probe" }]
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("Check errors:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// needsConfig is an action type that needs a [databases.NAME] section
+// and a bus with topics: a handlers.ConfigChecker.
+type needsConfig struct {
+	Database string `koanf:"database"`
+}
+
+func (needsConfig) Validate() error { return nil }
+
+func (c needsConfig) CheckConfig(cfg *config.Config, f config.Features) error {
+	var errs []error
+	if _, ok := cfg.Databases[c.Database]; !ok {
+		errs = append(errs, config.Errorf("database", "%q is not configured", c.Database))
+	}
+	if !f.Topics {
+		errs = append(errs, errors.New("the bus has no topics"))
+	}
+	return errors.Join(errs...)
+}
+
+var _ handlers.ConfigChecker = needsConfig{}
+
+// TestCheckCallsConfigChecker: Check hands a ConfigChecker the whole
+// config and the topology's features, and puts the action's path in
+// front of its errors (the action's own path when an error has none).
+func TestCheckCallsConfigChecker(t *testing.T) {
+	r := probeRegistry(t)
+	handlers.MustRegister(r, "needs", func(context.Context, needsConfig, handlers.Deps) (handlers.Action, error) {
+		return &probe{}, nil
+	})
+	cfg, err := config.Parse([]byte(`
+[databases.main]
+url = "postgres://x"
+
+[observers.a]
+actions = [{ type = "needs", database = "main" }, { type = "needs", database = "reports" }, { type = "probe", url = "http://x" }]
+`), nil)
+	if err != nil {
+		t.Fatalf("config.Parse: %v", err)
+	}
+	check := func(f config.Features) string {
+		var got []string
+		for _, e := range config.Errors(handlers.Check(cfg, r, f)) {
+			got = append(got, e.Error())
+		}
+		return strings.Join(got, "\n")
+	}
+	if got, want := check(config.Features{Topics: true}), `observers.a.actions[1].database: "reports" is not configured`; got != want {
+		t.Errorf("Check with topics:\n%s\nwant:\n%s", got, want)
+	}
+	want := strings.Join([]string{
+		`observers.a.actions[0]: the bus has no topics`,
+		`observers.a.actions[1]: the bus has no topics`,
+		`observers.a.actions[1].database: "reports" is not configured`,
+	}, "\n")
+	if got := check(config.Features{}); got != want {
+		t.Errorf("Check without topics:\n%s\nwant:\n%s", got, want)
+	}
+	// Compile builds without the cross-section checks: the build
+	// functions check what they use.
+	if _, err := handlers.Compile(context.Background(), cfg, r, handlers.Deps{}); err != nil {
+		t.Errorf("Compile: %v", err)
 	}
 }
 

@@ -196,11 +196,13 @@ func startDelivery(t *testing.T, p *deliveryProbe, node, cfgText string) *delive
 	t.Helper()
 	n := &deliveryNode{logs: &deliveryLogs{}}
 	topo := topologies.NewRegistry()
-	if err := topo.Register("embedded", func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topologies.Backend, error) {
+	spy := embedded.Topology()
+	spy.Build = func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topologies.Backend, error) {
 		b, err := embedded.Build(ctx, cfg, logger)
 		n.backend = b
 		return b, err
-	}); err != nil {
+	}
+	if err := topo.Register(spy); err != nil {
 		t.Fatal(err)
 	}
 	full := fmt.Sprintf("http = { addr = \"127.0.0.1:0\" }\n[embedded]\ndata_dir = %q\n[router]\nshutdown_timeout = \"5s\"\n%s",

@@ -5,4 +5,8 @@
 // matches each event and hands it to each matching observer's delivery
 // stack; the delivery policy itself (dedup, result cache, retries,
 // circuit breakers, failure policy) is package middleware's.
+//
+// Check validates a loaded config against the registries: the topology
+// and its own checks, then the actions with the topology's features. It
+// is what `millrace validate` adds to config.Load; New runs it too.
 package router

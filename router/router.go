@@ -72,7 +72,7 @@ func New(cfg *config.Config, opts Options) (*Router, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := errors.Join(opts.Topologies.Check(cfg), handlers.Check(cfg, opts.Actions)); err != nil {
+	if err := Check(cfg, opts.Actions, opts.Topologies); err != nil {
 		return nil, err
 	}
 	auth, err := newIngestAuth(cfg.HTTP, os.LookupEnv)

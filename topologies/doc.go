@@ -1,6 +1,18 @@
-// Package topologies holds the registry of deployment topologies. Each
-// topology, in its own sub-package, builds a Backend from the config: the
-// bus (a Watermill Publisher and Subscriber) and, in later layers, the
-// stores and the capture of changes. Nothing outside a topology's package
-// names its backend.
+// Package topologies holds the registry of deployment topologies and the
+// Backend a topology builds for the router: the bus (a Watermill
+// Publisher and Subscriber), the dead-letter store, optionally the dedup
+// ledger, the result cache and the capture of changes.
+//
+// A topology registers a Topology: its name (the value of the topology
+// key), its Build, its Validate (the checks of the config sections it
+// uses, each error with its key path) and its config.Features (topics
+// beside router.topic, partitions, a durable dead-letter store, Redis),
+// which actions check at validate time. Nothing outside a topology's
+// package names it: a topology is its own package plus one registration
+// line (cli.Defaults for the built-ins, MustRegister in a custom binary;
+// see examples/custom-topology). CheckPartitions is the check the
+// topologies with partitions share.
+//
+// The sub-packages are the five built-in topologies (embedded, postgres,
+// redis, nats, multidb) and the bus components they are made of.
 package topologies

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -90,19 +93,57 @@ func (e *DependencyError) Unwrap() error { return e.Err }
 // router waits for the service instead of failing at once.
 type BuildFunc func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Backend, error)
 
-// Registry maps topology names to builders.
-type Registry struct{ m map[string]BuildFunc }
+// Topology is one entry of the registry: the value of the topology key
+// that picks it, how to check and build it, and what it provides.
+type Topology struct {
+	// Name is the value of the topology key. It must match
+	// ^[a-z0-9]+(_[a-z0-9]+)*$.
+	Name string
+	// Build builds the backend. Required.
+	Build BuildFunc
+	// Validate checks the sections of the config that the topology uses
+	// (its own, and [[sources]] or [redis] where it needs them) without
+	// I/O and without reading the environment, and returns every
+	// problem joined, each a *config.Error with its key path. Optional;
+	// it runs after config.Config.Validate, which checks what every
+	// topology shares.
+	Validate func(cfg *config.Config) error
+	// Features is what the topology provides; actions check it at
+	// validate time (handlers.ConfigChecker).
+	Features config.Features
+}
+
+// Registry maps topology names to their entries. It is a value: cmd/
+// fills one with the built-in topologies (cli.Defaults), a custom binary
+// adds its own, tests start from an empty one. It is not safe for
+// concurrent registration.
+type Registry struct{ m map[string]Topology }
 
 // NewRegistry returns an empty registry.
-func NewRegistry() *Registry { return &Registry{m: map[string]BuildFunc{}} }
+func NewRegistry() *Registry { return &Registry{m: map[string]Topology{}} }
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]+(_[a-z0-9]+)*$`)
 
 // Register adds a topology; a name may be registered once.
-func (r *Registry) Register(name string, build BuildFunc) error {
-	if _, dup := r.m[name]; dup {
-		return fmt.Errorf("register topology %q: already registered", name)
+func (r *Registry) Register(t Topology) error {
+	switch {
+	case !nameRE.MatchString(t.Name):
+		return fmt.Errorf("register topology %q: name must match %s", t.Name, nameRE)
+	case t.Build == nil:
+		return fmt.Errorf("register topology %q: nil build function", t.Name)
 	}
-	r.m[name] = build
+	if _, dup := r.m[t.Name]; dup {
+		return fmt.Errorf("register topology %q: already registered", t.Name)
+	}
+	r.m[t.Name] = t
 	return nil
+}
+
+// MustRegister is Register that panics; use it only at start-up.
+func (r *Registry) MustRegister(t Topology) {
+	if err := r.Register(t); err != nil {
+		panic(err)
+	}
 }
 
 // Names returns the registered names, sorted.
@@ -115,22 +156,54 @@ func (r *Registry) Names() []string {
 	return out
 }
 
-// Check reports a config error when cfg's topology is not registered.
-func (r *Registry) Check(cfg *config.Config) error {
-	if _, ok := r.m[cfg.Topology]; !ok {
-		return config.Errorf("topology", "%q is not available yet in this build (available: %v)", cfg.Topology, r.Names())
-	}
-	return nil
+// Lookup returns the entry registered under name.
+func (r *Registry) Lookup(name string) (Topology, bool) {
+	t, ok := r.m[name]
+	return t, ok
 }
 
-// Build builds cfg's topology.
+// Features returns the features of the topology registered under name;
+// the zero value, which provides nothing, when there is none.
+func (r *Registry) Features(name string) config.Features { return r.m[name].Features }
+
+// Check reports a config error when cfg's topology is not registered,
+// and otherwise every problem the topology's Validate finds.
+func (r *Registry) Check(cfg *config.Config) error {
+	t, ok := r.m[cfg.Topology]
+	if !ok {
+		return config.Errorf("topology", "%q is not one of %s (the topologies of this build)", cfg.Topology, strings.Join(r.Names(), ", "))
+	}
+	if t.Validate == nil {
+		return nil
+	}
+	return t.Validate(cfg)
+}
+
+// Build checks cfg and builds its topology.
 func (r *Registry) Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Backend, error) {
 	if err := r.Check(cfg); err != nil {
 		return nil, err
 	}
-	b, err := r.m[cfg.Topology](ctx, cfg, logger)
+	b, err := r.m[cfg.Topology].Build(ctx, cfg, logger)
 	if err != nil {
 		return nil, fmt.Errorf("topology %s: %w", cfg.Topology, err)
 	}
 	return b, nil
+}
+
+// MaxPartitions bounds [nats|redis].partitions: each partition is a
+// consumer (or stream) and a lease of its own.
+const MaxPartitions = 1024
+
+// CheckPartitions checks the partitions and partition_ttl keys of a
+// section ("nats", "redis") of a topology whose bus has partitions.
+func CheckPartitions(section string, n int, ttl config.Duration) error {
+	var errs []error
+	if n < 0 || n > MaxPartitions {
+		errs = append(errs, config.Errorf(section+".partitions", "must be between 0 (off) and %d, got %d", MaxPartitions, n))
+	}
+	if n > 0 && ttl.D() < time.Second {
+		errs = append(errs, config.Errorf(section+".partition_ttl", "must be at least 1s, got %s", ttl.D()))
+	}
+	return errors.Join(errs...)
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/millrace/millrace/cmd/millrace/cli"
-	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/internal/bench"
 )
 
@@ -125,7 +124,7 @@ docs/performance.md explains every figure.`,
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	f := cmd.Flags()
-	f.StringSliceVar(&topos, "topologies", nil, "topologies to measure, comma-separated (default: "+strings.Join(config.Topologies, ",")+")")
+	f.StringSliceVar(&topos, "topologies", nil, "topologies to measure, comma-separated (default: "+strings.Join(bench.Topologies, ",")+")")
 	f.IntVarP(&opts.Events, "events", "n", bench.DefaultEvents, "events per saturated run")
 	f.IntVar(&opts.PayloadBytes, "payload", bench.DefaultPayload, "bytes of data per event")
 	f.StringVar(&opts.OutDir, "out", bench.DefaultOutDir, "directory of results.json, RESULTS.md and chart.png")

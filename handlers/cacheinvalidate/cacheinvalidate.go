@@ -182,11 +182,28 @@ type CacheInvalidate struct {
 
 var _ handlers.Action = (*CacheInvalidate)(nil)
 
+var _ handlers.ConfigChecker = Config{}
+
+// CheckConfig checks that the file has the [redis] section whose keys
+// the action deletes.
+func (c Config) CheckConfig(cfg *config.Config, _ config.Features) error {
+	return checkRedis(cfg.Redis)
+}
+
+func checkRedis(r config.Redis) error {
+	if r.URL == "" && r.URLEnv == "" {
+		return errors.New("redis.url is not set: the cache_invalidate action needs a [redis] section with url or url_env")
+	}
+	return nil
+}
+
 // New builds the action on the shared Redis client of the [redis]
 // section. The client connects on first use, not here.
 func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, error) {
-	if deps.Config != nil && deps.Config.Redis.URL == "" && deps.Config.Redis.URLEnv == "" {
-		return nil, errors.New("cache_invalidate: redis.url is not set: the action needs a [redis] section with url or url_env")
+	if deps.Config != nil {
+		if err := checkRedis(deps.Config.Redis); err != nil {
+			return nil, fmt.Errorf("cache_invalidate: %w", err)
+		}
 	}
 	if deps.Redis == nil {
 		return nil, errors.New("cache_invalidate: no Redis client is available (set redis.url or redis.url_env)")

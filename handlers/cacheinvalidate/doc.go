@@ -1,6 +1,7 @@
 // Package cacheinvalidate is the "cache_invalidate" action: it deletes
 // Redis keys named by templates over the event, on the shared client of
-// the [redis] section.
+// the [redis] section; without that section the config is refused at
+// validate time (Config.CheckConfig).
 //
 // A key whose template text (outside {{ }}) holds a glob character (*, ?
 // or [) is a pattern: the matching keys are found with SCAN and deleted

@@ -77,6 +77,28 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+var _ handlers.ConfigChecker = Config{}
+
+// CheckConfig checks that the file has the [smtp] section the action
+// sends through.
+func (c Config) CheckConfig(cfg *config.Config, _ config.Features) error {
+	return checkSMTP(cfg.SMTP)
+}
+
+// checkSMTP checks what the action needs of the [smtp] section.
+func checkSMTP(s config.SMTP) error {
+	switch {
+	case s.Host == "":
+		return errors.New("smtp.host is not set: the email action needs an [smtp] section with host and from")
+	case s.From == "":
+		return errors.New("smtp.from is not set")
+	}
+	if _, err := mail.ParseAddress(s.From); err != nil {
+		return fmt.Errorf("smtp.from: %q is not an email address: %w", s.From, err)
+	}
+	return nil
+}
+
 // compileList compiles a list of address templates; a template without
 // actions must already be a valid address list.
 func compileList(key string, srcs []string) ([]addrTemplate, error) {
@@ -149,15 +171,12 @@ var _ handlers.Action = (*Email)(nil)
 // It reads the credentials named by smtp.username_env and
 // smtp.password_env; it does not connect.
 func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, error) {
-	if deps.Config == nil || deps.Config.SMTP.Host == "" {
-		return nil, errors.New("email: smtp.host is not set: the email action needs an [smtp] section with host and from")
+	var s config.SMTP
+	if deps.Config != nil {
+		s = deps.Config.SMTP
 	}
-	s := deps.Config.SMTP
-	if s.From == "" {
-		return nil, errors.New("email: smtp.from is not set")
-	}
-	if _, err := mail.ParseAddress(s.From); err != nil {
-		return nil, fmt.Errorf("email: smtp.from: %q is not an email address: %w", s.From, err)
+	if err := checkSMTP(s); err != nil {
+		return nil, fmt.Errorf("email: %w", err)
 	}
 	srv := server{host: s.Host, port: s.Port, from: s.From, tls: s.TLS, timeout: s.Timeout.D()}
 	if srv.port == 0 {

@@ -62,6 +62,35 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+var _ handlers.ConfigChecker = Config{}
+
+// CheckConfig checks the topic against the topology: a bus without
+// topics (the postgres topology's change log) carries router.topic only
+// and would put the message among the events whatever its topic; and the
+// event unchanged must not go back to router.topic.
+func (c Config) CheckConfig(cfg *config.Config, f config.Features) error {
+	if c.Topic == "" {
+		return nil // Validate reports it
+	}
+	if !f.Topics && c.Topic != cfg.Router.Topic {
+		return config.Errorf("topic", "the %s topology's bus has no topics besides router.topic (%q): a message for %q would land among the events; "+
+			"use a topology whose bus has topics, or publish a body that is a new event to router.topic", cfg.Topology, cfg.Router.Topic, c.Topic)
+	}
+	if err := c.checkLoop(cfg); err != nil {
+		return &config.Error{Path: "topic", Msg: err.Error()}
+	}
+	return nil
+}
+
+// checkLoop refuses the event unchanged on router.topic: it would come
+// back to the same observers.
+func (c Config) checkLoop(cfg *config.Config) error {
+	if c.Topic == cfg.Router.Topic && c.Body == "" {
+		return fmt.Errorf("topic %q is router.topic: the event would come back to the same observers; publish to another topic or set a body", c.Topic)
+	}
+	return nil
+}
+
 // Publish is the publish action.
 type Publish struct {
 	topic   string
@@ -78,8 +107,10 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 	if deps.Publish == nil {
 		return nil, errors.New("publish: no bus to publish to")
 	}
-	if deps.Config != nil && c.Topic == deps.Config.Router.Topic && c.Body == "" {
-		return nil, fmt.Errorf("publish: topic %q is router.topic: the event would come back to the same observers; publish to another topic or set a body", c.Topic)
+	if deps.Config != nil {
+		if err := c.checkLoop(deps.Config); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
 	}
 	p := &Publish{topic: c.Topic, hash: deps.ActionHash, publish: deps.Publish, logger: deps.Logger}
 	if p.logger == nil {

@@ -298,3 +298,43 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckConfig: at validate time, a topic other than router.topic
+// needs a bus with topics, and the event unchanged must not go back to
+// router.topic, whatever the topology.
+func TestCheckConfig(t *testing.T) {
+	t.Parallel()
+	reg := registry(t)
+	postgres := config.Default()
+	postgres.Topology, postgres.Postgres.URL = "postgres", "postgres://x"
+	topics := config.Features{Topics: true}
+	const body = `{"id": "{{ .id }}-2", "event_type": "CUSTOM", "entity_type": "X", "entity_id": "1"}`
+	for _, c := range []struct {
+		name     string
+		action   config.Action
+		cfg      *config.Config
+		features config.Features
+		want     string // "" for valid
+	}{
+		{"another topic on a bus with topics", config.Action{"topic": "out"}, config.Default(), topics, ""},
+		{"another topic on the postgres topology", config.Action{"topic": "out"}, postgres, config.Features{},
+			path + `.topic: the postgres topology's bus has no topics besides router.topic ("events")`},
+		{"a new event on router.topic, postgres topology", config.Action{"topic": "events", "body": body}, postgres, config.Features{}, ""},
+		{"the event unchanged on router.topic", config.Action{"topic": "events"}, config.Default(), topics,
+			path + `.topic: topic "events" is router.topic: the event would come back to the same observers`},
+		{"the event unchanged on router.topic, postgres topology", config.Action{"topic": "events"}, postgres, config.Features{},
+			path + `.topic: topic "events" is router.topic`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.action["type"] = "publish"
+			c.cfg.Observers = map[string]config.Observer{"o": {Actions: []config.Action{c.action}}}
+			err := handlers.Check(c.cfg, reg, c.features)
+			switch {
+			case c.want == "" && err != nil:
+				t.Errorf("Check = %v; want valid", err)
+			case c.want != "" && (err == nil || !strings.HasPrefix(err.Error(), c.want)):
+				t.Errorf("Check = %v; want %s…", err, c.want)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -56,6 +57,35 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+var _ handlers.ConfigChecker = Config{}
+
+// CheckConfig checks that database names a [databases.NAME] section.
+func (c Config) CheckConfig(cfg *config.Config, _ config.Features) error {
+	if c.Database == "" {
+		return nil // Validate reports it
+	}
+	if err := c.checkDatabase(cfg); err != nil {
+		return &config.Error{Path: "database", Msg: err.Error()}
+	}
+	return nil
+}
+
+func (c Config) checkDatabase(cfg *config.Config) error {
+	if _, ok := cfg.Databases[c.Database]; ok {
+		return nil
+	}
+	section := "databases." + c.Database
+	known := make([]string, 0, len(cfg.Databases))
+	for n := range cfg.Databases {
+		known = append(known, n)
+	}
+	if len(known) == 0 {
+		return fmt.Errorf("%s is not configured: add a [%s] section with url or url_env", section, section)
+	}
+	sort.Strings(known)
+	return fmt.Errorf("%s is not configured: add a [%s] section with url or url_env (configured: %s)", section, section, strings.Join(known, ", "))
+}
+
 // SQL is the sql action.
 type SQL struct {
 	pool     *pgxpool.Pool
@@ -72,8 +102,8 @@ var _ handlers.Action = (*SQL)(nil)
 func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, error) {
 	section := "databases." + c.Database
 	if deps.Config != nil {
-		if _, ok := deps.Config.Databases[c.Database]; !ok {
-			return nil, fmt.Errorf("sql: %s is not configured: add a [%s] section with url or url_env", section, section)
+		if err := c.checkDatabase(deps.Config); err != nil {
+			return nil, fmt.Errorf("sql: %w", err)
 		}
 	}
 	if deps.Database == nil {

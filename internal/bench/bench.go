@@ -21,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/topologies"
 )
@@ -63,8 +62,8 @@ const (
 // Options configure one run of the suite.
 type Options struct {
 	// Topologies to measure, in this order. Default: every topology
-	// millrace knows (config.Topologies); those not registered in
-	// Registry are reported as not available.
+	// the suite knows (the package's Topologies); those not registered
+	// in Registry are reported as not available.
 	Topologies []string
 	// Events is the number of change events of each saturation run.
 	// Default 50,000.
@@ -114,7 +113,7 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if len(o.Topologies) == 0 {
-		o.Topologies = slices.Clone(config.Topologies)
+		o.Topologies = slices.Clone(Topologies)
 	}
 	o.Events = cmp.Or(o.Events, DefaultEvents)
 	o.PayloadBytes = cmp.Or(o.PayloadBytes, DefaultPayload)
@@ -138,7 +137,7 @@ func (o Options) validate() error {
 	}
 	for _, t := range o.Topologies {
 		if _, ok := specs[t]; !ok {
-			errs = append(errs, fmt.Errorf("bench: unknown topology %q (known: %s)", t, strings.Join(config.Topologies, ", ")))
+			errs = append(errs, fmt.Errorf("bench: unknown topology %q (known: %s)", t, strings.Join(Topologies, ", ")))
 		}
 	}
 	if o.Events < 1 {

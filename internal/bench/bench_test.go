@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/cmd/millrace/cli"
-	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/webhook"
 	"github.com/millrace/millrace/internal/bench"
@@ -45,8 +44,8 @@ func TestQuickSuite(t *testing.T) {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
 	}
 
-	if got := len(res.Topologies); got != len(config.Topologies) {
-		t.Fatalf("%d topologies in the results; want %d", got, len(config.Topologies))
+	if got := len(res.Topologies); got != len(bench.Topologies) {
+		t.Fatalf("%d topologies in the results; want %d", got, len(bench.Topologies))
 	}
 	if res.Machine.Cores < 1 || res.GoVersion == "" || len(res.Modules) == 0 {
 		t.Errorf("machine %+v, go %q, %d modules: want cores, the Go version and the modules", res.Machine, res.GoVersion, len(res.Modules))

@@ -35,6 +35,10 @@ type topoSpec struct {
 
 func (t topoSpec) capture() bool { return t.sources > 0 }
 
+// Topologies are the topologies the suite knows how to set up and
+// measure, in the order it measures them. Each has an entry in specs.
+var Topologies = []string{"embedded", "postgres", "redis", "nats", "multidb"}
+
 var specs = map[string]topoSpec{
 	"embedded": {name: "embedded", ceiling: ceilJetStreamInProcess},
 	"postgres": {name: "postgres", sources: 1, ceiling: ceilPostgres},

@@ -25,7 +25,7 @@ import (
 
 	"github.com/millrace/millrace/cmd/millrace/cli"
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/router"
 )
 
 // What the guides say, and the files must use.
@@ -156,7 +156,7 @@ func effective(data []byte, e env, role string) (*config.Config, error) {
 		return nil, err
 	}
 	o := cli.Defaults()
-	if err := errors.Join(o.Topologies.Check(cfg), handlers.Check(cfg, o.Actions)); err != nil {
+	if err := router.Check(cfg, o.Actions, o.Topologies); err != nil {
 		return nil, err
 	}
 	cfg.Role = role

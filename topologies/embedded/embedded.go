@@ -1,6 +1,3 @@
-// Package embedded is the default topology: a NATS JetStream server runs
-// inside the millrace process, listening on loopback only, with its store
-// under a configured directory. Nothing outside the process is needed.
 package embedded
 
 import (
@@ -22,7 +19,7 @@ import (
 )
 
 // Register adds the "embedded" topology to r.
-func Register(r *topologies.Registry) error { return r.Register("embedded", Build) }
+func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
 // Build starts the server, connects to it in-process, ensures the stream
 // and returns the backend.

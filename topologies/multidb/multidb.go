@@ -11,7 +11,7 @@ import (
 )
 
 // Register adds the "multidb" topology to r.
-func Register(r *topologies.Registry) error { return r.Register("multidb", Build) }
+func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
 // Build is nats.Build for a config with at least one source; each source
 // keeps its own reader (see the package doc).

@@ -15,4 +15,8 @@
 // Run `millrace run --role capture` for the bridge and `--role observe`
 // for the workers, or the default role all in every process: the lease
 // keeps one bridge per source active either way.
+//
+// Topology is the registry entry: Validate checks the [nats] section,
+// and Features declares topics (subjects), partitions (nats.partitions),
+// durable dead letters and Redis for the stores.
 package nats

@@ -25,7 +25,7 @@ import (
 const connectTimeout = 10 * time.Second
 
 // Register adds the "nats" topology to r.
-func Register(r *topologies.Registry) error { return r.Register("nats", Build) }
+func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
 // Build connects to NATS, ensures the stream, opens the stores and, when
 // the process captures (role all or capture), the [[sources]].

@@ -6,6 +6,11 @@
 // log, and the dedup ledger, result cache and dead letters are tables in
 // postgres.url's database (default: the first source's).
 //
+// Topology is the registry entry: Validate checks the [postgres] section
+// and that there is a change log to read, and Features declares durable
+// dead letters only: the change log carries router.topic and no other
+// topic, so the publish action cannot publish elsewhere.
+//
 // It also holds what the other topologies that capture from PostgreSQL
 // share: OpenSources connects to the [[sources]] and installs their
 // capture schema and triggers when asked, and Sources.Captures gives the

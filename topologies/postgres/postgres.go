@@ -19,7 +19,7 @@ import (
 const ingestSource = "postgres"
 
 // Register adds the "postgres" topology to r.
-func Register(r *topologies.Registry) error { return r.Register("postgres", Build) }
+func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
 // Build connects to the sources (or to postgres.url when there is none),
 // installs what they ask for, opens the stores in postgres.url's database

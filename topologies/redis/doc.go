@@ -6,4 +6,8 @@
 // left pending on a dead one after redis.claim_idle. The dedup ledger,
 // the result cache and the dead letters (<key_prefix>dlq) are in the
 // same Redis.
+//
+// Topology is the registry entry: Validate checks the [redis] section,
+// which the topology needs, and Features declares topics (a stream per
+// topic), partitions (redis.partitions), durable dead letters and Redis.
 package redis

@@ -17,7 +17,7 @@ import (
 )
 
 // Register adds the "redis" topology to r.
-func Register(r *topologies.Registry) error { return r.Register("redis", Build) }
+func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
 // NewClient returns a client for the redis section, or nil when neither
 // url nor url_env is set.

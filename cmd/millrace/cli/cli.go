@@ -20,7 +20,6 @@ import (
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
 	"github.com/millrace/millrace/topologies"
@@ -118,8 +117,14 @@ func isTerminal(w io.Writer) bool {
 // registries; every problem is listed.
 func load(o Options, path string) (*config.Config, error) {
 	cfg, err := config.Load(path)
-	if err == nil {
-		err = errors.Join(o.Topologies.Check(cfg), handlers.Check(cfg, o.Actions))
+	switch {
+	case err == nil:
+		err = router.Check(cfg, o.Actions, o.Topologies)
+	case cfg != nil:
+		// The file decoded, with problems: the topology's own checks
+		// report theirs beside them. The actions are checked once the
+		// rest is valid.
+		err = errors.Join(err, o.Topologies.Check(cfg))
 	}
 	if err != nil {
 		return cfg, &exitError{code: ExitInvalid, err: formatErrors(path, err)}

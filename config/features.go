@@ -1,0 +1,28 @@
+package config
+
+// Features is what a topology provides beyond carrying the events of
+// router.topic. A topology declares them when it registers
+// (topologies.Registry); action types read them at validate time
+// (handlers.ConfigChecker), so that a config asking for something its
+// topology lacks is refused by `millrace validate` instead of failing,
+// or silently doing something else, at run time.
+//
+// The zero value provides nothing: it is also what a topology that is
+// not registered gets.
+type Features struct {
+	// Topics: the bus carries topics besides router.topic, each kept
+	// apart (a subject, a stream), so the publish action can put
+	// messages on them for other consumers.
+	Topics bool
+	// Partitions: the bus can split the events by entity into
+	// partitions, each leased to one worker process, which keeps an
+	// entity's order across workers.
+	Partitions bool
+	// DurableDeadLetters: the dead-letter store survives a restart of
+	// the process (a stream, a table), so `millrace dlq` finds entries
+	// written before it.
+	DurableDeadLetters bool
+	// Redis: Redis is part of the topology (its bus, or its stores when
+	// [redis] is set), so the [redis] section configures it.
+	Redis bool
+}

@@ -1,0 +1,32 @@
+package embedded
+
+import (
+	"errors"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
+)
+
+// Topology returns the "embedded" topology's registry entry: JetStream
+// subjects for every topic, dead letters in a stream on disk, no
+// partitions (one process) and no Redis.
+func Topology() topologies.Topology {
+	return topologies.Topology{
+		Name: "embedded", Build: Build, Validate: Validate,
+		Features: config.Features{Topics: true, DurableDeadLetters: true},
+	}
+}
+
+// Validate checks the [embedded] section.
+func Validate(cfg *config.Config) error {
+	var errs []error
+	e := cfg.Embedded
+	if e.Port < 0 || e.Port > 65535 {
+		errs = append(errs, config.Errorf("embedded.port", "must be a port number (0 picks a free one)"))
+	}
+	errs = append(errs, config.CheckPositive("embedded.max_age", e.MaxAge))
+	if e.DataDir == "" {
+		errs = append(errs, config.Errorf("embedded.data_dir", "must not be empty"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,37 @@
+package redis
+
+import (
+	"errors"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
+)
+
+// Topology returns the "redis" topology's registry entry: a stream per
+// topic, partitions (redis.partitions), dead letters in a Redis stream.
+func Topology() topologies.Topology {
+	return topologies.Topology{
+		Name: "redis", Build: Build, Validate: Validate,
+		Features: config.Features{Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
+	}
+}
+
+// Validate checks the [redis] section, which the topology needs.
+func Validate(cfg *config.Config) error {
+	var errs []error
+	r := cfg.Redis
+	if (r.URL == "") == (r.URLEnv == "") {
+		errs = append(errs, config.Errorf("redis", "set exactly one of url and url_env"))
+	}
+	errs = append(errs, config.CheckName("redis.group", r.Group))
+	if r.Consumer != "" {
+		errs = append(errs, config.CheckName("redis.consumer", r.Consumer))
+	}
+	if r.MaxLen < 0 {
+		errs = append(errs, config.Errorf("redis.max_len", "must not be negative (0 keeps every event)"))
+	}
+	errs = append(errs,
+		config.CheckPositive("redis.claim_idle", r.ClaimIdle),
+		topologies.CheckPartitions("redis", r.Partitions, r.PartitionTTL))
+	return errors.Join(errs...)
+}

@@ -1,0 +1,191 @@
+package topologies_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/topologies/embedded"
+	"github.com/millrace/millrace/topologies/multidb"
+	"github.com/millrace/millrace/topologies/nats"
+	"github.com/millrace/millrace/topologies/postgres"
+	"github.com/millrace/millrace/topologies/redis"
+)
+
+// builtins returns a registry holding the five built-in topologies, as
+// cli.Defaults does.
+func builtins(t *testing.T) *topologies.Registry {
+	t.Helper()
+	r := topologies.NewRegistry()
+	for _, register := range []func(*topologies.Registry) error{
+		embedded.Register, multidb.Register, nats.Register, postgres.Register, redis.Register,
+	} {
+		if err := register(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+func noBuild(context.Context, *config.Config, *slog.Logger) (*topologies.Backend, error) {
+	return nil, errors.New("not built in this test")
+}
+
+func TestRegister(t *testing.T) {
+	r := builtins(t)
+	if got := strings.Join(r.Names(), ","); got != "embedded,multidb,nats,postgres,redis" {
+		t.Errorf("Names() = %s", got)
+	}
+	for _, tt := range []struct {
+		top  topologies.Topology
+		want string
+	}{
+		{topologies.Topology{Name: "", Build: noBuild}, "name must match"},
+		{topologies.Topology{Name: "Kafka", Build: noBuild}, "name must match"},
+		{topologies.Topology{Name: "my-bus", Build: noBuild}, "name must match"},
+		{topologies.Topology{Name: "kafka"}, "nil build function"},
+		{topologies.Topology{Name: "nats", Build: noBuild}, `register topology "nats": already registered`},
+	} {
+		if err := r.Register(tt.top); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Register(%q) = %v; want %q", tt.top.Name, err, tt.want)
+		}
+	}
+	if err := r.Register(topologies.Topology{Name: "in_memory", Build: noBuild}); err != nil {
+		t.Errorf("Register(in_memory) = %v", err)
+	}
+	if _, ok := r.Lookup("in_memory"); !ok {
+		t.Error("Lookup(in_memory) found nothing")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("MustRegister of a duplicate did not panic")
+		}
+	}()
+	r.MustRegister(topologies.Topology{Name: "in_memory", Build: noBuild})
+}
+
+// TestCheckNamesTheRegisteredTopologies: the topology key is checked
+// against the registry, and the message lists what is registered.
+func TestCheckNamesTheRegisteredTopologies(t *testing.T) {
+	r := builtins(t)
+	cfg := config.Default()
+	cfg.Topology = "kafka"
+	err := r.Check(cfg)
+	want := `topology: "kafka" is not one of embedded, multidb, nats, postgres, redis (the topologies of this build)`
+	if err == nil || err.Error() != want {
+		t.Errorf("Check = %v; want %s", err, want)
+	}
+	if _, err := r.Build(context.Background(), cfg, nil); err == nil || err.Error() != want {
+		t.Errorf("Build = %v; want %s", err, want)
+	}
+	// A topology without Validate accepts any config.
+	r.MustRegister(topologies.Topology{Name: "kafka", Build: noBuild})
+	if err := r.Check(cfg); err != nil {
+		t.Errorf("Check of a topology without Validate = %v", err)
+	}
+}
+
+func TestFeatures(t *testing.T) {
+	r := builtins(t)
+	for name, want := range map[string]config.Features{
+		"embedded": {Topics: true, DurableDeadLetters: true},
+		"postgres": {DurableDeadLetters: true},
+		"redis":    {Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
+		"nats":     {Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
+		"multidb":  {Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
+		"kafka":    {},
+	} {
+		if got := r.Features(name); got != want {
+			t.Errorf("Features(%s) = %+v; want %+v", name, got, want)
+		}
+	}
+}
+
+// TestValidate starts from a valid config of each topology and breaks
+// one rule of the topology's own checks at a time: the error names the
+// key path, with the message config/ gave when it held these checks.
+func TestValidate(t *testing.T) {
+	src := config.Source{Name: "db", PostgresURL: "postgres://x"}
+	src.SetDefaults()
+	base := map[string]func(c *config.Config){
+		"embedded": func(*config.Config) {},
+		"postgres": func(c *config.Config) { c.Postgres.URL = "postgres://x" },
+		"redis":    func(c *config.Config) { c.Redis.URL = "redis://x" },
+		"nats":     func(*config.Config) {},
+		"multidb":  func(c *config.Config) { c.Sources = []config.Source{src} },
+	}
+	tests := []struct {
+		topology, name string
+		mutate         func(c *config.Config)
+		path, msg      string
+	}{
+		{"embedded", "port", func(c *config.Config) { c.Embedded.Port = 70000 }, "embedded.port", "must be a port number (0 picks a free one)"},
+		{"embedded", "data dir", func(c *config.Config) { c.Embedded.DataDir = "" }, "embedded.data_dir", "must not be empty"},
+		{"embedded", "max age", func(c *config.Config) { c.Embedded.MaxAge = 0 }, "embedded.max_age", "must be greater than zero, got 0s"},
+		{"nats", "url", func(c *config.Config) { c.NATS.URL = "" }, "nats.url", "must not be empty"},
+		{"nats", "stream", func(c *config.Config) { c.NATS.Stream = "A.B" }, "nats.stream", `"A.B" must hold only letters, digits, '_' and '-'`},
+		{"nats", "subject prefix", func(c *config.Config) { c.NATS.SubjectPrefix = "a.*" }, "nats.subject_prefix", `"a.*" must be dot-separated tokens of letters, digits, '_' and '-'`},
+		{"nats", "consumer", func(c *config.Config) { c.NATS.Consumer = "" }, "nats.consumer", `"" must hold only letters, digits, '_' and '-'`},
+		{"nats", "ack wait", func(c *config.Config) { c.NATS.AckWait = 0 }, "nats.ack_wait", "must be greater than zero, got 0s"},
+		{"nats", "max deliver", func(c *config.Config) { c.NATS.MaxDeliver = 0 }, "nats.max_deliver", "must be -1 (unlimited) or at least 1, got 0"},
+		{"nats", "max age", func(c *config.Config) { c.NATS.MaxAge = -1 }, "nats.max_age", "must not be negative (0 keeps events forever)"},
+		{"nats", "replicas", func(c *config.Config) { c.NATS.Replicas = 6 }, "nats.replicas", "must be between 1 and 5, got 6"},
+		{"nats", "partitions", func(c *config.Config) { c.NATS.Partitions = -1 }, "nats.partitions", "must be between 0 (off) and 1024, got -1"},
+		{"nats", "partition ttl", func(c *config.Config) {
+			c.NATS.Partitions, c.NATS.PartitionTTL = 4, config.Duration(time.Millisecond)
+		}, "nats.partition_ttl", "must be at least 1s, got 1ms"},
+		{"multidb", "sources", func(c *config.Config) { c.Sources = nil }, "sources", "the multidb topology needs at least one [[sources]] entry"},
+		{"multidb", "nats section", func(c *config.Config) { c.NATS.Replicas = 0 }, "nats.replicas", "must be between 1 and 5, got 0"},
+		{"redis", "no url", func(c *config.Config) { c.Redis.URL = "" }, "redis", "set exactly one of url and url_env"},
+		{"redis", "two urls", func(c *config.Config) { c.Redis.URLEnv = "REDIS_URL" }, "redis", "set exactly one of url and url_env"},
+		{"redis", "group", func(c *config.Config) { c.Redis.Group = "a b" }, "redis.group", `"a b" may hold only letters, digits, '_' and '-'`},
+		{"redis", "consumer", func(c *config.Config) { c.Redis.Consumer = "a:b" }, "redis.consumer", `"a:b" may hold only letters, digits, '_' and '-'`},
+		{"redis", "max len", func(c *config.Config) { c.Redis.MaxLen = -1 }, "redis.max_len", "must not be negative (0 keeps every event)"},
+		{"redis", "claim idle", func(c *config.Config) { c.Redis.ClaimIdle = 0 }, "redis.claim_idle", "must be greater than zero, got 0s"},
+		{"redis", "partitions", func(c *config.Config) { c.Redis.Partitions = 5000 }, "redis.partitions", "must be between 0 (off) and 1024, got 5000"},
+		{"postgres", "two urls", func(c *config.Config) { c.Postgres.URLEnv = "PG_URL" }, "postgres", "set at most one of url and url_env"},
+		{"postgres", "nothing to read", func(c *config.Config) { c.Postgres.URL = "" }, "postgres",
+			"the postgres topology needs a [[sources]] entry or postgres.url / postgres.url_env"},
+		{"postgres", "group", func(c *config.Config) { c.Postgres.Group = "" }, "postgres.group", `"" may hold only letters, digits, '_' and '-'`},
+		{"postgres", "schema", func(c *config.Config) { c.Postgres.Schema = "my-schema" }, "postgres.schema",
+			`"my-schema" must be a plain identifier (letters, digits, '_'; at most 48 bytes)`},
+	}
+	r := builtins(t)
+	valid := func(topology string) *config.Config {
+		c := config.Default()
+		c.Topology = topology
+		base[topology](c)
+		return c
+	}
+	for topology := range base {
+		c := valid(topology)
+		if err := errors.Join(c.Validate(), r.Check(c)); err != nil {
+			t.Fatalf("base %s config invalid: %v", topology, err)
+		}
+	}
+	for _, tt := range tests {
+		t.Run(tt.topology+"/"+tt.name, func(t *testing.T) {
+			c := valid(tt.topology)
+			tt.mutate(c)
+			if err := c.Validate(); err != nil {
+				t.Fatalf("config.Validate() = %v; the topology's own checks must find this", err)
+			}
+			err := r.Check(c)
+			errs := config.Errors(err)
+			if len(errs) != 1 || errs[0].Error() != tt.path+": "+tt.msg {
+				t.Fatalf("Check() = %v; want exactly %s: %s", err, tt.path, tt.msg)
+			}
+		})
+	}
+	// A topology checks its own sections only.
+	c := valid("embedded")
+	c.NATS.Replicas, c.Redis.Group, c.Postgres.Schema = 0, "a b", "my-schema"
+	if err := r.Check(c); err != nil {
+		t.Errorf("embedded Check of other topologies' sections = %v; want nil", err)
+	}
+}

@@ -340,14 +340,7 @@ func (p *Policy) execAction(ctx context.Context, d *Delivery, b *handlers.Bound,
 	o := d.Observer
 	id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
 	start := time.Now()
-	err := p.Breakers.Do(breakerKey(o, b), func() (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = handlers.Permanent(fmt.Errorf("panic: %v", r))
-			}
-		}()
-		return b.Execute(ctx, d.Event)
-	})
+	err := p.Breakers.Do(breakerKey(o, b), func() error { return handlers.Execute(ctx, b, d.Event) })
 	if errors.Is(err, ErrBreakerOpen) {
 		st.Rejected = true
 		p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open").Inc()

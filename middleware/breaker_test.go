@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/millrace/millrace/config"
@@ -155,7 +157,7 @@ func TestSleepHonoursContext(t *testing.T) {
 	if err := middleware.Sleep(context.Background(), time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(middleware.Reservation(0).String(), "unknown") {
+	if !strings.Contains(stores.Reservation(0).String(), "unknown") {
 		t.Error("Reservation(0).String()")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/event"
@@ -133,7 +135,7 @@ func failureOf(o *handlers.Observer, states []ActionState) *Failure {
 			f.Action = b.ID(o.Name)
 		}
 		if st.Permanent {
-			f.Reason = ReasonPermanent
+			f.Reason = stores.ReasonPermanent
 		}
 		errs = append(errs, fmt.Errorf("action %s: %w", b.ID(o.Name), st.LastErr))
 		f.Attempts = max(f.Attempts, st.Attempts)
@@ -148,7 +150,7 @@ func failureOf(o *handlers.Observer, states []ActionState) *Failure {
 		return nil
 	}
 	if f.Reason == "" {
-		f.Reason = ReasonExhausted
+		f.Reason = stores.ReasonExhausted
 	}
 	f.Err = errors.Join(errs...)
 	return &f

@@ -1,5 +1,6 @@
 // Package middleware is the delivery policy between the bus and the
-// actions, and the building blocks and stores behind it.
+// actions, and its building blocks; the stores behind it are package
+// stores'.
 //
 // Each observer's events go through a stack of Watermill
 // message.HandlerMiddleware, built from the config (Plan, Policy.Stack;
@@ -13,7 +14,6 @@
 //	                endpoint's circuit breaker
 //
 // Run hands one observer's Delivery to its stack. The building blocks are
-// the Ledger (dedup and result cache, ADR 4 and 5), Backoff, Breakers and
-// the DeadLetters interface, with their stores: memory, Redis, PostgreSQL
-// and JetStream.
+// the Ledger (dedup and result cache over a stores.Ledger, ADR 4 and 5),
+// Backoff and Breakers.
 package middleware

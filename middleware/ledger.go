@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/millrace/millrace/stores"
 )
 
 // LedgerConfig tunes a Ledger.
@@ -78,9 +80,9 @@ var ErrInFlight = errors.New("event still in flight in another delivery")
 //
 // A nil store turns its half off. Safe for concurrent use.
 type Ledger struct {
-	dedup  DedupStore
-	cache  ResultCache
-	both   ReserveLooker
+	dedup  stores.DedupStore
+	cache  stores.ResultCache
+	both   stores.ReserveLooker
 	cfg    LedgerConfig
 	m      *Metrics
 	logger *slog.Logger
@@ -89,10 +91,10 @@ type Ledger struct {
 }
 
 // NewLedger returns a ledger over the stores. When dedup and cache are
-// the same value and it implements ReserveLooker, Begin asks it both
+// the same value and it implements stores.ReserveLooker, Begin asks it both
 // questions in one round trip. m may be nil (unregistered metrics);
 // logger nil discards.
-func NewLedger(dedup DedupStore, cache ResultCache, cfg LedgerConfig, m *Metrics, logger *slog.Logger) *Ledger {
+func NewLedger(dedup stores.DedupStore, cache stores.ResultCache, cfg LedgerConfig, m *Metrics, logger *slog.Logger) *Ledger {
 	cfg.SetDefaults()
 	if m == nil {
 		m = NewMetrics()
@@ -102,7 +104,7 @@ func NewLedger(dedup DedupStore, cache ResultCache, cfg LedgerConfig, m *Metrics
 	}
 	l := &Ledger{dedup: dedup, cache: cache, cfg: cfg, m: m, logger: logger}
 	if dedup != nil && cache != nil && any(dedup) == any(cache) {
-		l.both, _ = dedup.(ReserveLooker)
+		l.both, _ = dedup.(stores.ReserveLooker)
 	}
 	l.dedupWarn.every, l.cacheWarn.every = cfg.WarnEvery, cfg.WarnEvery
 	return l
@@ -140,13 +142,13 @@ type Claim struct {
 func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHashes []string) (*Claim, error) {
 	c := &Claim{l: l, observer: observer, hits: make([]bool, len(actionHashes)), deferred: -1}
 	if l.cache != nil && len(actionHashes) > 0 {
-		c.cacheKeys = CacheKeys(eventID, observer, actionHashes)
+		c.cacheKeys = stores.CacheKeys(eventID, observer, actionHashes)
 	}
 	if l.dedup == nil {
 		c.lookup(ctx)
 		return c, nil
 	}
-	c.key, c.owner = DedupKey(eventID, observer), newOwner()
+	c.key, c.owner = stores.DedupKey(eventID, observer), newOwner()
 	deadline := time.Now().Add(l.cfg.InFlightWait)
 	poll := 20 * time.Millisecond
 	waited := false
@@ -163,7 +165,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 			return c, nil
 		}
 		switch res {
-		case Claimed:
+		case stores.Claimed:
 			l.m.DedupMisses.WithLabelValues(observer).Inc()
 			c.held = true
 			if !looked {
@@ -171,7 +173,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 			}
 			c.startRenewal()
 			return c, nil
-		case Done:
+		case stores.Done:
 			l.m.DedupHits.WithLabelValues(observer).Inc()
 			c.duplicate = true
 			c.ended = true
@@ -193,7 +195,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 
 // reserve asks the dedup store, and the cache in the same round trip
 // when the store can; looked reports whether the hits are known.
-func (c *Claim) reserve(ctx context.Context) (res Reservation, looked bool, err error) {
+func (c *Claim) reserve(ctx context.Context) (res stores.Reservation, looked bool, err error) {
 	l := c.l
 	sctx, cancel := context.WithTimeout(ctx, l.cfg.StoreTimeout)
 	defer cancel()
@@ -207,7 +209,7 @@ func (c *Claim) reserve(ctx context.Context) (res Reservation, looked bool, err 
 			c.applyHits(r.Hits, r.LookupErr)
 			return 0, true, r.ReserveErr
 		}
-		if r.Reservation == Claimed {
+		if r.Reservation == stores.Claimed {
 			c.applyHits(r.Hits, r.LookupErr)
 		}
 		return r.Reservation, true, nil
@@ -295,7 +297,7 @@ func (c *Claim) Commit(ctx context.Context) {
 	// and the mark keeps later duplicates out.
 	err := c.l.dedup.Commit(sctx, c.key, c.owner, c.l.cfg.Window)
 	switch {
-	case errors.Is(err, ErrLeaseLost):
+	case errors.Is(err, stores.ErrLeaseLost):
 		c.l.logger.WarnContext(ctx, "dedup: the claim expired while the observer ran and another delivery holds it; it may run the observer again",
 			"observer", c.observer, "key", c.key)
 	case err != nil:
@@ -351,7 +353,7 @@ func (c *Claim) startRenewal() {
 		err := c.l.dedup.Extend(ctx, c.key, c.owner, c.l.cfg.Lease)
 		cancel()
 		switch {
-		case errors.Is(err, ErrLeaseLost):
+		case errors.Is(err, stores.ErrLeaseLost):
 			c.l.logger.Warn("dedup: lost the claim of a running observer; another delivery may run it too",
 				"observer", c.observer, "key", c.key)
 			return

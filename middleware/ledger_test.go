@@ -11,15 +11,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/millrace/millrace/middleware"
 )
 
-func newLedgerMemory(t *testing.T) *middleware.MemoryStore {
+func newLedgerMemory(t *testing.T) *stores.MemoryStore {
 	t.Helper()
-	s, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+	s, err := stores.NewMemoryStore(stores.MemoryStoreConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +153,7 @@ func TestLedgerLeaseOfADeadOwnerExpires(t *testing.T) {
 	ctx := context.Background()
 	store := newLedgerMemory(t)
 	// A claim made directly in the store, never renewed: a crashed process.
-	if _, err := store.Reserve(ctx, middleware.DedupKey("ev", "obs"), "dead", 300*time.Millisecond); err != nil {
+	if _, err := store.Reserve(ctx, stores.DedupKey("ev", "obs"), "dead", 300*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	l := middleware.NewLedger(store, store, middleware.LedgerConfig{}, nil, nil)
@@ -164,14 +166,14 @@ func TestLedgerLeaseOfADeadOwnerExpires(t *testing.T) {
 
 // flakyStore fails every call while down is set, and counts calls.
 type flakyStore struct {
-	*middleware.MemoryStore
+	*stores.MemoryStore
 	down                                      atomic.Bool
 	reserves, lookups, reserveLookups, stores atomic.Int32
 }
 
 var errDown = errors.New("store down")
 
-func (f *flakyStore) Reserve(ctx context.Context, key, owner string, lease time.Duration) (middleware.Reservation, error) {
+func (f *flakyStore) Reserve(ctx context.Context, key, owner string, lease time.Duration) (stores.Reservation, error) {
 	f.reserves.Add(1)
 	if f.down.Load() {
 		return 0, errDown
@@ -202,10 +204,10 @@ func (f *flakyStore) Store(ctx context.Context, key string, ttl time.Duration) e
 	return f.MemoryStore.Store(ctx, key, ttl)
 }
 
-func (f *flakyStore) ReserveLookup(ctx context.Context, key, owner string, lease time.Duration, keys []string) (middleware.ReserveLookupResult, error) {
+func (f *flakyStore) ReserveLookup(ctx context.Context, key, owner string, lease time.Duration, keys []string) (stores.ReserveLookupResult, error) {
 	f.reserveLookups.Add(1)
 	if f.down.Load() {
-		return middleware.ReserveLookupResult{ReserveErr: errDown, LookupErr: errDown}, nil
+		return stores.ReserveLookupResult{ReserveErr: errDown, LookupErr: errDown}, nil
 	}
 	return f.MemoryStore.ReserveLookup(ctx, key, owner, lease, keys)
 }
@@ -316,13 +318,13 @@ func TestLedgerWithoutStores(t *testing.T) {
 
 func TestCacheKeys(t *testing.T) {
 	t.Parallel()
-	got := middleware.CacheKeys("ev", "obs", []string{"a", "b", "a", "a"})
+	got := stores.CacheKeys("ev", "obs", []string{"a", "b", "a", "a"})
 	want := []string{"cache:{ev}:obs:a", "cache:{ev}:obs:b", "cache:{ev}:obs:a#1", "cache:{ev}:obs:a#2"}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("CacheKeys = %v; want %v", got, want)
 	}
 	// Reordering keeps each action's key.
-	if k := middleware.CacheKeys("ev", "obs", []string{"b", "a"}); k[0] != want[1] || k[1] != want[0] {
+	if k := stores.CacheKeys("ev", "obs", []string{"b", "a"}); k[0] != want[1] || k[1] != want[0] {
 		t.Errorf("reordered CacheKeys = %v", k)
 	}
 }
@@ -339,7 +341,7 @@ func ledgerCount(t *testing.T, c prometheus.Counter) float64 {
 
 // countingCache counts the result-cache writes that reach the store.
 type countingCache struct {
-	*middleware.MemoryStore
+	*stores.MemoryStore
 	stores atomic.Int64
 }
 

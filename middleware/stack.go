@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
@@ -107,7 +109,7 @@ type Policy struct {
 	// Ledger holds dedup and the result cache; nil when both are off.
 	Ledger      *Ledger
 	Breakers    *Breakers
-	DeadLetters DeadLetters
+	DeadLetters stores.DeadLetters
 	Metrics     *Metrics
 	Logger      *slog.Logger
 }
@@ -159,7 +161,7 @@ func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 			d.Outcome = OutcomeDropped
 			p.Logger.DebugContext(ctx, "observer failed; event dropped (on_failure = drop)", attrs...)
 		default:
-			id, err := p.PutDeadLetter(ctx, DeadLetter{
+			id, err := p.PutDeadLetter(ctx, stores.DeadLetter{
 				EventID: ev.ID, Observer: o.Name, Action: f.Action, Reason: f.Reason, Error: f.Err.Error(),
 				Attempts: f.Attempts, FirstFailure: f.First, LastFailure: f.Last, Topic: d.Topic, Payload: d.Payload,
 			})
@@ -179,7 +181,7 @@ func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 // PutDeadLetter writes an entry even when ctx was cancelled meanwhile
 // (shutdown): the failure is final, and the entry decides whether the
 // message may be acked.
-func (p *Policy) PutDeadLetter(ctx context.Context, dl DeadLetter) (string, error) {
+func (p *Policy) PutDeadLetter(ctx context.Context, dl stores.DeadLetter) (string, error) {
 	if p.DeadLetters == nil {
 		return "", errors.New("the topology has no dead-letter store")
 	}
@@ -196,7 +198,7 @@ func condition(next message.HandlerFunc) message.HandlerFunc {
 		ok, err := d.Observer.Accepts(d.Event)
 		if err != nil {
 			now := time.Now()
-			return nil, &Failure{Reason: ReasonCondition, Err: err, Attempts: 1, First: now, Last: now}
+			return nil, &Failure{Reason: stores.ReasonCondition, Err: err, Attempts: 1, First: now, Last: now}
 		}
 		if !ok {
 			d.Outcome = OutcomeSkipped

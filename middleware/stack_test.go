@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
@@ -74,7 +76,7 @@ func (noConfig) Validate() error { return nil }
 // "flaky" fails its first call transiently, "broken" always fails
 // permanently, "ok" succeeds — and returns a Policy over a memory
 // ledger and Redis dead letters.
-func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*handlers.Observer, *middleware.RedisDeadLetters, map[string]*atomic.Int32) {
+func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*handlers.Observer, *stores.RedisDeadLetters, map[string]*atomic.Int32) {
 	t.Helper()
 	calls := map[string]*atomic.Int32{"flaky": {}, "broken": {}, "ok": {}}
 	reg := handlers.NewRegistry()
@@ -107,13 +109,13 @@ func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*handle
 	for _, o := range obs {
 		byName[o.Name] = o
 	}
-	store, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+	store, err := stores.NewMemoryStore(stores.MemoryStoreConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
 	client, prefix := testenv.Redis(t)
-	dlq, err := middleware.NewRedisDeadLetters(client, middleware.RedisDeadLettersConfig{Key: prefix + "dlq"})
+	dlq, err := stores.NewRedisDeadLetters(client, stores.RedisDeadLettersConfig{Key: prefix + "dlq"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +183,7 @@ actions = [{ type = "ok" }]
 	if err != nil || d.Outcome != middleware.OutcomeDeadLettered {
 		t.Errorf("erring: outcome %q err %v; want dead-lettered", d.Outcome, err)
 	}
-	dls, err := dlq.List(ctx, middleware.DeadLetterFilter{})
+	dls, err := dlq.List(ctx, stores.DeadLetterFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +191,7 @@ actions = [{ type = "ok" }]
 	for _, dl := range dls {
 		reasons[dl.Observer] = dl.Reason
 	}
-	if reasons["failing"] != middleware.ReasonPermanent || reasons["erring"] != middleware.ReasonCondition || len(dls) != 2 {
+	if reasons["failing"] != stores.ReasonPermanent || reasons["erring"] != stores.ReasonCondition || len(dls) != 2 {
 		t.Errorf("dead letters by observer = %v; want failing: permanent, erring: condition", reasons)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -20,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 )
 
@@ -38,7 +39,7 @@ import (
 // DeadLetterList is the body of GET /v1/dlq.
 type DeadLetterList struct {
 	// Entries are without their payload (PayloadBytes gives its size).
-	Entries []middleware.DeadLetter `json:"entries"`
+	Entries []stores.DeadLetter `json:"entries"`
 	// Total is the number of entries in the store, whatever the filter.
 	Total int `json:"total"`
 }
@@ -133,7 +134,7 @@ func (r *Router) dlqSize() float64 {
 	return float64(n)
 }
 
-func (r *Router) deadLetterStore() middleware.DeadLetters {
+func (r *Router) deadLetterStore() stores.DeadLetters {
 	b, _ := r.builtBackend()
 	if b == nil {
 		return nil
@@ -148,10 +149,10 @@ func (r *Router) countDeadLetters(b *topologies.Backend) {
 	if b.DeadLetters == nil {
 		return
 	}
-	if _, done := b.DeadLetters.(*middleware.CountingDeadLetters); done {
+	if _, done := b.DeadLetters.(*stores.CountingDeadLetters); done {
 		return
 	}
-	b.DeadLetters = middleware.NewCountingDeadLetters(b.DeadLetters, r.dlqMetrics().written)
+	b.DeadLetters = stores.NewCountingDeadLetters(b.DeadLetters, r.dlqMetrics().written)
 }
 
 // mountAdmin adds the dead-letter routes to mux when an admin token is
@@ -178,7 +179,7 @@ func errorBody(msg string) map[string]string { return map[string]string{"error":
 
 // store answers 503 when the router has not built its backend yet and 501
 // when the topology keeps no dead letters.
-func (r *Router) store(w http.ResponseWriter) middleware.DeadLetters {
+func (r *Router) store(w http.ResponseWriter) stores.DeadLetters {
 	b, why := r.builtBackend()
 	if b == nil {
 		writeJSON(w, http.StatusServiceUnavailable, errorBody("starting: "+why))
@@ -207,7 +208,7 @@ func parseSince(s string) (time.Time, error) {
 
 func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	f := middleware.DeadLetterFilter{Observer: q.Get("observer")}
+	f := stores.DeadLetterFilter{Observer: q.Get("observer")}
 	var err error
 	if f.Since, err = parseSince(q.Get("since")); err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
@@ -286,7 +287,7 @@ func (r *Router) dlqPurge(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *Router) storeError(w http.ResponseWriter, req *http.Request, op string, err error) {
-	if errors.Is(err, middleware.ErrNotFound) {
+	if errors.Is(err, stores.ErrNotFound) {
 		writeJSON(w, http.StatusNotFound, errorBody(err.Error()))
 		return
 	}
@@ -330,7 +331,7 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 	status := http.StatusOK
 	for _, f := range res.Failed {
 		status = http.StatusNotFound
-		if !strings.Contains(f.Error, middleware.ErrNotFound.Error()) {
+		if !strings.Contains(f.Error, stores.ErrNotFound.Error()) {
 			status = http.StatusInternalServerError
 			break
 		}
@@ -342,10 +343,10 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 // store held when the call began: entries that fail again during the
 // replay come back with a later LastFailure and are left for the next
 // one, so a replay always ends.
-func (r *Router) replay(ctx context.Context, store middleware.DeadLetters, rr ReplayRequest) (ReplayResponse, error) {
+func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr ReplayRequest) (ReplayResponse, error) {
 	res := ReplayResponse{DryRun: rr.DryRun, IDs: []string{}}
 	replayed := r.dlqMetrics().replayed
-	do := func(dl middleware.DeadLetter) {
+	do := func(dl stores.DeadLetter) {
 		if rr.DryRun {
 			res.Replayed++
 			res.IDs = append(res.IDs, dl.ID)
@@ -365,7 +366,7 @@ func (r *Router) replay(ctx context.Context, store middleware.DeadLetters, rr Re
 		for _, id := range rr.IDs {
 			dl, err := store.Get(ctx, id)
 			if err != nil {
-				if !errors.Is(err, middleware.ErrNotFound) {
+				if !errors.Is(err, stores.ErrNotFound) {
 					return res, err
 				}
 				res.Failed = append(res.Failed, ReplayFailure{ID: id, Error: err.Error()})
@@ -387,7 +388,7 @@ func (r *Router) replay(ctx context.Context, store middleware.DeadLetters, rr Re
 			}
 			limit = max(n, 1)
 		}
-		page, err := store.List(ctx, middleware.DeadLetterFilter{Observer: rr.Observer, Limit: limit})
+		page, err := store.List(ctx, stores.DeadLetterFilter{Observer: rr.Observer, Limit: limit})
 		if err != nil {
 			return res, err
 		}
@@ -423,7 +424,7 @@ func (r *Router) replay(ctx context.Context, store middleware.DeadLetters, rr Re
 // cache apply as to any delivery: the observer's dedup key was released
 // when it failed, and actions that succeeded before are skipped while
 // their results are cached.
-func (r *Router) replayOne(ctx context.Context, store middleware.DeadLetters, dl middleware.DeadLetter) (published bool, err error) {
+func (r *Router) replayOne(ctx context.Context, store stores.DeadLetters, dl stores.DeadLetter) (published bool, err error) {
 	m := message.NewMessageWithContext(ctx, watermill.NewUUID(), dl.Payload)
 	if dl.Observer != "" {
 		m.Metadata.Set(bus.ObserverMetadata, dl.Observer)

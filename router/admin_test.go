@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
@@ -264,11 +265,11 @@ func TestAdminListShowDeletePurge(t *testing.T) {
 	ev, payload := testEvent(t, "Order")
 	old := time.Now().Add(-2 * time.Hour).UTC()
 	ids := make([]string, 3)
-	for i, dl := range []middleware.DeadLetter{
-		{EventID: ev.ID, Observer: "a", Action: "a/0:dlqrecord", Reason: middleware.ReasonExhausted, Error: "503", Attempts: 3,
+	for i, dl := range []stores.DeadLetter{
+		{EventID: ev.ID, Observer: "a", Action: "a/0:dlqrecord", Reason: stores.ReasonExhausted, Error: "503", Attempts: 3,
 			FirstFailure: old, LastFailure: old, Topic: "events", Payload: payload},
-		{EventID: ev.ID, Observer: "b", Action: "b/0:dlqrecord", Reason: middleware.ReasonPermanent, Error: "400", Attempts: 1, Topic: "events", Payload: payload},
-		{Reason: middleware.ReasonUndecodable, Error: "invalid event", Topic: "events", Payload: []byte{0xff, 0x00, 'x'}},
+		{EventID: ev.ID, Observer: "b", Action: "b/0:dlqrecord", Reason: stores.ReasonPermanent, Error: "400", Attempts: 1, Topic: "events", Payload: payload},
+		{Reason: stores.ReasonUndecodable, Error: "invalid event", Topic: "events", Payload: []byte{0xff, 0x00, 'x'}},
 	} {
 		id, err := store.Put(ctx, dl)
 		if err != nil {
@@ -314,11 +315,11 @@ func TestAdminListShowDeletePurge(t *testing.T) {
 		}
 	}
 
-	var dl middleware.DeadLetter
+	var dl stores.DeadLetter
 	if code := adminCall(t, http.MethodGet, addr+"/v1/dlq/"+ids[2], token, nil, &dl); code != http.StatusOK {
 		t.Fatalf("GET /v1/dlq/%s = %d", ids[2], code)
 	}
-	if !bytes.Equal(dl.Payload, []byte{0xff, 0x00, 'x'}) || dl.Reason != middleware.ReasonUndecodable {
+	if !bytes.Equal(dl.Payload, []byte{0xff, 0x00, 'x'}) || dl.Reason != stores.ReasonUndecodable {
 		t.Errorf("show = %+v; want the raw bytes and reason undecodable", dl)
 	}
 	if code := adminCall(t, http.MethodGet, addr+"/v1/dlq/424242", token, nil, nil); code != http.StatusNotFound {
@@ -352,8 +353,8 @@ func TestAdminReplay(t *testing.T) {
 	ctx := context.Background()
 	store := r.backend.DeadLetters
 	ev, payload := testEvent(t, "Order")
-	id, err := store.Put(ctx, middleware.DeadLetter{EventID: ev.ID, Observer: "a", Action: "a/0:dlqrecord",
-		Reason: middleware.ReasonExhausted, Error: "503", Attempts: 3, Topic: "events", Payload: payload})
+	id, err := store.Put(ctx, stores.DeadLetter{EventID: ev.ID, Observer: "a", Action: "a/0:dlqrecord",
+		Reason: stores.ReasonExhausted, Error: "503", Attempts: 3, Topic: "events", Payload: payload})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +416,7 @@ func TestAdminReplayAllOfObserver(t *testing.T) {
 		if observer == "a" {
 			evA = append(evA, ev)
 		}
-		id, err := store.Put(ctx, middleware.DeadLetter{EventID: ev.ID, Observer: observer, Reason: middleware.ReasonPermanent,
+		id, err := store.Put(ctx, stores.DeadLetter{EventID: ev.ID, Observer: observer, Reason: stores.ReasonPermanent,
 			Error: "400", Attempts: 1, Topic: "events", Payload: payload})
 		if err != nil {
 			t.Fatal(err)
@@ -452,7 +453,7 @@ func TestAdminReplayAllOfObserver(t *testing.T) {
 	for _, ev := range evA {
 		rec.wait(t, "a", ev.ID)
 	}
-	left, err := store.List(ctx, middleware.DeadLetterFilter{})
+	left, err := store.List(ctx, stores.DeadLetterFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,13 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
-
-	"github.com/millrace/millrace/middleware"
 )
 
 // TestUndecodableIsDeadLettered publishes bad messages straight onto the
@@ -50,11 +50,11 @@ actions = [{type = "dlqrecord", observer = "a"}]
 	rec.wait(t, "a", ev.ID)
 
 	store := r.backend.DeadLetters
-	var got []middleware.DeadLetter
+	var got []stores.DeadLetter
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var err error
-		got, err = store.List(ctx, middleware.DeadLetterFilter{})
+		got, err = store.List(ctx, stores.DeadLetterFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +71,7 @@ actions = [{type = "dlqrecord", observer = "a"}]
 		for _, dl := range got {
 			if bytes.Equal(dl.Payload, p) {
 				found = true
-				if dl.Reason != middleware.ReasonUndecodable || dl.Error == "" || dl.Topic != r.cfg.Router.Topic {
+				if dl.Reason != stores.ReasonUndecodable || dl.Error == "" || dl.Topic != r.cfg.Router.Topic {
 					t.Errorf("dead letter of %q = reason %q, error %q, topic %q; want undecodable, a reason and topic %q",
 						p, dl.Reason, dl.Error, dl.Topic, r.cfg.Router.Topic)
 				}
@@ -92,7 +92,7 @@ actions = [{type = "dlqrecord", observer = "a"}]
 		t.Fatalf("replay = %d %+v", code, res)
 	}
 	waitUntil(t, "the replayed bad message back in the store", func() bool {
-		l, err := store.List(ctx, middleware.DeadLetterFilter{})
+		l, err := store.List(ctx, stores.DeadLetterFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +101,7 @@ actions = [{type = "dlqrecord", observer = "a"}]
 				t.Fatalf("entry %s still in the store after its replay", dl.ID)
 			}
 		}
-		return len(l) == len(bad) && bytes.Equal(l[len(l)-1].Payload, got[0].Payload) && l[len(l)-1].Reason == middleware.ReasonUndecodable
+		return len(l) == len(bad) && bytes.Equal(l[len(l)-1].Payload, got[0].Payload) && l[len(l)-1].Reason == stores.ReasonUndecodable
 	})
 }
 

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -479,7 +481,7 @@ func TestReplayAfterPartialFailureSkipsSucceededActions(t *testing.T) {
 			n.publish(t, ev, 1, nil, nil)
 			eventually(t, 30*time.Second, "the event handled", func() bool { return n.handled(t) == 1 })
 			ctx := context.Background()
-			dls, err := n.backend.DeadLetters.List(ctx, middleware.DeadLetterFilter{Observer: "obs"})
+			dls, err := n.backend.DeadLetters.List(ctx, stores.DeadLetterFilter{Observer: "obs"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -487,7 +489,7 @@ func TestReplayAfterPartialFailureSkipsSucceededActions(t *testing.T) {
 				t.Fatalf("%d dead letters; want 1", len(dls))
 			}
 			dl := dls[0]
-			if dl.EventID != ev.ID || dl.Action != "obs/1:probe" || dl.Reason != middleware.ReasonExhausted || dl.Attempts != 2 ||
+			if dl.EventID != ev.ID || dl.Action != "obs/1:probe" || dl.Reason != stores.ReasonExhausted || dl.Attempts != 2 ||
 				dl.FirstFailure.IsZero() || dl.LastFailure.Before(dl.FirstFailure) || !strings.Contains(dl.Error, "failure 2 of 2") {
 				t.Errorf("dead letter = %+v", dl)
 			}
@@ -741,11 +743,11 @@ func TestUndecodableMessageIsDeadLettered(t *testing.T) {
 	}
 	n.publish(t, ev, 1, nil, nil)
 	eventually(t, 30*time.Second, "the next event handled", func() bool { return p.successes("x", ev.ID) == 1 })
-	dls, err := n.backend.DeadLetters.List(context.Background(), middleware.DeadLetterFilter{})
+	dls, err := n.backend.DeadLetters.List(context.Background(), stores.DeadLetterFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dls) != 1 || dls[0].Reason != middleware.ReasonUndecodable || !bytes.Equal(dls[0].Payload, raw) || dls[0].Topic != "events" {
+	if len(dls) != 1 || dls[0].Reason != stores.ReasonUndecodable || !bytes.Equal(dls[0].Payload, raw) || dls[0].Topic != "events" {
 		t.Fatalf("dead letters = %+v; want one undecodable entry with the raw bytes", dls)
 	}
 	if got := n.metric(t, "millrace_events_total", map[string]string{"result": "undecodable"}); got != 1 {
@@ -768,7 +770,7 @@ func TestFailurePolicies(t *testing.T) {
 			if got := p.count("", "x", ev.ID); got != 1 {
 				t.Errorf("a permanently failing action ran %d times; want 1", got)
 			}
-			dls, err := n.backend.DeadLetters.List(context.Background(), middleware.DeadLetterFilter{})
+			dls, err := n.backend.DeadLetters.List(context.Background(), stores.DeadLetterFilter{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -776,7 +778,7 @@ func TestFailurePolicies(t *testing.T) {
 			if len(dls) != want {
 				t.Fatalf("%d dead letters with on_failure = %s; want %d", len(dls), policy, want)
 			}
-			if want == 1 && (dls[0].Reason != middleware.ReasonPermanent || dls[0].Attempts != 1) {
+			if want == 1 && (dls[0].Reason != stores.ReasonPermanent || dls[0].Attempts != 1) {
 				t.Errorf("dead letter = %+v; want reason permanent, 1 attempt", dls[0])
 			}
 			result := map[string]string{"dlq": "dead_lettered", "log": "logged", "drop": "dropped"}[policy]
@@ -801,11 +803,11 @@ condition = "data.id / 0 > 1"
 	ev := deliveryEvent("1")
 	n.publish(t, ev, 1, nil, nil)
 	eventually(t, 30*time.Second, "the event settled", func() bool { return n.handled(t) == 1 })
-	dls, err := n.backend.DeadLetters.List(context.Background(), middleware.DeadLetterFilter{})
+	dls, err := n.backend.DeadLetters.List(context.Background(), stores.DeadLetterFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(dls) != 1 || dls[0].Reason != middleware.ReasonCondition || dls[0].Observer != "obs" {
+	if len(dls) != 1 || dls[0].Reason != stores.ReasonCondition || dls[0].Observer != "obs" {
 		t.Fatalf("dead letters = %+v; want one with reason condition", dls)
 	}
 	if p.count("", "x", ev.ID) != 0 {
@@ -846,7 +848,7 @@ retry = { max_attempts = 6, backoff = "fixed", initial = "20ms", max = "1s", jit
 	if got := p.count("", "x", ev.ID); got != 6 {
 		t.Errorf("executions = %d; want 6 (refusals do not count)", got)
 	}
-	if dls, err := n.backend.DeadLetters.List(context.Background(), middleware.DeadLetterFilter{}); err != nil || len(dls) != 0 {
+	if dls, err := n.backend.DeadLetters.List(context.Background(), stores.DeadLetterFilter{}); err != nil || len(dls) != 0 {
 		t.Errorf("dead letters = %v, %v; want none", dls, err)
 	}
 	if got := n.metric(t, "millrace_breaker_state", map[string]string{"breaker": "obs/0:probe"}); got != 0 {

@@ -12,12 +12,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
@@ -334,7 +335,7 @@ func (r *Router) watchDependencies(ctx context.Context) {
 // memory), nil for a disabled one, and a func that closes what it
 // opened. Dedup and cache on the same kind share one store, so that one
 // event's checks are one round trip.
-func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *resources) (middleware.DedupStore, middleware.ResultCache, func() error, error) {
+func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *resources) (stores.DedupStore, stores.ResultCache, func() error, error) {
 	cfg := r.cfg
 	if cfg.Role == "capture" {
 		return nil, nil, func() error { return nil }, nil // no observers run here
@@ -348,65 +349,33 @@ func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *res
 		closers = nil
 		return errors.Join(errs...)
 	}
-	opened := map[string]any{}
-	open := func(kind string) (any, error) {
+	opened := map[string]stores.Ledger{}
+	open := func(kind string) (stores.Ledger, error) {
 		if s, ok := opened[kind]; ok {
 			return s, nil
 		}
-		var s any
+		oc := stores.OpenConfig{KeyPrefix: cfg.Redis.KeyPrefix, Logger: r.logger.With("component", "ledger")}
+		var err error
 		switch kind {
-		case "memory":
-			m, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
-			if err != nil {
-				return nil, err
-			}
-			closers = append(closers, m.Close)
-			s = m
 		case "redis":
-			client, err := res.Redis()
-			if err != nil {
-				return nil, err
-			}
-			if s, err = middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix}); err != nil {
+			if oc.Redis, err = res.Redis(); err != nil {
 				return nil, err
 			}
 		case "postgres":
-			url, err := config.Secret(cfg.Postgres.URL, cfg.Postgres.URLEnv)
-			if err != nil {
+			if oc.PostgresURL, err = config.Secret(cfg.Postgres.URL, cfg.Postgres.URLEnv); err != nil {
 				return nil, fmt.Errorf("postgres.url_env: %w", err)
 			}
-			pcfg, err := pgxpool.ParseConfig(url)
-			if err != nil {
-				return nil, fmt.Errorf("postgres.url: %w", err)
-			}
-			// The ledger does not wait for its writes to reach the disk:
-			// a PostgreSQL crash may forget the last few hundred ms of
-			// claims and successes, which at worst lets a redelivery run
-			// an effect again (at least once), while every event saves
-			// two fsyncs.
-			pcfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
-			pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-			if err != nil {
-				return nil, fmt.Errorf("postgres: %w", err)
-			}
-			closers = append(closers, func() error { pool.Close(); return nil })
-			ps, err := middleware.NewPostgresStore(pool, middleware.PostgresStoreConfig{Logger: r.logger.With("component", "ledger")})
-			if err != nil {
-				return nil, err
-			}
-			closers = append(closers, ps.Close)
-			if err := ps.Migrate(ctx); err != nil {
-				return nil, err
-			}
-			s = ps
-		default:
-			return nil, fmt.Errorf("unknown store %q", kind)
 		}
+		s, closeStore, err := stores.Open(ctx, kind, oc)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, closeStore)
 		opened[kind] = s
 		return s, nil
 	}
-	var dedup middleware.DedupStore
-	var cache middleware.ResultCache
+	var dedup stores.DedupStore
+	var cache stores.ResultCache
 	if cfg.Dedup.Enabled {
 		if cfg.Dedup.Store == "" && b.Dedup != nil {
 			dedup = b.Dedup
@@ -415,7 +384,7 @@ func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *res
 			if err != nil {
 				return nil, nil, nil, errors.Join(fmt.Errorf("dedup.store: %w", err), closeAll())
 			}
-			dedup = s.(middleware.DedupStore)
+			dedup = s
 		}
 	}
 	if cfg.Cache.Enabled {
@@ -426,7 +395,7 @@ func (r *Router) openStores(ctx context.Context, b *topologies.Backend, res *res
 			if err != nil {
 				return nil, nil, nil, errors.Join(fmt.Errorf("cache.store: %w", err), closeAll())
 			}
-			cache = s.(middleware.ResultCache)
+			cache = s
 		}
 	}
 	return dedup, cache, closeAll, nil
@@ -528,8 +497,8 @@ func (r *Router) observe(msg *message.Message) error {
 func (r *Router) undecodable(ctx context.Context, msg *message.Message, cause error) error {
 	r.metrics.Events.WithLabelValues("undecodable").Inc()
 	now := time.Now()
-	id, err := r.policy.PutDeadLetter(ctx, middleware.DeadLetter{
-		Reason: middleware.ReasonUndecodable, Error: cause.Error(), Attempts: 1,
+	id, err := r.policy.PutDeadLetter(ctx, stores.DeadLetter{
+		Reason: stores.ReasonUndecodable, Error: cause.Error(), Attempts: 1,
 		FirstFailure: now, LastFailure: now, Topic: r.topicOf(ctx), Payload: msg.Payload,
 	})
 	if err != nil {

@@ -10,10 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 )
 
 // Backend is what a topology provides to the router.
@@ -34,12 +35,12 @@ type Backend struct {
 	// does not (a *DependencyError).
 	Ready func(ctx context.Context) error
 	// DeadLetters is the topology's durable dead-letter store.
-	DeadLetters middleware.DeadLetters
+	DeadLetters stores.DeadLetters
 	// Dedup and Cache are the topology's dedup ledger and result cache,
 	// used when dedup.store and cache.store are empty; nil means in
 	// memory. The topology closes them (Closers) when they need it.
-	Dedup middleware.DedupStore
-	Cache middleware.ResultCache
+	Dedup stores.DedupStore
+	Cache stores.ResultCache
 	// Closers run in reverse order at shutdown, after the router stopped.
 	Closers []func() error
 }

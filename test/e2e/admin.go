@@ -15,12 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 )
 
 // DeadLetter is an entry of the dead-letter store as the admin API
 // shows it: lists leave the payload out and give its size.
-type DeadLetter = middleware.DeadLetter
+type DeadLetter = stores.DeadLetter
 
 func (r *Rig) admin(ctx context.Context, method, path string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, r.URL(path), nil)

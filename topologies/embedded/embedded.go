@@ -8,12 +8,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/jetstream"
 )
@@ -79,18 +80,18 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	}
 	// Dead letters get a stream of their own, beside the events' and in
 	// the same data dir: its subjects must not fall under "millrace.>".
-	dlq, err := middleware.NewJetStreamDeadLetters(ctx, js, middleware.JetStreamDeadLettersConfig{
+	dlq, err := stores.NewJetStreamDeadLetters(ctx, js, stores.JetStreamDeadLettersConfig{
 		Stream: "MILLRACE_DLQ", Subject: "millrace_dlq", MaxEntries: cfg.DLQ.MaxEntries})
 	if err != nil {
 		return nil, fmt.Errorf("embedded: %w", err)
 	}
 	b.DeadLetters = dlq
 	// One process, so the ledger and the cache live in its memory.
-	ledger, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{})
+	ledger, closeLedger, err := stores.Open(ctx, "memory", stores.OpenConfig{})
 	if err != nil {
 		return nil, fmt.Errorf("embedded: %w", err)
 	}
-	b.Closers = append(b.Closers, ledger.Close)
+	b.Closers = append(b.Closers, closeLedger)
 	b.Dedup, b.Cache = ledger, ledger
 	b.Publisher = jetstream.NewPublisher(js, jc)
 	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))

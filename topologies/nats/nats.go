@@ -10,11 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	natsgo "github.com/nats-io/nats.go"
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/jetstream"
 	"github.com/millrace/millrace/topologies/postgres"
@@ -78,7 +79,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	}
 	// Dead letters get a stream of their own; "<prefix>_dlq" is outside
 	// the event stream's "<prefix>.>".
-	dlq, err := middleware.NewJetStreamDeadLetters(ctx, js, middleware.JetStreamDeadLettersConfig{
+	dlq, err := stores.NewJetStreamDeadLetters(ctx, js, stores.JetStreamDeadLettersConfig{
 		Stream: cfg.NATS.Stream + "_DLQ", Subject: cfg.NATS.SubjectPrefix + "_dlq",
 		MaxEntries: cfg.DLQ.MaxEntries, Replicas: cfg.NATS.Replicas,
 	})
@@ -95,10 +96,11 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		return nil, err
 	case rc != nil:
 		b.Closers = append(b.Closers, rc.Close)
-		store, err := middleware.NewRedisStore(rc, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix})
+		store, closeStore, err := stores.Open(ctx, "redis", stores.OpenConfig{Redis: rc, KeyPrefix: cfg.Redis.KeyPrefix})
 		if err != nil {
 			return nil, err
 		}
+		b.Closers = append(b.Closers, closeStore)
 		b.Dedup, b.Cache = store, store
 	case cfg.Role != "capture":
 		logger.Warn("nats: redis.url is not set: dedup and the result cache are per process")

@@ -6,13 +6,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/nats"
@@ -121,7 +122,7 @@ func TestDeadLettersOnTheServer(t *testing.T) {
 	cfg, _ := testConfig(t)
 	b := build(t, cfg)
 	ctx := context.Background()
-	id, err := b.DeadLetters.Put(ctx, middleware.DeadLetter{Observer: "o", Reason: middleware.ReasonPermanent, Error: "boom", Payload: []byte(`{}`)})
+	id, err := b.DeadLetters.Put(ctx, stores.DeadLetter{Observer: "o", Reason: stores.ReasonPermanent, Error: "boom", Payload: []byte(`{}`)})
 	if err != nil {
 		t.Fatalf("put: %v", err)
 	}
@@ -129,7 +130,7 @@ func TestDeadLettersOnTheServer(t *testing.T) {
 	if err != nil || got.Error != "boom" {
 		t.Fatalf("get %s: %+v, %v", id, got, err)
 	}
-	list, err := b.DeadLetters.List(ctx, middleware.DeadLetterFilter{Observer: "o"})
+	list, err := b.DeadLetters.List(ctx, stores.DeadLetterFilter{Observer: "o"})
 	if err != nil || len(list) != 1 {
 		t.Fatalf("list: %d entries, %v", len(list), err)
 	}
@@ -146,11 +147,11 @@ func TestStoresFollowRedisConfig(t *testing.T) {
 	cfg.Redis.URL = testenv.RedisURL()
 	cfg.Redis.KeyPrefix = prefix
 	b := build(t, cfg)
-	if _, ok := b.Dedup.(*middleware.RedisStore); !ok {
-		t.Errorf("with redis.url: dedup %T, want *middleware.RedisStore", b.Dedup)
+	if _, ok := b.Dedup.(*stores.RedisStore); !ok {
+		t.Errorf("with redis.url: dedup %T, want *stores.RedisStore", b.Dedup)
 	}
-	if _, ok := b.Cache.(*middleware.RedisStore); !ok {
-		t.Errorf("with redis.url: cache %T, want *middleware.RedisStore", b.Cache)
+	if _, ok := b.Cache.(*stores.RedisStore); !ok {
+		t.Errorf("with redis.url: cache %T, want *stores.RedisStore", b.Cache)
 	}
 }
 

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/capture"
 )
@@ -106,7 +107,7 @@ func openStores(ctx context.Context, b *topologies.Backend, cfg *config.Config, 
 	if err := pool.Ping(ctx); err != nil {
 		return topologies.Unreachable("postgres", "connect", key, url, err)
 	}
-	dlq, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{MaxEntries: cfg.DLQ.MaxEntries})
+	dlq, err := stores.NewPostgresDeadLetters(pool, stores.PostgresDeadLettersConfig{MaxEntries: cfg.DLQ.MaxEntries})
 	if err != nil {
 		return err
 	}
@@ -115,29 +116,11 @@ func openStores(ctx context.Context, b *topologies.Backend, cfg *config.Config, 
 	}
 	b.DeadLetters = dlq
 
-	lcfg, err := pgxpool.ParseConfig(url)
+	ledger, closeLedger, err := stores.Open(ctx, "postgres", stores.OpenConfig{PostgresURL: url, Logger: logger.With("component", "ledger")})
 	if err != nil {
 		return fmt.Errorf("stores: %s: %w", key, err)
 	}
-	// The ledger does not wait for its writes to reach the disk: a
-	// PostgreSQL crash may forget its last few hundred ms, which at worst
-	// lets a redelivery run an effect again, while every event saves two
-	// fsyncs. The dead letters above keep synchronous commits: an entry
-	// must be durable before its message is acked.
-	lcfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
-	lpool, err := pgxpool.NewWithConfig(ctx, lcfg)
-	if err != nil {
-		return fmt.Errorf("stores: %w", err)
-	}
-	b.Closers = append(b.Closers, func() error { lpool.Close(); return nil })
-	ledger, err := middleware.NewPostgresStore(lpool, middleware.PostgresStoreConfig{Logger: logger.With("component", "ledger")})
-	if err != nil {
-		return err
-	}
-	b.Closers = append(b.Closers, ledger.Close)
-	if err := ledger.Migrate(ctx); err != nil {
-		return err
-	}
+	b.Closers = append(b.Closers, closeLedger)
 	b.Dedup, b.Cache = ledger, ledger
 	return nil
 }

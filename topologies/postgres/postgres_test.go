@@ -5,12 +5,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/postgres"
@@ -105,11 +106,11 @@ func TestChangeLogsAreTheBus(t *testing.T) {
 	execA := source(t, cfg, "a")
 	execB := source(t, cfg, "b")
 	b := build(t, cfg)
-	if _, ok := b.Dedup.(*middleware.PostgresStore); !ok {
-		t.Errorf("dedup store %T, want *middleware.PostgresStore", b.Dedup)
+	if _, ok := b.Dedup.(*stores.PostgresStore); !ok {
+		t.Errorf("dedup store %T, want *stores.PostgresStore", b.Dedup)
 	}
-	if _, ok := b.DeadLetters.(*middleware.PostgresDeadLetters); !ok {
-		t.Errorf("dead letters %T, want *middleware.PostgresDeadLetters", b.DeadLetters)
+	if _, ok := b.DeadLetters.(*stores.PostgresDeadLetters); !ok {
+		t.Errorf("dead letters %T, want *stores.PostgresDeadLetters", b.DeadLetters)
 	}
 	if _, err := b.DeadLetters.Count(context.Background()); err != nil {
 		t.Errorf("dead letters: %v", err)

@@ -7,10 +7,11 @@ import (
 	"log/slog"
 	"runtime"
 
+	"github.com/millrace/millrace/stores"
+
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/postgres"
 	"github.com/millrace/millrace/topologies/redisbus"
@@ -100,12 +101,13 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		return nil, errors.New("redis: set redis.url or redis.url_env")
 	}
 	b.Closers = append(b.Closers, client.Close)
-	store, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: cfg.Redis.KeyPrefix})
+	store, closeStore, err := stores.Open(ctx, "redis", stores.OpenConfig{Redis: client, KeyPrefix: cfg.Redis.KeyPrefix})
 	if err != nil {
 		return nil, err
 	}
+	b.Closers = append(b.Closers, closeStore)
 	b.Dedup, b.Cache = store, store
-	dlq, err := middleware.NewRedisDeadLetters(client, middleware.RedisDeadLettersConfig{
+	dlq, err := stores.NewRedisDeadLetters(client, stores.RedisDeadLettersConfig{
 		Key: cfg.Redis.KeyPrefix + "dlq", MaxEntries: cfg.DLQ.MaxEntries})
 	if err != nil {
 		return nil, err

@@ -6,12 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/test/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/redis"
@@ -45,13 +46,13 @@ func TestBackend(t *testing.T) {
 			t.Errorf("close: %v", err)
 		}
 	}()
-	if _, ok := b.Dedup.(*middleware.RedisStore); !ok {
-		t.Errorf("dedup %T, want *middleware.RedisStore", b.Dedup)
+	if _, ok := b.Dedup.(*stores.RedisStore); !ok {
+		t.Errorf("dedup %T, want *stores.RedisStore", b.Dedup)
 	}
 	if err := b.Ready(ctx); err != nil {
 		t.Errorf("ready: %v", err)
 	}
-	id, err := b.DeadLetters.Put(ctx, middleware.DeadLetter{Observer: "o", Reason: middleware.ReasonExhausted, Payload: []byte("{}")})
+	id, err := b.DeadLetters.Put(ctx, stores.DeadLetter{Observer: "o", Reason: stores.ReasonExhausted, Payload: []byte("{}")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,9 +16,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/spf13/cobra"
 
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
 )
 
@@ -141,7 +142,7 @@ func dlqShowCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var dl middleware.DeadLetter
+			var dl stores.DeadLetter
 			if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/dlq/"+url.PathEscape(args[0]), nil, &dl); err != nil {
 				return err
 			}
@@ -158,13 +159,13 @@ func dlqShowCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 // shownDeadLetter is a dead letter as dlq show prints it: the payload as
 // JSON when it is JSON, base64 otherwise, and which of the two.
 type shownDeadLetter struct {
-	middleware.DeadLetter
+	stores.DeadLetter
 	PayloadEncoding string `json:"payload_encoding"`
 	// Payload shadows the entry's bytes with their JSON rendering.
 	Payload json.RawMessage `json:"payload"`
 }
 
-func showView(dl middleware.DeadLetter) shownDeadLetter {
+func showView(dl stores.DeadLetter) shownDeadLetter {
 	v := shownDeadLetter{DeadLetter: dl}
 	if len(bytes.TrimSpace(dl.Payload)) > 0 && json.Valid(dl.Payload) {
 		v.PayloadEncoding, v.Payload = "json", dl.Payload

@@ -17,13 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/webhook"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
 	"github.com/millrace/millrace/router/routertest"
 	"github.com/millrace/millrace/topologies"
@@ -99,7 +100,7 @@ func TestDLQShowPayload(t *testing.T) {
 		{[]byte(`{"truncated":`), "base64", `"eyJ0cnVuY2F0ZWQiOg=="`},
 		{[]byte{}, "base64", `""`},
 	} {
-		v := showView(middleware.DeadLetter{ID: "1", Payload: c.payload})
+		v := showView(stores.DeadLetter{ID: "1", Payload: c.payload})
 		if v.PayloadEncoding != c.encoding || string(v.Payload) != c.want {
 			t.Errorf("showView(%q) = %s %s; want %s %s", c.payload, v.PayloadEncoding, v.Payload, c.encoding, c.want)
 		}
@@ -243,7 +244,7 @@ actions = [{ type = "webhook", url = "%s/other", allow_private = true, timeout =
 		t.Fatalf("after a restart the store holds %+v; want the one entry", l)
 	}
 	e := l.Entries[0]
-	if e.EventID != ev.ID || e.Observer != "shipped" || e.Reason != middleware.ReasonExhausted || e.Attempts != 3 || e.Topic == "" {
+	if e.EventID != ev.ID || e.Observer != "shipped" || e.Reason != stores.ReasonExhausted || e.Attempts != 3 || e.Topic == "" {
 		t.Errorf("entry = %+v; want event %s, observer shipped, reason exhausted, 3 attempts", e, ev.ID)
 	}
 

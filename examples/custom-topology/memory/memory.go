@@ -10,11 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/topologies"
 )
 
@@ -83,17 +84,17 @@ type DeadLetters struct {
 	mu      sync.Mutex
 	max     int
 	next    int
-	entries []middleware.DeadLetter
+	entries []stores.DeadLetter
 }
 
-var _ middleware.DeadLetters = (*DeadLetters)(nil)
+var _ stores.DeadLetters = (*DeadLetters)(nil)
 
 // NewDeadLetters returns an empty store that keeps the newest max
 // entries (every entry when max is 0).
 func NewDeadLetters(maxEntries int) *DeadLetters { return &DeadLetters{max: maxEntries} }
 
 // Put stores dl under a new id.
-func (s *DeadLetters) Put(_ context.Context, dl middleware.DeadLetter) (string, error) {
+func (s *DeadLetters) Put(_ context.Context, dl stores.DeadLetter) (string, error) {
 	if dl.LastFailure.IsZero() {
 		dl.LastFailure = time.Now().UTC()
 	}
@@ -113,14 +114,14 @@ func (s *DeadLetters) Put(_ context.Context, dl middleware.DeadLetter) (string, 
 }
 
 // List returns the entries that f selects, oldest first.
-func (s *DeadLetters) List(_ context.Context, f middleware.DeadLetterFilter) ([]middleware.DeadLetter, error) {
+func (s *DeadLetters) List(_ context.Context, f stores.DeadLetterFilter) ([]stores.DeadLetter, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := []middleware.DeadLetter{}
+	out := []stores.DeadLetter{}
 	for _, dl := range s.entries {
 		if len(out) == limit {
 			break
@@ -133,8 +134,8 @@ func (s *DeadLetters) List(_ context.Context, f middleware.DeadLetterFilter) ([]
 }
 
 // Get returns the entry with id, or an error wrapping
-// middleware.ErrNotFound.
-func (s *DeadLetters) Get(_ context.Context, id string) (middleware.DeadLetter, error) {
+// stores.ErrNotFound.
+func (s *DeadLetters) Get(_ context.Context, id string) (stores.DeadLetter, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, dl := range s.entries {
@@ -142,14 +143,14 @@ func (s *DeadLetters) Get(_ context.Context, id string) (middleware.DeadLetter, 
 			return dl, nil
 		}
 	}
-	return middleware.DeadLetter{}, fmt.Errorf("memory dead letters: %q: %w", id, middleware.ErrNotFound)
+	return stores.DeadLetter{}, fmt.Errorf("memory dead letters: %q: %w", id, stores.ErrNotFound)
 }
 
 // Delete removes the entries with ids; unknown ids are ignored.
 func (s *DeadLetters) Delete(_ context.Context, ids ...string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.entries = slices.DeleteFunc(s.entries, func(dl middleware.DeadLetter) bool { return slices.Contains(ids, dl.ID) })
+	s.entries = slices.DeleteFunc(s.entries, func(dl stores.DeadLetter) bool { return slices.Contains(ids, dl.ID) })
 	return nil
 }
 

@@ -14,13 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/stores"
+
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/cmd/millrace/cli"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/examples/custom-topology/memory"
-	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
 	"github.com/millrace/millrace/router/routertest"
 )
@@ -154,8 +155,8 @@ actions = [{ type = "webhook", url = "%s/reject", allow_private = true, timeout 
 		list = router.DeadLetterList{}
 		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&list) == nil && list.Total == 1
 	})
-	if e := list.Entries[0]; e.EventID != refund.ID || e.Observer != "refunds" || e.Reason != middleware.ReasonPermanent {
-		t.Errorf("dead letter = %+v; want event %s, observer refunds, reason %s", e, refund.ID, middleware.ReasonPermanent)
+	if e := list.Entries[0]; e.EventID != refund.ID || e.Observer != "refunds" || e.Reason != stores.ReasonPermanent {
+		t.Errorf("dead letter = %+v; want event %s, observer refunds, reason %s", e, refund.ID, stores.ReasonPermanent)
 	}
 }
 
@@ -191,18 +192,18 @@ func TestDeadLetters(t *testing.T) {
 	ctx := context.Background()
 	s := memory.NewDeadLetters(2)
 	for _, obs := range []string{"a", "b", "a"} {
-		if _, err := s.Put(ctx, middleware.DeadLetter{Observer: obs, Reason: middleware.ReasonPermanent}); err != nil {
+		if _, err := s.Put(ctx, stores.DeadLetter{Observer: obs, Reason: stores.ReasonPermanent}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n, _ := s.Count(ctx); n != 2 {
 		t.Errorf("Count = %d; want 2 (max entries)", n)
 	}
-	l, _ := s.List(ctx, middleware.DeadLetterFilter{Observer: "a"})
+	l, _ := s.List(ctx, stores.DeadLetterFilter{Observer: "a"})
 	if len(l) != 1 || l[0].ID != "3" {
 		t.Errorf("List(observer a) = %+v; want entry 3", l)
 	}
-	if _, err := s.Get(ctx, "1"); !errors.Is(err, middleware.ErrNotFound) {
+	if _, err := s.Get(ctx, "1"); !errors.Is(err, stores.ErrNotFound) {
 		t.Errorf("Get of a dropped entry = %v; want ErrNotFound", err)
 	}
 	if err := s.Delete(ctx, "2"); err != nil {

@@ -1,4 +1,4 @@
-package middleware_test
+package stores_test
 
 import (
 	"context"
@@ -7,16 +7,16 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/test/testenv"
 )
 
 func TestJetStreamDeadLetters(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
 	var n atomic.Int32
-	testDeadLetters(t, func(t *testing.T) middleware.DeadLetters {
+	testDeadLetters(t, func(t *testing.T) stores.DeadLetters {
 		i := n.Add(1)
-		s, err := middleware.NewJetStreamDeadLetters(context.Background(), js, middleware.JetStreamDeadLettersConfig{
+		s, err := stores.NewJetStreamDeadLetters(context.Background(), js, stores.JetStreamDeadLettersConfig{
 			Stream:  fmt.Sprintf("%s_DLQ%d", strings.ToUpper(prefix), i),
 			Subject: fmt.Sprintf("%s_dlq%d", prefix, i),
 		})
@@ -30,14 +30,14 @@ func TestJetStreamDeadLetters(t *testing.T) {
 func TestJetStreamDeadLettersMaxEntries(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
 	ctx := context.Background()
-	cfg := middleware.JetStreamDeadLettersConfig{Stream: strings.ToUpper(prefix) + "_DLQ", Subject: prefix + "_dlq", MaxEntries: 5}
-	s, err := middleware.NewJetStreamDeadLetters(ctx, js, cfg)
+	cfg := stores.JetStreamDeadLettersConfig{Stream: strings.ToUpper(prefix) + "_DLQ", Subject: prefix + "_dlq", MaxEntries: 5}
+	s, err := stores.NewJetStreamDeadLetters(ctx, js, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	assertCapped(t, s, 5, 5)
 	// Opening the store again (a restart) keeps its entries.
-	s2, err := middleware.NewJetStreamDeadLetters(ctx, js, cfg)
+	s2, err := stores.NewJetStreamDeadLetters(ctx, js, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestJetStreamDeadLettersMaxEntries(t *testing.T) {
 }
 
 func TestJetStreamDeadLettersConfig(t *testing.T) {
-	for _, c := range []middleware.JetStreamDeadLettersConfig{
+	for _, c := range []stores.JetStreamDeadLettersConfig{
 		{Subject: "x_dlq"},
 		{Stream: "X"},
 		{Stream: "X", Subject: "x.>"},
@@ -59,18 +59,18 @@ func TestJetStreamDeadLettersConfig(t *testing.T) {
 
 // assertCapped puts 3*capacity entries one by one and checks that at most
 // want remain, the newest.
-func assertCapped(t *testing.T, s middleware.DeadLetters, capacity, want int) {
+func assertCapped(t *testing.T, s stores.DeadLetters, capacity, want int) {
 	t.Helper()
 	ctx := context.Background()
 	var last string
 	for i := range 3 * capacity {
-		id, err := s.Put(ctx, middleware.DeadLetter{Reason: middleware.ReasonPermanent, Observer: "o", EventID: fmt.Sprint(i)})
+		id, err := s.Put(ctx, stores.DeadLetter{Reason: stores.ReasonPermanent, Observer: "o", EventID: fmt.Sprint(i)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		last = id
 	}
-	list, err := s.List(ctx, middleware.DeadLetterFilter{Limit: 10 * capacity})
+	list, err := s.List(ctx, stores.DeadLetterFilter{Limit: 10 * capacity})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package middleware_test
+package stores_test
 
 import (
 	"context"
@@ -11,15 +11,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/test/testenv"
 )
 
 // ledgerStore is what every ledger store implements.
 type ledgerStore interface {
-	middleware.DedupStore
-	middleware.ResultCache
-	middleware.ReserveLooker
+	stores.DedupStore
+	stores.ResultCache
+	stores.ReserveLooker
 }
 
 // runLedgerStoreSuite is the conformance suite of the dedup and cache
@@ -28,7 +28,7 @@ func runLedgerStoreSuite(t *testing.T, newStore func(t *testing.T) ledgerStore) 
 	ctx := context.Background()
 	const lease, window = time.Minute, time.Minute
 
-	reserve := func(t *testing.T, s ledgerStore, key, owner string, l time.Duration, want middleware.Reservation) {
+	reserve := func(t *testing.T, s ledgerStore, key, owner string, l time.Duration, want stores.Reservation) {
 		t.Helper()
 		got, err := s.Reserve(ctx, key, owner, l)
 		if err != nil {
@@ -41,31 +41,31 @@ func runLedgerStoreSuite(t *testing.T, newStore func(t *testing.T) ledgerStore) 
 
 	t.Run("claim, in flight, commit, done", func(t *testing.T) {
 		s := newStore(t)
-		reserve(t, s, "k", "a", lease, middleware.Claimed)
-		reserve(t, s, "k", "b", lease, middleware.InFlight)
-		reserve(t, s, "k", "a", lease, middleware.InFlight) // a second run of the same owner does not re-enter
+		reserve(t, s, "k", "a", lease, stores.Claimed)
+		reserve(t, s, "k", "b", lease, stores.InFlight)
+		reserve(t, s, "k", "a", lease, stores.InFlight) // a second run of the same owner does not re-enter
 		if err := s.Commit(ctx, "k", "a", window); err != nil {
 			t.Fatalf("Commit: %v", err)
 		}
-		reserve(t, s, "k", "b", lease, middleware.Done)
+		reserve(t, s, "k", "b", lease, stores.Done)
 		// Committing twice, or after another run committed, is fine.
 		if err := s.Commit(ctx, "k", "b", window); err != nil {
 			t.Fatalf("second Commit: %v", err)
 		}
-		reserve(t, s, "other", "b", lease, middleware.Claimed)
+		reserve(t, s, "other", "b", lease, stores.Claimed)
 	})
 
 	t.Run("release frees only the owner's claim", func(t *testing.T) {
 		s := newStore(t)
-		reserve(t, s, "k", "a", lease, middleware.Claimed)
+		reserve(t, s, "k", "a", lease, stores.Claimed)
 		if err := s.Release(ctx, "k", "b"); err != nil {
 			t.Fatalf("Release by another owner: %v", err)
 		}
-		reserve(t, s, "k", "b", lease, middleware.InFlight)
+		reserve(t, s, "k", "b", lease, stores.InFlight)
 		if err := s.Release(ctx, "k", "a"); err != nil {
 			t.Fatalf("Release: %v", err)
 		}
-		reserve(t, s, "k", "b", lease, middleware.Claimed)
+		reserve(t, s, "k", "b", lease, stores.Claimed)
 		// A done key is not released.
 		if err := s.Commit(ctx, "k", "b", window); err != nil {
 			t.Fatal(err)
@@ -73,65 +73,65 @@ func runLedgerStoreSuite(t *testing.T, newStore func(t *testing.T) ledgerStore) 
 		if err := s.Release(ctx, "k", "b"); err != nil {
 			t.Fatal(err)
 		}
-		reserve(t, s, "k", "c", lease, middleware.Done)
+		reserve(t, s, "k", "c", lease, stores.Done)
 	})
 
 	t.Run("extend", func(t *testing.T) {
 		s := newStore(t)
-		reserve(t, s, "k", "a", 300*time.Millisecond, middleware.Claimed)
-		if err := s.Extend(ctx, "k", "b", lease); !errors.Is(err, middleware.ErrLeaseLost) {
+		reserve(t, s, "k", "a", 300*time.Millisecond, stores.Claimed)
+		if err := s.Extend(ctx, "k", "b", lease); !errors.Is(err, stores.ErrLeaseLost) {
 			t.Fatalf("Extend by another owner = %v; want ErrLeaseLost", err)
 		}
 		if err := s.Extend(ctx, "k", "a", lease); err != nil {
 			t.Fatalf("Extend: %v", err)
 		}
 		time.Sleep(500 * time.Millisecond) // past the first lease
-		reserve(t, s, "k", "b", lease, middleware.InFlight)
-		if err := s.Extend(ctx, "missing", "a", lease); !errors.Is(err, middleware.ErrLeaseLost) {
+		reserve(t, s, "k", "b", lease, stores.InFlight)
+		if err := s.Extend(ctx, "missing", "a", lease); !errors.Is(err, stores.ErrLeaseLost) {
 			t.Fatalf("Extend of a missing key = %v; want ErrLeaseLost", err)
 		}
 	})
 
 	t.Run("an expired lease can be claimed; the old owner's commit is refused", func(t *testing.T) {
 		s := newStore(t)
-		reserve(t, s, "k", "a", 200*time.Millisecond, middleware.Claimed)
+		reserve(t, s, "k", "a", 200*time.Millisecond, stores.Claimed)
 		time.Sleep(400 * time.Millisecond)
-		reserve(t, s, "k", "b", lease, middleware.Claimed)
-		if err := s.Commit(ctx, "k", "a", window); !errors.Is(err, middleware.ErrLeaseLost) {
+		reserve(t, s, "k", "b", lease, stores.Claimed)
+		if err := s.Commit(ctx, "k", "a", window); !errors.Is(err, stores.ErrLeaseLost) {
 			t.Fatalf("Commit by the expired owner = %v; want ErrLeaseLost", err)
 		}
-		if err := s.Extend(ctx, "k", "a", lease); !errors.Is(err, middleware.ErrLeaseLost) {
+		if err := s.Extend(ctx, "k", "a", lease); !errors.Is(err, stores.ErrLeaseLost) {
 			t.Fatalf("Extend by the expired owner = %v; want ErrLeaseLost", err)
 		}
-		reserve(t, s, "k", "c", lease, middleware.InFlight)
+		reserve(t, s, "k", "c", lease, stores.InFlight)
 	})
 
 	t.Run("commit after the lease expired, unclaimed, still marks done", func(t *testing.T) {
 		s := newStore(t)
-		reserve(t, s, "k", "a", 200*time.Millisecond, middleware.Claimed)
+		reserve(t, s, "k", "a", 200*time.Millisecond, stores.Claimed)
 		time.Sleep(400 * time.Millisecond)
 		if err := s.Commit(ctx, "k", "a", window); err != nil {
 			t.Fatalf("Commit: %v", err)
 		}
-		reserve(t, s, "k", "b", lease, middleware.Done)
+		reserve(t, s, "k", "b", lease, stores.Done)
 	})
 
 	t.Run("the window ends", func(t *testing.T) {
 		s := newStore(t)
-		reserve(t, s, "k", "a", lease, middleware.Claimed)
+		reserve(t, s, "k", "a", lease, stores.Claimed)
 		if err := s.Commit(ctx, "k", "a", 300*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
-		reserve(t, s, "k", "b", lease, middleware.Done)
+		reserve(t, s, "k", "b", lease, stores.Done)
 		time.Sleep(500 * time.Millisecond)
-		reserve(t, s, "k", "b", lease, middleware.Claimed)
+		reserve(t, s, "k", "b", lease, stores.Claimed)
 	})
 
 	t.Run("one claim among concurrent reserves", func(t *testing.T) {
 		s := newStore(t)
 		const n = 16
 		var wg sync.WaitGroup
-		res := make([]middleware.Reservation, n)
+		res := make([]stores.Reservation, n)
 		errs := make([]error, n)
 		for i := range n {
 			wg.Add(1)
@@ -147,9 +147,9 @@ func runLedgerStoreSuite(t *testing.T, newStore func(t *testing.T) ledgerStore) 
 				t.Fatalf("Reserve %d: %v", i, errs[i])
 			}
 			switch res[i] {
-			case middleware.Claimed:
+			case stores.Claimed:
 				claimed++
-			case middleware.InFlight:
+			case stores.InFlight:
 			default:
 				t.Errorf("Reserve %d = %v; want claimed or in_flight", i, res[i])
 			}
@@ -195,34 +195,34 @@ func runLedgerStoreSuite(t *testing.T, newStore func(t *testing.T) ledgerStore) 
 		if err != nil || r.ReserveErr != nil || r.LookupErr != nil {
 			t.Fatalf("ReserveLookup: %v / %v / %v", err, r.ReserveErr, r.LookupErr)
 		}
-		if r.Reservation != middleware.Claimed || fmt.Sprint(r.Hits) != "[false true]" {
+		if r.Reservation != stores.Claimed || fmt.Sprint(r.Hits) != "[false true]" {
 			t.Fatalf("ReserveLookup = %v %v; want claimed [false true]", r.Reservation, r.Hits)
 		}
-		if r, err = s.ReserveLookup(ctx, "k", "b", lease, []string{"c1"}); err != nil || r.Reservation != middleware.InFlight {
+		if r, err = s.ReserveLookup(ctx, "k", "b", lease, []string{"c1"}); err != nil || r.Reservation != stores.InFlight {
 			t.Fatalf("second ReserveLookup = %v, %v; want in_flight", r.Reservation, err)
 		}
 		if err := s.Commit(ctx, "k", "a", window); err != nil {
 			t.Fatal(err)
 		}
-		if r, err = s.ReserveLookup(ctx, "k", "b", lease, nil); err != nil || r.Reservation != middleware.Done {
+		if r, err = s.ReserveLookup(ctx, "k", "b", lease, nil); err != nil || r.Reservation != stores.Done {
 			t.Fatalf("ReserveLookup after commit = %v, %v; want done", r.Reservation, err)
 		}
 	})
 
 	t.Run("dedup and cache keys do not collide", func(t *testing.T) {
 		s := newStore(t)
-		keys := middleware.CacheKeys("ev", "obs", []string{"h"})
+		keys := stores.CacheKeys("ev", "obs", []string{"h"})
 		if err := s.Store(ctx, keys[0], time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		reserve(t, s, middleware.DedupKey("ev", "obs"), "a", lease, middleware.Claimed)
+		reserve(t, s, stores.DedupKey("ev", "obs"), "a", lease, stores.Claimed)
 	})
 }
 
 func TestMemoryStore(t *testing.T) {
 	t.Parallel()
 	runLedgerStoreSuite(t, func(t *testing.T) ledgerStore {
-		s, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{JanitorInterval: 50 * time.Millisecond})
+		s, err := stores.NewMemoryStore(stores.MemoryStoreConfig{JanitorInterval: 50 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,7 +234,7 @@ func TestMemoryStore(t *testing.T) {
 func TestMemoryStoreBounded(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{MaxEntries: 3, JanitorInterval: time.Hour})
+	s, err := stores.NewMemoryStore(stores.MemoryStoreConfig{MaxEntries: 3, JanitorInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,10 +247,10 @@ func TestMemoryStoreBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.Reserve(ctx, "c", "o", time.Minute); !errors.Is(err, middleware.ErrStoreFull) {
+	if _, err := s.Reserve(ctx, "c", "o", time.Minute); !errors.Is(err, stores.ErrStoreFull) {
 		t.Fatalf("Reserve on a full store = %v; want ErrStoreFull", err)
 	}
-	if err := s.Store(ctx, "c", time.Minute); !errors.Is(err, middleware.ErrStoreFull) {
+	if err := s.Store(ctx, "c", time.Minute); !errors.Is(err, stores.ErrStoreFull) {
 		t.Fatalf("Store on a full store = %v; want ErrStoreFull", err)
 	}
 	// Updating a held key needs no room.
@@ -258,7 +258,7 @@ func TestMemoryStoreBounded(t *testing.T) {
 		t.Fatalf("Commit on a full store: %v", err)
 	}
 	time.Sleep(200 * time.Millisecond) // "short" expires and makes room
-	if r, err := s.Reserve(ctx, "c", "o", time.Minute); err != nil || r != middleware.Claimed {
+	if r, err := s.Reserve(ctx, "c", "o", time.Minute); err != nil || r != stores.Claimed {
 		t.Fatalf("Reserve after an entry expired = %v, %v; want claimed", r, err)
 	}
 	if s.Len() != 3 {
@@ -269,7 +269,7 @@ func TestMemoryStoreBounded(t *testing.T) {
 func TestMemoryStoreJanitor(t *testing.T) {
 	ctx := context.Background()
 	before := runtime.NumGoroutine()
-	s, err := middleware.NewMemoryStore(middleware.MemoryStoreConfig{JanitorInterval: 20 * time.Millisecond})
+	s, err := stores.NewMemoryStore(stores.MemoryStoreConfig{JanitorInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestRedisStore(t *testing.T) {
 	t.Parallel()
 	runLedgerStoreSuite(t, func(t *testing.T) ledgerStore {
 		client, prefix := testenv.Redis(t)
-		s, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: prefix})
+		s, err := stores.NewRedisStore(client, stores.RedisStoreConfig{KeyPrefix: prefix})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,11 +317,11 @@ func TestRedisStoreKeysCarryThePrefix(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	client, prefix := testenv.Redis(t)
-	s, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: prefix})
+	s, err := stores.NewRedisStore(client, stores.RedisStoreConfig{KeyPrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := middleware.DedupKey("e1", "obs")
+	key := stores.DedupKey("e1", "obs")
 	if _, err := s.Reserve(ctx, key, "a", time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +335,7 @@ func TestRedisStoreKeysCarryThePrefix(t *testing.T) {
 	if err != nil || ttl <= 0 || ttl > time.Minute {
 		t.Errorf("PTTL of a claim = %v, %v; want the lease", ttl, err)
 	}
-	if _, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: "x*"}); err == nil {
+	if _, err := stores.NewRedisStore(client, stores.RedisStoreConfig{KeyPrefix: "x*"}); err == nil {
 		t.Error("NewRedisStore accepted a prefix with a glob character")
 	}
 }
@@ -350,7 +350,7 @@ func TestRedisStoreFailsWhenTheServerIsDown(t *testing.T) {
 	}
 	client := redis.NewClient(opts)
 	t.Cleanup(func() { _ = client.Close() })
-	s, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{})
+	s, err := stores.NewRedisStore(client, stores.RedisStoreConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +368,7 @@ func TestRedisStoreFailsWhenTheServerIsDown(t *testing.T) {
 		t.Errorf("ReserveLookup with the server down = %v / %v / %v; want both halves to fail", err, r.ReserveErr, r.LookupErr)
 	}
 	srv.Start()
-	if r, err := s.Reserve(ctx, "k3", "a", time.Minute); err != nil || r != middleware.Claimed {
+	if r, err := s.Reserve(ctx, "k3", "a", time.Minute); err != nil || r != stores.Claimed {
 		t.Errorf("Reserve after restart = %v, %v", r, err)
 	}
 }
@@ -377,7 +377,7 @@ func TestPostgresStore(t *testing.T) {
 	t.Parallel()
 	runLedgerStoreSuite(t, func(t *testing.T) ledgerStore {
 		pool, _ := testenv.Postgres(t)
-		s, err := middleware.NewPostgresStore(pool, middleware.PostgresStoreConfig{JanitorInterval: 100 * time.Millisecond})
+		s, err := stores.NewPostgresStore(pool, stores.PostgresStoreConfig{JanitorInterval: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -393,7 +393,7 @@ func TestPostgresStoreMigrateAndJanitor(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool, schema := testenv.Postgres(t)
-	s, err := middleware.NewPostgresStore(pool, middleware.PostgresStoreConfig{Table: schema + ".ledger", JanitorInterval: 50 * time.Millisecond})
+	s, err := stores.NewPostgresStore(pool, stores.PostgresStoreConfig{Table: schema + ".ledger", JanitorInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,14 +432,14 @@ func TestPostgresStoreMigrateAndJanitor(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 
-	unmigrated, err := middleware.NewPostgresStore(pool, middleware.PostgresStoreConfig{Table: "other"})
+	unmigrated, err := stores.NewPostgresStore(pool, stores.PostgresStoreConfig{Table: "other"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := unmigrated.Close(); err != nil {
 		t.Fatalf("Close before Migrate: %v", err)
 	}
-	if _, err := middleware.NewPostgresStore(pool, middleware.PostgresStoreConfig{Table: "bad; drop"}); err == nil {
+	if _, err := stores.NewPostgresStore(pool, stores.PostgresStoreConfig{Table: "bad; drop"}); err == nil {
 		t.Error("NewPostgresStore accepted a table name that is not an identifier")
 	}
 }

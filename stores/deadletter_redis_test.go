@@ -1,19 +1,19 @@
-package middleware_test
+package stores_test
 
 import (
 	"fmt"
 	"sync/atomic"
 	"testing"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/test/testenv"
 )
 
 func TestRedisDeadLetters(t *testing.T) {
 	client, prefix := testenv.Redis(t)
 	var n atomic.Int32
-	testDeadLetters(t, func(t *testing.T) middleware.DeadLetters {
-		s, err := middleware.NewRedisDeadLetters(client, middleware.RedisDeadLettersConfig{Key: fmt.Sprintf("%sdlq%d", prefix, n.Add(1))})
+	testDeadLetters(t, func(t *testing.T) stores.DeadLetters {
+		s, err := stores.NewRedisDeadLetters(client, stores.RedisDeadLettersConfig{Key: fmt.Sprintf("%sdlq%d", prefix, n.Add(1))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -23,7 +23,7 @@ func TestRedisDeadLetters(t *testing.T) {
 
 func TestRedisDeadLettersMaxEntries(t *testing.T) {
 	client, prefix := testenv.Redis(t)
-	s, err := middleware.NewRedisDeadLetters(client, middleware.RedisDeadLettersConfig{Key: prefix + "dlq", MaxEntries: 100})
+	s, err := stores.NewRedisDeadLetters(client, stores.RedisDeadLettersConfig{Key: prefix + "dlq", MaxEntries: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestRedisDeadLettersMaxEntries(t *testing.T) {
 }
 
 func TestRedisDeadLettersConfig(t *testing.T) {
-	for _, c := range []middleware.RedisDeadLettersConfig{{}, {Key: "k", MaxEntries: -1}} {
+	for _, c := range []stores.RedisDeadLettersConfig{{}, {Key: "k", MaxEntries: -1}} {
 		if err := c.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil; want an error", c)
 		}

@@ -1,4 +1,4 @@
-package middleware_test
+package stores_test
 
 import (
 	"bytes"
@@ -14,21 +14,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 )
 
 // testDeadLetters is the conformance suite every dead-letter store runs.
 // newStore returns an empty store of its own for each subtest.
-func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLetters) {
+func testDeadLetters(t *testing.T, newStore func(t *testing.T) stores.DeadLetters) {
 	ctx := context.Background()
 	base := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Microsecond)
 
-	entry := func(i int, observer string) middleware.DeadLetter {
-		return middleware.DeadLetter{
+	entry := func(i int, observer string) stores.DeadLetter {
+		return stores.DeadLetter{
 			EventID:      fmt.Sprintf("0190a5b0-0000-7000-8000-%012d", i),
 			Observer:     observer,
 			Action:       observer + "/0:webhook",
-			Reason:       middleware.ReasonExhausted,
+			Reason:       stores.ReasonExhausted,
 			Error:        fmt.Sprintf("webhook: 503 Service Unavailable (%d)", i),
 			Attempts:     3,
 			FirstFailure: base.Add(time.Duration(i) * time.Minute),
@@ -37,7 +37,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			Payload:      fmt.Appendf(nil, `{"id":"e%d","event_type":"INSERT"}`, i),
 		}
 	}
-	put := func(t *testing.T, s middleware.DeadLetters, dl middleware.DeadLetter) string {
+	put := func(t *testing.T, s stores.DeadLetters, dl stores.DeadLetter) string {
 		t.Helper()
 		id, err := s.Put(ctx, dl)
 		if err != nil {
@@ -48,7 +48,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 		}
 		return id
 	}
-	ids := func(dls []middleware.DeadLetter) []string {
+	ids := func(dls []stores.DeadLetter) []string {
 		out := make([]string, len(dls))
 		for i, d := range dls {
 			out[i] = d.ID
@@ -75,7 +75,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			{},
 			bytes.Repeat([]byte("x"), 256<<10),
 		} {
-			dl := middleware.DeadLetter{Reason: middleware.ReasonUndecodable, Error: "invalid event: body must be a JSON object", Topic: "events", Payload: p}
+			dl := stores.DeadLetter{Reason: stores.ReasonUndecodable, Error: "invalid event: body must be a JSON object", Topic: "events", Payload: p}
 			id := put(t, s, dl)
 			got, err := s.Get(ctx, id)
 			if err != nil {
@@ -84,7 +84,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			if !bytes.Equal(got.Payload, p) {
 				t.Errorf("payload of %d bytes came back as %d bytes %.20q", len(p), len(got.Payload), got.Payload)
 			}
-			if got.Reason != middleware.ReasonUndecodable || got.EventID != "" || got.Observer != "" {
+			if got.Reason != stores.ReasonUndecodable || got.EventID != "" || got.Observer != "" {
 				t.Errorf("Get = reason %q, event %q, observer %q; want undecodable with no event and observer", got.Reason, got.EventID, got.Observer)
 			}
 			if got.LastFailure.IsZero() || !got.FirstFailure.Equal(got.LastFailure) {
@@ -100,7 +100,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			if bad == id {
 				continue
 			}
-			if _, err := s.Get(ctx, bad); !errors.Is(err, middleware.ErrNotFound) {
+			if _, err := s.Get(ctx, bad); !errors.Is(err, stores.ErrNotFound) {
 				t.Errorf("Get(%q) error = %v; want ErrNotFound", bad, err)
 			}
 		}
@@ -119,19 +119,19 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 		}
 		cases := []struct {
 			name string
-			f    middleware.DeadLetterFilter
+			f    stores.DeadLetterFilter
 			want []string
 		}{
-			{"all oldest first", middleware.DeadLetterFilter{}, all},
-			{"observer", middleware.DeadLetterFilter{Observer: "a"}, obsA},
-			{"observer with a dot", middleware.DeadLetterFilter{Observer: "a.b"}, []string{all[2], all[5], all[8]}},
-			{"unknown observer", middleware.DeadLetterFilter{Observer: "nobody"}, []string{}},
-			{"limit", middleware.DeadLetterFilter{Limit: 4}, all[:4]},
+			{"all oldest first", stores.DeadLetterFilter{}, all},
+			{"observer", stores.DeadLetterFilter{Observer: "a"}, obsA},
+			{"observer with a dot", stores.DeadLetterFilter{Observer: "a.b"}, []string{all[2], all[5], all[8]}},
+			{"unknown observer", stores.DeadLetterFilter{Observer: "nobody"}, []string{}},
+			{"limit", stores.DeadLetterFilter{Limit: 4}, all[:4]},
 			// entry i failed last at base + i min + 2 s.
-			{"since", middleware.DeadLetterFilter{Since: base.Add(6 * time.Minute)}, all[6:]},
-			{"since is inclusive", middleware.DeadLetterFilter{Since: base.Add(6*time.Minute + 2*time.Second)}, all[6:]},
-			{"since and observer and limit", middleware.DeadLetterFilter{Observer: "a", Since: base.Add(time.Minute), Limit: 1}, obsA[1:2]},
-			{"since after everything", middleware.DeadLetterFilter{Since: time.Now().Add(time.Hour)}, []string{}},
+			{"since", stores.DeadLetterFilter{Since: base.Add(6 * time.Minute)}, all[6:]},
+			{"since is inclusive", stores.DeadLetterFilter{Since: base.Add(6*time.Minute + 2*time.Second)}, all[6:]},
+			{"since and observer and limit", stores.DeadLetterFilter{Observer: "a", Since: base.Add(time.Minute), Limit: 1}, obsA[1:2]},
+			{"since after everything", stores.DeadLetterFilter{Since: time.Now().Add(time.Hour)}, []string{}},
 		}
 		for _, c := range cases {
 			got, err := s.List(ctx, c.f)
@@ -142,7 +142,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 				t.Errorf("%s: List(%+v) = %v; want %v", c.name, c.f, ids(got), c.want)
 			}
 		}
-		got, err := s.List(ctx, middleware.DeadLetterFilter{Observer: "b", Limit: 1})
+		got, err := s.List(ctx, stores.DeadLetterFilter{Observer: "b", Limit: 1})
 		if err != nil || len(got) != 1 {
 			t.Fatalf("List(b) = %v, %v", got, err)
 		}
@@ -153,15 +153,15 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 
 	t.Run("ListDefaultLimit", func(t *testing.T) {
 		s := newStore(t)
-		putMany(t, s, 105, func(i int) middleware.DeadLetter { return entry(i, "a") })
-		got, err := s.List(ctx, middleware.DeadLetterFilter{})
+		putMany(t, s, 105, func(i int) stores.DeadLetter { return entry(i, "a") })
+		got, err := s.List(ctx, stores.DeadLetterFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 100 {
 			t.Errorf("List with no limit returned %d entries; want 100", len(got))
 		}
-		got, err = s.List(ctx, middleware.DeadLetterFilter{Limit: 1000})
+		got, err = s.List(ctx, stores.DeadLetterFilter{Limit: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,11 +180,11 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			t.Fatalf("Delete: %v", err)
 		}
 		for _, id := range []string{all[0], all[2]} {
-			if _, err := s.Get(ctx, id); !errors.Is(err, middleware.ErrNotFound) {
+			if _, err := s.Get(ctx, id); !errors.Is(err, stores.ErrNotFound) {
 				t.Errorf("Get(%q) after Delete: error = %v; want ErrNotFound", id, err)
 			}
 		}
-		got, err := s.List(ctx, middleware.DeadLetterFilter{})
+		got, err := s.List(ctx, stores.DeadLetterFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -217,7 +217,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			t.Fatalf("Purge = %d, %v; want 7, nil", n, err)
 		}
 		assertCount(t, s, 0)
-		got, err := s.List(ctx, middleware.DeadLetterFilter{})
+		got, err := s.List(ctx, stores.DeadLetterFilter{})
 		if err != nil || len(got) != 0 {
 			t.Errorf("List after Purge = %v, %v; want none", ids(got), err)
 		}
@@ -232,7 +232,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 	t.Run("ConcurrentPuts", func(t *testing.T) {
 		s := newStore(t)
 		const n = 200
-		got := putMany(t, s, n, func(i int) middleware.DeadLetter { return entry(i, fmt.Sprint("o", i%5)) })
+		got := putMany(t, s, n, func(i int) stores.DeadLetter { return entry(i, fmt.Sprint("o", i%5)) })
 		seen := map[string]bool{}
 		for _, id := range got {
 			if seen[id] {
@@ -241,7 +241,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 			seen[id] = true
 		}
 		assertCount(t, s, n)
-		list, err := s.List(ctx, middleware.DeadLetterFilter{Limit: 2 * n})
+		list, err := s.List(ctx, stores.DeadLetterFilter{Limit: 2 * n})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,7 +253,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 				t.Errorf("List returned id %q that no Put returned", dl.ID)
 			}
 		}
-		perObserver, err := s.List(ctx, middleware.DeadLetterFilter{Observer: "o3", Limit: 2 * n})
+		perObserver, err := s.List(ctx, stores.DeadLetterFilter{Observer: "o3", Limit: 2 * n})
 		if err != nil || len(perObserver) != n/5 {
 			t.Errorf("List(o3) returned %d entries, %v; want %d", len(perObserver), err, n/5)
 		}
@@ -261,7 +261,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) middleware.DeadLe
 }
 
 // putMany puts n entries from 8 goroutines and returns their ids.
-func putMany(t *testing.T, s middleware.DeadLetters, n int, mk func(i int) middleware.DeadLetter) []string {
+func putMany(t *testing.T, s stores.DeadLetters, n int, mk func(i int) stores.DeadLetter) []string {
 	t.Helper()
 	var (
 		wg   sync.WaitGroup
@@ -292,7 +292,7 @@ func putMany(t *testing.T, s middleware.DeadLetters, n int, mk func(i int) middl
 	return ids
 }
 
-func assertCount(t *testing.T, s middleware.DeadLetters, want int) {
+func assertCount(t *testing.T, s stores.DeadLetters, want int) {
 	t.Helper()
 	n, err := s.Count(context.Background())
 	if err != nil || n != want {
@@ -300,7 +300,7 @@ func assertCount(t *testing.T, s middleware.DeadLetters, want int) {
 	}
 }
 
-func assertEntry(t *testing.T, got, want middleware.DeadLetter) {
+func assertEntry(t *testing.T, got, want stores.DeadLetter) {
 	t.Helper()
 	if !bytes.Equal(got.Payload, want.Payload) {
 		t.Errorf("payload = %q; want %q", got.Payload, want.Payload)
@@ -318,16 +318,16 @@ func assertEntry(t *testing.T, got, want middleware.DeadLetter) {
 
 func TestCountingDeadLetters(t *testing.T) {
 	written := prometheus.NewCounter(prometheus.CounterOpts{Name: "millrace_dlq_written_total"})
-	s := middleware.NewCountingDeadLetters(failingPut{}, written)
-	if _, err := s.Put(context.Background(), middleware.DeadLetter{Reason: "permanent"}); err == nil {
+	s := stores.NewCountingDeadLetters(failingPut{}, written)
+	if _, err := s.Put(context.Background(), stores.DeadLetter{Reason: "permanent"}); err == nil {
 		t.Fatal("Put through a failing store returned nil")
 	}
 	if v := counterValue(t, written); v != 0 {
 		t.Errorf("written = %v after a failed Put; want 0", v)
 	}
-	s = middleware.NewCountingDeadLetters(okPut{}, written)
+	s = stores.NewCountingDeadLetters(okPut{}, written)
 	for range 3 {
-		if _, err := s.Put(context.Background(), middleware.DeadLetter{Reason: "permanent"}); err != nil {
+		if _, err := s.Put(context.Background(), stores.DeadLetter{Reason: "permanent"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -338,15 +338,15 @@ func TestCountingDeadLetters(t *testing.T) {
 
 // failingPut and okPut stand in for a store only where the decorator's
 // own logic is under test; the stores themselves run the suite above.
-type failingPut struct{ middleware.DeadLetters }
+type failingPut struct{ stores.DeadLetters }
 
-func (failingPut) Put(context.Context, middleware.DeadLetter) (string, error) {
+func (failingPut) Put(context.Context, stores.DeadLetter) (string, error) {
 	return "", errors.New("store down")
 }
 
-type okPut struct{ middleware.DeadLetters }
+type okPut struct{ stores.DeadLetters }
 
-func (okPut) Put(context.Context, middleware.DeadLetter) (string, error) { return "1", nil }
+func (okPut) Put(context.Context, stores.DeadLetter) (string, error) { return "1", nil }
 
 func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()

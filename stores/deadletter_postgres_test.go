@@ -1,4 +1,4 @@
-package middleware_test
+package stores_test
 
 import (
 	"context"
@@ -7,15 +7,15 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/test/testenv"
 )
 
 func TestPostgresDeadLetters(t *testing.T) {
 	pool, _ := testenv.Postgres(t)
 	var n atomic.Int32
-	testDeadLetters(t, func(t *testing.T) middleware.DeadLetters {
-		s, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{Table: fmt.Sprintf("dead_letters_%d", n.Add(1))})
+	testDeadLetters(t, func(t *testing.T) stores.DeadLetters {
+		s, err := stores.NewPostgresDeadLetters(pool, stores.PostgresDeadLettersConfig{Table: fmt.Sprintf("dead_letters_%d", n.Add(1))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -29,7 +29,7 @@ func TestPostgresDeadLetters(t *testing.T) {
 func TestPostgresDeadLettersMigrateIdempotent(t *testing.T) {
 	pool, schema := testenv.Postgres(t)
 	ctx := context.Background()
-	s, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{Table: schema + ".dlq"})
+	s, err := stores.NewPostgresDeadLetters(pool, stores.PostgresDeadLettersConfig{Table: schema + ".dlq"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestPostgresDeadLettersMigrateIdempotent(t *testing.T) {
 			t.Errorf("concurrent Migrate %d: %v", i, err)
 		}
 	}
-	id, err := s.Put(ctx, middleware.DeadLetter{Reason: middleware.ReasonPermanent})
+	id, err := s.Put(ctx, stores.DeadLetter{Reason: stores.ReasonPermanent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestPostgresDeadLettersMigrateIdempotent(t *testing.T) {
 
 func TestPostgresDeadLettersMaxEntries(t *testing.T) {
 	pool, _ := testenv.Postgres(t)
-	s, err := middleware.NewPostgresDeadLetters(pool, middleware.PostgresDeadLettersConfig{MaxEntries: 5})
+	s, err := stores.NewPostgresDeadLetters(pool, stores.PostgresDeadLettersConfig{MaxEntries: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestPostgresDeadLettersMaxEntries(t *testing.T) {
 
 func TestPostgresDeadLettersConfig(t *testing.T) {
 	for _, table := range []string{"Dead", "a.b.c", "x; DROP TABLE y", "1abc"} {
-		if _, err := middleware.NewPostgresDeadLetters(nil, middleware.PostgresDeadLettersConfig{Table: table}); err == nil {
+		if _, err := stores.NewPostgresDeadLetters(nil, stores.PostgresDeadLettersConfig{Table: table}); err == nil {
 			t.Errorf("table %q accepted; want an error", table)
 		}
 	}

@@ -1,4 +1,4 @@
-package middleware_test
+package stores_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/test/testenv"
 )
 
@@ -26,13 +26,13 @@ func benchLedgerStore(b *testing.B, s ledgerStore) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			ev := run + "-" + strconv.FormatInt(seq.Add(1), 10)
-			key, owner := middleware.DedupKey(ev, "obs"), "o"+ev
-			r, err := s.ReserveLookup(ctx, key, owner, time.Minute, middleware.CacheKeys(ev, "obs", []string{"h"}))
+			key, owner := stores.DedupKey(ev, "obs"), "o"+ev
+			r, err := s.ReserveLookup(ctx, key, owner, time.Minute, stores.CacheKeys(ev, "obs", []string{"h"}))
 			if err != nil || r.ReserveErr != nil || r.LookupErr != nil {
 				b.Errorf("ReserveLookup: %v / %v / %v", err, r.ReserveErr, r.LookupErr)
 				return
 			}
-			if r.Reservation != middleware.Claimed {
+			if r.Reservation != stores.Claimed {
 				b.Errorf("ReserveLookup of a fresh key = %v; want claimed", r.Reservation)
 				return
 			}
@@ -48,7 +48,7 @@ func benchLedgerStore(b *testing.B, s ledgerStore) {
 
 func BenchmarkRedisStoreParallel(b *testing.B) {
 	client, prefix := testenv.Redis(b)
-	s, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: prefix})
+	s, err := stores.NewRedisStore(client, stores.RedisStoreConfig{KeyPrefix: prefix})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func BenchmarkPostgresStoreParallel(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(lpool.Close)
-	s, err := middleware.NewPostgresStore(lpool, middleware.PostgresStoreConfig{})
+	s, err := stores.NewPostgresStore(lpool, stores.PostgresStoreConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package middleware_test
+package stores_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/test/testenv"
 )
 
@@ -74,7 +74,7 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 			if err := s.Commit(ctx, fmt.Sprint("done-", i), "h", window); err != nil {
 				t.Errorf("Commit done-%d: %v", i, err)
 			}
-			if r, err := s.Reserve(ctx, fmt.Sprint("held-", i), "h", lease); err != nil || r != middleware.Claimed {
+			if r, err := s.Reserve(ctx, fmt.Sprint("held-", i), "h", lease); err != nil || r != stores.Claimed {
 				t.Errorf("Reserve held-%d = %v, %v", i, r, err)
 			}
 		})
@@ -90,20 +90,20 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 				r, err := s.ReserveLookup(ctx, fmt.Sprint("fresh-", i), "o", lease, []string{hit, "miss"})
 				if err != nil || r.ReserveErr != nil || r.LookupErr != nil {
 					t.Errorf("ReserveLookup %d: %v / %v / %v", i, err, r.ReserveErr, r.LookupErr)
-				} else if r.Reservation != middleware.Claimed || fmt.Sprint(r.Hits) != wantHit {
+				} else if r.Reservation != stores.Claimed || fmt.Sprint(r.Hits) != wantHit {
 					t.Errorf("ReserveLookup %d = %v %v; want claimed %s", i, r.Reservation, r.Hits, wantHit)
 				}
 			case 1:
 				r, err := s.ReserveLookup(ctx, fmt.Sprint("done-", i), "o", lease, []string{hit})
-				if err != nil || r.ReserveErr != nil || r.Reservation != middleware.Done {
+				if err != nil || r.ReserveErr != nil || r.Reservation != stores.Done {
 					t.Errorf("ReserveLookup of a done key %d = %v, %v / %v; want done", i, r.Reservation, err, r.ReserveErr)
 				}
 			case 2:
-				if r, err := s.Reserve(ctx, fmt.Sprint("held-", i), "o", lease); err != nil || r != middleware.InFlight {
+				if r, err := s.Reserve(ctx, fmt.Sprint("held-", i), "o", lease); err != nil || r != stores.InFlight {
 					t.Errorf("Reserve of a held key %d = %v, %v; want in_flight", i, r, err)
 				}
 			case 3:
-				if err := s.Commit(ctx, fmt.Sprint("held-", i), "o", window); !errors.Is(err, middleware.ErrLeaseLost) {
+				if err := s.Commit(ctx, fmt.Sprint("held-", i), "o", window); !errors.Is(err, stores.ErrLeaseLost) {
 					t.Errorf("Commit by another owner %d = %v; want ErrLeaseLost", i, err)
 				}
 				if err := s.Extend(ctx, fmt.Sprint("held-", i), "h", lease); err != nil {
@@ -120,7 +120,7 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 				if err := s.Release(ctx, fmt.Sprint("held-", i), "h"); err != nil {
 					t.Errorf("Release %d: %v", i, err)
 				}
-				if err := s.Extend(ctx, fmt.Sprint("held-", i), "h", lease); !errors.Is(err, middleware.ErrLeaseLost) {
+				if err := s.Extend(ctx, fmt.Sprint("held-", i), "h", lease); !errors.Is(err, stores.ErrLeaseLost) {
 					t.Errorf("Extend after Release %d = %v; want ErrLeaseLost", i, err)
 				}
 			}
@@ -133,13 +133,13 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 		}
 		// What the calls did is what later calls find.
 		for i := range n {
-			var want middleware.Reservation
+			var want stores.Reservation
 			var key string
 			switch i % 6 {
 			case 0:
-				key, want = fmt.Sprint("fresh-", i), middleware.InFlight
+				key, want = fmt.Sprint("fresh-", i), stores.InFlight
 			case 5:
-				key, want = fmt.Sprint("held-", i), middleware.Claimed
+				key, want = fmt.Sprint("held-", i), stores.Claimed
 			default:
 				continue
 			}
@@ -163,9 +163,9 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 			switch {
 			case err != nil || r.ReserveErr != nil || r.LookupErr != nil:
 				t.Errorf("ReserveLookup %d: %v / %v / %v", i, err, r.ReserveErr, r.LookupErr)
-			case r.Reservation == middleware.Claimed:
+			case r.Reservation == stores.Claimed:
 				claimed.Add(1)
-			case r.Reservation == middleware.InFlight:
+			case r.Reservation == stores.InFlight:
 				inFlight.Add(1)
 			default:
 				t.Errorf("ReserveLookup %d = %v", i, r.Reservation)
@@ -194,7 +194,7 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 				r, err := s.ReserveLookup(ctx, key, "o", lease, []string{"c", "miss"})
 				if err != nil || r.ReserveErr != nil || r.LookupErr != nil {
 					t.Errorf("round %d: ReserveLookup %d beside a refused call: %v / %v / %v", round, i, err, r.ReserveErr, r.LookupErr)
-				} else if r.Reservation != middleware.Claimed || fmt.Sprint(r.Hits) != "[true false]" {
+				} else if r.Reservation != stores.Claimed || fmt.Sprint(r.Hits) != "[true false]" {
 					t.Errorf("round %d: ReserveLookup %d = %v %v; want claimed [true false]", round, i, r.Reservation, r.Hits)
 				}
 			})
@@ -205,7 +205,7 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 		s, key, release := env.stall(t)
 		defer release()
 		const n = 20
-		res := make([]middleware.Reservation, n)
+		res := make([]stores.Reservation, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup
 		wg.Add(1)
@@ -234,7 +234,7 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 		}()
 		wg.Wait()
 		for i := range n {
-			if errs[i] != nil || res[i] != middleware.Claimed {
+			if errs[i] != nil || res[i] != stores.Claimed {
 				t.Errorf("Reserve %d = %v, %v; want claimed", i, res[i], errs[i])
 			}
 		}
@@ -256,7 +256,7 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
 			defer fcancel()
 			start := time.Now()
-			if r, err := s.Reserve(fctx, "meanwhile", "o", lease); err != nil || r != middleware.Claimed {
+			if r, err := s.Reserve(fctx, "meanwhile", "o", lease); err != nil || r != stores.Claimed {
 				t.Errorf("Reserve while another batch hangs = %v, %v; want claimed", r, err)
 			}
 			if d := time.Since(start); d > 2*time.Second {
@@ -323,10 +323,10 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 		case <-deadline:
 			t.Fatal("Close did not return")
 		}
-		if _, err := s.Reserve(ctx, "after", "o", lease); !errors.Is(err, middleware.ErrStoreClosed) {
+		if _, err := s.Reserve(ctx, "after", "o", lease); !errors.Is(err, stores.ErrStoreClosed) {
 			t.Errorf("Reserve after Close = %v; want ErrStoreClosed", err)
 		}
-		if err := s.Commit(ctx, "after", "o", window); !errors.Is(err, middleware.ErrStoreClosed) {
+		if err := s.Commit(ctx, "after", "o", window); !errors.Is(err, stores.ErrStoreClosed) {
 			t.Errorf("Commit after Close = %v; want ErrStoreClosed", err)
 		}
 		if err := s.Close(); err != nil {
@@ -359,7 +359,7 @@ func TestRedisStoreCoalesces(t *testing.T) {
 	newStore := func(t *testing.T, client *redis.Client, prefix string) (batchingStore, *atomic.Int64) {
 		trips := &atomic.Int64{}
 		client.AddHook(tripCounter{trips})
-		s, err := middleware.NewRedisStore(client, middleware.RedisStoreConfig{KeyPrefix: prefix})
+		s, err := stores.NewRedisStore(client, stores.RedisStoreConfig{KeyPrefix: prefix})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -421,7 +421,7 @@ func (pgTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) 
 
 func TestPostgresStoreCoalesces(t *testing.T) {
 	t.Parallel()
-	newStore := func(t *testing.T) (*middleware.PostgresStore, *pgxpool.Pool, *atomic.Int64) {
+	newStore := func(t *testing.T) (*stores.PostgresStore, *pgxpool.Pool, *atomic.Int64) {
 		pool, _ := testenv.Postgres(t)
 		trips := &atomic.Int64{}
 		cfg := pool.Config().Copy()
@@ -431,7 +431,7 @@ func TestPostgresStoreCoalesces(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(traced.Close)
-		s, err := middleware.NewPostgresStore(traced, middleware.PostgresStoreConfig{})
+		s, err := stores.NewPostgresStore(traced, stores.PostgresStoreConfig{})
 		if err != nil {
 			t.Fatal(err)
 		}

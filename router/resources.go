@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/config"
-	redistopology "github.com/millrace/millrace/topologies/redis"
+	"github.com/millrace/millrace/topologies"
 )
 
 // resources opens the shared clients that actions ask for, once each,
@@ -29,7 +29,7 @@ func (r *resources) Redis() (redis.UniversalClient, error) {
 	if r.redis != nil {
 		return r.redis, nil
 	}
-	client, err := redistopology.NewClient(r.cfg.Redis)
+	client, err := topologies.NewRedisClient(r.cfg.Redis)
 	if err != nil {
 		return nil, err
 	}

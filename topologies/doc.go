@@ -13,6 +13,12 @@
 // see examples/custom-topology). CheckPartitions is the check the
 // topologies with partitions share.
 //
+// It also holds what several topologies share: OpenSources connects to
+// the [[sources]] databases (capture schema and triggers when asked) and
+// gives one change-log reader per source; NewRedisClient and
+// ConnectRedis open the [redis] section's client.
+//
 // The sub-packages are the five built-in topologies (embedded, postgres,
-// redis, nats, multidb) and the bus components they are made of.
+// redis, nats, multidb); the bus components they are made of are under
+// bus/.
 package topologies

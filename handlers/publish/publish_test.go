@@ -11,12 +11,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
+	bus "github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/publish"
 	"github.com/millrace/millrace/test/testenv"
-	bus "github.com/millrace/millrace/topologies/jetstream"
 )
 
 const path = "observers.o.actions[0]"

@@ -12,11 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/router"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 // noopType is the action type the suite registers: it records the event

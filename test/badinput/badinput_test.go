@@ -182,7 +182,7 @@ func busCases(bus e2e.Bus) []busCase {
 		}
 		return []busCase{
 			// A non-object image is no error there: the capture wraps it
-			// as {"value": ...} (topologies/capture).
+			// as {"value": ...} (bus/capture).
 			row("changes on an INSERT", false, map[string]any{"op": "INSERT", "entity_type": "Order", "entity_id": "1",
 				"after_image": `{"id": 1}`, "changes": `{"n": {"old": 0, "new": 1}}`}),
 			row("wrong-typed changes", false, map[string]any{"op": "UPDATE", "entity_type": "Order", "entity_id": "1",

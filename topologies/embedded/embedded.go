@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	njs "github.com/nats-io/nats.go/jetstream"
 
+	"github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // Register adds the "embedded" topology to r.

@@ -15,11 +15,9 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	njs "github.com/nats-io/nats.go/jetstream"
 
+	"github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/jetstream"
-	"github.com/millrace/millrace/topologies/postgres"
-	"github.com/millrace/millrace/topologies/redis"
 )
 
 // connectTimeout bounds the first connection to NATS.
@@ -90,7 +88,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	// The dedup ledger and the result cache: shared by every worker in
 	// Redis; without Redis, each process remembers what it handled, and
 	// a redelivery to another worker is not recognised as a duplicate.
-	rc, _, err := redis.Connect(ctx, cfg.Redis)
+	rc, _, err := topologies.ConnectRedis(ctx, cfg.Redis)
 	switch {
 	case err != nil:
 		return nil, err
@@ -118,12 +116,12 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		return nil
 	}
 	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
-		srcs, err := postgres.OpenSources(ctx, cfg, logger)
+		srcs, err := topologies.OpenSources(ctx, cfg, logger)
 		if err != nil {
 			return nil, err
 		}
 		b.Closers = append(b.Closers, srcs.Close)
-		b.Captures = srcs.Captures(postgres.BridgeGroup)
+		b.Captures = srcs.Captures(topologies.BridgeGroup)
 		for _, c := range b.Captures {
 			b.Closers = append(b.Closers, c.Close)
 		}

@@ -11,8 +11,6 @@
 // dead letters only: the change log carries router.topic and no other
 // topic, so the publish action cannot publish elsewhere.
 //
-// It also holds what the other topologies that capture from PostgreSQL
-// share: OpenSources connects to the [[sources]] and installs their
-// capture schema and triggers when asked, and Sources.Captures gives the
-// router one change-log reader per source.
+// Its sources are opened with topologies.OpenSources, which the other
+// topologies that capture from PostgreSQL use too.
 package postgres

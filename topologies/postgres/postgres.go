@@ -10,9 +10,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 // ingestSource names the change log of postgres.url when the config has
@@ -57,7 +57,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 			err = errors.Join(err, b.Close())
 		}
 	}()
-	srcs, err := OpenSources(ctx, srcCfg, logger)
+	srcs, err := topologies.OpenSources(ctx, srcCfg, logger)
 	var dep *topologies.DependencyError
 	if len(cfg.Sources) == 0 && errors.As(err, &dep) {
 		dep.Key = storesKey // the user wrote postgres.url, not a source

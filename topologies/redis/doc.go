@@ -1,7 +1,7 @@
 // Package redis is the "redis" topology: changes are captured from the
 // [[sources]] databases by one leased bridge per source (group "bridge"
 // of each change log) and appended to a Redis stream, <key_prefix><topic>
-// (redisbus, capped with MAXLEN ~ redis.max_len); observer workers share
+// (redisstream, capped with MAXLEN ~ redis.max_len); observer workers share
 // the consumer group redis.group, and a live worker claims the entries
 // left pending on a dead one after redis.claim_idle. The dedup ledger,
 // the result cache and the dead letters (<key_prefix>dlq) are in the

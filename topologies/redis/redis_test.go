@@ -99,7 +99,7 @@ func TestBackendPartitioned(t *testing.T) {
 	if bc.Partitions != 4 || bc.PartitionTTL != time.Second {
 		t.Fatalf("BusConfig: partitions %d, partition TTL %s; want 4, 1s", bc.Partitions, bc.PartitionTTL)
 	}
-	client, err := redis.NewClient(cfg.Redis)
+	client, err := topologies.NewRedisClient(cfg.Redis)
 	if err != nil {
 		t.Fatal(err)
 	}

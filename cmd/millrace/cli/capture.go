@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 // captureFlags are the flags of migrate, watch and unwatch.

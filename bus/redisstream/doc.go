@@ -1,4 +1,4 @@
-// Package redisbus is millrace's bus over Redis Streams: a Watermill
+// Package redisstream is millrace's bus over Redis Streams: a Watermill
 // Publisher that appends with pipelined XADD (MAXLEN ~), and a Watermill
 // Subscriber that reads a stream through a consumer group.
 //
@@ -9,7 +9,7 @@
 // acked, and ends its subscription on an entry it cannot decode. Here:
 //
 //   - entries are read with XREADGROUP COUNT n BLOCK t and released
-//     through topologies/lanes: in order per ordering key, in parallel
+//     through bus/lanes: in order per ordering key, in parallel
 //     across keys, bounded by MaxInFlight;
 //   - acks are batched: one XACK carries every entry the router acked
 //     since the previous one;
@@ -36,4 +36,4 @@
 // at a time per partition. A worker that gains a partition first claims
 // every entry pending on its stream, whoever held it, and releases those
 // in stream order before it reads new entries.
-package redisbus
+package redisstream

@@ -1,4 +1,4 @@
-package redisbus
+package redisstream
 
 import (
 	"context"
@@ -16,8 +16,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/topologies/lanes"
-	"github.com/millrace/millrace/topologies/partition"
+	"github.com/millrace/millrace/bus/lanes"
+	"github.com/millrace/millrace/bus/partition"
 )
 
 const (
@@ -102,7 +102,7 @@ func (s *Subscriber) ensureGroups(ctx context.Context, topic string) error {
 	_, _ = pipe.Exec(ctx) // each command carries its own error
 	for p, cmd := range cmds {
 		if err := cmd.Err(); err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-			return fmt.Errorf("redisbus: create group %s on %s: %w", s.cfg.Group, s.cfg.partitionStream(topic, p), err)
+			return fmt.Errorf("redisstream: create group %s on %s: %w", s.cfg.Group, s.cfg.partitionStream(topic, p), err)
 		}
 	}
 	return nil
@@ -113,7 +113,7 @@ func (s *Subscriber) ensureGroups(ctx context.Context, topic string) error {
 func ensureGroup(ctx context.Context, client redis.UniversalClient, stream, group string) error {
 	err := client.XGroupCreateMkStream(ctx, stream, group, "0").Err()
 	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-		return fmt.Errorf("redisbus: create group %s on %s: %w", group, stream, err)
+		return fmt.Errorf("redisstream: create group %s on %s: %w", group, stream, err)
 	}
 	return nil
 }
@@ -133,7 +133,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, errors.New("redisbus: subscriber closed")
+		return nil, errors.New("redisstream: subscriber closed")
 	}
 	var (
 		out     <-chan *message.Message
@@ -352,7 +352,7 @@ func (sub *subscription) stop() {
 		sub.lanes.Drain()
 		sub.loops.Wait()
 		if !sub.lanes.Wait(sub.cfg.DrainTimeout) {
-			sub.logger.Warn("redisbus: drain timeout; unsettled messages stay pending and will be redelivered")
+			sub.logger.Warn("redisstream: drain timeout; unsettled messages stay pending and will be redelivered")
 		}
 		sub.cancelL()
 		sub.lanes.Close()
@@ -444,7 +444,7 @@ func (sub *subscription) readGroup(id string, block time.Duration) ([]redis.XMes
 		case errors.Is(err, redis.Nil):
 			return nil, true
 		case isNoGroup(err):
-			sub.logger.Warn("redisbus: consumer group lost (stream deleted or Redis restarted without data); recreating it")
+			sub.logger.Warn("redisstream: consumer group lost (stream deleted or Redis restarted without data); recreating it")
 			ctx, cancel := context.WithTimeout(sub.rctx, opTimeout)
 			err = ensureGroup(ctx, sub.client, sub.stream, sub.cfg.Group)
 			cancel()
@@ -452,7 +452,7 @@ func (sub *subscription) readGroup(id string, block time.Duration) ([]redis.XMes
 				continue
 			}
 		}
-		sub.logger.Warn("redisbus: read failed; retrying", "err", err, "in", backoff.String())
+		sub.logger.Warn("redisstream: read failed; retrying", "err", err, "in", backoff.String())
 		select {
 		case <-time.After(backoff):
 		case <-sub.rctx.Done():
@@ -504,7 +504,7 @@ func (sub *subscription) pushAll(entries []redis.XMessage, delivery int) bool {
 func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 	d := decodeEntry(sub.stream, e)
 	if reason := d.metadata[UndecodableMetadata]; reason != "" {
-		sub.logger.Warn("redisbus: undecodable entry released with its raw fields", "entry", e.ID, "reason", reason)
+		sub.logger.Warn("redisstream: undecodable entry released with its raw fields", "entry", e.ID, "reason", reason)
 	}
 	if delivery > 0 {
 		d.metadata[DeliveryMetadata] = strconv.Itoa(delivery)
@@ -664,7 +664,7 @@ func (sub *subscription) xack(ids []string) {
 			return
 		}
 		if attempt == 3 {
-			sub.logger.Warn("redisbus: ack failed; the entries will be redelivered", "entries", len(ids), "err", err)
+			sub.logger.Warn("redisstream: ack failed; the entries will be redelivered", "entries", len(ids), "err", err)
 			return
 		}
 		time.Sleep(backoff)
@@ -675,7 +675,7 @@ func (sub *subscription) xack(ids []string) {
 // trimmed acks a pending entry whose data the stream no longer has
 // (MAXLEN trimmed it before it was handled): there is nothing to deliver.
 func (sub *subscription) trimmed(id string) {
-	sub.logger.Error("redisbus: pending entry was trimmed from the stream before it was handled; raise redis.max_len", "entry", id)
+	sub.logger.Error("redisstream: pending entry was trimmed from the stream before it was handled; raise redis.max_len", "entry", id)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	_ = sub.client.XAck(ctx, sub.stream, sub.cfg.Group, id).Err()
@@ -755,7 +755,7 @@ func (sub *subscription) prune() {
 		// script checks there are none in the same step.
 		n, err := delIdleConsumer.Run(ctx, sub.client, []string{sub.stream}, sub.cfg.Group, c.Name).Int64()
 		if err == nil && n >= 0 {
-			sub.logger.Info("redisbus: removed a stale consumer from the group", "stale", c.Name, "idle", c.Idle.String())
+			sub.logger.Info("redisstream: removed a stale consumer from the group", "stale", c.Name, "idle", c.Idle.String())
 		}
 	}
 }
@@ -782,7 +782,7 @@ func (sub *subscription) touch() {
 		})
 	}
 	if _, err := pipe.Exec(ctx); err != nil && sub.rctx.Err() == nil {
-		sub.logger.Warn("redisbus: touching held entries failed; another consumer may claim them", "entries", len(ids), "err", err)
+		sub.logger.Warn("redisstream: touching held entries failed; another consumer may claim them", "entries", len(ids), "err", err)
 	}
 }
 
@@ -815,7 +815,7 @@ func (sub *subscription) takeOverPending() bool {
 					break
 				}
 			}
-			sub.logger.Warn("redisbus: taking over pending entries failed; retrying", "err", err, "in", backoff.String())
+			sub.logger.Warn("redisstream: taking over pending entries failed; retrying", "err", err, "in", backoff.String())
 			select {
 			case <-time.After(backoff):
 			case <-sub.rctx.Done():
@@ -835,7 +835,7 @@ func (sub *subscription) takeOverPending() bool {
 		start = next
 	}
 	if taken > 0 {
-		sub.logger.Info("redisbus: took over the entries pending on the partition", "entries", taken)
+		sub.logger.Info("redisstream: took over the entries pending on the partition", "entries", taken)
 	}
 	return true
 }
@@ -847,7 +847,7 @@ func (sub *subscription) claim() {
 	claimed := 0
 	defer func() {
 		if claimed > 0 {
-			sub.logger.Info("redisbus: claimed idle pending entries", "entries", claimed)
+			sub.logger.Info("redisstream: claimed idle pending entries", "entries", claimed)
 		}
 	}()
 	for range claimRounds {
@@ -859,7 +859,7 @@ func (sub *subscription) claim() {
 		cancel()
 		if err != nil {
 			if sub.rctx.Err() == nil && !isNoGroup(err) {
-				sub.logger.Warn("redisbus: claim failed", "err", err)
+				sub.logger.Warn("redisstream: claim failed", "err", err)
 			}
 			return
 		}

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 // fraiseqlDDL is the part of FraiseQL's core.tb_entity_change_log that

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus/partition"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/partition"
 )
 
 // stores runs f against the lease stores on the real services.

@@ -1,4 +1,4 @@
-package redisbus_test
+package redisstream_test
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/bus/redisstream"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/redisbus"
 )
 
 // benchEntries is the size of the stream each run drains.
@@ -29,8 +29,8 @@ func BenchmarkSubscriber(b *testing.B) {
 	for _, mode := range []string{"direct", "router"} {
 		b.Run(mode, func(b *testing.B) {
 			c, prefix := testenv.Redis(b)
-			cfg := redisbus.Config{Prefix: prefix, MaxInFlight: 64, DrainTimeout: 5 * time.Second}
-			pub := redisbus.NewPublisher(c, cfg)
+			cfg := redisstream.Config{Prefix: prefix, MaxInFlight: 64, DrainTimeout: 5 * time.Second}
+			pub := redisstream.NewPublisher(c, cfg)
 			payload := []byte(`{"data":"` + strings.Repeat("x", 480) + `"}`)
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
@@ -46,7 +46,7 @@ func BenchmarkSubscriber(b *testing.B) {
 				}
 				b.StartTimer()
 				start := time.Now()
-				sub := redisbus.NewSubscriber(c, cfg, nil)
+				sub := redisstream.NewSubscriber(c, cfg, nil)
 				if mode == "direct" {
 					drainDirect(b, sub, topic)
 				} else {
@@ -65,7 +65,7 @@ func BenchmarkSubscriber(b *testing.B) {
 	}
 }
 
-func drainDirect(b *testing.B, sub *redisbus.Subscriber, topic string) {
+func drainDirect(b *testing.B, sub *redisstream.Subscriber, topic string) {
 	ch, err := sub.Subscribe(context.Background(), topic)
 	if err != nil {
 		b.Fatal(err)
@@ -80,7 +80,7 @@ func drainDirect(b *testing.B, sub *redisbus.Subscriber, topic string) {
 	}
 }
 
-func drainRouter(b *testing.B, sub *redisbus.Subscriber, topic string) {
+func drainRouter(b *testing.B, sub *redisstream.Subscriber, topic string) {
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -36,8 +36,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
-	"github.com/millrace/millrace/topologies/lanes"
-	"github.com/millrace/millrace/topologies/partition"
+	"github.com/millrace/millrace/bus/lanes"
+	"github.com/millrace/millrace/bus/partition"
 )
 
 // Headers of the messages on the stream; bus.KeyMetadata travels as

@@ -1,18 +1,16 @@
-package postgres
+package topologies
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 // BridgeGroup is the consumer group of the change logs read by the
@@ -65,7 +63,7 @@ func OpenSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 }
 
 // openSource connects to cfg.Sources[i]. A database that does not answer
-// is a *topologies.DependencyError naming the key of its URL.
+// is a *DependencyError naming the key of its URL.
 func openSource(ctx context.Context, cfg *config.Config, i int, s config.Source, logger *slog.Logger) (*Source, error) {
 	path := config.Index("sources", i)
 	key := config.URLKey(path, "postgres_url", s.PostgresURLEnv)
@@ -79,7 +77,7 @@ func openSource(ctx context.Context, cfg *config.Config, i int, s config.Source,
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, topologies.Unreachable("postgres", "connect", key, url, err)
+		return nil, Unreachable("postgres", "connect", key, url, err)
 	}
 	if s.Install {
 		if err := install(ctx, pool, s); err != nil {
@@ -97,7 +95,7 @@ func (ss *Sources) Ready(ctx context.Context) error {
 	var errs []error
 	for _, s := range ss.List {
 		if err := s.Pool.Ping(ctx); err != nil {
-			errs = append(errs, topologies.Unreachable("postgres", "ping", s.Key, s.URL, err))
+			errs = append(errs, Unreachable("postgres", "ping", s.Key, s.URL, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -137,7 +135,7 @@ func CaptureConfig(cfg *config.Config, s config.Source) capture.Config {
 }
 
 // Captures returns, by source name, a reader of each source's change log
-// for group, as topologies.Backend.Captures wants them: their Subscribe
+// for group, as Backend.Captures wants them: their Subscribe
 // reads group whatever the topic it is given.
 func (ss *Sources) Captures(group string) map[string]message.Subscriber {
 	out := make(map[string]message.Subscriber, len(ss.List))
@@ -170,73 +168,4 @@ var _ message.Subscriber = (*GroupSubscriber)(nil)
 // Subscribe reads the change log for g.Group; topic is not used.
 func (g *GroupSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
 	return g.Subscriber.Subscribe(ctx, g.Group)
-}
-
-// mergedSubscriber reads several change logs for one group and releases
-// their messages on one channel; each keeps its own order, lease and
-// checkpoint.
-type mergedSubscriber struct {
-	subs  []*capture.Subscriber
-	group string
-
-	mu     sync.Mutex
-	closed bool
-	stop   chan struct{}
-}
-
-var _ message.Subscriber = (*mergedSubscriber)(nil)
-
-func newMerged(subs []*capture.Subscriber, group string) *mergedSubscriber {
-	return &mergedSubscriber{subs: subs, group: group, stop: make(chan struct{})}
-}
-
-// Subscribe reads every change log for the group; topic is not used. The
-// channel closes once every change log's channel closed.
-func (m *mergedSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.Message, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return nil, errors.New("postgres: subscriber closed")
-	}
-	chans := make([]<-chan *message.Message, 0, len(m.subs))
-	for _, s := range m.subs {
-		ch, err := s.Subscribe(ctx, m.group)
-		if err != nil {
-			return nil, err
-		}
-		chans = append(chans, ch)
-	}
-	out := make(chan *message.Message)
-	var wg sync.WaitGroup
-	for _, ch := range chans {
-		wg.Go(func() {
-			for msg := range ch {
-				select {
-				case out <- msg:
-				case <-m.stop:
-					// Not taken: the change log releases it again.
-				}
-			}
-		})
-	}
-	go func() {
-		wg.Wait()
-		close(out)
-	}()
-	return out, nil
-}
-
-// Close stops every change log's reader.
-func (m *mergedSubscriber) Close() error {
-	m.mu.Lock()
-	if !m.closed {
-		m.closed = true
-		close(m.stop)
-	}
-	m.mu.Unlock()
-	var errs []error
-	for _, s := range m.subs {
-		errs = append(errs, s.Close())
-	}
-	return errors.Join(errs...)
 }

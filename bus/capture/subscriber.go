@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/millrace/millrace/topologies/lanes"
+	"github.com/millrace/millrace/bus/lanes"
 )
 
 // Modes of a source.

@@ -13,8 +13,8 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/jetstream"
 )
 
 // busConfig returns a config on a fresh stream of the test's own.

@@ -16,9 +16,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 // The test binary doubles as a capture process: with childEnv set it runs

@@ -1,4 +1,4 @@
-package redisbus_test
+package redisstream_test
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/bus/redisstream"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/redisbus"
 )
 
 func TestPubSubPartitioned(t *testing.T) {
@@ -26,12 +26,12 @@ func TestPubSubPartitioned(t *testing.T) {
 		// As in TestPubSub; a subscriber that closes releases its
 		// partitions at once, and the next takes over what it left
 		// pending without waiting for ClaimIdle.
-		cfg := redisbus.Config{
+		cfg := redisstream.Config{
 			Prefix: prefix, Group: group, ClaimIdle: 3 * time.Second, MaxInFlight: 16, Batch: 100,
 			Block: 100 * time.Millisecond, DrainTimeout: 200 * time.Millisecond,
 			Partitions: 4, PartitionTTL: time.Second,
 		}
-		return redisbus.NewPublisher(c, cfg), redisbus.NewSubscriber(c, cfg, nil)
+		return redisstream.NewPublisher(c, cfg), redisstream.NewSubscriber(c, cfg, nil)
 	}
 	features := tests.Features{
 		ConsumerGroups: true,
@@ -90,10 +90,10 @@ func (p payloadKey) Publish(topic string, msgs ...*message.Message) error {
 // of every key together hold every message once.
 func TestPublishToPartitionStreams(t *testing.T) {
 	c, prefix := testenv.Redis(t)
-	cfg := redisbus.Config{Prefix: prefix, Partitions: 4}
+	cfg := redisstream.Config{Prefix: prefix, Partitions: 4}
 	msgs := newMessages(200, func(i int) string { return "k" + strconv.Itoa(i%10) })
 	msgs = append(msgs, message.NewMessage("no-key", []byte("x")))
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -142,7 +142,7 @@ func TestPartitionsKeepOrderAcrossWorkers(t *testing.T) {
 func orderAcrossWorkers(t *testing.T, partitions int) {
 	c, prefix := testenv.Redis(t)
 	const keys, per = 12, 40
-	cfg := redisbus.Config{
+	cfg := redisstream.Config{
 		Prefix: prefix, Group: "workers", MaxInFlight: 4, Batch: 50, Block: 100 * time.Millisecond,
 		ClaimIdle: time.Second, DrainTimeout: 5 * time.Second,
 		Partitions: partitions, PartitionTTL: time.Second,
@@ -197,11 +197,11 @@ func orderAcrossWorkers(t *testing.T, partitions int) {
 		mu.Unlock()
 		m.Ack()
 	}
-	subscribe := func(name string) (*redisbus.Subscriber, *sync.WaitGroup) {
+	subscribe := func(name string) (*redisstream.Subscriber, *sync.WaitGroup) {
 		wc := cfg
 		wc.Consumer = name
 		// A client of its own: a process of its own.
-		sub := redisbus.NewSubscriber(newClient(t, testenv.RedisURL()), wc, nil)
+		sub := redisstream.NewSubscriber(newClient(t, testenv.RedisURL()), wc, nil)
 		ch, err := sub.Subscribe(context.Background(), "events")
 		if err != nil {
 			t.Fatal(err)
@@ -230,7 +230,7 @@ func orderAcrossWorkers(t *testing.T, partitions int) {
 			msgs = append(msgs, m)
 		}
 	}
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
 
@@ -312,7 +312,7 @@ func waitShared(t *testing.T, c *redis.Client, leasePrefix string, partitions in
 
 // waitPendingStreams waits until the entries pending in the group on
 // topic's streams (the partitions' when cfg has some) number want.
-func waitPendingStreams(t *testing.T, c *redis.Client, cfg redisbus.Config, topic string, want int64) {
+func waitPendingStreams(t *testing.T, c *redis.Client, cfg redisstream.Config, topic string, want int64) {
 	t.Helper()
 	streams := []string{cfg.Stream(topic)}
 	if cfg.Partitions > 0 {
@@ -348,11 +348,11 @@ func waitPendingStreams(t *testing.T, c *redis.Client, cfg redisbus.Config, topi
 func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 	c, prefix := testenv.Redis(t)
 	const keys, before, after = 4, 5, 5
-	cfg := redisbus.Config{
+	cfg := redisstream.Config{
 		Prefix: prefix, Group: "workers", ClaimIdle: time.Hour, Block: 100 * time.Millisecond,
 		DrainTimeout: 200 * time.Millisecond, Partitions: 2, PartitionTTL: time.Second,
 	}
-	pub := redisbus.NewPublisher(c, cfg)
+	pub := redisstream.NewPublisher(c, cfg)
 	publish := func(from, n int) {
 		var msgs []*message.Message
 		for i := from; i < from+n; i++ {
@@ -373,7 +373,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 	deadCfg := cfg
 	deadCfg.Consumer = "dead"
 	deadClient := newClient(t, testenv.RedisURL())
-	dead := redisbus.NewSubscriber(deadClient, deadCfg, nil)
+	dead := redisstream.NewSubscriber(deadClient, deadCfg, nil)
 	defer dead.Close()
 	deadCh, err := dead.Subscribe(context.Background(), "events")
 	if err != nil {
@@ -393,7 +393,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 
 	nextCfg := cfg
 	nextCfg.Consumer = "next"
-	next := redisbus.NewSubscriber(newClient(t, testenv.RedisURL()), nextCfg, nil)
+	next := redisstream.NewSubscriber(newClient(t, testenv.RedisURL()), nextCfg, nil)
 	defer next.Close()
 	ch, err := next.Subscribe(context.Background(), "events")
 	if err != nil {
@@ -406,7 +406,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 		seq, _ := strconv.Atoi(string(m.Payload))
 		seqs[key] = append(seqs[key], seq)
 		// Taken-over entries carry no delivery count; new ones do.
-		if delivery := m.Metadata.Get(redisbus.DeliveryMetadata); (seq < before) != (delivery == "") {
+		if delivery := m.Metadata.Get(redisstream.DeliveryMetadata); (seq < before) != (delivery == "") {
 			t.Errorf("%s: event %d has delivery count %q; taken over: %v", key, seq, delivery, seq < before)
 		}
 		m.Ack()

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/millrace/millrace/topologies/capture"
+	"github.com/millrace/millrace/bus/capture"
 )
 
 // BenchmarkCapture measures the changes read and acked per second by one

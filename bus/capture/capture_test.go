@@ -16,9 +16,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/capture"
 )
 
 const wait = 30 * time.Second

@@ -1,4 +1,4 @@
-package redisbus
+package redisstream
 
 import (
 	"context"
@@ -144,7 +144,7 @@ func (p *Publisher) send(batch []*publication) {
 		_, _ = pipe.Exec(ctx) // each command carries its own error
 		for _, c := range cmds {
 			if err := c.cmd.Err(); err != nil {
-				c.pub.errs = append(c.pub.errs, fmt.Errorf("redisbus: publish %s to %s: %w", c.msg.UUID, c.stream, err))
+				c.pub.errs = append(c.pub.errs, fmt.Errorf("redisstream: publish %s to %s: %w", c.msg.UUID, c.stream, err))
 			}
 		}
 		cmds = cmds[:0]

@@ -1,4 +1,4 @@
-package redisbus
+package redisstream
 
 import (
 	"encoding/json"
@@ -14,7 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/millrace/millrace/topologies/partition"
+	"github.com/millrace/millrace/bus/partition"
 )
 
 // Metadata keys the subscriber sets on the messages it releases.

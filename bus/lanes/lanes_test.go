@@ -10,7 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/millrace/millrace/topologies/lanes"
+	"github.com/millrace/millrace/bus/lanes"
 )
 
 func TestOrderPerKeyAndLimit(t *testing.T) {

@@ -1,4 +1,4 @@
-package redisbus_test
+package redisstream_test
 
 import (
 	"context"
@@ -18,8 +18,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/bus/redisstream"
 	"github.com/millrace/millrace/test/testenv"
-	"github.com/millrace/millrace/topologies/redisbus"
 )
 
 // newClient returns a client of its own on the test Redis, closed when
@@ -43,11 +43,11 @@ func TestPubSub(t *testing.T) {
 		// one after another with messages still in flight. ClaimIdle is
 		// short too (messages left by a closed subscriber come back
 		// after it), but must leave room for touching under -race.
-		cfg := redisbus.Config{
+		cfg := redisstream.Config{
 			Prefix: prefix, Group: group, ClaimIdle: 3 * time.Second, MaxInFlight: 16, Batch: 100,
 			Block: 100 * time.Millisecond, DrainTimeout: 200 * time.Millisecond,
 		}
-		return redisbus.NewPublisher(c, cfg), redisbus.NewSubscriber(c, cfg, nil)
+		return redisstream.NewPublisher(c, cfg), redisstream.NewSubscriber(c, cfg, nil)
 	}
 	tests.TestPubSub(t,
 		tests.Features{
@@ -121,8 +121,8 @@ func newMessages(n int, key func(i int) string) []*message.Message {
 
 func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
 	c, prefix := testenv.Redis(t)
-	cfg := redisbus.Config{Prefix: prefix, DrainTimeout: time.Second}
-	pub, sub := redisbus.NewPublisher(c, cfg), redisbus.NewSubscriber(c, cfg, nil)
+	cfg := redisstream.Config{Prefix: prefix, DrainTimeout: time.Second}
+	pub, sub := redisstream.NewPublisher(c, cfg), redisstream.NewSubscriber(c, cfg, nil)
 	defer sub.Close()
 	in := message.NewMessage("2b5c0f6e-8b7a-4c8e-9d3e-4f7a9b1c2d3e", []byte(`{"a":1}`))
 	in.Metadata.Set(bus.KeyMetadata, "db\x00Order\x0042")
@@ -140,13 +140,13 @@ func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
 	if m.UUID != in.UUID || string(m.Payload) != string(in.Payload) {
 		t.Errorf("got %s %q, want %s %q", m.UUID, m.Payload, in.UUID, in.Payload)
 	}
-	for k, want := range map[string]string{bus.KeyMetadata: "db\x00Order\x0042", "trace": "abc", redisbus.DeliveryMetadata: "1", bus.SubjectMetadata: ""} {
+	for k, want := range map[string]string{bus.KeyMetadata: "db\x00Order\x0042", "trace": "abc", redisstream.DeliveryMetadata: "1", bus.SubjectMetadata: ""} {
 		if got := m.Metadata.Get(k); got != want {
 			t.Errorf("metadata %q = %q, want %q", k, got, want)
 		}
 	}
-	if m.Metadata.Get(redisbus.EntryMetadata) == "" {
-		t.Errorf("metadata %q is empty", redisbus.EntryMetadata)
+	if m.Metadata.Get(redisstream.EntryMetadata) == "" {
+		t.Errorf("metadata %q is empty", redisstream.EntryMetadata)
 	}
 	waitPending(t, c, prefix+"events", "millrace", 0)
 }
@@ -158,12 +158,12 @@ func TestClaimFromDeadConsumer(t *testing.T) {
 	c, prefix := testenv.Redis(t)
 	ctx := context.Background()
 	stream := prefix + "events"
-	cfg := redisbus.Config{Prefix: prefix, Group: "workers", ClaimIdle: 300 * time.Millisecond, ClaimInterval: 50 * time.Millisecond, DrainTimeout: time.Second}
-	pub := redisbus.NewPublisher(c, cfg)
+	cfg := redisstream.Config{Prefix: prefix, Group: "workers", ClaimIdle: 300 * time.Millisecond, ClaimInterval: 50 * time.Millisecond, DrainTimeout: time.Second}
+	pub := redisstream.NewPublisher(c, cfg)
 	if err := pub.Publish("events", newMessages(20, func(i int) string { return strconv.Itoa(i) })...); err != nil {
 		t.Fatal(err)
 	}
-	if err := redisbus.NewSubscriber(c, cfg, nil).SubscribeInitialize("events"); err != nil {
+	if err := redisstream.NewSubscriber(c, cfg, nil).SubscribeInitialize("events"); err != nil {
 		t.Fatal(err)
 	}
 	// The dead worker: reads everything and is never heard of again.
@@ -174,7 +174,7 @@ func TestClaimFromDeadConsumer(t *testing.T) {
 
 	liveCfg := cfg
 	liveCfg.Consumer = "live"
-	live := redisbus.NewSubscriber(c, liveCfg, nil)
+	live := redisstream.NewSubscriber(c, liveCfg, nil)
 	defer live.Close()
 	ch, err := live.Subscribe(ctx, "events")
 	if err != nil {
@@ -195,7 +195,7 @@ func TestClaimFromDeadConsumer(t *testing.T) {
 	held := recv(t, ch, 5*time.Second)
 	otherCfg := cfg
 	otherCfg.Consumer = "other"
-	other := redisbus.NewSubscriber(c, otherCfg, nil)
+	other := redisstream.NewSubscriber(c, otherCfg, nil)
 	defer other.Close()
 	och, err := other.Subscribe(ctx, "events")
 	if err != nil {
@@ -216,16 +216,16 @@ func TestUndecodableEntryIsReleasedNotFatal(t *testing.T) {
 	c, prefix := testenv.Redis(t)
 	ctx := context.Background()
 	stream := prefix + "events"
-	cfg := redisbus.Config{Prefix: prefix, DrainTimeout: time.Second}
+	cfg := redisstream.Config{Prefix: prefix, DrainTimeout: time.Second}
 	badID, err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"foo", "bar"}}).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	good := newMessages(1, nil)[0]
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", good); err != nil {
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", good); err != nil {
 		t.Fatal(err)
 	}
-	sub := redisbus.NewSubscriber(c, cfg, nil)
+	sub := redisstream.NewSubscriber(c, cfg, nil)
 	defer sub.Close()
 	ch, err := sub.Subscribe(ctx, "events")
 	if err != nil {
@@ -245,8 +245,8 @@ func TestUndecodableEntryIsReleasedNotFatal(t *testing.T) {
 	if err := json.Unmarshal(bad.Payload, &fields); err != nil || fields["foo"] != "bar" {
 		t.Errorf("undecodable payload = %s (%v), want the raw fields", bad.Payload, err)
 	}
-	if bad.Metadata.Get(redisbus.UndecodableMetadata) == "" {
-		t.Errorf("metadata %q not set on the undecodable message", redisbus.UndecodableMetadata)
+	if bad.Metadata.Get(redisstream.UndecodableMetadata) == "" {
+		t.Errorf("metadata %q not set on the undecodable message", redisstream.UndecodableMetadata)
 	}
 	if _, ok := seen[good.UUID]; !ok {
 		t.Errorf("the entry after the undecodable one was not delivered")
@@ -259,17 +259,17 @@ func TestUndecodableEntryIsReleasedNotFatal(t *testing.T) {
 func TestOrderPerKeyUnderParallelKeys(t *testing.T) {
 	c, prefix := testenv.Redis(t)
 	const keys, perKey = 16, 60
-	cfg := redisbus.Config{Prefix: prefix, MaxInFlight: 8, Batch: 50, DrainTimeout: time.Second}
+	cfg := redisstream.Config{Prefix: prefix, MaxInFlight: 8, Batch: 50, DrainTimeout: time.Second}
 	msgs := make([]*message.Message, 0, keys*perKey)
 	for i := range keys * perKey {
 		m := message.NewMessage(fmt.Sprintf("id-%d", i), []byte(strconv.Itoa(i/keys)))
 		m.Metadata.Set(bus.KeyMetadata, "k"+strconv.Itoa(i%keys))
 		msgs = append(msgs, m)
 	}
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
-	sub := redisbus.NewSubscriber(c, cfg, nil)
+	sub := redisstream.NewSubscriber(c, cfg, nil)
 	defer sub.Close()
 	ch, err := sub.Subscribe(context.Background(), "events")
 	if err != nil {
@@ -359,12 +359,12 @@ func waitGroup(t *testing.T, wg *sync.WaitGroup, timeout time.Duration) {
 // next message of its key.
 func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
 	c, prefix := testenv.Redis(t)
-	cfg := redisbus.Config{Prefix: prefix, DrainTimeout: time.Second}
+	cfg := redisstream.Config{Prefix: prefix, DrainTimeout: time.Second}
 	msgs := newMessages(2, func(int) string { return "same" })
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
-	sub := redisbus.NewSubscriber(c, cfg, nil)
+	sub := redisstream.NewSubscriber(c, cfg, nil)
 	defer sub.Close()
 	ch, err := sub.Subscribe(context.Background(), "events")
 	if err != nil {
@@ -385,7 +385,7 @@ func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
 	if waited := time.Since(nackedAt); waited < delay {
 		t.Errorf("redelivered after %s, want at least %s", waited, delay)
 	}
-	if got := again.Metadata.Get(redisbus.DeliveryMetadata); got != "2" {
+	if got := again.Metadata.Get(redisstream.DeliveryMetadata); got != "2" {
 		t.Errorf("delivery count = %q, want 2", got)
 	}
 	again.Ack()
@@ -401,12 +401,12 @@ func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
 // it held unacked when it stopped, without waiting for ClaimIdle.
 func TestResubscribeReadsBackOwnPending(t *testing.T) {
 	c, prefix := testenv.Redis(t)
-	cfg := redisbus.Config{Prefix: prefix, Consumer: "pod-0", ClaimIdle: time.Hour, DrainTimeout: 100 * time.Millisecond}
+	cfg := redisstream.Config{Prefix: prefix, Consumer: "pod-0", ClaimIdle: time.Hour, DrainTimeout: 100 * time.Millisecond}
 	msgs := newMessages(5, func(i int) string { return strconv.Itoa(i) })
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
-	first := redisbus.NewSubscriber(c, cfg, nil)
+	first := redisstream.NewSubscriber(c, cfg, nil)
 	ch, err := first.Subscribe(context.Background(), "events")
 	if err != nil {
 		t.Fatal(err)
@@ -420,7 +420,7 @@ func TestResubscribeReadsBackOwnPending(t *testing.T) {
 	if n := pending(t, c, prefix+"events", "millrace"); n != 5 {
 		t.Fatalf("pending after close = %d, want 5", n)
 	}
-	second := redisbus.NewSubscriber(c, cfg, nil)
+	second := redisstream.NewSubscriber(c, cfg, nil)
 	defer second.Close()
 	ch, err = second.Subscribe(context.Background(), "events")
 	if err != nil {
@@ -440,9 +440,9 @@ func TestResubscribeReadsBackOwnPending(t *testing.T) {
 func TestSurvivesRedisRestart(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	c := newClient(t, srv.URL())
-	cfg := redisbus.Config{Prefix: "t:", Block: 100 * time.Millisecond, DrainTimeout: time.Second}
-	pub := redisbus.NewPublisher(c, cfg)
-	sub := redisbus.NewSubscriber(c, cfg, nil)
+	cfg := redisstream.Config{Prefix: "t:", Block: 100 * time.Millisecond, DrainTimeout: time.Second}
+	pub := redisstream.NewPublisher(c, cfg)
+	sub := redisstream.NewSubscriber(c, cfg, nil)
 	defer sub.Close()
 	ch, err := sub.Subscribe(context.Background(), "events")
 	if err != nil {
@@ -478,8 +478,8 @@ func TestSurvivesRedisRestart(t *testing.T) {
 
 func TestPublishCapsStreamLength(t *testing.T) {
 	c, prefix := testenv.Redis(t)
-	cfg := redisbus.Config{Prefix: prefix, MaxLen: 100}
-	if err := redisbus.NewPublisher(c, cfg).Publish("events", newMessages(5000, nil)...); err != nil {
+	cfg := redisstream.Config{Prefix: prefix, MaxLen: 100}
+	if err := redisstream.NewPublisher(c, cfg).Publish("events", newMessages(5000, nil)...); err != nil {
 		t.Fatal(err)
 	}
 	n, err := c.XLen(context.Background(), prefix+"events").Result()
@@ -500,7 +500,7 @@ func TestConcurrentPublishersSharePipelines(t *testing.T) {
 	pc := newClient(t, testenv.RedisURL())
 	pipelines := &countPipelines{}
 	pc.AddHook(pipelines)
-	pub := redisbus.NewPublisher(pc, redisbus.Config{Prefix: prefix})
+	pub := redisstream.NewPublisher(pc, redisstream.Config{Prefix: prefix})
 	const callers, calls, perCall = 50, 20, 3
 	var wg sync.WaitGroup
 	for g := range callers {

@@ -1,0 +1,73 @@
+package topologies
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/config"
+)
+
+// NewRedisClient returns a client for the redis section, or nil when neither
+// url nor url_env is set.
+//
+// With partitions, each partition a process consumes keeps a connection
+// in a blocking XREADGROUP; unless the URL sets pool_size, the pool gets
+// that many connections on top of go-redis's default (10 per CPU), so
+// that one worker holding every partition does not starve the other
+// calls (acks, leases, the stores) of connections.
+func NewRedisClient(c config.Redis) (*goredis.Client, error) {
+	url, err := config.Secret(c.URL, c.URLEnv)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url_env: %w", err)
+	}
+	if url == "" {
+		return nil, nil
+	}
+	opts, err := goredis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	if opts.PoolSize == 0 && c.Partitions > 0 {
+		opts.PoolSize = 10*runtime.GOMAXPROCS(0) + c.Partitions
+	}
+	return goredis.NewClient(opts), nil
+}
+
+// ConnectRedis is NewRedisClient followed by a PING, so that a Redis that does not
+// answer fails the build with a *DependencyError naming
+// redis.url. It returns a nil client (and no error) when neither url nor
+// url_env is set. The returned ready func pings again, for Backend.Ready.
+func ConnectRedis(ctx context.Context, c config.Redis) (*goredis.Client, func(context.Context) error, error) {
+	client, err := NewRedisClient(c)
+	if err != nil || client == nil {
+		return nil, nil, err
+	}
+	url, _ := config.Secret(c.URL, c.URLEnv) // NewClient read it already
+	key := config.URLKey("redis", "url", c.URLEnv)
+	// The first PING goes through a client that tries once: the client's
+	// own retries (several dials per command, several commands) would
+	// make each start-up attempt last seconds, with a log line per dial.
+	probeOpts := *client.Options()
+	probeOpts.MaxRetries, probeOpts.DialerRetries = -1, 1
+	probe := goredis.NewClient(&probeOpts)
+	err = probe.Ping(ctx).Err()
+	if cerr := probe.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, nil, errors.Join(Unreachable("redis", "connect", key, url, err), client.Close())
+	}
+	ready := func(ctx context.Context) error {
+		if err := client.Ping(ctx).Err(); err != nil {
+			return Unreachable("redis", "ping", key, url, err)
+		}
+		return nil
+	}
+	return client, ready, nil
+}
+
+// Build connects to Redis, opens the stores and, when the process

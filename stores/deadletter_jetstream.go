@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/millrace/millrace/bus"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -116,22 +118,7 @@ func (s *JetStreamDeadLetters) Put(ctx context.Context, dl DeadLetter) (string, 
 }
 
 func (s *JetStreamDeadLetters) subject(observer string) string {
-	return s.cfg.Subject + "." + subjectToken(observer)
-}
-
-// subjectToken makes an observer name one subject token. Distinct names
-// may share a token ("a.b" and "a_b"); List filters exactly afterwards.
-func subjectToken(s string) string {
-	if s == "" {
-		return "_"
-	}
-	return strings.Map(func(r rune) rune {
-		switch r {
-		case '.', ' ', '*', '>', '\t', '\r', '\n':
-			return '_'
-		}
-		return r
-	}, s)
+	return s.cfg.Subject + "." + bus.Token(observer)
 }
 
 // Get returns the entry with id, or an error wrapping ErrNotFound.

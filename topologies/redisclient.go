@@ -46,7 +46,7 @@ func ConnectRedis(ctx context.Context, c config.Redis) (*goredis.Client, func(co
 	if err != nil || client == nil {
 		return nil, nil, err
 	}
-	url, _ := config.Secret(c.URL, c.URLEnv) // NewClient read it already
+	url, _ := config.Secret(c.URL, c.URLEnv) // NewRedisClient read it already
 	key := config.URLKey("redis", "url", c.URLEnv)
 	// The first PING goes through a client that tries once: the client's
 	// own retries (several dials per command, several commands) would
@@ -70,4 +70,3 @@ func ConnectRedis(ctx context.Context, c config.Redis) (*goredis.Client, func(co
 	return client, ready, nil
 }
 
-// Build connects to Redis, opens the stores and, when the process

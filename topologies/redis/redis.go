@@ -15,6 +15,7 @@ import (
 // Register adds the "redis" topology to r.
 func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
+// Build connects to Redis, opens the stores and, when the process
 // captures (role all or capture), the [[sources]].
 func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, err error) {
 	if logger == nil {

@@ -69,4 +69,3 @@ func ConnectRedis(ctx context.Context, c config.Redis) (*goredis.Client, func(co
 	}
 	return client, ready, nil
 }
-

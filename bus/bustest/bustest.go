@@ -28,8 +28,8 @@ type Factory struct {
 	// Partitioned returns a publisher on a fresh stream with partitions
 	// and a function returning the subscriber of another worker process
 	// (member names it, unique among the workers) on that same stream
-	// and consumer group. The suite closes the subscribers. Nil skips
-	// PartitionsAcrossWorkers.
+	// and consumer group. The suite closes the subscribers. Nil (a bus
+	// without partitions) leaves PartitionsAcrossWorkers out.
 	Partitioned func(t *testing.T) (pub message.Publisher, worker func(member string) message.Subscriber)
 }
 

@@ -2,9 +2,7 @@ package jetstream_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/bus/bustest"
 	"github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/test/testenv"
 )
@@ -56,107 +55,29 @@ func TestPubSub(t *testing.T) {
 	)
 }
 
-// TestOrderPerKeyParallelAcrossKeys checks the promise the router relies
-// on: one key's messages one after another in publish order, different
-// keys at the same time.
-func TestOrderPerKeyParallelAcrossKeys(t *testing.T) {
-	_, js, prefix := testenv.NATS(t)
-	cfg := busConfig(t, js, prefix, "order")
-	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
-	defer sub.Close()
-	const keys, per = 8, 25
-	var msgs []*message.Message
-	for i := range per {
-		for k := range keys {
-			m := message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-%012d", k, i), []byte(fmt.Sprint(i)))
-			m.Metadata.Set(bus.KeyMetadata, fmt.Sprint("k", k))
-			m.Metadata.Set("custom", "v")
-			msgs = append(msgs, m)
-		}
-	}
-	if err := pub.Publish("events", msgs...); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(context.Background(), "events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	next := map[string]int{}
-	running := map[string]bool{}
-	maxParallel, parallel := 0, 0
-	var wg sync.WaitGroup
-	for range keys * per {
-		var m *message.Message
-		select {
-		case m = <-ch:
-		case <-time.After(15 * time.Second):
-			t.Fatal("timed out waiting for messages")
-		}
-		if m.Metadata.Get("custom") != "v" {
-			t.Errorf("metadata lost: %v", m.Metadata)
-		}
-		key := m.Metadata.Get(bus.KeyMetadata)
-		mu.Lock()
-		if running[key] {
-			t.Errorf("two messages of %s released at once", key)
-		}
-		if want := fmt.Sprint(next[key]); string(m.Payload) != want {
-			t.Errorf("%s: got %s, want %s", key, m.Payload, want)
-		}
-		next[key]++
-		running[key] = true
-		parallel++
-		maxParallel = max(maxParallel, parallel)
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			time.Sleep(5 * time.Millisecond)
-			mu.Lock()
-			running[key] = false
-			parallel--
-			mu.Unlock()
-			m.Ack()
-		}()
-	}
-	wg.Wait()
-	if maxParallel < 2 {
-		t.Errorf("at most %d message(s) in flight; different keys must run in parallel", maxParallel)
-	}
-	t.Logf("proved: %d keys × %d messages in order per key, up to %d in parallel", keys, per, maxParallel)
-}
-
-// TestNackWithDelay: a nacked message comes back, not before the delay
-// the handler asked for.
-func TestNackWithDelay(t *testing.T) {
-	_, js, prefix := testenv.NATS(t)
-	cfg := busConfig(t, js, prefix, "nack")
-	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
-	defer sub.Close()
-	if err := pub.Publish("events", message.NewMessage("00000000-0000-4000-8000-000000000001", []byte("x"))); err != nil {
-		t.Fatal(err)
-	}
-	ch, err := sub.Subscribe(context.Background(), "events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := <-ch
-	first.Metadata.Set(bus.RetryDelayMetadata, "700ms")
-	start := time.Now()
-	first.Nack()
-	select {
-	case again := <-ch:
-		if waited := time.Since(start); waited < 600*time.Millisecond {
-			t.Errorf("redelivered after %s; want at least 700ms", waited)
-		}
-		if again.UUID != first.UUID {
-			t.Errorf("redelivered %s; want %s", again.UUID, first.UUID)
-		}
-		again.Ack()
-	case <-time.After(10 * time.Second):
-		t.Fatal("nacked message not redelivered")
-	}
+// TestConformance runs the bus suite: order per key, nack with delay
+// before the key's next message, partitions across workers.
+func TestConformance(t *testing.T) {
+	bustest.Run(t, bustest.Factory{
+		New: func(t *testing.T) (message.Publisher, message.Subscriber) {
+			_, js, prefix := testenv.NATS(t)
+			cfg := busConfig(t, js, prefix, "conformance")
+			return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
+		},
+		Partitioned: func(t *testing.T) (message.Publisher, func(string) message.Subscriber) {
+			_, js, prefix := testenv.NATS(t)
+			cfg := busConfig(t, js, prefix, "workers")
+			cfg.Partitions, cfg.PartitionTTL = 6, time.Second
+			if _, err := jetstream.EnsureStream(context.Background(), js, cfg); err != nil {
+				t.Fatal(err)
+			}
+			return jetstream.NewPublisher(js, cfg), func(member string) message.Subscriber {
+				c := cfg
+				c.Member = member
+				return jetstream.NewSubscriber(js, c, nil)
+			}
+		},
+	})
 }
 
 // TestDuplicateIDDropped: the stream drops a message whose id it has
@@ -181,148 +102,6 @@ func TestDuplicateIDDropped(t *testing.T) {
 	if info.State.Msgs != 1 {
 		t.Fatalf("stream holds %d messages; want 1", info.State.Msgs)
 	}
-}
-
-// TestNackKeepsOrder: a nacked message runs again before the later
-// messages of its key.
-func TestNackKeepsOrder(t *testing.T) {
-	_, js, prefix := testenv.NATS(t)
-	cfg := busConfig(t, js, prefix, "nackorder")
-	pub, sub := jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
-	defer sub.Close()
-	for i := range 2 {
-		m := message.NewMessage(fmt.Sprintf("00000000-0000-4000-8000-00000000000%d", i), []byte(fmt.Sprint(i)))
-		m.Metadata.Set(bus.KeyMetadata, "k")
-		if err := pub.Publish("events", m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ch, err := sub.Subscribe(context.Background(), "events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for len(got) < 3 {
-		select {
-		case m := <-ch:
-			got = append(got, string(m.Payload))
-			if len(got) == 1 {
-				m.Metadata.Set(bus.RetryDelayMetadata, "300ms")
-				m.Nack()
-				continue
-			}
-			m.Ack()
-		case <-time.After(10 * time.Second):
-			t.Fatalf("timed out; got %v", got)
-		}
-	}
-	if strings.Join(got, ",") != "0,0,1" {
-		t.Fatalf("deliveries %v; want 0,0,1 (the nacked message before the next of its key)", got)
-	}
-}
-
-// TestPartitionsKeepOrderAcrossWorkers: two worker processes share a
-// partitioned topic; events of one key never run on both at once nor out
-// of order, also while one worker stops and the other takes its
-// partitions over, and every event is handled.
-func TestPartitionsKeepOrderAcrossWorkers(t *testing.T) {
-	_, js, prefix := testenv.NATS(t)
-	cfg := busConfig(t, js, prefix, "parts")
-	cfg.Partitions, cfg.PartitionTTL = 6, time.Second
-	const keys, per = 12, 40
-	var msgs []*message.Message
-	for i := range per {
-		for k := range keys {
-			m := message.NewMessage(fmt.Sprintf("%08d-0000-4000-8000-%012d", k, i), []byte(fmt.Sprint(i)))
-			m.Metadata.Set(bus.KeyMetadata, fmt.Sprint("k", k))
-			msgs = append(msgs, m)
-		}
-	}
-	if err := jetstream.NewPublisher(js, cfg).Publish("events", msgs...); err != nil {
-		t.Fatal(err)
-	}
-
-	var mu sync.Mutex
-	next := map[string]int{}
-	running := map[string]string{}
-	byWorker := map[string]int{}
-	handled, duplicates := 0, 0
-	allDone := make(chan struct{})
-	work := func(name string, ch <-chan *message.Message) {
-		for m := range ch {
-			key, seq := m.Metadata.Get(bus.KeyMetadata), 0
-			fmt.Sscan(string(m.Payload), &seq)
-			mu.Lock()
-			if w, busy := running[key]; busy {
-				t.Errorf("%s: event %d runs on %s while %s runs one", key, seq, name, w)
-			}
-			switch {
-			case seq > next[key]:
-				t.Errorf("%s: event %d on %s before event %d", key, seq, name, next[key])
-			case seq < next[key]:
-				duplicates++ // a redelivery of a handled event (the ledger's job)
-			default:
-				next[key]++
-				handled++
-				byWorker[name]++
-				if handled == keys*per {
-					close(allDone)
-				}
-			}
-			running[key] = name
-			mu.Unlock()
-			time.Sleep(time.Millisecond)
-			mu.Lock()
-			delete(running, key)
-			mu.Unlock()
-			m.Ack()
-		}
-	}
-	subscribe := func(member string) (*jetstream.Subscriber, chan struct{}) {
-		c := cfg
-		c.Member = member
-		sub := jetstream.NewSubscriber(js, c, nil)
-		ch, err := sub.Subscribe(context.Background(), "events")
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); work(member, ch) }()
-		return sub, done
-	}
-	a, aDone := subscribe("a")
-	b, bDone := subscribe("b")
-	defer b.Close()
-	// Let both work a while, then stop a: b takes all partitions over.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		mu.Lock()
-		na, nb := byWorker["a"], byWorker["b"]
-		mu.Unlock()
-		if na > 20 && nb > 20 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("both workers should share the work: a=%d b=%d", na, nb)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
-	}
-	<-aDone
-	select {
-	case <-allDone:
-	case <-time.After(30 * time.Second):
-		mu.Lock()
-		defer mu.Unlock()
-		t.Fatalf("handled %d of %d events", handled, keys*per)
-	}
-	b.Close()
-	<-bDone
-	mu.Lock()
-	defer mu.Unlock()
-	t.Logf("handled %d events in order per key: a=%d b=%d, %d redeliveries of handled events", handled, byWorker["a"], byWorker["b"], duplicates)
 }
 
 // TestPartitionSubjectKeepsTheSuffixTokens: with partitions the subject

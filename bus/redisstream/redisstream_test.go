@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/bus/bustest"
 	"github.com/millrace/millrace/bus/redisstream"
 	"github.com/millrace/millrace/test/testenv"
 )
@@ -66,6 +66,45 @@ func TestPubSub(t *testing.T) {
 		func(t *testing.T) (message.Publisher, message.Subscriber) { return newPubSub(t, "suite") },
 		newPubSub,
 	)
+}
+
+// TestConformance runs the bus suite: order per key, nack with delay
+// before the key's next message, partitions across workers. After each
+// subtest nothing is left pending in the group.
+func TestConformance(t *testing.T) {
+	bustest.Run(t, bustest.Factory{
+		New: func(t *testing.T) (message.Publisher, message.Subscriber) {
+			c, prefix := testenv.Redis(t)
+			cfg := redisstream.Config{Prefix: prefix, Group: "millrace", MaxInFlight: 8, Batch: 50, DrainTimeout: time.Second}
+			settled(t, c, cfg)
+			return redisstream.NewPublisher(c, cfg), redisstream.NewSubscriber(c, cfg, nil)
+		},
+		Partitioned: func(t *testing.T) (message.Publisher, func(string) message.Subscriber) {
+			c, prefix := testenv.Redis(t)
+			cfg := redisstream.Config{
+				Prefix: prefix, Group: "workers", MaxInFlight: 4, Batch: 50, Block: 100 * time.Millisecond,
+				ClaimIdle: time.Second, DrainTimeout: 5 * time.Second,
+				Partitions: 6, PartitionTTL: time.Second,
+			}
+			settled(t, c, cfg)
+			return redisstream.NewPublisher(c, cfg), func(member string) message.Subscriber {
+				wc := cfg
+				wc.Consumer = member
+				// A client of its own: a process of its own.
+				return redisstream.NewSubscriber(newClient(t, testenv.RedisURL()), wc, nil)
+			}
+		},
+	})
+}
+
+// settled checks, when a passing test ends, that no entry of the suite's
+// topic is left pending in cfg's group.
+func settled(t *testing.T, c *redis.Client, cfg redisstream.Config) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			waitPendingStreams(t, c, cfg, bustest.Topic, 0)
+		}
+	})
 }
 
 // recv returns the next message or fails after timeout.
@@ -254,113 +293,12 @@ func TestUndecodableEntryIsReleasedNotFatal(t *testing.T) {
 	waitPending(t, c, stream, "millrace", 0)
 }
 
-// Messages of one key are handled one at a time, in publish order, even
-// when some are nacked and redelivered; different keys run in parallel.
-func TestOrderPerKeyUnderParallelKeys(t *testing.T) {
-	c, prefix := testenv.Redis(t)
-	const keys, perKey = 16, 60
-	cfg := redisstream.Config{Prefix: prefix, MaxInFlight: 8, Batch: 50, DrainTimeout: time.Second}
-	msgs := make([]*message.Message, 0, keys*perKey)
-	for i := range keys * perKey {
-		m := message.NewMessage(fmt.Sprintf("id-%d", i), []byte(strconv.Itoa(i/keys)))
-		m.Metadata.Set(bus.KeyMetadata, "k"+strconv.Itoa(i%keys))
-		msgs = append(msgs, m)
-	}
-	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
-		t.Fatal(err)
-	}
-	sub := redisstream.NewSubscriber(c, cfg, nil)
-	defer sub.Close()
-	ch, err := sub.Subscribe(context.Background(), "events")
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	var (
-		mu        sync.Mutex
-		busy      = map[string]bool{}
-		next      = map[string]int{}
-		inFlight  atomic.Int32
-		maxFlight atomic.Int32
-		nacks     atomic.Int32
-		done      sync.WaitGroup
-	)
-	done.Add(keys * perKey)
-	go func() {
-		for m := range ch {
-			go func() {
-				key := m.Metadata.Get(bus.KeyMetadata)
-				seq, _ := strconv.Atoi(string(m.Payload))
-				mu.Lock()
-				if busy[key] {
-					t.Errorf("key %s: two messages in flight at once", key)
-				}
-				busy[key] = true
-				if seq != next[key] {
-					t.Errorf("key %s: got seq %d, want %d", key, seq, next[key])
-				}
-				mu.Unlock()
-				n := inFlight.Add(1)
-				for {
-					old := maxFlight.Load()
-					if n <= old || maxFlight.CompareAndSwap(old, n) {
-						break
-					}
-				}
-				time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-				inFlight.Add(-1)
-				mu.Lock()
-				busy[key] = false
-				nack := rand.IntN(10) == 0
-				if !nack {
-					next[key] = seq + 1
-				}
-				mu.Unlock()
-				if nack {
-					nacks.Add(1)
-					m.Metadata.Set(bus.RetryDelayMetadata, "2ms")
-					m.Nack()
-					return
-				}
-				m.Ack()
-				done.Done()
-			}()
-		}
-	}()
-	waitGroup(t, &done, 60*time.Second)
-	if maxFlight.Load() < 2 {
-		t.Errorf("at most %d message(s) in flight: keys did not run in parallel", maxFlight.Load())
-	}
-	if nacks.Load() == 0 {
-		t.Errorf("no nack happened; the test did not exercise redelivery")
-	}
-	mu.Lock()
-	for k := range keys {
-		if got := next["k"+strconv.Itoa(k)]; got != perKey {
-			t.Errorf("key k%d: %d messages handled, want %d", k, got, perKey)
-		}
-	}
-	mu.Unlock()
-	waitPending(t, c, prefix+"events", "millrace", 0)
-}
-
-func waitGroup(t *testing.T, wg *sync.WaitGroup, timeout time.Duration) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		t.Fatalf("not every message was acked within %s", timeout)
-	}
-}
-
-// A nacked message comes back after the delay it asked for, before the
-// next message of its key.
-func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
+// A redelivered message carries its delivery count, which dead letters
+// keep (the suite's NackWithDelay checks the delay and the order).
+func TestNackCountsDeliveries(t *testing.T) {
 	c, prefix := testenv.Redis(t)
 	cfg := redisstream.Config{Prefix: prefix, DrainTimeout: time.Second}
-	msgs := newMessages(2, func(int) string { return "same" })
+	msgs := newMessages(1, func(int) string { return "same" })
 	if err := redisstream.NewPublisher(c, cfg).Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
@@ -370,30 +308,21 @@ func TestNackRedeliversAfterDelayBeforeNextOfKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := recv(t, ch, 5*time.Second)
-	if first.UUID != msgs[0].UUID {
-		t.Fatalf("first delivery %s, want %s", first.UUID, msgs[0].UUID)
+	for want := 1; want <= 3; want++ {
+		m := recv(t, ch, 5*time.Second)
+		if m.UUID != msgs[0].UUID {
+			t.Fatalf("delivery %d: got %s, want %s", want, m.UUID, msgs[0].UUID)
+		}
+		if got := m.Metadata.Get(redisstream.DeliveryMetadata); got != strconv.Itoa(want) {
+			t.Errorf("delivery count = %q, want %d", got, want)
+		}
+		if want == 3 {
+			m.Ack()
+			break
+		}
+		m.Metadata.Set(bus.RetryDelayMetadata, "10ms")
+		m.Nack()
 	}
-	const delay = 300 * time.Millisecond
-	first.Metadata.Set(bus.RetryDelayMetadata, delay.String())
-	nackedAt := time.Now()
-	first.Nack()
-	again := recv(t, ch, 5*time.Second)
-	if again.UUID != msgs[0].UUID {
-		t.Fatalf("after a nack got %s, want %s again", again.UUID, msgs[0].UUID)
-	}
-	if waited := time.Since(nackedAt); waited < delay {
-		t.Errorf("redelivered after %s, want at least %s", waited, delay)
-	}
-	if got := again.Metadata.Get(redisstream.DeliveryMetadata); got != "2" {
-		t.Errorf("delivery count = %q, want 2", got)
-	}
-	again.Ack()
-	second := recv(t, ch, 5*time.Second)
-	if second.UUID != msgs[1].UUID {
-		t.Fatalf("then got %s, want %s", second.UUID, msgs[1].UUID)
-	}
-	second.Ack()
 	waitPending(t, c, prefix+"events", "millrace", 0)
 }
 

@@ -223,7 +223,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.cfg.Partitions > 0 {
 		out, stop, err = s.subscribePartitions(ctx, topic)
 	} else {
-		out, stop, err = s.consume(ctx, s.ConsumerName(topic), s.cfg.Subject(topic, ">"), false, share{})
+		out, stop, err = s.consume(ctx, s.ConsumerName(topic), s.cfg.Subject(topic, ">"), false, partition.Share{})
 	}
 	if err != nil {
 		return nil, err
@@ -253,47 +253,27 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 	if member == "" {
 		member = defaultMember()
 	}
-	out := make(chan *message.Message)
 	maxInFlight := max(s.cfg.MaxInFlight, 1)
 	// The partitions share the bounds of one subscription: in flight,
 	// held in the lanes, and fetched ahead.
-	sh := share{
-		slots:    make(chan struct{}, maxInFlight),
-		buffered: make(chan struct{}, 16*maxInFlight),
-		pull:     max(4*maxInFlight/s.cfg.Partitions, 16),
-	}
-	var forwarders sync.WaitGroup
-	consume := func(p int) (func(), error) {
+	out, stop, _ := partition.FanIn(ctx, leases, partition.FanInConfig{
+		Config: partition.Config{
+			Partitions: s.cfg.Partitions, Member: member, TTL: ttl,
+			Logger: s.logger.With("topic", topic),
+		},
+		MaxInFlight: maxInFlight, MaxBuffered: 16 * maxInFlight, ReadAhead: 4 * maxInFlight,
+	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		name := bus.Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
 		filter := s.cfg.Subject(topic, strconv.Itoa(p)+".>")
 		msgs, stop, err := s.consume(pctx, name, filter, true, sh)
 		if err != nil {
 			cancel()
-			return nil, err
+			return nil, nil, err
 		}
-		forwarders.Add(1)
-		go func() {
-			defer forwarders.Done()
-			// The lanes settle what out does not take (ctx ends them).
-			for m := range msgs {
-				out <- m
-			}
-		}()
-		return func() { stop(); cancel() }, nil
-	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		partition.Run(rctx, leases, partition.Config{
-			Partitions: s.cfg.Partitions, Member: member, TTL: ttl,
-			Logger: s.logger.With("topic", topic),
-		}, consume)
-		forwarders.Wait()
-		close(out)
-	}()
-	return out, func() { cancel(); <-done }, nil
+		return msgs, func() { stop(); cancel() }, nil
+	})
+	return out, stop, nil
 }
 
 func defaultMember() string {
@@ -301,21 +281,15 @@ func defaultMember() string {
 	return bus.Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8]))
 }
 
-// share holds the bounds that the consumers of several partitions share;
-// zero values give one consumer bounds of its own.
-type share struct {
-	slots, buffered chan struct{}
-	pull            int // messages fetched ahead per consumer
-}
-
-// consume runs one durable consumer through lanes until stop. reset
+// consume runs one durable consumer through lanes until stop, within
+// the bounds of sh (the zero Share gives it bounds of its own). reset
 // restarts the consumer at its ack floor first, so that a new owner of
 // a partition gets the messages its last owner left unacked before the
 // later ones, in stream order.
-func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset bool, sh share) (<-chan *message.Message, func(), error) {
+func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset bool, sh partition.Share) (<-chan *message.Message, func(), error) {
 	maxInFlight := max(s.cfg.MaxInFlight, 1)
-	if sh.pull == 0 {
-		sh.pull = min(4*maxInFlight, 1000)
+	if sh.ReadAhead == 0 {
+		sh.ReadAhead = min(4*maxInFlight, 1000)
 	}
 	cc := jetstream.ConsumerConfig{
 		Durable:       durable,
@@ -332,7 +306,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	}
 	// A missed heartbeat on a busy machine is not fatal: the iterator
 	// re-pulls by itself, so it must not end the subscription.
-	it, err := cons.Messages(jetstream.PullMaxMessages(sh.pull),
+	it, err := cons.Messages(jetstream.PullMaxMessages(sh.ReadAhead),
 		jetstream.PullExpiry(5*time.Second), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return nil, nil, fmt.Errorf("jetstream: consume %s: %w", cc.Durable, err)
@@ -345,7 +319,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	// its entity.
 	l := lanes.New(lctx, lanes.Options{
 		MaxInFlight: maxInFlight, MaxBuffered: cc.MaxAckPending, TouchEvery: s.cfg.AckWait / 3,
-		Redeliver: redeliverDelay, Slots: sh.slots, Buffered: sh.buffered,
+		Redeliver: redeliverDelay, Slots: sh.Slots, Buffered: sh.Buffered,
 	})
 	done := make(chan struct{})
 	go func() {

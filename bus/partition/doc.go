@@ -11,6 +11,11 @@
 // partitions and consume only those. A worker that dies stops renewing
 // its leases; after their TTL the others take its partitions over.
 //
+// FanIn is Run for a subscription: it feeds one channel from every
+// partition held, within in-flight, buffered and read-ahead bounds that
+// the partitions share, and a partition given up stops feeding it before
+// its lease is released.
+//
 // Leases live in the bus's own store (a JetStream key-value bucket, or
 // Redis keys), behind the Leases interface.
 package partition

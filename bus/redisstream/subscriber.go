@@ -143,7 +143,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if s.cfg.Partitions > 0 {
 		out, stop, stopped = s.subscribePartitions(ctx, topic)
 	} else {
-		sub := s.start(ctx, s.cfg.Stream(topic), nil, share{}, false)
+		sub := s.start(ctx, s.cfg.Stream(topic), nil, partition.Share{}, false)
 		out, stop, stopped = sub.out, sub.stop, sub.stopped
 	}
 	s.stops = append(s.stops, stop)
@@ -171,15 +171,19 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 // leases; stopped is closed after it, and after the channel.
 func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out <-chan *message.Message, stop func(), stopped <-chan struct{}) {
 	base := context.WithoutCancel(ctx)
-	ch := make(chan *message.Message)
 	// The partitions share the bounds of one subscription: in flight,
 	// held in the lanes, and read ahead.
-	sh := share{
-		slots:    make(chan struct{}, s.cfg.MaxInFlight),
-		buffered: make(chan struct{}, max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch))),
-		batch:    max(s.cfg.Batch/int64(s.cfg.Partitions), 16),
-	}
-	consume := func(p int) (func(), error) {
+	return partition.FanIn(ctx, partition.NewRedisLeases(s.client, s.cfg.leasePrefix(topic)), partition.FanInConfig{
+		Config: partition.Config{
+			Partitions: s.cfg.Partitions,
+			Member:     s.cfg.Consumer,
+			TTL:        s.cfg.PartitionTTL,
+			Logger:     s.logger.With("stream", s.cfg.Stream(topic), "group", s.cfg.Group, "consumer", s.cfg.Consumer),
+		},
+		MaxInFlight: s.cfg.MaxInFlight,
+		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
+		ReadAhead:   int(s.cfg.Batch),
+	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
 		streams := []string{s.cfg.partitionStream(topic, p)}
 		if p == 0 {
 			// The owner of partition 0 also reads the topic's
@@ -188,6 +192,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 			// around millrace, is delivered rather than stranded.
 			streams = append(streams, s.cfg.Stream(topic))
 		}
+		msgs := make(chan *message.Message)
 		var subs []*subscription
 		for _, stream := range streams {
 			gctx, cancel := context.WithTimeout(base, opTimeout)
@@ -197,33 +202,20 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 				for _, sub := range subs {
 					sub.stop()
 				}
-				return nil, err
+				return nil, nil, err
 			}
-			subs = append(subs, s.start(ctx, stream, ch, sh, true))
+			subs = append(subs, s.start(ctx, stream, msgs, sh, true))
 		}
-		return func() {
+		return msgs, func() {
 			var wg sync.WaitGroup
 			for _, sub := range subs {
 				wg.Go(sub.stop)
 			}
 			wg.Wait()
+			// Every subscription's forwarder has ended.
+			close(msgs)
 		}, nil
-	}
-	rctx, cancel := context.WithCancel(base)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		partition.Run(rctx, partition.NewRedisLeases(s.client, s.cfg.leasePrefix(topic)), partition.Config{
-			Partitions: s.cfg.Partitions,
-			Member:     s.cfg.Consumer,
-			TTL:        s.cfg.PartitionTTL,
-			Logger:     s.logger.With("stream", s.cfg.Stream(topic), "group", s.cfg.Group, "consumer", s.cfg.Consumer),
-		}, consume)
-		// Run returns after every partition's stop returned: no
-		// subscription sends on ch any more.
-		close(ch)
-	}()
-	return ch, func() { cancel(); <-done }, done
+	})
 }
 
 // Close stops every subscription; released messages get DrainTimeout to
@@ -257,7 +249,7 @@ type subscription struct {
 	// it (see readGroup).
 	takeOver bool
 	// ownOut: out is this subscription's, closed by forward; otherwise
-	// it is shared by the partitions and closed by their owner.
+	// it is its partition's, closed once the partition stopped.
 	ownOut bool
 
 	lanes *lanes.Lanes
@@ -287,23 +279,16 @@ type subscription struct {
 	stopped   chan struct{}
 }
 
-// share holds the bounds that the subscriptions of several partitions
-// share; zero values give one subscription bounds of its own.
-type share struct {
-	slots, buffered chan struct{}
-	batch           int64 // entries per read, when set
-}
-
-// start starts consuming stream. out and sh, when set, are shared with
-// other subscriptions (the partitions of one Subscribe); takeOver: see
-// subscription.
-func (s *Subscriber) start(ctx context.Context, stream string, out chan *message.Message, sh share, takeOver bool) *subscription {
+// start starts consuming stream. out, when set, is shared with the other
+// subscriptions of one partition, and sh with those of every partition
+// of one Subscribe; takeOver: see subscription.
+func (s *Subscriber) start(ctx context.Context, stream string, out chan *message.Message, sh partition.Share, takeOver bool) *subscription {
 	base := context.WithoutCancel(ctx)
 	cfg := s.cfg
-	if sh.batch > 0 {
-		cfg.Batch = sh.batch
+	if sh.ReadAhead > 0 {
+		cfg.Batch = int64(sh.ReadAhead)
 	}
-	slots := sh.slots
+	slots := sh.Slots
 	sub := &subscription{
 		client:    s.client,
 		cfg:       cfg,
@@ -334,7 +319,7 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 		MaxInFlight: s.cfg.MaxInFlight,
 		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
 		Slots:       slots,
-		Buffered:    sh.buffered,
+		Buffered:    sh.Buffered,
 	})
 	sub.loops.Add(3)
 	go sub.read()

@@ -34,6 +34,21 @@ func CheckName(path, v string) error {
 	return nil
 }
 
+// checkListName checks the name of one entry of a list ([[sources]],
+// [[http.ingest_tokens]]): present, made of name characters, and not
+// used by an earlier entry (what names the list's entries in the error).
+func checkListName(add func(path, format string, args ...any), path, name string, seen map[string]bool, what string) {
+	switch {
+	case name == "":
+		add(path, "is required")
+	case !nameRE.MatchString(name):
+		add(path, "%q may hold only letters, digits, '_' and '-'", name)
+	case seen[name]:
+		add(path, "%q is used by another %s", name, what)
+	}
+	seen[name] = true
+}
+
 // CheckSchema reports v unless it is a plain identifier short enough for
 // the trigger names derived from it.
 func CheckSchema(path, v string) error {
@@ -111,15 +126,7 @@ func (c *Config) Validate() error {
 	seen := map[string]bool{}
 	for i, s := range c.Sources {
 		p := Index("sources", i)
-		switch {
-		case s.Name == "":
-			add(p+".name", "is required")
-		case !nameRE.MatchString(s.Name):
-			add(p+".name", "%q may hold only letters, digits, '_' and '-'", s.Name)
-		case seen[s.Name]:
-			add(p+".name", "%q is used by another source", s.Name)
-		}
-		seen[s.Name] = true
+		checkListName(add, p+".name", s.Name, seen, "source")
 		if (s.PostgresURL == "") == (s.PostgresURLEnv == "") {
 			add(p, "set exactly one of postgres_url and postgres_url_env")
 		}
@@ -292,15 +299,7 @@ func (c *Config) validateHTTP(add func(path, format string, args ...any)) {
 	names := map[string]bool{}
 	for i, t := range h.IngestTokens {
 		p := Index("http.ingest_tokens", i)
-		switch {
-		case t.Name == "":
-			add(p+".name", "is required")
-		case !nameRE.MatchString(t.Name):
-			add(p+".name", "%q may hold only letters, digits, '_' and '-'", t.Name)
-		case names[t.Name]:
-			add(p+".name", "%q is used by another ingest token", t.Name)
-		}
-		names[t.Name] = true
+		checkListName(add, p+".name", t.Name, names, "ingest token")
 		if (t.TokenEnv == "") == (t.SecretEnv == "") {
 			add(p, "set exactly one of token_env and secret_env")
 		}

@@ -78,8 +78,9 @@ func subscribe(t *testing.T, sub message.Subscriber) <-chan *message.Message {
 	return ch
 }
 
-// recv returns the next message or fails after timeout.
-func recv(t *testing.T, ch <-chan *message.Message, timeout time.Duration) *message.Message {
+// Recv returns the next message of ch, or fails the test after timeout;
+// buses' own tests use it too.
+func Recv(t *testing.T, ch <-chan *message.Message, timeout time.Duration) *message.Message {
 	t.Helper()
 	select {
 	case m, ok := <-ch:
@@ -194,14 +195,14 @@ func testNackWithDelay(t *testing.T, f Factory) {
 		t.Fatal(err)
 	}
 	ch := subscribe(t, sub)
-	first := recv(t, ch, deliveryTimeout)
+	first := Recv(t, ch, deliveryTimeout)
 	if first.UUID != msgs[0].UUID {
 		t.Fatalf("first delivery %s (%s), want %s (0)", first.UUID, first.Payload, msgs[0].UUID)
 	}
 	first.Metadata.Set(bus.RetryDelayMetadata, delay.String())
 	nackedAt := time.Now()
 	first.Nack()
-	again := recv(t, ch, deliveryTimeout)
+	again := Recv(t, ch, deliveryTimeout)
 	waited := time.Since(nackedAt)
 	if again.UUID != msgs[0].UUID {
 		t.Fatalf("after the nack got %s (%s), want %s (0) again, before the next of its key", again.UUID, again.Payload, msgs[0].UUID)
@@ -211,7 +212,7 @@ func testNackWithDelay(t *testing.T, f Factory) {
 		t.Errorf("redelivered after %s, want at least %s", waited, delay)
 	}
 	again.Ack()
-	second := recv(t, ch, deliveryTimeout)
+	second := Recv(t, ch, deliveryTimeout)
 	if second.UUID != msgs[1].UUID {
 		t.Fatalf("then got %s (%s), want %s (1)", second.UUID, second.Payload, msgs[1].UUID)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/bus/bustest"
+
 	"github.com/millrace/millrace/bus"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -198,7 +200,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 	}
 	firsts := map[string]bool{}
 	for len(firsts) < keys {
-		m := recv(t, deadCh, 10*time.Second)
+		m := bustest.Recv(t, deadCh, 10*time.Second)
 		firsts[m.UUID] = true
 	}
 	waitPendingStreams(t, c, cfg, "events", keys*before)
@@ -218,7 +220,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 	}
 	seqs := map[string][]int{}
 	for range keys * (before + after) {
-		m := recv(t, ch, 15*time.Second)
+		m := bustest.Recv(t, ch, 15*time.Second)
 		key := m.Metadata.Get(bus.KeyMetadata)
 		seq, _ := strconv.Atoi(string(m.Payload))
 		seqs[key] = append(seqs[key], seq)

@@ -107,21 +107,6 @@ func settled(t *testing.T, c *redis.Client, cfg redisstream.Config) {
 	})
 }
 
-// recv returns the next message or fails after timeout.
-func recv(t *testing.T, ch <-chan *message.Message, timeout time.Duration) *message.Message {
-	t.Helper()
-	select {
-	case m, ok := <-ch:
-		if !ok {
-			t.Fatal("subscription channel closed")
-		}
-		return m
-	case <-time.After(timeout):
-		t.Fatalf("no message within %s", timeout)
-	}
-	return nil
-}
-
 // pending returns the number of entries pending in the group.
 func pending(t *testing.T, c *redis.Client, stream, group string) int64 {
 	t.Helper()
@@ -174,7 +159,7 @@ func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := recv(t, ch, 5*time.Second)
+	m := bustest.Recv(t, ch, 5*time.Second)
 	m.Ack()
 	if m.UUID != in.UUID || string(m.Payload) != string(in.Payload) {
 		t.Errorf("got %s %q, want %s %q", m.UUID, m.Payload, in.UUID, in.Payload)
@@ -221,7 +206,7 @@ func TestClaimFromDeadConsumer(t *testing.T) {
 	}
 	got := map[string]bool{}
 	for len(got) < 20 {
-		m := recv(t, ch, 10*time.Second)
+		m := bustest.Recv(t, ch, 10*time.Second)
 		got[m.UUID] = true
 		m.Ack()
 	}
@@ -231,7 +216,7 @@ func TestClaimFromDeadConsumer(t *testing.T) {
 	if err := pub.Publish("events", newMessages(1, nil)...); err != nil {
 		t.Fatal(err)
 	}
-	held := recv(t, ch, 5*time.Second)
+	held := bustest.Recv(t, ch, 5*time.Second)
 	otherCfg := cfg
 	otherCfg.Consumer = "other"
 	other := redisstream.NewSubscriber(c, otherCfg, nil)
@@ -272,7 +257,7 @@ func TestUndecodableEntryIsReleasedNotFatal(t *testing.T) {
 	}
 	seen := map[string]*message.Message{}
 	for range 2 {
-		m := recv(t, ch, 5*time.Second)
+		m := bustest.Recv(t, ch, 5*time.Second)
 		seen[m.UUID] = m
 		m.Ack()
 	}
@@ -309,7 +294,7 @@ func TestNackCountsDeliveries(t *testing.T) {
 		t.Fatal(err)
 	}
 	for want := 1; want <= 3; want++ {
-		m := recv(t, ch, 5*time.Second)
+		m := bustest.Recv(t, ch, 5*time.Second)
 		if m.UUID != msgs[0].UUID {
 			t.Fatalf("delivery %d: got %s, want %s", want, m.UUID, msgs[0].UUID)
 		}
@@ -341,7 +326,7 @@ func TestResubscribeReadsBackOwnPending(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 5 {
-		recv(t, ch, 5*time.Second) // never acked
+		bustest.Recv(t, ch, 5*time.Second) // never acked
 	}
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
@@ -357,7 +342,7 @@ func TestResubscribeReadsBackOwnPending(t *testing.T) {
 	}
 	got := map[string]bool{}
 	for len(got) < 5 {
-		m := recv(t, ch, 5*time.Second)
+		m := bustest.Recv(t, ch, 5*time.Second)
 		got[m.UUID] = true
 		m.Ack()
 	}
@@ -382,7 +367,7 @@ func TestSurvivesRedisRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range before {
-		recv(t, ch, 5*time.Second).Ack()
+		bustest.Recv(t, ch, 5*time.Second).Ack()
 	}
 	srv.Stop()
 	srv.Start()
@@ -398,7 +383,7 @@ func TestSurvivesRedisRestart(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	m := recv(t, ch, 15*time.Second)
+	m := bustest.Recv(t, ch, 15*time.Second)
 	if m.UUID != after.UUID {
 		t.Fatalf("after restart got %s, want %s", m.UUID, after.UUID)
 	}

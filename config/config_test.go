@@ -466,3 +466,30 @@ func TestEmptyKeyHasAPath(t *testing.T) {
 		t.Fatalf("Parse(''=0) = %v; want an unknown-key error at path \"\"", err)
 	}
 }
+
+// Literal credentials in an action's headers are masked; a template
+// that names where the credential comes from is printed as written.
+func TestTOMLMasksHeaderCredentials(t *testing.T) {
+	src := valid + `headers = { Authorization = "Bearer hunter2-a", "X-Api-Key" = "hunter2-b", Cookie = "sid=hunter2-c", "X-Trace" = "visible-value", "X-Hook-Token" = "{{ env \"HOOK_TOKEN\" }}" }
+`
+	cfg, err := config.Parse([]byte(src), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cfg.TOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(b)
+	if strings.Contains(out, "hunter2") {
+		t.Errorf("a header credential is printed:\n%s", out)
+	}
+	for _, want := range []string{"visible-value", `{{ env "HOOK_TOKEN" }}`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, config.Masked); n < 3 {
+		t.Errorf("%d values masked, want at least the 3 header credentials:\n%s", n, out)
+	}
+}

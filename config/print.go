@@ -62,6 +62,9 @@ func toMap(v reflect.Value) any {
 }
 
 func mask(key string, v any) any {
+	if h, ok := v.(map[string]any); ok && key == "headers" {
+		return maskHeaders(h)
+	}
 	s, ok := v.(string)
 	if !ok {
 		return v
@@ -75,6 +78,29 @@ func mask(key string, v any) any {
 		}
 	}
 	return MaskURL(s)
+}
+
+// maskHeaders masks the literal values of the headers of an action
+// (webhook, Slack) whose names carry credentials: Authorization,
+// Cookie, X-Api-Key and the like. A value holding a template is
+// printed: it names where the secret comes from ({{ env "X" }}) but is
+// not the secret.
+func maskHeaders(h map[string]any) map[string]any {
+	for name, v := range h {
+		s, ok := v.(string)
+		if !ok || s == "" || strings.Contains(s, "{{") {
+			continue
+		}
+		switch strings.ToLower(name) {
+		case "authorization", "proxy-authorization", "cookie":
+			h[name] = Masked
+			continue
+		}
+		if secretParam(name) {
+			h[name] = Masked
+		}
+	}
+	return h
 }
 
 // PostgreSQL keyword/value connection strings ("host=db password=x"),

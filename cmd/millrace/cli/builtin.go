@@ -5,6 +5,7 @@ import (
 	"github.com/millrace/millrace/handlers/cacheinvalidate"
 	"github.com/millrace/millrace/handlers/email"
 	"github.com/millrace/millrace/handlers/logaction"
+	"github.com/millrace/millrace/handlers/noop"
 	"github.com/millrace/millrace/handlers/publish"
 	"github.com/millrace/millrace/handlers/slack"
 	"github.com/millrace/millrace/handlers/sqlcall"
@@ -31,6 +32,7 @@ func Defaults() Options {
 		cacheinvalidate.Register,
 		email.Register,
 		logaction.Register,
+		noop.Register,
 		publish.Register,
 		slack.Register,
 		sqlcall.Register,

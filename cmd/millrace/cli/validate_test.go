@@ -147,3 +147,22 @@ func TestValidateReportsTopologyProblemsWithTheRest(t *testing.T) {
 		t.Errorf("validate: exit %d\n%s\nwant exit %d and %s", code, stderr, ExitInvalid, want)
 	}
 }
+
+// TestValidateNoop: the noop action is built in, and takes no keys.
+func TestValidateNoop(t *testing.T) {
+	dir := t.TempDir()
+	ok := filepath.Join(dir, "noop.toml")
+	if err := os.WriteFile(ok, []byte("[[observers.o.actions]]\ntype = \"noop\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, stdout, stderr := runCLIWith(t, Defaults(), "validate", ok); code != ExitOK {
+		t.Errorf("validate noop: exit %d %s%s; want 0", code, stdout, stderr)
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("[[observers.o.actions]]\ntype = \"noop\"\nmessage = \"x\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLIWith(t, Defaults(), "validate", bad); code != ExitInvalid || !strings.Contains(stderr, "observers.o.actions[0].message") {
+		t.Errorf("validate noop with a key: exit %d %s; want %d naming observers.o.actions[0].message", code, stderr, ExitInvalid)
+	}
+}

@@ -38,6 +38,10 @@ type Options struct {
 	// Ready, when set, receives the HTTP server's address once the router
 	// serves (tests listen on port 0).
 	Ready chan<- string
+	// Listening, when set, is called with the HTTP server's address as
+	// soon as it listens, before the backend is built: /healthz and
+	// /readyz answer from then on (`millrace run --addr-file`).
+	Listening func(addr string) error
 }
 
 // Router is one millrace process: bus, observers and HTTP server.
@@ -102,6 +106,13 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("http: listen %s: %w", cfg.HTTP.Addr, err)
 	}
 	r.listener = ln
+	r.logger.Info("http listening", "addr", ln.Addr().String())
+	if r.opts.Listening != nil {
+		if err := r.opts.Listening(ln.Addr().String()); err != nil {
+			_ = ln.Close()
+			return err
+		}
+	}
 	r.http = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: cfg.HTTP.ReadTimeout.D(), ReadTimeout: cfg.HTTP.ReadTimeout.D()}
 	var serving sync.WaitGroup
 	errc := make(chan error, 2)
@@ -115,6 +126,12 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	backend, err := r.build(ctx)
 	if backend == nil {
 		closeHTTP()
+		if ctx.Err() != nil {
+			// Stopped (SIGTERM, Ctrl-C) while waiting for a service or
+			// building: a clean stop, not a failed start.
+			r.logger.Info("stopped before the backend was ready", "reason", err)
+			return nil
+		}
 		return err
 	}
 	r.countDeadLetters(backend)

@@ -147,7 +147,7 @@ func formatErrors(path string, err error) error {
 }
 
 func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command {
-	var path, role string
+	var path, role, addrFile string
 	var wait bool
 	cmd := &cobra.Command{
 		Use:   "run -c FILE",
@@ -171,7 +171,12 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 				cfg.Router.StartupTimeout = 0
 			}
 			log := logger(cfg)
-			r, err := router.New(cfg, router.Options{Actions: o.Actions, Topologies: o.Topologies, Logger: log})
+			ropts := router.Options{Actions: o.Actions, Topologies: o.Topologies, Logger: log}
+			if addrFile != "" {
+				ropts.Listening = func(addr string) error { return writeAddrFile(addrFile, addr) }
+				defer func() { _ = os.Remove(addrFile) }()
+			}
+			r, err := router.New(cfg, ropts)
 			if err != nil {
 				return &exitError{code: ExitInvalid, err: formatErrors(path, err)}
 			}
@@ -192,7 +197,23 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (TOML)")
 	cmd.Flags().StringVar(&role, "role", "", "all, capture or observe (overrides role)")
 	cmd.Flags().BoolVar(&wait, "wait", true, "wait up to router.startup_timeout for the services the config names (--wait=false: fail at once)")
+	cmd.Flags().StringVar(&addrFile, "addr-file", "", "write the HTTP server's address (host:port) to this file once it listens, and remove it at exit (for http.addr with port 0)")
 	return cmd
+}
+
+// writeAddrFile writes addr and a newline to path through a temporary
+// file and a rename, so that a reader polling for the file never sees it
+// half-written.
+func writeAddrFile(path, addr string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(addr+"\n"), 0o644); err != nil {
+		return fmt.Errorf("--addr-file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("--addr-file: %w", err)
+	}
+	return nil
 }
 
 func validateCmd(o Options, stdout io.Writer) *cobra.Command {

@@ -1,11 +1,19 @@
 package cli
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // TestRunRefusesOpenIngestBeyondLoopback: `millrace run` on an address
@@ -95,4 +103,129 @@ actions = [{ type = "log" }]
 	if strings.Contains(out, "result cache") {
 		t.Errorf("the stack shows a result cache that cache.enabled = false turned off:\n%s", out)
 	}
+}
+
+// TestRunAddrFile: with http.addr on port 0, `millrace run --addr-file`
+// writes the address it listens on, logs it, serves /healthz there, and
+// removes the file at exit.
+func TestRunAddrFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run.toml")
+	cfg := fmt.Sprintf("[http]\naddr = \"127.0.0.1:0\"\n[embedded]\ndata_dir = %q\n[router]\nshutdown_timeout = \"5s\"\n", dir)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addrFile := filepath.Join(dir, "addr")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var stderr lockedBuffer
+	root := newRoot(Defaults(), io.Discard, &stderr)
+	root.SetArgs([]string{"run", "-c", path, "--log-format", "text", "--addr-file", addrFile})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+
+	var addr string
+	deadline := time.Now().Add(20 * time.Second)
+	for addr == "" {
+		if b, err := os.ReadFile(addrFile); err == nil {
+			addr = strings.TrimSpace(string(b))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not written within 20s", addrFile)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if host, port, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" || port == "0" {
+		t.Fatalf("address file holds %q, want 127.0.0.1 and the chosen port", addr)
+	}
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatalf("GET /healthz at the written address: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /healthz = %d", resp.StatusCode)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			var ee *exitError
+			if errors.As(err, &ee) {
+				t.Errorf("run after cancel: exit %d\n%s", ee.code, stderr.String())
+			} else {
+				t.Errorf("run after cancel: %v", err)
+			}
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop within 20s of the cancel")
+	}
+	if _, err := os.Stat(addrFile); !os.IsNotExist(err) {
+		t.Errorf("address file left behind at exit (stat: %v)", err)
+	}
+	if !strings.Contains(stderr.String(), "http listening") || !strings.Contains(stderr.String(), addr) {
+		t.Errorf("the log does not give the listening address %s:\n%s", addr, stderr.String())
+	}
+}
+
+// TestRunStopsCleanlyWhileWaiting: a stop (SIGTERM, Ctrl-C) while
+// millrace waits for a service at start-up is a clean exit, not a failed
+// start.
+func TestRunStopsCleanlyWhileWaiting(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "wait.toml")
+	cfg := "topology = \"nats\"\n[http]\naddr = \"127.0.0.1:0\"\n[nats]\nurl = \"nats://127.0.0.1:1\"\n[router]\nstartup_timeout = \"1m\"\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addrFile := filepath.Join(dir, "addr")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var stderr lockedBuffer
+	root := newRoot(Defaults(), io.Discard, &stderr)
+	root.SetArgs([]string{"run", "-c", path, "--log-format", "text", "--addr-file", addrFile})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(addrFile); err == nil && strings.Contains(stderr.String(), "waiting for a service") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("millrace did not start waiting for NATS within 20s:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run stopped while waiting: %v, want a clean exit\n%s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop within 20s of the cancel")
+	}
+	if !strings.Contains(stderr.String(), "stopped before the backend was ready") {
+		t.Errorf("the log does not say millrace stopped before it was ready:\n%s", stderr.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a running command writes its log to
+// while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

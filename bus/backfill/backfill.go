@@ -43,6 +43,9 @@ type Config struct {
 	// Entities maps a table to its entity type, as the source's entities
 	// key; default: the table name without its schema.
 	Entities map[string]string
+	// Watched, when not nil, are the tables the source captures (its
+	// tables key): the table must be one of them.
+	Watched []string
 	// Filter, when set, is a SQL boolean expression on the table's
 	// columns (the --where of the command). It is trusted input: it runs
 	// as the config's database user.
@@ -281,6 +284,16 @@ func resolve(ctx context.Context, c *pgx.Conn, cfg Config) (table, error) {
 	}
 	if len(t.pk) == 0 {
 		return t, fmt.Errorf("%w: table %s has no primary key: backfill pages by primary key (add one, as capture needs too)", ErrInvalid, t.name)
+	}
+	if cfg.Watched != nil {
+		var watched bool
+		if err := c.QueryRow(ctx, "SELECT $1::oid = ANY (SELECT to_regclass(w)::oid FROM unnest($2::text[]) w)",
+			oid, cfg.Watched).Scan(&watched); err != nil {
+			return t, fmt.Errorf("backfill: table %s: %w", t.name, err)
+		}
+		if !watched {
+			return t, fmt.Errorf("%w: table %s is not one of the source's tables (%s)", ErrInvalid, t.name, strings.Join(cfg.Watched, ", "))
+		}
 	}
 	if cfg.CheckTrigger {
 		var watched bool

@@ -384,13 +384,26 @@ func TestRate(t *testing.T) {
 	}
 }
 
-// TestWALMessage runs a page through the WAL emitter and reads it back
+// TestWALMessage runs pages through the WAL emitter and reads them back
 // from a logical replication slot of the test's own with test_decoding:
-// one transactional message with the agreed prefix and content.
+// one transactional message per page with the agreed prefix and content.
+// Logical decoding reads every change of its database, and fails on the
+// tables that other tests create and drop meanwhile, so the test works in
+// a database of its own.
 func TestWALMessage(t *testing.T) {
-	pool, schema := setup(t, "CREATE TABLE items (id int PRIMARY KEY, name text, tags text[])",
-		`INSERT INTO items VALUES (1, 'a', '{x}'), (2, 'b"q', NULL), (3, 'c', '{}')`)
+	pool, schema := privateDatabase(t)
 	ctx := context.Background()
+	if err := capture.Migrate(ctx, pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		"CREATE TABLE " + schema + ".items (id int PRIMARY KEY, name text, tags text[])",
+		"INSERT INTO " + schema + `.items VALUES (1, 'a', '{x}'), (2, 'b"q', NULL), (3, 'c', '{}')`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
 	slot := schema + "_slot"
 	if _, err := pool.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", slot); err != nil {
 		t.Fatalf("create slot (wal_level must be logical): %v", err)
@@ -438,4 +451,45 @@ func TestWALMessage(t *testing.T) {
 	if string(got) != string(exp) {
 		t.Fatalf("decoded pages\n got %s\nwant %s", got, exp)
 	}
+}
+
+// privateDatabase creates a database of the test's own with a schema of
+// the same name, and drops it when the test ends.
+func privateDatabase(t *testing.T) (*pgxpool.Pool, string) {
+	t.Helper()
+	ctx := context.Background()
+	name := testenv.Name(t)
+	admin, err := pgx.Connect(ctx, testenv.PostgresURL())
+	if err != nil {
+		t.Fatalf("PostgreSQL at %s: %v", testenv.PostgresURL(), err)
+	}
+	defer func() { _ = admin.Close(ctx) }()
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(ctx, testenv.PostgresURL())
+		if err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+			return
+		}
+		defer func() { _ = c.Close(ctx) }()
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+		}
+	})
+	cfg, err := pgxpool.ParseConfig(testenv.PostgresURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.Database = name
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+name); err != nil {
+		t.Fatal(err)
+	}
+	return pool, name
 }

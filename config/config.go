@@ -289,7 +289,8 @@ type SMTP struct {
 // Observer is a named rule: which events, an optional condition, and the
 // actions to run.
 type Observer struct {
-	// Event is INSERT, UPDATE, DELETE, CUSTOM or "*" (default).
+	// Event is INSERT, UPDATE, DELETE, CUSTOM, READ (rows emitted by
+	// millrace backfill) or "*" (default: every type, READ included).
 	Event string `koanf:"event"`
 	// Entity is an entity type or "*" (default).
 	Entity string `koanf:"entity"`

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/millrace/millrace/event"
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]*$`)
@@ -162,12 +164,8 @@ func (c *Config) Validate() error {
 			add(p, "observer names may hold only letters, digits, '_' and '-'")
 		}
 		if o.Event != "*" {
-			ok := false
-			for _, t := range []string{"INSERT", "UPDATE", "DELETE", "CUSTOM"} {
-				ok = ok || strings.EqualFold(o.Event, t)
-			}
-			if !ok {
-				add(p+".event", "%q is not one of INSERT, UPDATE, DELETE, CUSTOM, *", o.Event)
+			if !event.Type(strings.ToUpper(o.Event)).Valid() {
+				add(p+".event", "%q is not one of %s, *", o.Event, event.TypeList)
 			}
 		}
 		if o.Entity == "" {
@@ -304,8 +302,8 @@ func (c *Config) validateHTTP(add func(path, format string, args ...any)) {
 			add(p, "set exactly one of token_env and secret_env")
 		}
 		for j, et := range t.EventTypes {
-			if !slices.Contains([]string{"INSERT", "UPDATE", "DELETE", "CUSTOM"}, et) {
-				add(Index(p+".event_types", j), "%q is not one of INSERT, UPDATE, DELETE, CUSTOM", et)
+			if !event.Type(et).Valid() {
+				add(Index(p+".event_types", j), "%q is not one of %s", et, event.TypeList)
 			}
 		}
 		for j, et := range t.EntityTypes {

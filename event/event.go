@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Type is the kind of change: INSERT, UPDATE, DELETE or CUSTOM.
+// Type is the kind of change: INSERT, UPDATE, DELETE, READ or CUSTOM.
 type Type string
 
 // The event types. The set is closed: any other value is rejected.
@@ -20,15 +20,29 @@ const (
 	Update Type = "UPDATE"
 	Delete Type = "DELETE"
 	Custom Type = "CUSTOM"
+	// Read is a row that existed already, emitted by a backfill: its
+	// image as it was read, not a change. Observers that filter on event
+	// type see it only when they ask for READ (or "*").
+	Read Type = "READ"
 )
 
 // Types lists every valid Type, in a stable order.
-var Types = []Type{Insert, Update, Delete, Custom}
+var Types = []Type{Insert, Update, Delete, Custom, Read}
 
-// Valid reports whether t is one of the four event types.
+// TypeList is Types as "INSERT, UPDATE, DELETE, CUSTOM, READ", for
+// messages.
+var TypeList = func() string {
+	s := make([]string, len(Types))
+	for i, t := range Types {
+		s[i] = string(t)
+	}
+	return strings.Join(s, ", ")
+}()
+
+// Valid reports whether t is one of the event types.
 func (t Type) Valid() bool {
 	switch t {
-	case Insert, Update, Delete, Custom:
+	case Insert, Update, Delete, Custom, Read:
 		return true
 	}
 	return false
@@ -44,7 +58,7 @@ type Change struct {
 type Event struct {
 	// ID is the UUID of the change; it is the message UUID and the dedup key.
 	ID string `json:"id"`
-	// Type is INSERT, UPDATE, DELETE or CUSTOM.
+	// Type is INSERT, UPDATE, DELETE, READ or CUSTOM.
 	Type Type `json:"event_type"`
 	// Entity is the entity type, e.g. "Order".
 	Entity string `json:"entity_type"`
@@ -105,9 +119,9 @@ func (e *Event) Validate() error {
 	}
 	if !e.Type.Valid() {
 		if e.Type == "" {
-			bad("event_type", "is required (one of INSERT, UPDATE, DELETE, CUSTOM)")
+			bad("event_type", "is required (one of %s)", TypeList)
 		} else {
-			bad("event_type", "unknown type %q (one of INSERT, UPDATE, DELETE, CUSTOM)", clip(string(e.Type)))
+			bad("event_type", "unknown type %q (one of %s)", clip(string(e.Type)), TypeList)
 		}
 	}
 	if e.Entity == "" {

@@ -15,7 +15,7 @@ import (
 // condition and its built actions.
 type Observer struct {
 	Name      string
-	Event     string // INSERT, UPDATE, DELETE, CUSTOM or "*"
+	Event     string // INSERT, UPDATE, DELETE, CUSTOM, READ or "*"
 	Entity    string // an entity type or "*"
 	Condition *Condition
 	Actions   []*Bound

@@ -65,6 +65,9 @@ func DropReplication(t testing.TB, slot, publication string) {
 		}
 		break
 	}
+	if publication == "" {
+		return
+	}
 	if _, err := conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{publication}.Sanitize()); err != nil {
 		t.Errorf("testenv: cannot drop publication %s: %v", publication, err)
 	}

@@ -278,7 +278,7 @@ func (sub *subscription) connect(ctx context.Context) (*pgconn.PgConn, error) {
 		params[k] = v
 	}
 	params["replication"] = "database"
-	params["application_name"] = "millrace wal " + sub.cfg.Source
+	params["application_name"] = "millrace capture wal " + sub.cfg.Source
 	// The text values are parsed (timestamps) as DateStyle ISO writes them.
 	params["DateStyle"] = "ISO"
 	params["IntervalStyle"] = "postgres"

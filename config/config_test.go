@@ -207,11 +207,31 @@ func TestValidate(t *testing.T) {
 		{"source batch", func(c *config.Config) { s := src("a"); s.BatchSize = 0; c.Sources = []config.Source{s} }, "sources[0].batch_size"},
 		{"source poll", func(c *config.Config) { s := src("a"); s.PollInterval = 0; c.Sources = []config.Source{s} }, "sources[0].poll_interval"},
 		{"source capture", func(c *config.Config) { s := src("a"); s.Capture = "cdc"; c.Sources = []config.Source{s} }, "sources[0].capture"},
-		{"source wal with fraiseql", func(c *config.Config) { s := src("a"); s.Capture, s.Mode = "wal", "fraiseql"; c.Sources = []config.Source{s} }, "sources[0].capture"},
-		{"source slot", func(c *config.Config) { s := src("a"); s.Capture, s.Slot = "wal", "Bad-Slot"; c.Sources = []config.Source{s} }, "sources[0].slot"},
-		{"source publication", func(c *config.Config) { s := src("a"); s.Capture, s.Publication = "wal", "p;x"; c.Sources = []config.Source{s} }, "sources[0].publication"},
-		{"source max retained wal", func(c *config.Config) { s := src("a"); s.Capture, s.MaxRetainedWAL = "wal", "1 parsec"; c.Sources = []config.Source{s} }, "sources[0].max_retained_wal"},
-		{"source replica identity", func(c *config.Config) { s := src("a"); s.Capture, s.ReplicaIdentity = "wal", "nothing"; c.Sources = []config.Source{s} }, "sources[0].replica_identity"},
+		{"source wal with fraiseql", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.Mode = "wal", "fraiseql"
+			c.Sources = []config.Source{s}
+		}, "sources[0].capture"},
+		{"source slot", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.Slot = "wal", "Bad-Slot"
+			c.Sources = []config.Source{s}
+		}, "sources[0].slot"},
+		{"source publication", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.Publication = "wal", "p;x"
+			c.Sources = []config.Source{s}
+		}, "sources[0].publication"},
+		{"source max retained wal", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.MaxRetainedWAL = "wal", "1 parsec"
+			c.Sources = []config.Source{s}
+		}, "sources[0].max_retained_wal"},
+		{"source replica identity", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.ReplicaIdentity = "wal", "nothing"
+			c.Sources = []config.Source{s}
+		}, "sources[0].replica_identity"},
 		{"database url", func(c *config.Config) { c.Databases = map[string]config.Database{"main": {}} }, "databases.main"},
 		{"smtp tls", func(c *config.Config) { c.SMTP.Host = "mail"; c.SMTP.From = "a@b"; c.SMTP.TLS = "ssl" }, "smtp.tls"},
 		{"smtp port", func(c *config.Config) { c.SMTP.Host = "mail"; c.SMTP.From = "a@b"; c.SMTP.Port = 0 }, "smtp.port"},

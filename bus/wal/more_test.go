@@ -203,8 +203,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestRetainedWALGaugeAndWarning checks the gauge of the WAL the slot
 // retains and the warning past max_retained_wal.
@@ -267,7 +271,9 @@ func TestBadInput(t *testing.T) {
 		slot, pub := testenv.ReplicationNames(t)
 		role := "r_" + schema
 		run(t, pool, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN NOREPLICATION")
-		t.Cleanup(func() { run(t, pool, "DROP OWNED BY "+pgx.Identifier{role}.Sanitize()+"; DROP ROLE "+pgx.Identifier{role}.Sanitize()) })
+		t.Cleanup(func() {
+			run(t, pool, "DROP OWNED BY "+pgx.Identifier{role}.Sanitize()+"; DROP ROLE "+pgx.Identifier{role}.Sanitize())
+		})
 		run(t, pool, "CREATE TABLE orders (id int PRIMARY KEY)")
 		run(t, pool, "ALTER TABLE orders OWNER TO "+pgx.Identifier{role}.Sanitize())
 		rp := rolePool(t, role, schema)
@@ -282,7 +288,9 @@ func TestBadInput(t *testing.T) {
 		slot, pub := testenv.ReplicationNames(t)
 		role := "r_" + schema
 		run(t, pool, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN REPLICATION")
-		t.Cleanup(func() { run(t, pool, "DROP OWNED BY "+pgx.Identifier{role}.Sanitize()+"; DROP ROLE "+pgx.Identifier{role}.Sanitize()) })
+		t.Cleanup(func() {
+			run(t, pool, "DROP OWNED BY "+pgx.Identifier{role}.Sanitize()+"; DROP ROLE "+pgx.Identifier{role}.Sanitize())
+		})
 		run(t, pool, "GRANT USAGE, CREATE ON SCHEMA "+pgx.Identifier{schema}.Sanitize()+" TO "+pgx.Identifier{role}.Sanitize())
 		run(t, pool, "GRANT CREATE ON DATABASE test TO "+pgx.Identifier{role}.Sanitize())
 		run(t, pool, "CREATE TABLE orders (id int PRIMARY KEY)")

@@ -162,7 +162,7 @@ type Rig struct {
 	Topology string
 	// Capture is "trigger" or "wal" (sources[].capture).
 	Capture string
-	Bus      Bus
+	Bus     Bus
 	// Name is unique to the rig (testenv.Name).
 	Name string
 	// Addr is the HTTP address, 127.0.0.1:port.

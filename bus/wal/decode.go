@@ -14,19 +14,15 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/bus/backfill"
 	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
 )
 
 // BackfillPrefix is the prefix of the transactional logical messages
 // (pg_logical_emit_message(true, 'millrace.backfill', content)) whose
-// rows become READ events. The content is
-// {"table": "schema.table", "observer": "<name or empty>", "rows": [...]},
-// one row_to_json object per row.
-const BackfillPrefix = "millrace.backfill"
-
-// Read is the event type of a backfilled row.
-const Read event.Type = "READ"
+// rows become READ events; the content is a backfill.Message.
+const BackfillPrefix = backfill.MessagePrefix
 
 // idNamespace derives the event ids from (source, LSN, position), so a
 // change decoded again after a crash has the id of its first delivery.
@@ -253,17 +249,10 @@ func (d *decoder) message(ev *envelope, observer string) (*message.Message, erro
 	return msg, nil
 }
 
-// backfillContent is the content of a BackfillPrefix message.
-type backfillContent struct {
-	Table    string            `json:"table"`
-	Observer string            `json:"observer"`
-	Rows     []json.RawMessage `json:"rows"`
-}
-
 // backfill builds the READ events of a BackfillPrefix message, one per
 // row, with ids from the message's LSN and the row's index.
 func (d *decoder) backfill(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) ([]*message.Message, error) {
-	var c backfillContent
+	var c backfill.Message
 	if err := json.Unmarshal(m.Content, &c); err != nil {
 		return nil, fmt.Errorf("%s message at %s: content: %w", BackfillPrefix, m.LSN, err)
 	}
@@ -296,7 +285,7 @@ func (d *decoder) backfill(ctx context.Context, m *pglogrepl.LogicalDecodingMess
 			}
 		}
 		ev := &envelope{
-			ID: d.id("read", m.LSN, i), Type: Read, Entity: entity, EntityID: strings.Join(parts, ":"),
+			ID: d.id("read", m.LSN, i), Type: event.Read, Entity: entity, EntityID: strings.Join(parts, ":"),
 			Data: row, Timestamp: ts.UTC(), Seq: seq, Source: d.cfg.Source,
 		}
 		msg, err := d.message(ev, c.Observer)

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -153,6 +155,88 @@ type Source struct {
 	// notification per statement, on top of polling. Default false: a
 	// transaction that notifies takes a global lock at commit.
 	Notify bool `koanf:"notify"`
+	// Capture is how changes are captured: trigger (default: a row
+	// trigger appends each change to the change log, which is read) or
+	// wal (logical replication: the write-ahead log is decoded with
+	// pgoutput through a replication slot; no trigger). It is a key of
+	// its own, not a value of mode: mode names the change log that is
+	// read, capture how the changes get out of the database.
+	Capture string `koanf:"capture"`
+	// Slot is the logical replication slot of capture = "wal". Default
+	// "millrace_<name>" (lower case, other characters as '_').
+	Slot string `koanf:"slot"`
+	// Publication is the publication of the watched tables with capture
+	// = "wal". Default "millrace_<name>", as Slot.
+	Publication string `koanf:"publication"`
+	// MaxRetainedWAL is the WAL the slot may hold back before millrace
+	// warns (log and the millrace_capture_wal_retained_bytes gauge),
+	// e.g. "1GB", "512MB". Default "1GB".
+	MaxRetainedWAL string `koanf:"max_retained_wal"`
+	// ReplicaIdentity is what watch sets on the watched tables with
+	// capture = "wal": full (default: the old row is logged in full, so
+	// UPDATE has changes and DELETE the whole before-image, as with the
+	// trigger) or keep (leave the table's setting; UPDATE then has no
+	// changes and DELETE only the key columns).
+	ReplicaIdentity string `koanf:"replica_identity"`
+}
+
+// Capture modes of a source (Source.Capture).
+const (
+	CaptureTrigger = "trigger"
+	CaptureWAL     = "wal"
+)
+
+// SlotName is s.Slot, or its default from the source's name.
+func (s Source) SlotName() string {
+	if s.Slot != "" {
+		return s.Slot
+	}
+	return "millrace_" + replicationName(s.Name)
+}
+
+// PublicationName is s.Publication, or its default from the source's name.
+func (s Source) PublicationName() string {
+	if s.Publication != "" {
+		return s.Publication
+	}
+	return "millrace_" + replicationName(s.Name)
+}
+
+// replicationName turns a source name into what slot names allow: lower
+// case letters, digits and '_'.
+func replicationName(name string) string {
+	b := []byte(strings.ToLower(name))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 54 {
+		b = b[:54]
+	}
+	return string(b)
+}
+
+// ParseSize reads a size such as "1GB", "512MB", "64kB" or "1048576"
+// (bytes); units are powers of 1024, as in PostgreSQL's settings.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 1GB, 512MB)", s)
+	}
+	n, err := strconv.ParseInt(t[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size: %w", s, err)
+	}
+	mult := map[string]int64{"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[strings.ToUpper(strings.TrimSpace(t[i:]))]
+	if mult == 0 {
+		return 0, fmt.Errorf("%q: unit must be B, kB, MB, GB or TB", s)
+	}
+	return n * mult, nil
 }
 
 // Postgres is the database of the postgres topology's stores (dedup

@@ -206,6 +206,32 @@ func TestValidate(t *testing.T) {
 		{"source url", func(c *config.Config) { s := src("a"); s.PostgresURL = ""; c.Sources = []config.Source{s} }, "sources[0]"},
 		{"source batch", func(c *config.Config) { s := src("a"); s.BatchSize = 0; c.Sources = []config.Source{s} }, "sources[0].batch_size"},
 		{"source poll", func(c *config.Config) { s := src("a"); s.PollInterval = 0; c.Sources = []config.Source{s} }, "sources[0].poll_interval"},
+		{"source capture", func(c *config.Config) { s := src("a"); s.Capture = "cdc"; c.Sources = []config.Source{s} }, "sources[0].capture"},
+		{"source wal with fraiseql", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.Mode = "wal", "fraiseql"
+			c.Sources = []config.Source{s}
+		}, "sources[0].capture"},
+		{"source slot", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.Slot = "wal", "Bad-Slot"
+			c.Sources = []config.Source{s}
+		}, "sources[0].slot"},
+		{"source publication", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.Publication = "wal", "p;x"
+			c.Sources = []config.Source{s}
+		}, "sources[0].publication"},
+		{"source max retained wal", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.MaxRetainedWAL = "wal", "1 parsec"
+			c.Sources = []config.Source{s}
+		}, "sources[0].max_retained_wal"},
+		{"source replica identity", func(c *config.Config) {
+			s := src("a")
+			s.Capture, s.ReplicaIdentity = "wal", "nothing"
+			c.Sources = []config.Source{s}
+		}, "sources[0].replica_identity"},
 		{"database url", func(c *config.Config) { c.Databases = map[string]config.Database{"main": {}} }, "databases.main"},
 		{"smtp tls", func(c *config.Config) { c.SMTP.Host = "mail"; c.SMTP.From = "a@b"; c.SMTP.TLS = "ssl" }, "smtp.tls"},
 		{"smtp port", func(c *config.Config) { c.SMTP.Host = "mail"; c.SMTP.From = "a@b"; c.SMTP.Port = 0 }, "smtp.port"},
@@ -491,5 +517,23 @@ func TestTOMLMasksHeaderCredentials(t *testing.T) {
 	}
 	if n := strings.Count(out, config.Masked); n < 3 {
 		t.Errorf("%d values masked, want at least the 3 header credentials:\n%s", n, out)
+	}
+}
+
+func TestSlotNameDefaultsFromTheSource(t *testing.T) {
+	s := src("Orders-DB")
+	if s.SlotName() != "millrace_orders_db" || s.PublicationName() != "millrace_orders_db" {
+		t.Errorf("SlotName, PublicationName = %q, %q; want millrace_orders_db", s.SlotName(), s.PublicationName())
+	}
+	s.Capture = config.CaptureWAL
+	c := config.Default()
+	c.Sources = []config.Source{s}
+	if err := c.Validate(); err != nil {
+		t.Errorf("a wal source with default names: %v", err)
+	}
+	for in, want := range map[string]int64{"1GB": 1 << 30, "512MB": 512 << 20, "64kB": 64 << 10, "100": 100} {
+		if n, err := config.ParseSize(in); err != nil || n != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, n, err, want)
+		}
 	}
 }

@@ -37,6 +37,9 @@ func (s *Source) SetDefaults() {
 	s.BatchSize = 500
 	s.Schema = "millrace"
 	s.Mode = "millrace"
+	s.Capture = CaptureTrigger
+	s.MaxRetainedWAL = "1GB"
+	s.ReplicaIdentity = "full"
 }
 
 // SetDefaults fills the defaults of an observer.

@@ -39,6 +39,10 @@ func CheckName(path, v string) error {
 // checkListName checks the name of one entry of a list ([[sources]],
 // [[http.ingest_tokens]]): present, made of name characters, and not
 // used by an earlier entry (what names the list's entries in the error).
+// replicationNameRE is what PostgreSQL allows in a replication slot's
+// name; publications follow it too, so that both need no quoting.
+var replicationNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
 func checkListName(add func(path, format string, args ...any), path, name string, seen map[string]bool, what string) {
 	switch {
 	case name == "":
@@ -140,6 +144,23 @@ func (c *Config) Validate() error {
 		oneOf(p+".mode", s.Mode, "millrace", "fraiseql")
 		if s.Mode == "fraiseql" && len(s.Tables) > 1 {
 			add(p+".tables", "mode fraiseql reads one change-log table; name at most one")
+		}
+		oneOf(p+".capture", s.Capture, CaptureTrigger, CaptureWAL)
+		if s.Capture == CaptureWAL {
+			if s.Mode == "fraiseql" {
+				add(p+".capture", "\"wal\" decodes the watched tables' changes; mode fraiseql reads a change log, use capture = \"trigger\"")
+			}
+			for _, n := range []struct{ key, v string }{{"slot", s.SlotName()}, {"publication", s.PublicationName()}} {
+				if !replicationNameRE.MatchString(n.v) {
+					add(p+"."+n.key, "%q must be lower-case letters, digits and '_', at most 63 bytes", n.v)
+				}
+			}
+			if n, err := ParseSize(s.MaxRetainedWAL); err != nil {
+				add(p+".max_retained_wal", "%v", err)
+			} else if n <= 0 {
+				add(p+".max_retained_wal", "must be greater than zero")
+			}
+			oneOf(p+".replica_identity", s.ReplicaIdentity, "full", "keep")
 		}
 	}
 	for name, d := range c.Databases {

@@ -159,6 +159,12 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("router: breaker metrics: %w", err)
 	}
 	defer r.metrics.Registry.Unregister(r.policy.Breakers)
+	for _, c := range backend.Collectors {
+		if err := r.metrics.Registry.Register(c); err != nil {
+			return fmt.Errorf("router: backend metrics: %w", err)
+		}
+		defer r.metrics.Registry.Unregister(c)
+	}
 	deps := handlers.Deps{Logger: r.logger, Config: cfg, Publish: r.publishRaw, Redis: res.Redis, Database: res.Database}
 	r.observers, err = handlers.Compile(ctx, cfg, r.opts.Actions, deps)
 	if err != nil {

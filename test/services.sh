@@ -160,7 +160,8 @@ start_postgres() {
 	fi
 	if port_open "$PG_PORT"; then
 		log postgres "already running"
-		return 0
+		pg_logical
+		return
 	fi
 	if ! command -v pg_ctlcluster >/dev/null 2>&1 ||
 		! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
@@ -196,7 +197,44 @@ start_postgres() {
 		return 1
 	fi
 	pg_setup_databases
+	pg_logical || return 1
 	log postgres "started on 127.0.0.1:$PG_PORT"
+}
+
+# pg_logical: WAL capture (sources[].capture = "wal") needs wal_level =
+# logical, and its tests, run in parallel, a replication slot and a
+# walsender each. When the server has less, it is set with ALTER SYSTEM
+# and the cluster restarted (said on stderr): wal_level only changes at
+# a restart.
+PG_MIN_SLOTS=32
+pg_logical() {
+	local url="postgresql://postgres@127.0.0.1:$PG_PORT/postgres" level slots senders
+	read -r level slots senders < <(psql -X -At -F ' ' "$url" -c \
+		"SELECT current_setting('wal_level'), current_setting('max_replication_slots'), current_setting('max_wal_senders')") || {
+		echo "postgres: cannot read wal_level on 127.0.0.1:$PG_PORT" >&2
+		return 1
+	}
+	if [[ $level == logical && $slots -ge $PG_MIN_SLOTS && $senders -ge $PG_MIN_SLOTS ]]; then
+		return 0
+	fi
+	echo "postgres: wal_level = $level, max_replication_slots = $slots, max_wal_senders = $senders;" \
+		"setting wal_level = logical and $PG_MIN_SLOTS slots and senders (ALTER SYSTEM) and restarting PostgreSQL" >&2
+	psql -X -q -v ON_ERROR_STOP=1 "$url" -c "ALTER SYSTEM SET wal_level = logical" \
+		-c "ALTER SYSTEM SET max_replication_slots = $(( slots > PG_MIN_SLOTS ? slots : PG_MIN_SLOTS ))" \
+		-c "ALTER SYSTEM SET max_wal_senders = $(( senders > PG_MIN_SLOTS ? senders : PG_MIN_SLOTS ))" || return 1
+	local cluster version name
+	cluster=$(pg_cluster)
+	if [[ -z $cluster ]]; then
+		echo "postgres: the server on port $PG_PORT is not a pg_ctlcluster cluster; restart it yourself to apply wal_level = logical" >&2
+		return 1
+	fi
+	read -r version name <<<"$cluster"
+	as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" restart
+	if ! wait_port postgres "$PG_PORT"; then
+		show_log postgres "/var/log/postgresql/postgresql-$version-$name.log"
+		return 1
+	fi
+	echo "postgres: restarted with wal_level = logical" >&2
 }
 
 # --------------------------------------------------------------------- Redis

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/bus/capture"
+	"github.com/millrace/millrace/bus/wal"
 	"github.com/millrace/millrace/config"
 )
 
@@ -26,6 +27,9 @@ type Source struct {
 	Pool *pgxpool.Pool
 	// Capture is the capture reader's config for this source.
 	Capture capture.Config
+	// WAL is the WAL capture's config when the source's capture is
+	// "wal" (nil for the trigger capture).
+	WAL *wal.Config
 	// Key and URL are where the connection URL came from and the URL,
 	// for the errors that name the database.
 	Key, URL string
@@ -37,6 +41,8 @@ type Source struct {
 type Sources struct {
 	List   []*Source
 	logger *slog.Logger
+	// WALMetrics are the WAL captures' gauges; register Collectors().
+	WALMetrics *wal.Metrics
 }
 
 // OpenSources connects to each [[sources]] database and, for a source with
@@ -46,7 +52,7 @@ func OpenSources(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	ss := &Sources{logger: logger}
+	ss := &Sources{logger: logger, WALMetrics: wal.NewMetrics()}
 	defer func() {
 		if err != nil {
 			ss.Close()
@@ -80,13 +86,24 @@ func openSource(ctx context.Context, cfg *config.Config, i int, s config.Source,
 		return nil, Unreachable("postgres", "connect", key, url, err)
 	}
 	if s.Install {
-		if err := install(ctx, pool, s); err != nil {
+		if err := Install(ctx, pool, s); err != nil {
 			pool.Close()
 			return nil, fmt.Errorf("%s (%s): %w", path, s.Name, err)
 		}
-		logger.Info("capture schema installed", "source", s.Name, "schema", s.Schema, "tables", s.Tables)
+		logger.Info("capture installed", "source", s.Name, "capture", s.Capture, "schema", s.Schema, "tables", s.Tables)
 	}
-	return &Source{Name: s.Name, Pool: pool, Capture: CaptureConfig(cfg, s), Key: key, URL: url}, nil
+	src := &Source{Name: s.Name, Pool: pool, Capture: CaptureConfig(cfg, s), Key: key, URL: url}
+	if s.Capture == config.CaptureWAL {
+		// Refuse to start half-way: a server, role, slot or publication
+		// that cannot serve the capture is an error now, naming the fix.
+		if err := wal.Check(ctx, pool, s.SlotName(), s.PublicationName()); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("%s (%s): %w", path, s.Name, err)
+		}
+		wc := WALConfig(cfg, s)
+		src.WAL = &wc
+	}
+	return src, nil
 }
 
 // Ready pings every source's database; the error names each one that
@@ -101,9 +118,13 @@ func (ss *Sources) Ready(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// install creates the capture schema of s and watches its tables, as
-// `millrace watch` does.
-func install(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
+// Install creates the capture schema of s and watches its tables, as
+// `millrace watch` does: with capture = "wal", the publication and the
+// slot instead of the triggers.
+func Install(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
+	if s.Capture == config.CaptureWAL {
+		return wal.Setup(ctx, pool, WALSetup(s, s.Tables))
+	}
 	if err := capture.Migrate(ctx, pool, s.Schema); err != nil {
 		return err
 	}
@@ -134,12 +155,37 @@ func CaptureConfig(cfg *config.Config, s config.Source) capture.Config {
 	}
 }
 
+// WALSetup is what wal.Setup creates for source s and tables.
+func WALSetup(s config.Source, tables []string) wal.SetupConfig {
+	return wal.SetupConfig{Slot: s.SlotName(), Publication: s.PublicationName(), Tables: tables,
+		ReplicaIdentityFull: s.ReplicaIdentity != "keep"}
+}
+
+// WALConfig is the WAL capture's config of source s.
+func WALConfig(cfg *config.Config, s config.Source) wal.Config {
+	maxWAL, _ := config.ParseSize(s.MaxRetainedWAL) // validated
+	return wal.Config{
+		Source:         s.Name,
+		Slot:           s.SlotName(),
+		Publication:    s.PublicationName(),
+		Entities:       s.Entities,
+		MaxInFlight:    cfg.Router.MaxInFlight,
+		MaxRetainedWAL: maxWAL,
+		DrainTimeout:   cfg.Router.ShutdownTimeout.D(),
+	}
+}
+
 // Captures returns, by source name, a reader of each source's change log
 // for group, as Backend.Captures wants them: their Subscribe
 // reads group whatever the topic it is given.
 func (ss *Sources) Captures(group string) map[string]message.Subscriber {
 	out := make(map[string]message.Subscriber, len(ss.List))
 	for _, s := range ss.List {
+		if s.WAL != nil {
+			// The slot is the consumer: group does not apply.
+			out[s.Name] = wal.NewSubscriber(s.Pool, *s.WAL, ss.WALMetrics, ss.logger.With("component", "capture"))
+			continue
+		}
 		sub := capture.NewSubscriber(s.Pool, s.Capture, ss.logger.With("component", "capture"))
 		out[s.Name] = &GroupSubscriber{Subscriber: sub, Group: group}
 	}

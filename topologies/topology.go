@@ -13,6 +13,7 @@ import (
 	"github.com/millrace/millrace/stores"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/millrace/millrace/config"
 )
@@ -43,6 +44,9 @@ type Backend struct {
 	Cache stores.ResultCache
 	// Closers run in reverse order at shutdown, after the router stopped.
 	Closers []func() error
+	// Collectors are the backend's own metrics (the WAL captures'
+	// retained WAL); the router registers them beside its own.
+	Collectors []prometheus.Collector
 }
 
 // Close runs the closers in reverse order and joins their errors.

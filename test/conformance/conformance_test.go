@@ -41,7 +41,7 @@ var scenarios = []scenario{
 // registers, one topology after another; the scenarios of a topology run
 // in parallel (go test -parallel).
 func TestConformance(t *testing.T) {
-	for _, topology := range e2e.Topologies() {
+	for _, topology := range e2e.Runs() {
 		t.Run(topology, func(t *testing.T) {
 			for _, sc := range scenarios {
 				t.Run(sc.name, func(t *testing.T) {

@@ -30,7 +30,7 @@ const (
 // flow, restarts it each time, and checks that every change was
 // delivered, counting the duplicates.
 func TestCrash(t *testing.T) {
-	for _, topology := range e2e.Topologies() {
+	for _, topology := range e2e.Runs() {
 		t.Run(topology, func(t *testing.T) {
 			t.Parallel()
 			crash(t, topology)

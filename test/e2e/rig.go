@@ -59,6 +59,24 @@ var buses = map[string]Bus{
 // sorted.
 func Topologies() []string { return cli.Defaults().Topologies.Names() }
 
+// WALRun is the suffix of a run that captures with logical replication
+// (sources[].capture = "wal") instead of triggers: "nats+wal".
+const WALRun = "+wal"
+
+// Runs are what the end-to-end suites run: every topology, then nats and
+// redis again with WAL capture. NewRig, BusOf and ExampleCaptures take
+// either form.
+func Runs() []string { return append(Topologies(), "nats"+WALRun, "redis"+WALRun) }
+
+// SplitRun returns the topology of a run and its capture, "trigger" or
+// "wal".
+func SplitRun(run string) (topology, capture string) {
+	if t, ok := strings.CutSuffix(run, WALRun); ok {
+		return t, "wal"
+	}
+	return run, "trigger"
+}
+
 // Observer is one observer of a test config.
 type Observer struct {
 	// Event and Entity default to "*" and "Order".
@@ -142,7 +160,9 @@ type Options struct {
 type Rig struct {
 	T        *testing.T
 	Topology string
-	Bus      Bus
+	// Capture is "trigger" or "wal" (sources[].capture).
+	Capture string
+	Bus     Bus
 	// Name is unique to the rig (testenv.Name).
 	Name string
 	// Addr is the HTTP address, 127.0.0.1:port.
@@ -203,8 +223,9 @@ type Source struct {
 // topologies/<topology>.toml, points it at the test's services and
 // writes the config with opts.Observers in place of the example's. It
 // does not start the process (Start does).
-func NewRig(t *testing.T, topology string, opts Options) *Rig {
+func NewRig(t *testing.T, run string, opts Options) *Rig {
 	t.Helper()
+	topology, capture := SplitRun(run)
 	bus, ok := buses[topology]
 	if !ok {
 		t.Fatalf("e2e: millrace registers topology %q, which test/e2e does not know how to run: add it to buses in test/e2e/rig.go", topology)
@@ -218,7 +239,7 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 	if err != nil {
 		t.Fatalf("e2e: %s: %v", example, err)
 	}
-	r := &Rig{T: t, Topology: topology, Bus: bus, Name: testenv.Name(t)}
+	r := &Rig{T: t, Topology: topology, Capture: capture, Bus: bus, Name: testenv.Name(t)}
 	r.Addr = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
 	var token [16]byte
 	_, _ = rand.Read(token[:])
@@ -276,6 +297,13 @@ func NewRig(t *testing.T, topology string, opts Options) *Rig {
 		src["entities"] = map[string]any{table: "Order"}
 		src["schema"] = schema
 		src["install"] = true
+		if capture == "wal" {
+			// The slot and publication outlive the process: drop them
+			// after it stopped (this cleanup runs after Start's).
+			slot, pub := "s_"+schema, "p_"+schema
+			t.Cleanup(func() { testenv.DropReplication(t, slot, pub) })
+			src["capture"], src["slot"], src["publication"] = "wal", slot, pub
+		}
 		env = append(env, urlEnv+"="+so.URL)
 	}
 	if topology == "postgres" {
@@ -517,8 +545,9 @@ func (r *Rig) SourceOf(id int) string {
 
 // ExampleCaptures reports whether topology's example config captures
 // changes from PostgreSQL (it has [[sources]]).
-func ExampleCaptures(t testing.TB, topology string) bool {
+func ExampleCaptures(t testing.TB, run string) bool {
 	t.Helper()
+	topology, _ := SplitRun(run)
 	raw, err := os.ReadFile(filepath.Join(ModuleRoot(), "topologies", topology+".toml"))
 	if err != nil {
 		t.Fatalf("e2e: topology %q is registered but its example config cannot be read: %v", topology, err)
@@ -533,7 +562,8 @@ func ExampleCaptures(t testing.TB, topology string) bool {
 
 // BusOf returns topology's bus; false when test/e2e does not know the
 // topology.
-func BusOf(topology string) (Bus, bool) {
+func BusOf(run string) (Bus, bool) {
+	topology, _ := SplitRun(run)
 	b, ok := buses[topology]
 	return b, ok
 }

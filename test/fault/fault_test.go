@@ -119,7 +119,7 @@ func (d durableRedis) start()      { d.Start() }
 // where Redis is the bus (redis), it restarts with its append-only file
 // and the bus picks up where it was. Nothing is lost either way.
 func TestRedisDown(t *testing.T) {
-	for _, topology := range e2e.Topologies() {
+	for _, topology := range e2e.Runs() {
 		t.Run(topology, func(t *testing.T) {
 			t.Parallel()
 			bus, _ := e2e.BusOf(topology)
@@ -167,7 +167,7 @@ func TestRedisDown(t *testing.T) {
 // while changes flow, on the topologies whose bus is a NATS server:
 // millrace reconnects and nothing is lost.
 func TestNATSRestart(t *testing.T) {
-	for _, topology := range e2e.Topologies() {
+	for _, topology := range e2e.Runs() {
 		if bus, _ := e2e.BusOf(topology); bus != e2e.BusJetStream {
 			continue // no NATS server outside the process
 		}
@@ -348,7 +348,7 @@ func (c *checkpoints) stop() []string {
 // timeout does not starve the other observers of the same events: their
 // latency stays low.
 func TestSlowWebhook(t *testing.T) {
-	for _, topology := range e2e.Topologies() {
+	for _, topology := range e2e.Runs() {
 		t.Run(topology, func(t *testing.T) {
 			t.Parallel()
 			slow, fast := e2e.NewReceiver(t), e2e.NewReceiver(t)

@@ -122,6 +122,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		}
 		b.Closers = append(b.Closers, srcs.Close)
 		b.Captures = srcs.Captures(topologies.BridgeGroup)
+		b.Collectors = append(b.Collectors, srcs.WALMetrics.Collectors()...)
 		for _, c := range b.Captures {
 			b.Closers = append(b.Closers, c.Close)
 		}

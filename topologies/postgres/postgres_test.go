@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -160,5 +161,20 @@ func TestIngestOnlyOnPostgresURL(t *testing.T) {
 	}
 	if got := receive(t, ch, 1); len(got["http"]) != 1 || got["http"][0].ID != in.UUID {
 		t.Errorf("got %v, want the ingested %s", got, in.UUID)
+	}
+}
+
+// TestRefusesWALCapture: the postgres topology's bus is the change log,
+// which only the trigger capture fills.
+func TestRefusesWALCapture(t *testing.T) {
+	cfg := config.Default()
+	cfg.Topology = "postgres"
+	s := config.Source{Name: "a", PostgresURL: "postgres://x"}
+	s.SetDefaults()
+	s.Capture = config.CaptureWAL
+	cfg.Sources = []config.Source{s}
+	err := postgres.Validate(cfg)
+	if err == nil || !strings.Contains(err.Error(), "sources[0].capture") {
+		t.Fatalf("Validate = %v; want an error at sources[0].capture", err)
 	}
 }

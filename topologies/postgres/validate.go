@@ -28,6 +28,12 @@ func Validate(cfg *config.Config) error {
 	if len(cfg.Sources) == 0 && p.URL == "" && p.URLEnv == "" {
 		errs = append(errs, config.Errorf("postgres", "the postgres topology needs a [[sources]] entry or postgres.url / postgres.url_env"))
 	}
+	for i, s := range cfg.Sources {
+		if s.Capture == config.CaptureWAL {
+			errs = append(errs, config.Errorf(config.Index("sources", i)+".capture",
+				"\"wal\" is not available on the postgres topology, whose change log is the bus: use capture = \"trigger\", or the nats or redis topology to read the write-ahead log"))
+		}
+	}
 	errs = append(errs, config.CheckName("postgres.group", p.Group), config.CheckSchema("postgres.schema", p.Schema))
 	return errors.Join(errs...)
 }

@@ -162,6 +162,9 @@ func captureMode(s config.Source) (string, error) {
 	if s.Mode == capture.ModeFraiseQL {
 		return "", errors.New("mode fraiseql reads FraiseQL's change log, which millrace does not write to: backfill needs millrace's capture")
 	}
+	if s.Capture == config.CaptureWAL {
+		return backfill.ModeWAL, nil
+	}
 	return backfill.ModeTrigger, nil
 }
 

@@ -12,7 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/millrace/millrace/bus/capture"
+	"github.com/millrace/millrace/bus/wal"
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
 )
 
 // captureFlags are the flags of migrate, watch and unwatch.
@@ -90,6 +92,13 @@ func migrateCmd(o Options, stdout io.Writer) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return f.eachSource(cmd.Context(), o, func(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
+				if s.Capture == config.CaptureWAL {
+					if err := wal.Setup(ctx, pool, topologies.WALSetup(s, s.Tables)); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "%s: publication %s and slot %s are up to date\n", s.Name, s.PublicationName(), s.SlotName())
+					return nil
+				}
 				if err := capture.Migrate(ctx, pool, s.Schema); err != nil {
 					return err
 				}
@@ -106,11 +115,15 @@ func watchCmd(o Options, stdout io.Writer) *cobra.Command {
 	var f captureFlags
 	cmd := &cobra.Command{
 		Use:   "watch -c FILE [--source NAME] [TABLE...]",
-		Short: "Install the capture triggers on tables (default: each source's tables); idempotent",
+		Short: "Install the capture triggers on tables, or publish them for capture = \"wal\" (default: each source's tables); idempotent",
 		Long: `watch migrates the source's capture schema, then installs the capture
 triggers on each table ("schema.table"), with the entity types of the
 source's entities map. It also turns the LISTEN/NOTIFY wake-ups on or off
-as the source's notify key says. Running it again updates the triggers.`,
+as the source's notify key says. Running it again updates the triggers.
+
+With capture = "wal" it adds the tables to the source's publication
+(created if missing), sets REPLICA IDENTITY FULL unless replica_identity =
+"keep", and creates the replication slot (pgoutput).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.eachSource(cmd.Context(), o, func(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
 				if s.Mode == capture.ModeFraiseQL {
@@ -123,6 +136,13 @@ as the source's notify key says. Running it again updates the triggers.`,
 				tables := args
 				if len(tables) == 0 {
 					tables = s.Tables
+				}
+				if s.Capture == config.CaptureWAL {
+					if err := wal.Setup(ctx, pool, topologies.WALSetup(s, tables)); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "%s: publishing %s (publication %s, slot %s)\n", s.Name, strings.Join(tables, ", "), s.PublicationName(), s.SlotName())
+					return nil
 				}
 				if err := capture.Watch(ctx, pool, s.Schema, tables, s.Entities); err != nil {
 					return err
@@ -151,12 +171,19 @@ func unwatchCmd(o Options, stdout io.Writer) *cobra.Command {
 	var f captureFlags
 	cmd := &cobra.Command{
 		Use:   "unwatch -c FILE [--source NAME] [TABLE...]",
-		Short: "Remove the capture triggers from tables (default: each source's tables); idempotent",
+		Short: "Remove the capture triggers from tables, or unpublish them for capture = \"wal\" (then drop the slot and publication once empty); idempotent",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.eachSource(cmd.Context(), o, func(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
 				tables := args
 				if len(tables) == 0 {
 					tables = s.Tables
+				}
+				if s.Capture == config.CaptureWAL {
+					if err := wal.Unpublish(ctx, pool, s.SlotName(), s.PublicationName(), tables); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "%s: no longer publishing %s (publication and slot dropped once empty)\n", s.Name, strings.Join(tables, ", "))
+					return nil
 				}
 				if s.Mode == capture.ModeFraiseQL || len(tables) == 0 {
 					fmt.Fprintf(stdout, "%s: nothing to unwatch\n", s.Name)

@@ -1,0 +1,311 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+
+	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/bus/backfill"
+	"github.com/millrace/millrace/bus/capture"
+	"github.com/millrace/millrace/event"
+)
+
+// BackfillPrefix is the prefix of the transactional logical messages
+// (pg_logical_emit_message(true, 'millrace.backfill', content)) whose
+// rows become READ events; the content is a backfill.Message.
+const BackfillPrefix = backfill.MessagePrefix
+
+// idNamespace derives the event ids from (source, LSN, position), so a
+// change decoded again after a crash has the id of its first delivery.
+var idNamespace = uuid.MustParse("0f6a53b8-58a4-4d7e-8c55-2c3c8f4a6d11")
+
+// envelope is event.Event as it is encoded, with data and changes kept as
+// raw JSON (as bus/capture builds it).
+type envelope struct {
+	ID        string          `json:"id"`
+	Type      event.Type      `json:"event_type"`
+	Entity    string          `json:"entity_type"`
+	EntityID  string          `json:"entity_id"`
+	Data      json.RawMessage `json:"data"`
+	Changes   json.RawMessage `json:"changes,omitempty"`
+	Timestamp time.Time       `json:"timestamp"`
+	Seq       int64           `json:"seq,omitempty"`
+	Source    string          `json:"source,omitempty"`
+}
+
+// relation is a published table as the stream last described it.
+type relation struct {
+	table  string // "schema.table"
+	entity string
+	cols   []*pglogrepl.RelationMessageColumn
+	key    []int // the primary-key columns, by index in cols
+}
+
+// keyLookup finds a table's primary-key columns ("schema.table").
+type keyLookup func(ctx context.Context, table string) ([]string, error)
+
+// decoder turns pgoutput messages into bus messages. It is used by one
+// goroutine.
+type decoder struct {
+	cfg  *Config
+	keys keyLookup
+	rels map[uint32]*relation
+
+	// The transaction being decoded.
+	commitLSN  pglogrepl.LSN
+	commitTime time.Time
+	index      int // changes of the transaction so far
+}
+
+func newDecoder(cfg *Config, keys keyLookup) *decoder {
+	return &decoder{cfg: cfg, keys: keys, rels: map[uint32]*relation{}}
+}
+
+// entity is the entity type of table, from the entities map as Watch
+// reads it: the name as configured or as schema.table, else the table
+// name without its schema.
+func (d *decoder) entity(table string) string {
+	if e := d.cfg.Entities[table]; e != "" {
+		return e
+	}
+	if i := strings.IndexByte(table, '.'); i >= 0 {
+		if e := d.cfg.Entities[table[i+1:]]; e != "" {
+			return e
+		}
+		return table[i+1:]
+	}
+	return table
+}
+
+// relation updates the cache from a Relation message: the stream sends
+// one before the first change of a table and again after its shape
+// changed (an added column), so the cache follows ALTER TABLE.
+func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	r := &relation{table: m.Namespace + "." + m.RelationName, cols: m.Columns}
+	r.entity = d.entity(r.table)
+	// With REPLICA IDENTITY FULL every column is flagged as key: the
+	// primary key comes from the catalog.
+	names, err := d.keys(ctx, r.table)
+	switch {
+	case errors.Is(err, errNoTable):
+		// Dropped since: its changes are still decoded, without a key.
+		names = nil
+	case err != nil:
+		return fmt.Errorf("relation %s: primary key: %w", r.table, err)
+	}
+	for _, n := range names {
+		for i, c := range r.cols {
+			if c.Name == n {
+				r.key = append(r.key, i)
+			}
+		}
+	}
+	d.rels[m.RelationID] = r
+	return nil
+}
+
+func (d *decoder) begin(m *pglogrepl.BeginMessage) {
+	d.commitLSN, d.commitTime, d.index = m.FinalLSN, m.CommitTime, 0
+}
+
+// field is one column of an image: its name and JSON value.
+type field struct {
+	name  string
+	value []byte
+}
+
+// image converts a tuple; unchanged TOAST values ('u') are taken from old
+// when it has them (REPLICA IDENTITY FULL), and left out otherwise.
+func image(r *relation, t *pglogrepl.TupleData, old []field) []field {
+	if t == nil {
+		return nil
+	}
+	out := make([]field, 0, len(t.Columns))
+	for i, c := range t.Columns {
+		if i >= len(r.cols) {
+			break
+		}
+		col := r.cols[i]
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			out = append(out, field{col.Name, []byte("null")})
+		case pglogrepl.TupleDataTypeText:
+			out = append(out, field{col.Name, appendValue(nil, col.DataType, c.Data)})
+		case pglogrepl.TupleDataTypeToast:
+			if i < len(old) && old[i].name == col.Name && old[i].value != nil {
+				out = append(out, old[i])
+			}
+		}
+	}
+	return out
+}
+
+// indexed returns fields by column position (nil where a column is
+// missing), for image's TOAST lookup.
+func indexed(r *relation, fs []field) []field {
+	out := make([]field, len(r.cols))
+	j := 0
+	for i, c := range r.cols {
+		if j < len(fs) && fs[j].name == c.Name {
+			out[i] = fs[j]
+			j++
+		}
+	}
+	return out
+}
+
+func object(fs []field) json.RawMessage {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, f := range fs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(f.name)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(f.value)
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// entityID joins the primary-key values as `img ->> column` gives them
+// (strings unquoted, other JSON as written), with ':' between columns.
+func entityID(r *relation, fs []field) string {
+	var parts []string
+	for _, k := range r.key {
+		name := r.cols[k].Name
+		for _, f := range fs {
+			if f.name != name {
+				continue
+			}
+			var s string
+			if len(f.value) > 0 && f.value[0] == '"' && json.Unmarshal(f.value, &s) == nil {
+				parts = append(parts, s)
+			} else if string(f.value) != "null" {
+				parts = append(parts, string(f.value))
+			}
+		}
+	}
+	return strings.Join(parts, ":")
+}
+
+// id is the event id of the change at index in the transaction that
+// commits at lsn.
+func (d *decoder) id(kind string, lsn pglogrepl.LSN, index int) string {
+	return uuid.NewSHA1(idNamespace, fmt.Appendf(nil, "%s\x00%s\x00%d\x00%d", d.cfg.Source, kind, uint64(lsn), index)).String()
+}
+
+// change builds the message of an INSERT, UPDATE or DELETE.
+func (d *decoder) change(typ event.Type, relID uint32, oldType uint8, oldT, newT *pglogrepl.TupleData) (*message.Message, error) {
+	r, ok := d.rels[relID]
+	if !ok {
+		return nil, fmt.Errorf("%s of relation %d before its Relation message", typ, relID)
+	}
+	index := d.index
+	d.index++
+	old := image(r, oldT, nil)
+	ev := &envelope{
+		ID: d.id("change", d.commitLSN, index), Type: typ, Entity: r.entity,
+		Timestamp: d.commitTime.UTC(), Seq: int64(d.commitLSN), Source: d.cfg.Source,
+	}
+	switch typ {
+	case event.Delete:
+		ev.Data, ev.EntityID = object(old), entityID(r, old)
+	default:
+		after := image(r, newT, indexed(r, old))
+		ev.Data, ev.EntityID = object(after), entityID(r, after)
+		if typ == event.Update && oldType == 'O' {
+			ch, err := capture.Diff(object(old), ev.Data)
+			if err != nil {
+				return nil, fmt.Errorf("changes of %s: %w", r.table, err)
+			}
+			ev.Changes = ch
+		}
+	}
+	return d.message(ev, "")
+}
+
+func (d *decoder) message(ev *envelope, observer string) (*message.Message, error) {
+	payload, err := json.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	msg := message.NewMessage(ev.ID, payload)
+	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.Type)
+	if observer != "" {
+		msg.Metadata.Set(bus.ObserverMetadata, observer)
+	}
+	return msg, nil
+}
+
+// backfill builds the READ events of a BackfillPrefix message, one per
+// row, with ids from the message's LSN and the row's index.
+func (d *decoder) backfill(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) ([]*message.Message, error) {
+	var c backfill.Message
+	if err := json.Unmarshal(m.Content, &c); err != nil {
+		return nil, fmt.Errorf("%s message at %s: content: %w", BackfillPrefix, m.LSN, err)
+	}
+	if c.Table == "" {
+		return nil, fmt.Errorf("%s message at %s: table is required", BackfillPrefix, m.LSN)
+	}
+	key, err := d.keys(ctx, c.Table)
+	if err != nil {
+		return nil, fmt.Errorf("%s message at %s: table %s: %w", BackfillPrefix, m.LSN, c.Table, err)
+	}
+	entity := d.entity(c.Table)
+	seq, ts := int64(d.commitLSN), d.commitTime
+	if !m.Transactional || d.commitLSN == 0 {
+		seq, ts = int64(m.LSN), time.Now()
+	}
+	out := make([]*message.Message, 0, len(c.Rows))
+	for i, row := range c.Rows {
+		var cols map[string]json.RawMessage
+		if err := json.Unmarshal(row, &cols); err != nil {
+			return nil, fmt.Errorf("%s message at %s: row %d is not an object: %w", BackfillPrefix, m.LSN, i, err)
+		}
+		var parts []string
+		for _, k := range key {
+			v := cols[k]
+			var s string
+			if len(v) > 0 && v[0] == '"' && json.Unmarshal(v, &s) == nil {
+				parts = append(parts, s)
+			} else if len(v) > 0 && string(v) != "null" {
+				parts = append(parts, string(v))
+			}
+		}
+		ev := &envelope{
+			ID: d.id("read", m.LSN, i), Type: event.Read, Entity: entity, EntityID: strings.Join(parts, ":"),
+			Data: row, Timestamp: ts.UTC(), Seq: seq, Source: d.cfg.Source,
+		}
+		msg, err := d.message(ev, c.Observer)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, msg)
+	}
+	return out, nil
+}
+
+// undecodable is the message of something that could not be decoded: the
+// router's decoder dead-letters it with the reason, so that it leaves a
+// trace instead of being dropped here or stopping the capture.
+func (d *decoder) undecodable(kind string, lsn pglogrepl.LSN, index int, err error) *message.Message {
+	id := d.id(kind, lsn, index)
+	body, _ := json.Marshal(map[string]any{"id": id, "error": err.Error(), "lsn": lsn.String(), "source": d.cfg.Source})
+	msg := message.NewMessage(id, body)
+	msg.Metadata.Set(bus.KeyMetadata, event.KeyOf(d.cfg.Source, "", ""))
+	return msg
+}
+
+var errNoTable = errors.New("no such table")

@@ -13,6 +13,7 @@ import (
 
 	bus "github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/publish"
@@ -328,7 +329,7 @@ func TestCheckConfig(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			c.action["type"] = "publish"
 			c.cfg.Observers = map[string]config.Observer{"o": {Actions: []config.Action{c.action}}}
-			err := handlers.Check(c.cfg, reg, c.features)
+			err := engine.Check(c.cfg, reg, c.features)
 			switch {
 			case c.want == "" && err != nil:
 				t.Errorf("Check = %v; want valid", err)

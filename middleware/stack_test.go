@@ -15,9 +15,9 @@ import (
 	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/stores"
-	"github.com/millrace/millrace/test/testenv"
 )
 
 func layerNames(ls []middleware.Layer) []string {

@@ -23,7 +23,7 @@ import (
 // multidb): subjects for every topic, partitions (nats.partitions), dead
 // letters in a stream.
 func JetStreamFeatures() config.Features {
-	return config.Features{Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true}
+	return config.Features{Topics: true, Partitions: true, DurableDeadLetters: true}
 }
 
 // connectTimeout bounds the first connection to NATS.

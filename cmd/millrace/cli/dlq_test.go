@@ -149,6 +149,12 @@ func (h *hookServer) counts(path string) (failed, delivered int) {
 // its data in dataDir, until the returned stop is called.
 func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
 	t.Helper()
+	return startMillraceOn(t, cfgText, embedded.Topology())
+}
+
+// startMillraceOn is startMillrace with top registered as the topology.
+func startMillraceOn(t *testing.T, cfgText string, top topologies.Topology) (addr string, stop func()) {
+	t.Helper()
 	cfg, err := config.Parse([]byte(cfgText), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +164,7 @@ func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
 		t.Fatal(err)
 	}
 	topo := topologies.NewRegistry()
-	if err := embedded.Register(topo); err != nil {
+	if err := topo.Register(top); err != nil {
 		t.Fatal(err)
 	}
 	return routertest.Start(t, cfg, router.Options{Actions: actions, Topologies: topo})
@@ -312,4 +318,45 @@ func writeTemp(t *testing.T, b []byte) string {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// TestDLQListSaysWhenDeadLettersVanish: on a topology whose dead-letter
+// store lives in the process (no DurableDeadLetters in its features),
+// dlq list says that the entries vanish when it stops; on one whose
+// store is durable it says nothing of the kind.
+func TestDLQListSaysWhenDeadLettersVanish(t *testing.T) {
+	const token = "volatile-token"
+	t.Setenv(DefaultAdminTokenEnv, token)
+	cfgText := fmt.Sprintf(`
+[http]
+addr = "127.0.0.1:0"
+admin_token_env = %q
+[embedded]
+data_dir = %q
+[observers.o]
+actions = [{ type = "webhook", url = "http://127.0.0.1:9/hook", allow_private = true }]
+`, DefaultAdminTokenEnv, t.TempDir())
+	const note = "note: the embedded topology keeps dead letters in the process's memory: they vanish when it stops"
+
+	durable := embedded.Topology()
+	addr, stop := startMillraceOn(t, cfgText, durable)
+	code, out, stderr := runCLI(t, "dlq", "list", "--addr", addr)
+	if code != ExitOK || strings.Contains(out, "vanish") || !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list on a durable store: exit %d\n%s%s; want no note", code, out, stderr)
+	}
+	if l := listDLQ(t, addr, token); l.Volatile || l.Topology != "embedded" {
+		t.Errorf("GET /v1/dlq on a durable store = %+v; want volatile unset, topology embedded", l)
+	}
+	stop()
+
+	volatile := embedded.Topology()
+	volatile.Features.DurableDeadLetters = false
+	addr, _ = startMillraceOn(t, cfgText, volatile)
+	code, out, stderr = runCLI(t, "dlq", "list", "--addr", addr)
+	if code != ExitOK || !strings.HasPrefix(out, note+"\n") || !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list on a volatile store: exit %d\n%s%s; want it to start with %q", code, out, stderr, note)
+	}
+	if l := listDLQ(t, addr, token); !l.Volatile {
+		t.Errorf("GET /v1/dlq on a volatile store = %+v; want volatile set", l)
+	}
 }

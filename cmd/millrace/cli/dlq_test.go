@@ -145,6 +145,21 @@ func (h *hookServer) counts(path string) (failed, delivered int) {
 	return h.failed[path], h.delivered[path]
 }
 
+// adminConfig is the start of a config for startMillrace: a free port,
+// the admin API on with token (set in the variable the dlq commands
+// read), the embedded topology's data in a temp dir of the test.
+func adminConfig(t *testing.T, token string) string {
+	t.Helper()
+	t.Setenv(DefaultAdminTokenEnv, token)
+	return fmt.Sprintf(`
+[http]
+addr = "127.0.0.1:0"
+admin_token_env = %q
+[embedded]
+data_dir = %q
+`, DefaultAdminTokenEnv, t.TempDir())
+}
+
 // startMillrace runs millrace in-process on the embedded topology, with
 // its data in dataDir, until the returned stop is called.
 func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
@@ -209,14 +224,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // gone.
 func TestDeadLetterSurvivesRestartAndReplays(t *testing.T) {
 	const token = "replay-token"
-	t.Setenv(DefaultAdminTokenEnv, token)
 	hooks := newHookServer(t)
-	cfgText := fmt.Sprintf(`
-[http]
-addr = "127.0.0.1:0"
-admin_token_env = %q
-[embedded]
-data_dir = %q
+	cfgText := adminConfig(t, token) + fmt.Sprintf(`
 [router]
 shutdown_timeout = "5s"
 [observers.shipped]
@@ -226,7 +235,7 @@ actions = [{ type = "webhook", url = "%s/hook", allow_private = true, timeout = 
 [observers.audit]
 entity = "Order"
 actions = [{ type = "webhook", url = "%s/other", allow_private = true, timeout = "5s" }]
-`, DefaultAdminTokenEnv, t.TempDir(), hooks.URL, hooks.URL)
+`, hooks.URL, hooks.URL)
 
 	addr, stop := startMillrace(t, cfgText)
 	ev := &event.Event{ID: uuid.NewString(), Type: event.Update, Entity: "Order", EntityID: "7",
@@ -326,16 +335,10 @@ func writeTemp(t *testing.T, b []byte) string {
 // store is durable it says nothing of the kind.
 func TestDLQListSaysWhenDeadLettersVanish(t *testing.T) {
 	const token = "volatile-token"
-	t.Setenv(DefaultAdminTokenEnv, token)
-	cfgText := fmt.Sprintf(`
-[http]
-addr = "127.0.0.1:0"
-admin_token_env = %q
-[embedded]
-data_dir = %q
+	cfgText := adminConfig(t, token) + `
 [observers.o]
 actions = [{ type = "webhook", url = "http://127.0.0.1:9/hook", allow_private = true }]
-`, DefaultAdminTokenEnv, t.TempDir())
+`
 	const note = "note: the embedded topology keeps dead letters in the process's memory: they vanish when it stops"
 
 	durable := embedded.Topology()

@@ -57,6 +57,28 @@ func URLKey(path, key, envName string) string {
 	return Join(path, key)
 }
 
+// Prefix puts path in front of the paths of err's *Error parts that
+// are relative to it (a part without a path gets path itself), and makes
+// any other error an *Error at path: how the checks of a nested section,
+// which know only their own keys, report under the section's path.
+func Prefix(path string, err error) error {
+	var out []error
+	for _, e := range Errors(err) {
+		var ce *Error
+		if errors.As(e, &ce) {
+			if ce.Path == "" {
+				ce = &Error{Path: path, Msg: ce.Msg}
+			} else if !strings.HasPrefix(ce.Path, path) {
+				ce = &Error{Path: Join(path, ce.Path), Msg: ce.Msg}
+			}
+			out = append(out, ce)
+			continue
+		}
+		out = append(out, &Error{Path: path, Msg: e.Error()})
+	}
+	return errors.Join(out...)
+}
+
 // Errors flattens a joined error into its *Error parts (and any other
 // errors as they are), in path order.
 func Errors(err error) []error {

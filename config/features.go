@@ -16,13 +16,12 @@ type Features struct {
 	Topics bool
 	// Partitions: the bus can split the events by entity into
 	// partitions, each leased to one worker process, which keeps an
-	// entity's order across workers.
+	// entity's order across workers. On a topology without it,
+	// nats.partitions and redis.partitions are errors (Registry.Check).
 	Partitions bool
 	// DurableDeadLetters: the dead-letter store survives a restart of
 	// the process (a stream, a table), so `millrace dlq` finds entries
-	// written before it.
+	// written before it. Without it, `millrace dlq list` says that the
+	// entries vanish with the process.
 	DurableDeadLetters bool
-	// Redis: Redis is part of the topology (its bus, or its stores when
-	// [redis] is set), so the [redis] section configures it.
-	Redis bool
 }

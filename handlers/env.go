@@ -59,33 +59,6 @@ func changesView(cs map[string]event.Change) map[string]any {
 	return out
 }
 
-// condEnv is what a condition evaluates over. A struct, unlike the view
-// map, costs nothing to build: expr reads its fields by index.
-type condEnv struct {
-	ID         string         `expr:"id"`
-	EventType  string         `expr:"event_type"`
-	EntityType string         `expr:"entity_type"`
-	EntityID   string         `expr:"entity_id"`
-	Data       map[string]any `expr:"data"`
-	// Changes is the event's own map: fetch reads it without a copy.
-	Changes   map[string]event.Change `expr:"changes"`
-	UserID    string                  `expr:"user_id"`
-	TenantID  string                  `expr:"tenant_id"`
-	Timestamp time.Time               `expr:"timestamp"`
-	Seq       int64                   `expr:"seq"`
-	Source    string                  `expr:"source"`
-
-	ev *event.Event // for the field_changed functions
-}
-
-func (e *condEnv) fill(ev *event.Event) {
-	*e = condEnv{
-		ID: ev.ID, EventType: string(ev.Type), EntityType: ev.Entity, EntityID: ev.EntityID,
-		Data: ev.Data, Changes: ev.Changes, UserID: ev.UserID, TenantID: ev.TenantID,
-		Timestamp: ev.Timestamp, Seq: ev.Seq, Source: ev.Source, ev: ev,
-	}
-}
-
 // Equal reports whether two event values are equal by value: numbers
 // of any Go type compare as numbers (int64(100) equals 100.0), objects
 // and lists compare element by element with the same rule, nil equals
@@ -204,6 +177,16 @@ func intEqualsFloat(i int64, f float64) bool {
 		return false
 	}
 	return int64(f) == i
+}
+
+// Integer returns v as an int64 when it is an integer of any Go type
+// (not a float, even a whole one): a list index in a condition.
+func Integer(v any) (int64, bool) {
+	n, ok := toNumber(v)
+	if !ok || n.float {
+		return 0, false
+	}
+	return n.i, true
 }
 
 func toNumber(v any) (number, bool) {

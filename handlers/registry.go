@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -80,7 +79,7 @@ func Register[C Config](r *Registry, name string, build BuildFunc[C]) error {
 				return nil, err
 			}
 			if err := c.Validate(); err != nil {
-				return nil, prefixErrors(path, err)
+				return nil, config.Prefix(path, err)
 			}
 			return c, nil
 		},
@@ -162,23 +161,4 @@ func Hash(raw map[string]any) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
-}
-
-// prefixErrors puts path in front of relative *config.Error paths.
-func prefixErrors(path string, err error) error {
-	var out []error
-	for _, e := range config.Errors(err) {
-		var ce *config.Error
-		if errors.As(e, &ce) {
-			if ce.Path == "" {
-				ce = &config.Error{Path: path, Msg: ce.Msg}
-			} else if !strings.HasPrefix(ce.Path, path) {
-				ce = &config.Error{Path: config.Join(path, ce.Path), Msg: ce.Msg}
-			}
-			out = append(out, ce)
-			continue
-		}
-		out = append(out, &config.Error{Path: path, Msg: e.Error()})
-	}
-	return errors.Join(out...)
 }

@@ -201,7 +201,7 @@ func compare(a, b any) (int, error) {
 			return strings.Compare(x, y), nil
 		}
 	}
-	return 0, fmt.Errorf("cannot compare %s with %s", kindOf(a), kindOf(b))
+	return 0, fmt.Errorf("cannot compare %s with %s", Kind(a), Kind(b))
 }
 
 // jsonValue marshals v as compact JSON without HTML escaping; an absent
@@ -549,13 +549,15 @@ func getPath(v any, keys ...string) (any, error) {
 		case map[string]string:
 			v = m[k]
 		default:
-			return nil, fmt.Errorf("cannot read field %q of a %s", k, kindOf(v))
+			return nil, fmt.Errorf("cannot read field %q of a %s", k, Kind(v))
 		}
 	}
 	return v, nil
 }
 
-func kindOf(v any) string {
+// Kind names the kind of an event value as error messages say it:
+// object, list, string, number, boolean or absent value.
+func Kind(v any) string {
 	switch v.(type) {
 	case nil:
 		return "absent value"

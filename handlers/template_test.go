@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/samples"
 )
 
 func render(t *testing.T, src string, ev *event.Event) string {
@@ -29,7 +29,7 @@ func render(t *testing.T, src string, ev *event.Event) string {
 }
 
 func TestTemplateView(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	for src, want := range map[string]string{
 		`{{.id}}`:                          "7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
 		`{{.event_type}} {{.entity_type}}`: "UPDATE Order",
@@ -54,7 +54,7 @@ func TestTemplateView(t *testing.T) {
 }
 
 func TestTemplateMissingRendersEmpty(t *testing.T) {
-	ev := decodeEvent(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"INSERT","entity_type":"Order","data":{"a":{},"n":null,"items":[null,{"price":1}]}}`)
+	ev := samples.Event(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"INSERT","entity_type":"Order","data":{"a":{},"n":null,"items":[null,{"price":1}]}}`)
 	// Plain text/template prints "<no value>" for these; ours must not.
 	src := `[{{.data.missing}}][{{.data.a.b}}][{{.data.missing.deeper.still}}][{{.changes.status.old}}][{{.user_id}}][{{.timestamp}}][{{index .data "x"}}]`
 	std := template.Must(template.New("std").Option("missingkey=zero").Parse(src))
@@ -92,7 +92,7 @@ func TestTemplateMissingRendersEmpty(t *testing.T) {
 }
 
 func TestTemplateFunctions(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	ev.Data["q"] = `a*b?c[d]e\f`
 	ev.Data["empty"] = ""
 	ev.Data["zero"] = int64(0)
@@ -162,7 +162,7 @@ func TestTemplateCompileErrors(t *testing.T) {
 }
 
 func TestTemplateRuntimeErrors(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	for src, want := range map[string]string{
 		`{{.data.status.deeper}}`:          `cannot read field "deeper" of a string`,
 		`{{if lt .data.missing 1}}{{end}}`: "cannot compare absent value with number",
@@ -216,7 +216,7 @@ func TestJSONTemplateStaysValid(t *testing.T) {
 	}
 	for _, s := range nasty {
 		t.Run(fmt.Sprintf("%q", s), func(t *testing.T) {
-			ev := decodeEvent(t, orderUpdate)
+			ev := samples.Event(t, samples.OrderUpdate)
 			ev.Data["status"] = s
 			ev.Data["tags"] = []any{s, "b"}
 			ev.EntityID = s
@@ -260,7 +260,7 @@ func TestJSONTemplateStaysValid(t *testing.T) {
 }
 
 func TestJSONTemplateWholeValues(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	tm, err := handlers.CompileJSONTemplate("body", `{{.}}`)
 	if err != nil {
 		t.Fatal(err)
@@ -361,7 +361,7 @@ func mustJSON(t *testing.T, v any) string {
 }
 
 func BenchmarkTemplateRender(b *testing.B) {
-	ev := decodeEvent(b, orderUpdate)
+	ev := samples.Event(b, samples.OrderUpdate)
 	for _, bc := range []struct {
 		name string
 		json bool
@@ -407,13 +407,13 @@ func roundTrip(t *testing.T, s string) string {
 }
 
 func TestTemplateDocExamples(t *testing.T) {
-	ev, rows := docExamples(t, "templates.md")
+	ev, rows := samples.DocExamples(t, "templates.md")
 	for _, r := range rows {
 		if got := render(t, r[0], ev); got != r[1] {
 			t.Errorf("docs: %s renders %q; the page says %q", r[0], got, r[1])
 		}
 	}
-	b, err := os.ReadFile(filepath.Join("..", "docs", "templates.md"))
+	b, err := os.ReadFile(samples.DocPath(t, "templates.md"))
 	if err != nil {
 		t.Fatal(err)
 	}

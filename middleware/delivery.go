@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/millrace/millrace/stores"
-
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/stores"
 )
 
 // Outcomes of one observer on one event, as counted in
@@ -33,7 +32,7 @@ const (
 // message's context (DeliveryFrom).
 type Delivery struct {
 	Event    *event.Event
-	Observer *handlers.Observer
+	Observer *engine.Observer
 	// Payload is the message as it was on the bus, for a dead letter;
 	// Topic the topic it came from.
 	Payload []byte
@@ -123,7 +122,7 @@ func (f *Failure) Unwrap() error { return f.Err }
 
 // failureOf sums up the actions that gave up, if any: the first one
 // names the entry, every error is kept.
-func failureOf(o *handlers.Observer, states []ActionState) *Failure {
+func failureOf(o *engine.Observer, states []ActionState) *Failure {
 	var f Failure
 	var errs []error
 	for i, st := range states {

@@ -8,13 +8,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/millrace/millrace/stores"
-
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/stores"
 )
 
 // Delays the bus waits before redelivering a message the stack could not
@@ -117,7 +117,7 @@ type Policy struct {
 // Stack returns o's delivery as one message.HandlerFunc: the layers of
 // Plan, each a message.HandlerMiddleware, around the run of o's actions.
 // The message's context must carry the Delivery (Run does that).
-func (p *Policy) Stack(o *handlers.Observer) message.HandlerFunc {
+func (p *Policy) Stack(o *engine.Observer) message.HandlerFunc {
 	layers := Plan(p.Config, o.Config)
 	h := p.actions()
 	for i := len(layers) - 1; i >= 0; i-- {
@@ -323,7 +323,7 @@ func (p *Policy) retry(next message.HandlerFunc) message.HandlerFunc {
 func (p *Policy) actions() message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
-		exec := func(actx context.Context, ev *event.Event, b *handlers.Bound) error {
+		exec := func(actx context.Context, ev *event.Event, b *engine.Bound) error {
 			st := &d.Actions[b.Index] // each action touches only its own state
 			if st.Done || st.GaveUp {
 				return nil
@@ -338,7 +338,7 @@ func (p *Policy) actions() message.HandlerFunc {
 // execAction runs one action once, through its endpoint's circuit
 // breaker, and records the outcome in st; a success goes to the result
 // cache at once.
-func (p *Policy) execAction(ctx context.Context, d *Delivery, b *handlers.Bound, st *ActionState) error {
+func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState) error {
 	o := d.Observer
 	id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
 	start := time.Now()
@@ -370,7 +370,7 @@ func (p *Policy) execAction(ctx context.Context, d *Delivery, b *handlers.Bound,
 
 // breakerKey names an action's endpoint: its own key when it has one,
 // else the action itself.
-func breakerKey(o *handlers.Observer, b *handlers.Bound) string {
+func breakerKey(o *engine.Observer, b *engine.Bound) string {
 	if k, ok := b.Action.(BreakerKeyer); ok {
 		if key := k.BreakerKey(); key != "" {
 			return key

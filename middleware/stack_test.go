@@ -8,16 +8,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/millrace/millrace/stores"
-
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/middleware"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/stores"
 )
 
 func layerNames(ls []middleware.Layer) []string {
@@ -76,7 +76,7 @@ func (noConfig) Validate() error { return nil }
 // "flaky" fails its first call transiently, "broken" always fails
 // permanently, "ok" succeeds — and returns a Policy over a memory
 // ledger and Redis dead letters.
-func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*handlers.Observer, *stores.RedisDeadLetters, map[string]*atomic.Int32) {
+func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*engine.Observer, *stores.RedisDeadLetters, map[string]*atomic.Int32) {
 	t.Helper()
 	calls := map[string]*atomic.Int32{"flaky": {}, "broken": {}, "ok": {}}
 	reg := handlers.NewRegistry()
@@ -101,11 +101,11 @@ func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*handle
 	if err != nil {
 		t.Fatal(err)
 	}
-	obs, err := handlers.Compile(context.Background(), cfg, reg, handlers.Deps{Config: cfg})
+	obs, err := engine.Compile(context.Background(), cfg, reg, handlers.Deps{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	byName := map[string]*handlers.Observer{}
+	byName := map[string]*engine.Observer{}
 	for _, o := range obs {
 		byName[o.Name] = o
 	}
@@ -127,7 +127,7 @@ func stackRig(t *testing.T, toml string) (*middleware.Policy, map[string]*handle
 	}, byName, dlq, calls
 }
 
-func deliver(p *middleware.Policy, o *handlers.Observer, ev *event.Event) (*middleware.Delivery, error) {
+func deliver(p *middleware.Policy, o *engine.Observer, ev *event.Event) (*middleware.Delivery, error) {
 	payload, _ := event.Encode(ev)
 	msg := message.NewMessage(ev.ID, payload)
 	d := &middleware.Delivery{Event: ev, Observer: o, Payload: payload, Topic: "events",

@@ -42,6 +42,11 @@ type DeadLetterList struct {
 	Entries []stores.DeadLetter `json:"entries"`
 	// Total is the number of entries in the store, whatever the filter.
 	Total int `json:"total"`
+	// Volatile is set when the topology's dead-letter store lives in the
+	// process (its config.Features have no DurableDeadLetters): the
+	// entries vanish when the process stops. Topology names it.
+	Volatile bool   `json:"volatile,omitempty"`
+	Topology string `json:"topology"`
 }
 
 // ReplayRequest is the body of POST /v1/dlq/replay: either IDs, or All
@@ -237,7 +242,8 @@ func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 	for i := range dls {
 		dls[i].PayloadBytes, dls[i].Payload = len(dls[i].Payload), nil
 	}
-	out := DeadLetterList{Entries: dls, Total: total}
+	out := DeadLetterList{Entries: dls, Total: total, Topology: r.cfg.Topology,
+		Volatile: !r.opts.Topologies.Features(r.cfg.Topology).DurableDeadLetters}
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -19,7 +19,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )

@@ -19,8 +19,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/router"
-	"github.com/millrace/millrace/test/testenv"
 )
 
 // The ingest tokens of authRouter: "orders" may send Order INSERTs and

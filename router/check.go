@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/topologies"
 )
@@ -15,5 +16,5 @@ import (
 // returns every problem, each a *config.Error with its key path. It is
 // what `millrace validate` adds to config.Load, and New runs it too.
 func Check(cfg *config.Config, actions *handlers.Registry, topos *topologies.Registry) error {
-	return errors.Join(topos.Check(cfg), handlers.Check(cfg, actions, topos.Features(cfg.Topology)))
+	return errors.Join(topos.Check(cfg), engine.Check(cfg, actions, topos.Features(cfg.Topology)))
 }

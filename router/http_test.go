@@ -17,8 +17,8 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/routertest"
 	"github.com/millrace/millrace/router"
-	"github.com/millrace/millrace/router/routertest"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )

@@ -12,18 +12,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/millrace/millrace/stores"
-
-	"github.com/millrace/millrace/bus"
-
 	"github.com/ThreeDotsLabs/watermill"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/topologies"
 )
 
@@ -52,9 +51,9 @@ type Router struct {
 	metrics *Metrics
 
 	backend   *topologies.Backend
-	observers []*handlers.Observer
-	byName    map[string]*handlers.Observer
-	matcher   *handlers.Matcher
+	observers []*engine.Observer
+	byName    map[string]*engine.Observer
+	matcher   *engine.Matcher
 	policy    *middleware.Policy
 	stacks    map[string]message.HandlerFunc // by observer
 	wm        *message.Router
@@ -166,13 +165,13 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		defer r.metrics.Registry.Unregister(c)
 	}
 	deps := handlers.Deps{Logger: r.logger, Config: cfg, Publish: r.publishRaw, Redis: res.Redis, Database: res.Database}
-	r.observers, err = handlers.Compile(ctx, cfg, r.opts.Actions, deps)
+	r.observers, err = engine.Compile(ctx, cfg, r.opts.Actions, deps)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, handlers.CloseAll(r.observers)) }()
-	r.matcher = handlers.NewMatcher(r.observers)
-	r.byName = make(map[string]*handlers.Observer, len(r.observers))
+	defer func() { err = errors.Join(err, engine.CloseAll(r.observers)) }()
+	r.matcher = engine.NewMatcher(r.observers)
+	r.byName = make(map[string]*engine.Observer, len(r.observers))
 	r.stacks = make(map[string]message.HandlerFunc, len(r.observers))
 	for _, o := range r.observers {
 		r.byName[o.Name] = o
@@ -494,7 +493,7 @@ func (r *Router) observe(msg *message.Message) error {
 				"observer", name, "event_id", ev.ID, "uuid", msg.UUID)
 			return nil
 		}
-		obs = []*handlers.Observer{o}
+		obs = []*engine.Observer{o}
 	}
 	sum := r.handle(msg, ev, obs)
 	if !ev.Timestamp.IsZero() {
@@ -580,7 +579,7 @@ func (s Summary) LogValue() slog.Value {
 // concurrently when there are several: each has its own retries and
 // failure policy, and the event's order per entity holds for each
 // observer.
-func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*handlers.Observer) Summary {
+func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Observer) Summary {
 	sum := Summary{Matched: len(obs)}
 	topic := r.topicOf(msg.Context())
 	ds := make([]*middleware.Delivery, len(obs))

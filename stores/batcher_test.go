@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/stores"
-	"github.com/millrace/millrace/test/testenv"
 )
 
 // batchingStore is a ledger store that coalesces concurrent calls.

@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/stores"
-	"github.com/millrace/millrace/test/testenv"
 )
 
 func TestPostgresDeadLetters(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/stores"
-	"github.com/millrace/millrace/test/testenv"
 )
 
 // benchLedgerStore is one observer run's store traffic from many

@@ -11,8 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/stores"
-	"github.com/millrace/millrace/test/testenv"
 )
 
 // ledgerStore is what every ledger store implements.

@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/test/e2e"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/multidb"
 	"github.com/millrace/millrace/topologies/nats"

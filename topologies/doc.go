@@ -16,7 +16,10 @@
 // It also holds what several topologies share: OpenSources connects to
 // the [[sources]] databases (capture schema and triggers when asked) and
 // gives one change-log reader per source; NewRedisClient and
-// ConnectRedis open the [redis] section's client.
+// ConnectRedis open the [redis] section's client; BuildJetStream,
+// ValidateNATS and JetStreamFeatures are the JetStream bus with its
+// stores, for the nats and multidb topologies. A topology imports this
+// package and bus/, never another topology (topology_test.go checks it).
 //
 // The sub-packages are the five built-in topologies (embedded, postgres,
 // redis, nats, multidb); the bus components they are made of are under

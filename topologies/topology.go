@@ -172,16 +172,30 @@ func (r *Registry) Lookup(name string) (Topology, bool) {
 func (r *Registry) Features(name string) config.Features { return r.m[name].Features }
 
 // Check reports a config error when cfg's topology is not registered,
-// and otherwise every problem the topology's Validate finds.
+// and otherwise every problem the topology's Validate finds, and the
+// partitions asked of a topology whose Features have none.
 func (r *Registry) Check(cfg *config.Config) error {
 	t, ok := r.m[cfg.Topology]
 	if !ok {
 		return config.Errorf("topology", "%q is not one of %s (the topologies of this build)", cfg.Topology, strings.Join(r.Names(), ", "))
 	}
-	if t.Validate == nil {
-		return nil
+	var errs []error
+	if t.Validate != nil {
+		errs = append(errs, t.Validate(cfg))
 	}
-	return t.Validate(cfg)
+	if !t.Features.Partitions {
+		// Ignored, they would promise an order across worker processes
+		// that the topology does not keep.
+		for _, p := range []struct {
+			key string
+			n   int
+		}{{"nats.partitions", cfg.NATS.Partitions}, {"redis.partitions", cfg.Redis.Partitions}} {
+			if p.n != 0 {
+				errs = append(errs, config.Errorf(p.key, "is %d, but the %s topology has no partitions (leave it 0)", p.n, cfg.Topology))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Build checks cfg and builds its topology.

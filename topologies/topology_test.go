@@ -95,9 +95,9 @@ func TestFeatures(t *testing.T) {
 	for name, want := range map[string]config.Features{
 		"embedded": {Topics: true, DurableDeadLetters: true},
 		"postgres": {DurableDeadLetters: true},
-		"redis":    {Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
-		"nats":     {Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
-		"multidb":  {Topics: true, Partitions: true, DurableDeadLetters: true, Redis: true},
+		"redis":    {Topics: true, Partitions: true, DurableDeadLetters: true},
+		"nats":     {Topics: true, Partitions: true, DurableDeadLetters: true},
+		"multidb":  {Topics: true, Partitions: true, DurableDeadLetters: true},
 		"kafka":    {},
 	} {
 		if got := r.Features(name); got != want {
@@ -187,5 +187,50 @@ func TestValidate(t *testing.T) {
 	c.NATS.Replicas, c.Redis.Group, c.Postgres.Schema = 0, "a b", "my-schema"
 	if err := r.Check(c); err != nil {
 		t.Errorf("embedded Check of other topologies' sections = %v; want nil", err)
+	}
+}
+
+// TestPartitionsNeedTheFeature: nats.partitions and redis.partitions
+// are refused, at their key, on a topology whose Features have no
+// partitions, and accepted on one that has them.
+func TestPartitionsNeedTheFeature(t *testing.T) {
+	r := builtins(t)
+	cfg := func(topology string, nats, redis int) *config.Config {
+		c := config.Default()
+		c.Topology = topology
+		c.Postgres.URL, c.Redis.URL = "postgres://x", "redis://x"
+		c.NATS.Partitions, c.Redis.Partitions = nats, redis
+		return c
+	}
+	for _, tt := range []struct {
+		topology    string
+		nats, redis int
+		want        string
+	}{
+		{"embedded", 4, 0, "nats.partitions: is 4, but the embedded topology has no partitions (leave it 0)"},
+		{"postgres", 0, 8, "redis.partitions: is 8, but the postgres topology has no partitions (leave it 0)"},
+		{"postgres", 2, 3, "nats.partitions: is 2, but the postgres topology has no partitions (leave it 0)\n" +
+			"redis.partitions: is 3, but the postgres topology has no partitions (leave it 0)"},
+		{"embedded", 0, 0, ""},
+		{"nats", 4, 0, ""},
+		{"redis", 0, 8, ""},
+	} {
+		var got []string
+		for _, e := range config.Errors(r.Check(cfg(tt.topology, tt.nats, tt.redis))) {
+			got = append(got, e.Error())
+		}
+		if strings.Join(got, "\n") != tt.want {
+			t.Errorf("%s with nats.partitions %d, redis.partitions %d: Check() =\n%s\nwant\n%s",
+				tt.topology, tt.nats, tt.redis, strings.Join(got, "\n"), tt.want)
+		}
+	}
+	// A topology of a custom binary declares partitions like a built-in.
+	r.MustRegister(topologies.Topology{Name: "sharded", Build: noBuild, Features: config.Features{Partitions: true}})
+	r.MustRegister(topologies.Topology{Name: "single", Build: noBuild})
+	if err := r.Check(cfg("sharded", 4, 0)); err != nil {
+		t.Errorf("Check(sharded) = %v; want nil", err)
+	}
+	if err := r.Check(cfg("single", 4, 0)); err == nil || !strings.HasPrefix(err.Error(), "nats.partitions: ") {
+		t.Errorf("Check(single) = %v; want the nats.partitions error", err)
 	}
 }

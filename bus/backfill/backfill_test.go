@@ -18,7 +18,7 @@ import (
 	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/bus/backfill"
 	"github.com/millrace/millrace/bus/capture"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // setup creates the capture schema in a schema of the test's own, a

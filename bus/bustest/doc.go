@@ -4,7 +4,7 @@
 // for each.
 //
 // A bus's test calls [Run] with a [Factory] that opens its publisher and
-// subscribers on a stream of the test's own (test/testenv gives each test
+// subscribers on a stream of the test's own (internal/testenv gives each test
 // a stream or key prefix). The subtests:
 //
 //   - OrderPerKey: many keys × many messages, published at once, are

@@ -18,7 +18,7 @@ import (
 
 	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 const wait = 30 * time.Second

@@ -7,7 +7,7 @@ import (
 
 	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // fraiseqlDDL is the part of FraiseQL's core.tb_entity_change_log that

@@ -18,7 +18,7 @@ import (
 
 	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // The test binary doubles as a capture process: with childEnv set it runs

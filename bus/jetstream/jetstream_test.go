@@ -13,7 +13,7 @@ import (
 	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/bus/bustest"
 	"github.com/millrace/millrace/bus/jetstream"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // busConfig returns a config on a fresh stream of the test's own.

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/bus/partition"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // stores runs f against the lease stores on the real services.

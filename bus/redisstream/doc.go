@@ -15,7 +15,8 @@
 //     since the previous one;
 //   - a nacked message is released again, locally, after the delay the
 //     handler put in its metadata (bus.RetryDelayMetadata), before
-//     any later message of its key;
+//     any later message of its key (the lanes' Redeliver, as on the
+//     other buses), with its delivery count one higher;
 //   - entries held by this process are kept fresh (XCLAIM JUSTID) while
 //     they wait or run, and entries idle longer than ClaimIdle on another
 //     consumer (a dead worker) are taken over with XAUTOCLAIM;

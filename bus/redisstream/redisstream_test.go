@@ -19,7 +19,7 @@ import (
 
 	"github.com/millrace/millrace/bus/bustest"
 	"github.com/millrace/millrace/bus/redisstream"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // newClient returns a client of its own on the test Redis, closed when

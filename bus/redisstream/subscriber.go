@@ -257,13 +257,8 @@ type subscription struct {
 	// after stop began. rctx ends when stop begins and stops the loops.
 	lctx, rctx       context.Context
 	cancelL, cancelR context.CancelFunc
-	stopping         chan struct{}
 	out              chan *message.Message
 	acks             chan string
-	// slots bounds the local redeliveries in flight, which lanes do not
-	// count (they run while the lane of their key waits). Partitions
-	// share one with their lanes, so MaxInFlight bounds them all.
-	slots chan struct{}
 	// caughtUp is closed once the entries pending before the start were
 	// queued (read back or taken over): the claimer waits for it, so that
 	// it does not queue a later pending entry ahead of an earlier one.
@@ -288,7 +283,6 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 	if sh.ReadAhead > 0 {
 		cfg.Batch = int64(sh.ReadAhead)
 	}
-	slots := sh.Slots
 	sub := &subscription{
 		client:    s.client,
 		cfg:       cfg,
@@ -297,10 +291,8 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 		takeOver:  takeOver,
 		ownOut:    out == nil,
 		logger:    s.logger.With("stream", stream, "group", s.cfg.Group, "consumer", s.cfg.Consumer),
-		stopping:  make(chan struct{}),
 		out:       out,
 		acks:      make(chan string, 4*ackBatch),
-		slots:     slots,
 		caughtUp:  make(chan struct{}),
 		held:      map[string]struct{}{},
 		forwarded: make(chan struct{}),
@@ -310,15 +302,16 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 	if sub.ownOut {
 		sub.out = make(chan *message.Message)
 	}
-	if sub.slots == nil {
-		sub.slots = make(chan struct{}, s.cfg.MaxInFlight)
-	}
 	sub.lctx, sub.cancelL = context.WithCancel(base)
 	sub.rctx, sub.cancelR = context.WithCancel(base)
+	// A nacked message waits in its lane (held, so touched: nobody
+	// claims it meanwhile) and runs again before the later messages of
+	// its key, without an in-flight slot while it waits.
 	sub.lanes = lanes.New(sub.lctx, lanes.Options{
 		MaxInFlight: s.cfg.MaxInFlight,
 		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
-		Slots:       slots,
+		Redeliver:   redeliverDelay,
+		Slots:       sh.Slots,
 		Buffered:    sh.Buffered,
 	})
 	sub.loops.Add(3)
@@ -332,7 +325,6 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 
 func (sub *subscription) stop() {
 	sub.stopOnce.Do(func() {
-		close(sub.stopping)
 		sub.cancelR()
 		sub.lanes.Drain()
 		sub.loops.Wait()
@@ -346,15 +338,6 @@ func (sub *subscription) stop() {
 		<-sub.ackDone
 		close(sub.stopped)
 	})
-}
-
-func (sub *subscription) isStopping() bool {
-	select {
-	case <-sub.stopping:
-		return true
-	default:
-		return false
-	}
 }
 
 // read releases the entries pending before the start (this consumer's
@@ -497,7 +480,7 @@ func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 	ctx, cancel := context.WithCancel(sub.lctx)
 	msg := message.NewMessageWithContext(ctx, d.uuid, d.payload)
 	msg.Metadata = d.metadata
-	settle := func(acked bool) { sub.settle(e.ID, msg, cancel, delivery, acked) }
+	settle := func(acked bool) { sub.settle(e.ID, cancel, acked) }
 	if !sub.lanes.Push(d.key, msg, settle, nil) {
 		cancel()
 		return false
@@ -505,92 +488,39 @@ func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 	return true
 }
 
-// settle is the lanes' verdict on a message, run in its key's lane: an
-// ack is queued for XACK; a nack by the router is redelivered here, so
-// later messages of the key wait; anything else (the subscription is
-// stopping) leaves the entry pending.
-func (sub *subscription) settle(id string, msg *message.Message, cancel context.CancelFunc, delivery int, acked bool) {
+// settle is the lanes' verdict on a message, run in its key's lane once
+// a copy was acked (queued for XACK) or the subscription stops first
+// (the entry stays pending: a nacked one waiting for its redelivery too).
+func (sub *subscription) settle(id string, cancel context.CancelFunc, acked bool) {
 	cancel()
 	if acked {
 		sub.acks <- id
 		return
 	}
-	select {
-	case <-msg.Nacked():
-		sub.redeliver(id, msg, delivery)
-	default:
-		sub.forget(id)
-	}
+	sub.forget(id)
 }
 
-// redeliver releases prev again after the delay it asks for, until the
-// router acks it or the subscription stops.
-func (sub *subscription) redeliver(id string, prev *message.Message, delivery int) {
-	for {
-		if d, err := time.ParseDuration(prev.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-sub.stopping:
-				t.Stop()
-				sub.forget(id)
-				return
-			}
-		}
-		select {
-		case sub.slots <- struct{}{}:
-		case <-sub.stopping:
-			sub.forget(id)
-			return
-		}
-		ctx, cancel := context.WithCancel(sub.lctx)
-		m := message.NewMessageWithContext(ctx, prev.UUID, prev.Payload)
-		for k, v := range prev.Metadata {
-			if k != bus.RetryDelayMetadata {
-				m.Metadata[k] = v
-			}
-		}
-		if delivery > 0 {
-			delivery++
-			m.Metadata[DeliveryMetadata] = strconv.Itoa(delivery)
-		}
-		acked, nacked := sub.release(m)
-		cancel()
-		<-sub.slots
-		switch {
-		case acked:
-			sub.acks <- id
-			return
-		case !nacked || sub.isStopping():
-			sub.forget(id)
-			return
-		}
-		prev = m
+// redeliverDelay is how long a nacked message waits in its lane before
+// the lanes release a copy of it: the delay the router asked for, or none.
+// The copy takes the nacked message's metadata, so this also readies it:
+// the delay is dropped (a later nack asks its own) and a known delivery
+// count goes up by one, so that what a dead letter records is the real
+// number of attempts.
+func redeliverDelay(nacked *message.Message) time.Duration {
+	d, err := time.ParseDuration(nacked.Metadata.Get(bus.RetryDelayMetadata))
+	delete(nacked.Metadata, bus.RetryDelayMetadata)
+	if n, nerr := strconv.Atoi(nacked.Metadata.Get(DeliveryMetadata)); nerr == nil && n > 0 {
+		nacked.Metadata.Set(DeliveryMetadata, strconv.Itoa(n+1))
 	}
+	if err != nil || d < 0 {
+		return 0
+	}
+	return d
 }
 
-// release hands m to the router and waits for its verdict.
-func (sub *subscription) release(m *message.Message) (acked, nacked bool) {
-	select {
-	case sub.out <- m:
-	case <-sub.stopping:
-		return false, false
-	case <-sub.lctx.Done():
-		return false, false
-	}
-	select {
-	case <-m.Acked():
-		return true, false
-	case <-m.Nacked():
-		return false, true
-	case <-sub.lctx.Done():
-		return false, false
-	}
-}
-
-// forward passes the lanes' releases to the router's channel. It closes
-// that channel once the lanes closed, which is after every settle ran,
-// so no redelivery sends on it later.
+// forward passes the lanes' releases, redeliveries included, to the
+// router's channel. It closes that channel once the lanes closed, which
+// is after every settle ran.
 func (sub *subscription) forward() {
 	defer close(sub.forwarded)
 	if sub.ownOut {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/bus/wal"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // TestBackfillMessagesBecomeReadEvents emits a millrace.backfill logical

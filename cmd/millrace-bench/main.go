@@ -131,7 +131,7 @@ docs/performance.md explains every figure.`,
 	f.BoolVar(&opts.Quick, "quick", false, "a few events per run, to check that every scenario works (figures are meaningless)")
 	f.IntVar(&opts.Rate, "rate", bench.DefaultRate, "events per second of the steady-rate latency run")
 	f.DurationVar(&opts.Budget, "budget", 0, "bound the whole suite (e.g. 8m): saturated runs share the time and report what they delivered when theirs runs out")
-	f.IntVar(&opts.Partitions, "partitions", 0, "nats.partitions and redis.partitions of the runs (0: off)")
+	f.IntVar(&opts.Partitions, "partitions", 0, "nats.partitions and redis.partitions of the runs on topologies with partitions (0: off)")
 	f.BoolVar(&cpuProfile, "cpuprofile", false, "profile each topology's no-op run into OUT/profiles and list its top functions")
 	f.StringVar(&logLevel, "log-level", "error", "the routers' logs on stderr: debug, info, warn or error")
 	return cmd

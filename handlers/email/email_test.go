@@ -20,7 +20,7 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/email"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // smtpServer is a small SMTP server: it accepts every command it knows,

@@ -13,10 +13,11 @@ import (
 
 	bus "github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/publish"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 const path = "observers.o.actions[0]"
@@ -328,7 +329,7 @@ func TestCheckConfig(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			c.action["type"] = "publish"
 			c.cfg.Observers = map[string]config.Observer{"o": {Actions: []config.Action{c.action}}}
-			err := handlers.Check(c.cfg, reg, c.features)
+			err := engine.Check(c.cfg, reg, c.features)
 			switch {
 			case c.want == "" && err != nil:
 				t.Errorf("Check = %v; want valid", err)

@@ -14,7 +14,7 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/sqlcall"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 const path = "observers.o.actions[0]"

@@ -16,7 +16,7 @@ import (
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/webhook"
 	"github.com/millrace/millrace/internal/bench"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // TestQuickSuite runs every scenario of every topology once with a few

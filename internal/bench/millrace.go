@@ -198,7 +198,10 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, dedupCa
 	cfg.Router.ShutdownTimeout = config.Duration(10 * time.Second)
 	cfg.Embedded.DataDir = env.dataDir
 	cfg.NATS.URL = s.opts.NATSURL
-	cfg.NATS.Partitions, cfg.Redis.Partitions = s.opts.Partitions, s.opts.Partitions
+	if s.opts.Registry.Features(spec.name).Partitions {
+		// The others refuse the keys: they have no partitions to set.
+		cfg.NATS.Partitions, cfg.Redis.Partitions = s.opts.Partitions, s.opts.Partitions
+	}
 	cfg.NATS.Stream = strings.ToUpper(env.id)
 	cfg.NATS.SubjectPrefix = env.id
 	cfg.NATS.Consumer = env.id

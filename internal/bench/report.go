@@ -59,7 +59,7 @@ func (r *Results) Markdown() string {
 		num(float64(r.Settings.Events)), num(float64(r.Settings.SteadyEvents)), num(float64(r.Settings.Rate)),
 		r.Settings.PayloadBytes, r.Settings.BatchSize)
 	if r.Settings.Partitions > 0 {
-		p("- Partitions: `nats.partitions` and `redis.partitions` = %d (order per entity across worker processes).\n", r.Settings.Partitions)
+		p("- Partitions: `nats.partitions` and `redis.partitions` = %d on the topologies with partitions (order per entity across worker processes).\n", r.Settings.Partitions)
 	}
 	if r.Settings.BudgetS > 0 {
 		p("- Budget: %s s for the whole suite; a saturated run that used up its share reports the events delivered until then (time-boxed).\n", dec(r.Settings.BudgetS))

@@ -12,7 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/test/e2e"
+	"github.com/millrace/millrace/internal/e2e"
 )
 
 func TestMain(m *testing.M) { e2e.Main(m) }

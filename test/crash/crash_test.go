@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/millrace/millrace/test/e2e"
+	"github.com/millrace/millrace/internal/e2e"
 )
 
 func TestMain(m *testing.M) { e2e.Main(m) }

@@ -13,8 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/millrace/millrace/test/e2e"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 func TestMain(m *testing.M) { e2e.Main(m) }

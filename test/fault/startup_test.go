@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/millrace/millrace/test/e2e"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // dependency is a service a topology's example config needs outside the

@@ -16,8 +16,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/test/e2e"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 func TestMain(m *testing.M) { e2e.Main(m) }

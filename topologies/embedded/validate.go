@@ -9,7 +9,7 @@ import (
 
 // Topology returns the "embedded" topology's registry entry: JetStream
 // subjects for every topic, dead letters in a stream on disk, no
-// partitions (one process) and no Redis.
+// partitions (one process).
 func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "embedded", Build: Build, Validate: Validate,

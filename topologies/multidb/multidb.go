@@ -7,13 +7,12 @@ import (
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/nats"
 )
 
 // Register adds the "multidb" topology to r.
 func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
-// Build is nats.Build for a config with at least one source; each source
+// Build is topologies.BuildJetStream, the nats topology's, for a config with at least one source; each source
 // keeps its own reader (see the package doc).
 func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topologies.Backend, error) {
 	if len(cfg.Sources) == 0 {
@@ -22,5 +21,5 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topol
 	if logger != nil && len(cfg.Sources) == 1 {
 		logger.Info("multidb: one source only; the nats topology does the same")
 	}
-	return nats.Build(ctx, cfg, logger)
+	return topologies.BuildJetStream(ctx, cfg, logger)
 }

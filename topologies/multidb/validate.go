@@ -5,19 +5,18 @@ import (
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
-	"github.com/millrace/millrace/topologies/nats"
 )
 
 // Topology returns the "multidb" topology's registry entry: the nats
 // topology's features, and its checks plus at least one source.
 func Topology() topologies.Topology {
-	return topologies.Topology{Name: "multidb", Build: Build, Validate: Validate, Features: nats.Features()}
+	return topologies.Topology{Name: "multidb", Build: Build, Validate: Validate, Features: topologies.JetStreamFeatures()}
 }
 
 // Validate checks the [nats] section and that there is a source.
 func Validate(cfg *config.Config) error {
 	var errs []error
-	errs = append(errs, nats.Validate(cfg))
+	errs = append(errs, topologies.ValidateNATS(cfg))
 	if len(cfg.Sources) == 0 {
 		errs = append(errs, config.Errorf("sources", "the multidb topology needs at least one [[sources]] entry"))
 	}

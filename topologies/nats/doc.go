@@ -16,7 +16,8 @@
 // for the workers, or the default role all in every process: the lease
 // keeps one bridge per source active either way.
 //
-// Topology is the registry entry: Validate checks the [nats] section,
-// and Features declares topics (subjects), partitions (nats.partitions),
-// durable dead letters and Redis for the stores.
+// Topology is the registry entry. The bus and its stores are built by
+// topologies.BuildJetStream, which the multidb topology shares; its
+// checks of the [nats] section are topologies.ValidateNATS, its features
+// topologies.JetStreamFeatures.
 package nats

@@ -14,7 +14,7 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/nats"
 )

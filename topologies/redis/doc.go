@@ -9,5 +9,5 @@
 //
 // Topology is the registry entry: Validate checks the [redis] section,
 // which the topology needs, and Features declares topics (a stream per
-// topic), partitions (redis.partitions), durable dead letters and Redis.
+// topic), partitions (redis.partitions), and durable dead letters.
 package redis

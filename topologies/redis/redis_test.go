@@ -13,7 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/config"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/redis"
 )

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // backfillConfig writes a postgres-topology config with one source over

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/millrace/millrace/handlers"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )

@@ -98,6 +98,12 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 }
 
 func printDeadLetters(w io.Writer, l router.DeadLetterList) error {
+	if l.Volatile {
+		// Said first: whoever lists them may be about to restart.
+		if _, err := fmt.Fprintf(w, "note: the %s topology keeps dead letters in the process's memory: they vanish when it stops\n", l.Topology); err != nil {
+			return err
+		}
+	}
 	if len(l.Entries) == 0 {
 		_, err := fmt.Fprintf(w, "no dead letters match (%d in the store)\n", l.Total)
 		return err

@@ -25,8 +25,8 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/webhook"
+	"github.com/millrace/millrace/internal/routertest"
 	"github.com/millrace/millrace/router"
-	"github.com/millrace/millrace/router/routertest"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
 )
@@ -145,9 +145,30 @@ func (h *hookServer) counts(path string) (failed, delivered int) {
 	return h.failed[path], h.delivered[path]
 }
 
+// adminConfig is the start of a config for startMillrace: a free port,
+// the admin API on with token (set in the variable the dlq commands
+// read), the embedded topology's data in a temp dir of the test.
+func adminConfig(t *testing.T, token string) string {
+	t.Helper()
+	t.Setenv(DefaultAdminTokenEnv, token)
+	return fmt.Sprintf(`
+[http]
+addr = "127.0.0.1:0"
+admin_token_env = %q
+[embedded]
+data_dir = %q
+`, DefaultAdminTokenEnv, t.TempDir())
+}
+
 // startMillrace runs millrace in-process on the embedded topology, with
 // its data in dataDir, until the returned stop is called.
 func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
+	t.Helper()
+	return startMillraceOn(t, cfgText, embedded.Topology())
+}
+
+// startMillraceOn is startMillrace with top registered as the topology.
+func startMillraceOn(t *testing.T, cfgText string, top topologies.Topology) (addr string, stop func()) {
 	t.Helper()
 	cfg, err := config.Parse([]byte(cfgText), nil)
 	if err != nil {
@@ -158,7 +179,7 @@ func startMillrace(t *testing.T, cfgText string) (addr string, stop func()) {
 		t.Fatal(err)
 	}
 	topo := topologies.NewRegistry()
-	if err := embedded.Register(topo); err != nil {
+	if err := topo.Register(top); err != nil {
 		t.Fatal(err)
 	}
 	return routertest.Start(t, cfg, router.Options{Actions: actions, Topologies: topo})
@@ -203,14 +224,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // gone.
 func TestDeadLetterSurvivesRestartAndReplays(t *testing.T) {
 	const token = "replay-token"
-	t.Setenv(DefaultAdminTokenEnv, token)
 	hooks := newHookServer(t)
-	cfgText := fmt.Sprintf(`
-[http]
-addr = "127.0.0.1:0"
-admin_token_env = %q
-[embedded]
-data_dir = %q
+	cfgText := adminConfig(t, token) + fmt.Sprintf(`
 [router]
 shutdown_timeout = "5s"
 [observers.shipped]
@@ -220,7 +235,7 @@ actions = [{ type = "webhook", url = "%s/hook", allow_private = true, timeout = 
 [observers.audit]
 entity = "Order"
 actions = [{ type = "webhook", url = "%s/other", allow_private = true, timeout = "5s" }]
-`, DefaultAdminTokenEnv, t.TempDir(), hooks.URL, hooks.URL)
+`, hooks.URL, hooks.URL)
 
 	addr, stop := startMillrace(t, cfgText)
 	ev := &event.Event{ID: uuid.NewString(), Type: event.Update, Entity: "Order", EntityID: "7",
@@ -312,4 +327,39 @@ func writeTemp(t *testing.T, b []byte) string {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// TestDLQListSaysWhenDeadLettersVanish: on a topology whose dead-letter
+// store lives in the process (no DurableDeadLetters in its features),
+// dlq list says that the entries vanish when it stops; on one whose
+// store is durable it says nothing of the kind.
+func TestDLQListSaysWhenDeadLettersVanish(t *testing.T) {
+	const token = "volatile-token"
+	cfgText := adminConfig(t, token) + `
+[observers.o]
+actions = [{ type = "webhook", url = "http://127.0.0.1:9/hook", allow_private = true }]
+`
+	const note = "note: the embedded topology keeps dead letters in the process's memory: they vanish when it stops"
+
+	durable := embedded.Topology()
+	addr, stop := startMillraceOn(t, cfgText, durable)
+	code, out, stderr := runCLI(t, "dlq", "list", "--addr", addr)
+	if code != ExitOK || strings.Contains(out, "vanish") || !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list on a durable store: exit %d\n%s%s; want no note", code, out, stderr)
+	}
+	if l := listDLQ(t, addr, token); l.Volatile || l.Topology != "embedded" {
+		t.Errorf("GET /v1/dlq on a durable store = %+v; want volatile unset, topology embedded", l)
+	}
+	stop()
+
+	volatile := embedded.Topology()
+	volatile.Features.DurableDeadLetters = false
+	addr, _ = startMillraceOn(t, cfgText, volatile)
+	code, out, stderr = runCLI(t, "dlq", "list", "--addr", addr)
+	if code != ExitOK || !strings.HasPrefix(out, note+"\n") || !strings.Contains(out, "no dead letters") {
+		t.Errorf("dlq list on a volatile store: exit %d\n%s%s; want it to start with %q", code, out, stderr, note)
+	}
+	if l := listDLQ(t, addr, token); !l.Volatile {
+		t.Errorf("GET /v1/dlq on a volatile store = %+v; want volatile set", l)
+	}
 }

@@ -31,7 +31,8 @@ func Topology() topologies.Topology {
 		Validate: Validate,
 		// GoChannel keeps topics apart, so the publish action may use
 		// them; its subscribers on other topics are in the process.
-		// Nothing is durable, there are no partitions and no Redis.
+		// Nothing is durable (millrace dlq list says so) and there are
+		// no partitions (nats.partitions and redis.partitions are refused).
 		Features: config.Features{Topics: true},
 	}
 }

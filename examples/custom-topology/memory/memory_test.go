@@ -22,8 +22,8 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/examples/custom-topology/memory"
+	"github.com/millrace/millrace/internal/routertest"
 	"github.com/millrace/millrace/router"
-	"github.com/millrace/millrace/router/routertest"
 )
 
 // options are the built-in registries plus the memory topology: the one

@@ -1,4 +1,4 @@
-package handlers
+package engine
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
 )
 
 // Observer is a compiled observer: a name, what it matches, an optional
@@ -26,8 +27,8 @@ type Observer struct {
 type Bound struct {
 	// Index is the action's place in the observer's list.
 	Index int
-	Spec  *Spec
-	Action
+	Spec  *handlers.Spec
+	handlers.Action
 }
 
 // ID names the action for logs, metrics and keys: "observer/0:webhook".
@@ -40,13 +41,13 @@ func (b *Bound) ID(observer string) string {
 // and templates that do not compile, and, for action types whose Config
 // is a ConfigChecker, what they need of the rest of cfg and of features,
 // those of cfg's topology. It returns every problem.
-func Check(cfg *config.Config, reg *Registry, features config.Features) error {
+func Check(cfg *config.Config, reg *handlers.Registry, features config.Features) error {
 	ds, err := decodeAll(cfg, reg)
 	errs := []error{err}
 	for _, d := range ds {
 		for _, s := range d.specs {
-			if c, ok := s.Config.(ConfigChecker); ok {
-				errs = append(errs, prefixErrors(s.Path, c.CheckConfig(cfg, features)))
+			if c, ok := s.Config.(handlers.ConfigChecker); ok {
+				errs = append(errs, config.Prefix(s.Path, c.CheckConfig(cfg, features)))
 			}
 		}
 	}
@@ -56,10 +57,10 @@ func Check(cfg *config.Config, reg *Registry, features config.Features) error {
 type decoded struct {
 	name  string
 	cond  *Condition
-	specs []*Spec
+	specs []*handlers.Spec
 }
 
-func decodeAll(cfg *config.Config, reg *Registry) ([]decoded, error) {
+func decodeAll(cfg *config.Config, reg *handlers.Registry) ([]decoded, error) {
 	var errs []error
 	var out []decoded
 	for _, name := range cfg.ObserverNames() {
@@ -88,7 +89,7 @@ func decodeAll(cfg *config.Config, reg *Registry) ([]decoded, error) {
 
 // Compile checks cfg's observers and builds their actions. On error it
 // closes what it already built.
-func Compile(ctx context.Context, cfg *config.Config, reg *Registry, deps Deps) ([]*Observer, error) {
+func Compile(ctx context.Context, cfg *config.Config, reg *handlers.Registry, deps handlers.Deps) ([]*Observer, error) {
 	ds, err := decodeAll(cfg, reg)
 	if err != nil {
 		return nil, err
@@ -148,7 +149,7 @@ func (o *Observer) Accepts(ev *event.Event) (bool, error) {
 	}
 	ok, err := o.Condition.Eval(ev)
 	if err != nil {
-		return false, Permanent(fmt.Errorf("observer %q: condition: %w", o.Name, err))
+		return false, handlers.Permanent(fmt.Errorf("observer %q: condition: %w", o.Name, err))
 	}
 	return ok, nil
 }
@@ -164,7 +165,7 @@ func Direct(ctx context.Context, ev *event.Event, b *Bound) error { return b.Exe
 // time (one after another, in order, when it is 1 or less), each under
 // its own Config.Timeout (none when it is zero), through exec. A failing
 // action does not stop the others. It returns every action's error,
-// joined; each names its action. exec runs through Execute, so a
+// joined; each names its action. exec runs through handlers.Execute, so a
 // panicking action is reported as a permanent error, not a crash.
 func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 	if exec == nil {
@@ -179,8 +180,8 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 			actx, cancel = context.WithTimeout(ctx, timeout)
 			defer cancel()
 		}
-		call := ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })
-		if err := Execute(actx, call, ev); err != nil {
+		call := handlers.ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })
+		if err := handlers.Execute(actx, call, ev); err != nil {
 			return fmt.Errorf("action %s: %w", b.ID(o.Name), err)
 		}
 		return nil

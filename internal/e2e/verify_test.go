@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/test/e2e"
+	"github.com/millrace/millrace/internal/e2e"
 )
 
 func delivery(id string, typ event.Type, entity, n int, key string, status int) *e2e.Delivery {

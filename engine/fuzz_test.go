@@ -1,11 +1,11 @@
-package handlers_test
+package engine_test
 
 import (
 	"strings"
 	"testing"
 
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/handlers"
 )
 
 // fuzzEvents are the events every fuzzed condition is evaluated on.
@@ -67,7 +67,7 @@ func FuzzCondition(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, src string, evJSON []byte) {
-		c, err := handlers.CompileCondition(src)
+		c, err := engine.CompileCondition(src)
 		oneLine(t, "compile", err)
 		if err != nil {
 			if c != nil {

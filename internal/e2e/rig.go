@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/cmd/millrace/cli"
-	"github.com/millrace/millrace/test/testenv"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // Bus is how a topology carries events, as far as a test that writes
@@ -228,7 +228,7 @@ func NewRig(t *testing.T, run string, opts Options) *Rig {
 	topology, capture := SplitRun(run)
 	bus, ok := buses[topology]
 	if !ok {
-		t.Fatalf("e2e: millrace registers topology %q, which test/e2e does not know how to run: add it to buses in test/e2e/rig.go", topology)
+		t.Fatalf("e2e: millrace registers topology %q, which internal/e2e does not know how to run: add it to buses in internal/e2e/rig.go", topology)
 	}
 	example := filepath.Join(ModuleRoot(), "topologies", topology+".toml")
 	raw, err := os.ReadFile(example)
@@ -560,7 +560,7 @@ func ExampleCaptures(t testing.TB, run string) bool {
 	return len(srcs) > 0
 }
 
-// BusOf returns topology's bus; false when test/e2e does not know the
+// BusOf returns topology's bus; false when internal/e2e does not know the
 // topology.
 func BusOf(run string) (Bus, bool) {
 	topology, _ := SplitRun(run)

@@ -1,4 +1,4 @@
-package handlers_test
+package engine_test
 
 import (
 	"context"
@@ -12,19 +12,21 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/samples"
 )
 
 // observerOf builds an observer whose actions are fns, named after
 // kinds[i] (or "probe").
-func observerOf(concurrency int, timeout time.Duration, fns ...handlers.ActionFunc) *handlers.Observer {
-	o := &handlers.Observer{
+func observerOf(concurrency int, timeout time.Duration, fns ...handlers.ActionFunc) *engine.Observer {
+	o := &engine.Observer{
 		Name: "obs", Event: "*", Entity: "*",
 		Config: config.Observer{Concurrency: concurrency, Timeout: config.Duration(timeout)},
 	}
 	for i, fn := range fns {
-		o.Actions = append(o.Actions, &handlers.Bound{Index: i, Spec: &handlers.Spec{Type: "probe"}, Action: fn})
+		o.Actions = append(o.Actions, &engine.Bound{Index: i, Spec: &handlers.Spec{Type: "probe"}, Action: fn})
 	}
 	return o
 }
@@ -219,7 +221,7 @@ func TestRunThroughExec(t *testing.T) {
 		func(context.Context, *event.Event) error { direct.Add(1); return nil },
 	)
 	var seen sync.Map
-	err := o.Run(context.Background(), anEvent, func(ctx context.Context, ev *event.Event, b *handlers.Bound) error {
+	err := o.Run(context.Background(), anEvent, func(ctx context.Context, ev *event.Event, b *engine.Bound) error {
 		if _, ok := ctx.Deadline(); !ok {
 			return errors.New("exec got no deadline")
 		}
@@ -227,7 +229,7 @@ func TestRunThroughExec(t *testing.T) {
 		if b.Index == 1 {
 			return errors.New("served from cache") // exec decides; the action is not called
 		}
-		return handlers.Direct(ctx, ev, b)
+		return engine.Direct(ctx, ev, b)
 	})
 	if err == nil || err.Error() != "action obs/1:probe: served from cache" {
 		t.Errorf("Run = %v", err)
@@ -242,11 +244,11 @@ func TestRunThroughExec(t *testing.T) {
 	}
 }
 
-func obs(name, ev, entity string) *handlers.Observer {
-	return &handlers.Observer{Name: name, Event: ev, Entity: entity}
+func obs(name, ev, entity string) *engine.Observer {
+	return &engine.Observer{Name: name, Event: ev, Entity: entity}
 }
 
-func names(obs []*handlers.Observer) []string {
+func names(obs []*engine.Observer) []string {
 	out := make([]string, len(obs))
 	for i, o := range obs {
 		out[i] = o.Name
@@ -255,7 +257,7 @@ func names(obs []*handlers.Observer) []string {
 }
 
 func TestMatcher(t *testing.T) {
-	all := []*handlers.Observer{
+	all := []*engine.Observer{
 		obs("any_any", "*", "*"),
 		obs("upd_order", "UPDATE", "Order"),
 		obs("upd_any", "UPDATE", "*"),
@@ -263,7 +265,7 @@ func TestMatcher(t *testing.T) {
 		obs("ins_customer", "INSERT", "Customer"),
 		obs("upd_order_2", "UPDATE", "Order"),
 	}
-	m := handlers.NewMatcher(all)
+	m := engine.NewMatcher(all)
 	for _, c := range []struct {
 		typ    event.Type
 		entity string
@@ -287,13 +289,13 @@ func TestMatcher(t *testing.T) {
 	}
 
 	// No match at all.
-	narrow := handlers.NewMatcher([]*handlers.Observer{obs("upd_order", "UPDATE", "Order"), obs("ins_any", "INSERT", "*")})
+	narrow := engine.NewMatcher([]*engine.Observer{obs("upd_order", "UPDATE", "Order"), obs("ins_any", "INSERT", "*")})
 	for _, ev := range []*event.Event{{Type: event.Delete, Entity: "Order"}, {Type: event.Update, Entity: "Customer"}, {Type: "BOGUS", Entity: "Order"}} {
 		if got := narrow.Match(ev); len(got) != 0 {
 			t.Errorf("Match(%s %s) = %v; want none", ev.Type, ev.Entity, names(got))
 		}
 	}
-	if got := handlers.NewMatcher(nil).Match(anEvent); len(got) != 0 {
+	if got := engine.NewMatcher(nil).Match(anEvent); len(got) != 0 {
 		t.Errorf("empty Matcher matched %v", names(got))
 	}
 
@@ -333,11 +335,11 @@ actions = [{ type = "probe", url = "http://c" }]
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)
 	}
-	got, err := handlers.Compile(context.Background(), cfg, probeRegistry(t), handlers.Deps{})
+	got, err := engine.Compile(context.Background(), cfg, probeRegistry(t), handlers.Deps{})
 	if err != nil {
 		t.Fatalf("Compile: %v", err)
 	}
-	defer handlers.CloseAll(got)
+	defer engine.CloseAll(got)
 	if len(got) != 2 || got[0].Name != "a_everything" || got[1].Name != "b_shipped" {
 		t.Fatalf("Compile = %v; want a_everything, b_shipped", names(got))
 	}
@@ -352,7 +354,7 @@ actions = [{ type = "probe", url = "http://c" }]
 		t.Error("two different actions share a hash")
 	}
 	ev := &event.Event{Type: event.Update, Entity: "Order", Changes: map[string]event.Change{"status": {Old: "paid", New: "shipped"}}}
-	if got := names(handlers.NewMatcher(got).Match(ev)); !slices.Equal(got, []string{"b_shipped", "a_everything"}) {
+	if got := names(engine.NewMatcher(got).Match(ev)); !slices.Equal(got, []string{"b_shipped", "a_everything"}) {
 		t.Errorf("Match = %v", got)
 	}
 	if ok, err := o.Accepts(ev); !ok || err != nil {
@@ -363,14 +365,14 @@ actions = [{ type = "probe", url = "http://c" }]
 func BenchmarkMatch1000Observers(b *testing.B) {
 	// 1,000 observers: 200 entities × 4 event types, plus 200 on "*"
 	// (event, entity or both), each with a condition.
-	var all []*handlers.Observer
-	cond, err := handlers.CompileCondition(`data.status == 'shipped' && field_changed('status')`)
+	var all []*engine.Observer
+	cond, err := engine.CompileCondition(`data.status == 'shipped' && field_changed('status')`)
 	if err != nil {
 		b.Fatal(err)
 	}
 	for i := range 200 {
 		for _, typ := range event.Types {
-			all = append(all, &handlers.Observer{Name: fmt.Sprintf("o%d_%s", i, typ), Event: string(typ), Entity: fmt.Sprintf("Entity%d", i), Condition: cond})
+			all = append(all, &engine.Observer{Name: fmt.Sprintf("o%d_%s", i, typ), Event: string(typ), Entity: fmt.Sprintf("Entity%d", i), Condition: cond})
 		}
 	}
 	for i := range 200 {
@@ -381,13 +383,13 @@ func BenchmarkMatch1000Observers(b *testing.B) {
 		case 2:
 			ev, entity = "*", "*"
 		}
-		all = append(all, &handlers.Observer{Name: fmt.Sprintf("w%d", i), Event: ev, Entity: entity, Condition: cond})
+		all = append(all, &engine.Observer{Name: fmt.Sprintf("w%d", i), Event: ev, Entity: entity, Condition: cond})
 	}
 	if len(all) != 1000 {
 		b.Fatalf("%d observers", len(all))
 	}
-	m := handlers.NewMatcher(all)
-	ev := decodeEvent(b, strings.Replace(orderUpdate, `"Order"`, `"Entity42"`, 1))
+	m := engine.NewMatcher(all)
+	ev := samples.Event(b, strings.Replace(samples.OrderUpdate, `"Order"`, `"Entity42"`, 1))
 	matched := m.Match(ev)
 	if len(matched) < 2 {
 		b.Fatalf("matched %d", len(matched))

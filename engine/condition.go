@@ -1,4 +1,4 @@
-package handlers
+package engine
 
 import (
 	"errors"
@@ -14,6 +14,7 @@ import (
 	"github.com/expr-lang/expr/vm/runtime"
 
 	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
 )
 
 // MaxConditionLen bounds the source of a condition, as the original
@@ -66,7 +67,7 @@ func CompileCondition(src string) (*Condition, error) {
 	opts := []expr.Option{
 		expr.Env(&condEnv{}),
 		expr.AsBool(),
-		expr.Function(eqFunc, func(p ...any) (any, error) { return Equal(p[0], p[1]), nil },
+		expr.Function(eqFunc, func(p ...any) (any, error) { return handlers.Equal(p[0], p[1]), nil },
 			new(func(any, any) bool)),
 		expr.Function(fetchFunc, func(p ...any) (any, error) { return fetch(p[0], p[1]) },
 			new(func(any, any) any)),
@@ -205,11 +206,10 @@ func fetch(from, key any) (any, error) {
 		}
 		return x[k], nil
 	case []any:
-		i, ok := toNumber(key)
-		if !ok || i.float {
+		n, ok := handlers.Integer(key)
+		if !ok {
 			return nil, fmt.Errorf("a list index must be an integer, got %v", key)
 		}
-		n := i.i
 		if n < 0 { // from the end, as in expr
 			n += int64(len(x))
 		}
@@ -236,7 +236,7 @@ func fetch(from, key any) (any, error) {
 		}
 		return nil, fmt.Errorf("a change has old and new, not %v", key)
 	case string, bool, int64, float64, int:
-		return nil, fmt.Errorf("cannot read %v of a %s", key, kindOf(from))
+		return nil, fmt.Errorf("cannot read %v of a %s", key, handlers.Kind(from))
 	}
 	return runtime.Fetch(from, key), nil
 }
@@ -371,7 +371,7 @@ func (e *condEnv) change(fn, f string) (old, cur any, changed bool, err error) {
 		return nil, nil, false, fmt.Errorf("%s('%s', …): %w", fn, f, ErrNoChanges)
 	}
 	if c, ok := e.ev.Changes[f]; ok {
-		return c.Old, c.New, !Equal(c.Old, c.New), nil
+		return c.Old, c.New, !handlers.Equal(c.Old, c.New), nil
 	}
 	// A dotted path reaches into a changed object or map field:
 	// field_changed('customer.email') compares customer's old and new
@@ -386,7 +386,7 @@ func (e *condEnv) change(fn, f string) (old, cur any, changed bool, err error) {
 	}
 	old, _ = lookupPath(c.Old, rest)
 	cur, _ = lookupPath(c.New, rest)
-	return old, cur, !Equal(old, cur), nil
+	return old, cur, !handlers.Equal(old, cur), nil
 }
 
 func fieldChanged(e *condEnv, args []any) (any, error) {
@@ -404,7 +404,7 @@ func fieldChangedTo(e *condEnv, args []any) (any, error) {
 		return nil, err
 	}
 	_, cur, changed, err := e.change("field_changed_to", f)
-	return changed && Equal(cur, args[1]), err
+	return changed && handlers.Equal(cur, args[1]), err
 }
 
 func fieldChangedFrom(e *condEnv, args []any) (any, error) {
@@ -413,7 +413,7 @@ func fieldChangedFrom(e *condEnv, args []any) (any, error) {
 		return nil, err
 	}
 	old, _, changed, err := e.change("field_changed_from", f)
-	return changed && Equal(old, args[1]), err
+	return changed && handlers.Equal(old, args[1]), err
 }
 
 // lookupPath follows a dotted path through nested objects. A key that

@@ -1,63 +1,22 @@
-package handlers_test
+package engine_test
 
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/samples"
 )
-
-// decodeEvent decodes a JSON envelope the way the bus does, so numbers
-// arrive as int64 or float64.
-func decodeEvent(t testing.TB, js string) *event.Event {
-	t.Helper()
-	ev, err := event.Decode([]byte(js))
-	if err != nil {
-		t.Fatalf("event.Decode: %v", err)
-	}
-	return ev
-}
-
-const orderUpdate = `{
-	"id": "7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
-	"event_type": "UPDATE",
-	"entity_type": "Order",
-	"entity_id": "42",
-	"user_id": "u-7",
-	"tenant_id": "acme",
-	"source": "orders_db",
-	"seq": 981,
-	"timestamp": "2024-05-06T07:08:09Z",
-	"data": {
-		"status": "shipped",
-		"total": 100,
-		"price": 100.5,
-		"big": 9007199254740993,
-		"flag": true,
-		"note": null,
-		"tags": ["a", "b"],
-		"dims": {"w": 2, "h": 3.5},
-		"customer": {"name": "Zoë", "address": {"city": "Paris"}},
-		"first.last": "dotted key"
-	},
-	"changes": {
-		"status": {"old": "paid", "new": "shipped"},
-		"total": {"old": 90.0, "new": 100},
-		"same": {"old": 1, "new": 1.0},
-		"customer": {"old": {"email": "a@x"}, "new": {"email": "b@x"}}
-	}
-}`
 
 func evalCond(t *testing.T, src string, ev *event.Event) (bool, error) {
 	t.Helper()
-	c, err := handlers.CompileCondition(src)
+	c, err := engine.CompileCondition(src)
 	if err != nil {
 		t.Fatalf("CompileCondition(%q): %v", src, err)
 	}
@@ -79,7 +38,7 @@ func checkConds(t *testing.T, ev *event.Event, cases map[string]bool) {
 }
 
 func TestConditionEventView(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	checkConds(t, ev, map[string]bool{
 		`entity_type == 'Order'`:                                   true,
 		`entity_type == 'Customer'`:                                false,
@@ -113,7 +72,7 @@ func TestConditionEventView(t *testing.T) {
 }
 
 func TestConditionNumbersCompareByValue(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	if _, ok := ev.Data["total"].(int64); !ok {
 		t.Fatalf("data.total decodes as %T; the test expects int64", ev.Data["total"])
 	}
@@ -158,41 +117,8 @@ func TestConditionNumbersCompareByValue(t *testing.T) {
 	})
 }
 
-func TestEqual(t *testing.T) {
-	cases := []struct {
-		a, b any
-		want bool
-	}{
-		{int64(100), 100.0, true},
-		{100.0, int64(100), true},
-		{int64(100), 100, true},
-		{uint64(7), int64(7), true},
-		{float32(1.5), 1.5, true},
-		{int64(100), 100.5, false},
-		{int64(1<<53 + 1), float64(1 << 53), false},
-		{int64(100), "100", false},
-		{"a", "a", true},
-		{true, true, true},
-		{true, 1, false},
-		{nil, nil, true},
-		{nil, map[string]any(nil), true},
-		{nil, 0, false},
-		{0, nil, false},
-		{map[string]any{"a": int64(1), "b": []any{int64(2)}}, map[string]any{"b": []any{2.0}, "a": 1.0}, true},
-		{map[string]any{"a": int64(1)}, map[string]any{"a": int64(2)}, false},
-		{map[string]any{"a": nil}, map[string]any{"b": nil}, false},
-		{[]any{int64(1), "x"}, []any{1.0, "x"}, true},
-		{[]any{int64(1)}, []any{int64(1), int64(2)}, false},
-	}
-	for _, c := range cases {
-		if got := handlers.Equal(c.a, c.b); got != c.want {
-			t.Errorf("Equal(%#v, %#v) = %v; want %v", c.a, c.b, got, c.want)
-		}
-	}
-}
-
 func TestConditionFunctions(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	checkConds(t, ev, map[string]bool{
 		`has_field('status')`:                true,
 		`has_field('note')`:                  true, // present, even though null
@@ -233,7 +159,7 @@ func TestConditionFunctions(t *testing.T) {
 func TestConditionFieldChangedOnOtherEventTypes(t *testing.T) {
 	for _, typ := range []string{"INSERT", "DELETE", "CUSTOM"} {
 		t.Run(typ, func(t *testing.T) {
-			ev := decodeEvent(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"`+typ+`","entity_type":"Order","data":{"status":"new"}}`)
+			ev := samples.Event(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"`+typ+`","entity_type":"Order","data":{"status":"new"}}`)
 			checkConds(t, ev, map[string]bool{
 				`field_changed('status')`:             false,
 				`field_changed_to('status', 'new')`:   false,
@@ -247,7 +173,7 @@ func TestConditionFieldChangedOnOtherEventTypes(t *testing.T) {
 }
 
 func TestConditionFieldChangedWithoutChanges(t *testing.T) {
-	ev := decodeEvent(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"UPDATE","entity_type":"Order","data":{"status":"shipped"}}`)
+	ev := samples.Event(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"UPDATE","entity_type":"Order","data":{"status":"shipped"}}`)
 	if ev.Changes != nil {
 		t.Fatalf("Changes = %v; want nil", ev.Changes)
 	}
@@ -266,7 +192,7 @@ func TestConditionFieldChangedWithoutChanges(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Eval(%q) error = %q; want it to contain %q", src, err, want)
 		}
-		if !errors.Is(err, handlers.ErrNoChanges) {
+		if !errors.Is(err, engine.ErrNoChanges) {
 			t.Errorf("Eval(%q) error %v does not wrap ErrNoChanges", src, err)
 		}
 	}
@@ -279,7 +205,7 @@ func TestConditionFieldChangedWithoutChanges(t *testing.T) {
 }
 
 func TestConditionAbsentFields(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	// Absent, at any depth, is nil: == is false, != is true.
 	checkConds(t, ev, map[string]bool{
 		`data.missing == 'x'`:                 false,
@@ -305,12 +231,12 @@ func TestConditionAbsentFields(t *testing.T) {
 		`data.missing ? false : true`: true,
 	})
 	// Without changes, changes is nil and reading into it is absent too.
-	noChanges := decodeEvent(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"INSERT","entity_type":"Order","data":{}}`)
+	noChanges := samples.Event(t, `{"id":"7d3f1b2a-1c2d-4e5f-8a9b-0c1d2e3f4a5b","event_type":"INSERT","entity_type":"Order","data":{}}`)
 	checkConds(t, noChanges, map[string]bool{`changes.status.old == 'paid'`: false})
 }
 
 func TestConditionRuntimeErrors(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
+	ev := samples.Event(t, samples.OrderUpdate)
 	cases := []struct{ src, want string }{
 		{`data.missing > 1`, "at 1:14: invalid operation: <nil> > int"},
 		{`data.missing.deep >= 1`, "at 1:19: invalid operation"},
@@ -343,12 +269,12 @@ func TestConditionRuntimeErrors(t *testing.T) {
 }
 
 func TestObserverAcceptsErrorIsPermanent(t *testing.T) {
-	ev := decodeEvent(t, orderUpdate)
-	c, err := handlers.CompileCondition(`data.status > 3`)
+	ev := samples.Event(t, samples.OrderUpdate)
+	c, err := engine.CompileCondition(`data.status > 3`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &handlers.Observer{Name: "order_shipped", Condition: c}
+	o := &engine.Observer{Name: "order_shipped", Condition: c}
 	ok, err := o.Accepts(ev)
 	if ok || err == nil {
 		t.Fatalf("Accepts = %v, %v; want false and an error", ok, err)
@@ -359,7 +285,7 @@ func TestObserverAcceptsErrorIsPermanent(t *testing.T) {
 	if !strings.Contains(err.Error(), `observer "order_shipped": condition: at 1:13:`) {
 		t.Errorf("Accepts error = %q; want it to name the observer and the position", err)
 	}
-	if ok, err := (&handlers.Observer{Name: "all"}).Accepts(ev); !ok || err != nil {
+	if ok, err := (&engine.Observer{Name: "all"}).Accepts(ev); !ok || err != nil {
 		t.Errorf("Accepts without condition = %v, %v; want true, nil", ok, err)
 	}
 }
@@ -380,10 +306,10 @@ func TestConditionCompileErrors(t *testing.T) {
 		{`'shipped'`, "does not compile"},
 		{``, "is empty"},
 		{`   `, "is empty"},
-		{strings.Repeat("x", handlers.MaxConditionLen+1), "is 4097 bytes long; the limit is 4096"},
+		{strings.Repeat("x", engine.MaxConditionLen+1), "is 4097 bytes long; the limit is 4096"},
 	}
 	for _, c := range cases {
-		_, err := handlers.CompileCondition(c.src)
+		_, err := engine.CompileCondition(c.src)
 		if err == nil {
 			t.Errorf("CompileCondition(%q) = nil error; want %q", c.src, c.want)
 			continue
@@ -396,11 +322,11 @@ func TestConditionCompileErrors(t *testing.T) {
 		}
 	}
 	// At the limit it compiles.
-	long := "data.status == '" + strings.Repeat("x", handlers.MaxConditionLen-17) + "'"
-	if len(long) != handlers.MaxConditionLen {
+	long := "data.status == '" + strings.Repeat("x", engine.MaxConditionLen-17) + "'"
+	if len(long) != engine.MaxConditionLen {
 		t.Fatalf("test bug: len = %d", len(long))
 	}
-	if _, err := handlers.CompileCondition(long); err != nil {
+	if _, err := engine.CompileCondition(long); err != nil {
 		t.Errorf("CompileCondition(4096 bytes): %v", err)
 	}
 }
@@ -420,7 +346,7 @@ actions = [{ type = "probe", url = "http://x" }]
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)
 	}
-	err = handlers.Check(cfg, probeRegistry(t), config.Features{})
+	err = engine.Check(cfg, probeRegistry(t), config.Features{})
 	want := "observers.order_shipped.condition: does not compile at 1:29: unknown name field_changd"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Check error = %v; want %q", err, want)
@@ -428,7 +354,7 @@ actions = [{ type = "probe", url = "http://x" }]
 }
 
 func TestConditionConcurrentEval(t *testing.T) {
-	c, err := handlers.CompileCondition(`data.n % 2 == 0 && field_changed('n') && changes.n.old == data.n - 1`)
+	c, err := engine.CompileCondition(`data.n % 2 == 0 && field_changed('n') && changes.n.old == data.n - 1`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,7 +384,7 @@ func TestConditionConcurrentEval(t *testing.T) {
 }
 
 func BenchmarkConditionEval(b *testing.B) {
-	ev := decodeEvent(b, orderUpdate)
+	ev := samples.Event(b, samples.OrderUpdate)
 	for _, bc := range []struct{ name, src string }{
 		{"simple", `data.status == 'shipped'`},
 		{"typical", `entity_type == 'Order' && data.status == 'shipped' && field_changed('status') && data.total > 50`},
@@ -466,7 +392,7 @@ func BenchmarkConditionEval(b *testing.B) {
 		{"changes", `changes.status.old == 'paid' && changes.status.new == 'shipped'`},
 		{"object_eq", `data.dims == {'w': 2, 'h': 3.5}`},
 	} {
-		c, err := handlers.CompileCondition(bc.src)
+		c, err := engine.CompileCondition(bc.src)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -481,52 +407,8 @@ func BenchmarkConditionEval(b *testing.B) {
 	}
 }
 
-// docExamples reads the sample event and the example table that follow
-// the markers in a page of docs/, so that the page stays true.
-func docExamples(t *testing.T, page string) (*event.Event, [][2]string) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "docs", page))
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := string(b)
-	_, sample, ok := strings.Cut(doc, "<!-- sample-event -->\n```json\n")
-	if !ok {
-		t.Fatalf("%s: no sample event", page)
-	}
-	sample, _, _ = strings.Cut(sample, "```")
-	ev := decodeEvent(t, sample)
-	_, table, ok := strings.Cut(doc, "<!-- examples -->\n")
-	if !ok {
-		t.Fatalf("%s: no examples", page)
-	}
-	var rows [][2]string
-	for i, line := range strings.Split(table, "\n") {
-		if !strings.HasPrefix(line, "|") {
-			break
-		}
-		if i < 2 { // header and rule
-			continue
-		}
-		// "\|" is a pipe inside a cell.
-		line = strings.ReplaceAll(strings.Trim(line, "|"), `\|`, "\x00")
-		var clean []string
-		for _, c := range strings.Split(line, "|") {
-			clean = append(clean, strings.ReplaceAll(strings.Trim(strings.TrimSpace(c), "`"), "\x00", "|"))
-		}
-		if len(clean) != 2 {
-			t.Fatalf("%s: bad example row %q", page, line)
-		}
-		rows = append(rows, [2]string{clean[0], clean[1]})
-	}
-	if len(rows) == 0 {
-		t.Fatalf("%s: empty example table", page)
-	}
-	return ev, rows
-}
-
 func TestConditionDocExamples(t *testing.T) {
-	ev, rows := docExamples(t, "conditions.md")
+	ev, rows := samples.DocExamples(t, "conditions.md")
 	for _, r := range rows {
 		src, want := r[0], r[1]
 		got, err := evalCond(t, src, ev)

@@ -23,6 +23,10 @@ const (
 	// from the dead-letter store set it, so that the observers that
 	// already succeeded are not run again.
 	ObserverMetadata = "millrace_observer"
+	// DeliveryMetadata is set by a bus on the messages it hands out: the
+	// number of this delivery of the message, 1 for the first. Dead
+	// letters and logs report it.
+	DeliveryMetadata = "millrace_delivery"
 )
 
 // SetRouting sets the ordering key and subject of ev on m.

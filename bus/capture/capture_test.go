@@ -382,8 +382,8 @@ func TestNackIsRetriedBeforeTheNextChangeOfItsEntity(t *testing.T) {
 			continue
 		}
 		if ev.EntityID == "1" && ev.Type == event.Insert {
-			if m.UUID != nacked || m.Metadata.Get(capture.DeliveryMetadata) != "2" {
-				t.Errorf("redelivery: uuid %s delivery %s; want %s delivery 2", m.UUID, m.Metadata.Get(capture.DeliveryMetadata), nacked)
+			if m.UUID != nacked || m.Metadata.Get(bus.DeliveryMetadata) != "2" {
+				t.Errorf("redelivery: uuid %s delivery %s; want %s delivery 2", m.UUID, m.Metadata.Get(bus.DeliveryMetadata), nacked)
 			}
 		}
 		order = append(order, ev.EntityID+" "+string(ev.Type))

@@ -15,10 +15,6 @@ import (
 	"github.com/millrace/millrace/event"
 )
 
-// DeliveryMetadata counts the deliveries of a message in this process,
-// from 1; it restarts after a crash or a takeover.
-const DeliveryMetadata = "millrace_delivery"
-
 // EventIDMetadata holds, in a change-log row's metadata, the id of the
 // event when the row's own id differs: a dead-letter replay appends the
 // event again under a new row id, since the change log keeps each id once.

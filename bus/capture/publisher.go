@@ -101,7 +101,7 @@ func (p *Publisher) Publish(_ string, msgs ...*message.Message) error {
 		}
 		for k, v := range m.Metadata {
 			switch k {
-			case bus.KeyMetadata, bus.SubjectMetadata, bus.RetryDelayMetadata, DeliveryMetadata:
+			case bus.KeyMetadata, bus.SubjectMetadata, bus.RetryDelayMetadata, bus.DeliveryMetadata:
 			default:
 				md[k] = v
 			}

@@ -602,15 +602,15 @@ func (t *term) build(p *message.Message) {
 // of its entity, without holding an in-flight slot while it waits.
 func (t *term) deliver(p *message.Message) {
 	t.build(p)
-	attempt, _ := strconv.Atoi(p.Metadata.Get(DeliveryMetadata))
+	attempt, _ := strconv.Atoi(p.Metadata.Get(bus.DeliveryMetadata))
 	attempt++
 	c := message.NewMessageWithContext(t.msgCtx, p.UUID, p.Payload)
 	c.Metadata = make(message.Metadata, len(p.Metadata)+1)
 	for k, v := range p.Metadata {
 		c.Metadata[k] = v
 	}
-	c.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
-	p.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
+	c.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
+	p.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
 	select {
 	case t.out <- c:
 	case <-t.draining:

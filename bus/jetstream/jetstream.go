@@ -416,7 +416,7 @@ func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string,
 		}
 	}
 	if md, err := jm.Metadata(); err == nil {
-		msg.Metadata.Set("millrace_delivery", fmt.Sprint(md.NumDelivered))
+		msg.Metadata.Set(bus.DeliveryMetadata, fmt.Sprint(md.NumDelivered))
 	}
 	return msg, key, cancel
 }

@@ -225,7 +225,7 @@ func TestPartitionTakeOverFromCrashedOwner(t *testing.T) {
 		seq, _ := strconv.Atoi(string(m.Payload))
 		seqs[key] = append(seqs[key], seq)
 		// Taken-over entries carry no delivery count; new ones do.
-		if delivery := m.Metadata.Get(redisstream.DeliveryMetadata); (seq < before) != (delivery == "") {
+		if delivery := m.Metadata.Get(bus.DeliveryMetadata); (seq < before) != (delivery == "") {
 			t.Errorf("%s: event %d has delivery count %q; taken over: %v", key, seq, delivery, seq < before)
 		}
 		m.Ack()

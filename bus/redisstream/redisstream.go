@@ -21,10 +21,6 @@ import (
 const (
 	// EntryMetadata is the stream entry id of the message ("1700000000000-0").
 	EntryMetadata = "millrace_entry"
-	// DeliveryMetadata counts the deliveries of the message when it is
-	// known: 1 on the first read, one more per local redelivery. It is
-	// absent on entries read back from the pending list or claimed.
-	DeliveryMetadata = "millrace_delivery"
 	// UndecodableMetadata is set, with the reason, on a message made from
 	// an entry that lacks the expected fields. Its payload is the entry's
 	// raw fields as a JSON object, its UUID the entry id.
@@ -164,7 +160,7 @@ func entryValues(msg *message.Message) []any {
 		switch k {
 		case bus.KeyMetadata:
 			v = append(v, fieldKey, val)
-		case bus.SubjectMetadata, bus.RetryDelayMetadata, EntryMetadata, DeliveryMetadata, UndecodableMetadata:
+		case bus.SubjectMetadata, bus.RetryDelayMetadata, EntryMetadata, bus.DeliveryMetadata, UndecodableMetadata:
 			// Local to one delivery, or meaningful on JetStream only.
 		default:
 			v = append(v, fieldMetaPrefix+k, val)

@@ -164,7 +164,7 @@ func TestRoundTripKeepsUUIDPayloadAndMetadata(t *testing.T) {
 	if m.UUID != in.UUID || string(m.Payload) != string(in.Payload) {
 		t.Errorf("got %s %q, want %s %q", m.UUID, m.Payload, in.UUID, in.Payload)
 	}
-	for k, want := range map[string]string{bus.KeyMetadata: "db\x00Order\x0042", "trace": "abc", redisstream.DeliveryMetadata: "1", bus.SubjectMetadata: ""} {
+	for k, want := range map[string]string{bus.KeyMetadata: "db\x00Order\x0042", "trace": "abc", bus.DeliveryMetadata: "1", bus.SubjectMetadata: ""} {
 		if got := m.Metadata.Get(k); got != want {
 			t.Errorf("metadata %q = %q, want %q", k, got, want)
 		}
@@ -298,7 +298,7 @@ func TestNackCountsDeliveries(t *testing.T) {
 		if m.UUID != msgs[0].UUID {
 			t.Fatalf("delivery %d: got %s, want %s", want, m.UUID, msgs[0].UUID)
 		}
-		if got := m.Metadata.Get(redisstream.DeliveryMetadata); got != strconv.Itoa(want) {
+		if got := m.Metadata.Get(bus.DeliveryMetadata); got != strconv.Itoa(want) {
 			t.Errorf("delivery count = %q, want %d", got, want)
 		}
 		if want == 3 {

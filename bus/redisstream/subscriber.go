@@ -475,7 +475,7 @@ func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 		sub.logger.Warn("redisstream: undecodable entry released with its raw fields", "entry", e.ID, "reason", reason)
 	}
 	if delivery > 0 {
-		d.metadata[DeliveryMetadata] = strconv.Itoa(delivery)
+		d.metadata[bus.DeliveryMetadata] = strconv.Itoa(delivery)
 	}
 	ctx, cancel := context.WithCancel(sub.lctx)
 	msg := message.NewMessageWithContext(ctx, d.uuid, d.payload)
@@ -509,8 +509,8 @@ func (sub *subscription) settle(id string, cancel context.CancelFunc, acked bool
 func redeliverDelay(nacked *message.Message) time.Duration {
 	d, err := time.ParseDuration(nacked.Metadata.Get(bus.RetryDelayMetadata))
 	delete(nacked.Metadata, bus.RetryDelayMetadata)
-	if n, nerr := strconv.Atoi(nacked.Metadata.Get(DeliveryMetadata)); nerr == nil && n > 0 {
-		nacked.Metadata.Set(DeliveryMetadata, strconv.Itoa(n+1))
+	if n, nerr := strconv.Atoi(nacked.Metadata.Get(bus.DeliveryMetadata)); nerr == nil && n > 0 {
+		nacked.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(n+1))
 	}
 	if err != nil || d < 0 {
 		return 0

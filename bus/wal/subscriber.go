@@ -22,10 +22,6 @@ import (
 	"github.com/millrace/millrace/event"
 )
 
-// DeliveryMetadata counts the deliveries of a message in this process,
-// from 1, as bus/capture does.
-const DeliveryMetadata = "millrace_delivery"
-
 // Config is a WAL capture's config, built from config.Source by the
 // topologies. Zero fields take their defaults.
 type Config struct {
@@ -631,15 +627,15 @@ var errStopping = errors.New("wal capture: stopping")
 // settles the copy; a nacked p is released again by the lanes after its
 // delay, before the next change of its entity.
 func (st *stream) deliver(p *message.Message) {
-	attempt, _ := strconv.Atoi(p.Metadata.Get(DeliveryMetadata))
+	attempt, _ := strconv.Atoi(p.Metadata.Get(bus.DeliveryMetadata))
 	attempt++
 	c := message.NewMessageWithContext(st.msgCtx, p.UUID, p.Payload)
 	c.Metadata = make(message.Metadata, len(p.Metadata)+1)
 	for k, v := range p.Metadata {
 		c.Metadata[k] = v
 	}
-	c.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
-	p.Metadata.Set(DeliveryMetadata, strconv.Itoa(attempt))
+	c.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
+	p.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
 	select {
 	case st.sub.out <- c:
 	case <-st.draining:

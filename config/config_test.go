@@ -379,13 +379,13 @@ func TestCheckEnv(t *testing.T) {
 			return "", false
 		}
 	}
-	err = cfg.CheckEnv(lookup())
+	err = cfg.CheckEnv(lookup(), config.Features{})
 	for _, p := range []string{"http.admin_token_env", "observers.order_shipped.actions[0].secret_env"} {
 		if e := find(err, p); e == nil || !strings.Contains(e.Msg, "not set") {
 			t.Errorf("CheckEnv: no error at %s: %v", p, err)
 		}
 	}
-	if err := cfg.CheckEnv(lookup("TOKEN", "SHIPPED_SECRET")); err != nil {
+	if err := cfg.CheckEnv(lookup("TOKEN", "SHIPPED_SECRET"), config.Features{}); err != nil {
 		t.Errorf("CheckEnv with every variable set = %v", err)
 	}
 }
@@ -535,5 +535,28 @@ func TestSlotNameDefaultsFromTheSource(t *testing.T) {
 		if n, err := config.ParseSize(in); err != nil || n != want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, n, err, want)
 		}
+	}
+}
+
+// TestCheckEnvObserveRole: a process in the observe role does not open
+// the sources unless they are the bus, so it needs none of their
+// variables; on a topology whose bus is the sources' change logs it does.
+func TestCheckEnvObserveRole(t *testing.T) {
+	src := "topology = \"nats\"\nrole = \"observe\"\n[[sources]]\nname = \"orders_db\"\npostgres_url_env = \"MILLRACE_TEST_UNSET_ORDERS_URL\"\ntables = [\"public.orders\"]\n"
+	cfg, err := config.Parse([]byte(src), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	none := func(string) (string, bool) { return "", false }
+	if err := cfg.CheckEnv(none, config.Features{}); err != nil {
+		t.Errorf("observe role, sources not the bus: CheckEnv = %v, want nil", err)
+	}
+	err = cfg.CheckEnv(none, config.Features{SourcesAreBus: true})
+	if e := find(err, "sources[0].postgres_url_env"); e == nil {
+		t.Errorf("observe role, sources are the bus: CheckEnv = %v, want an error at sources[0].postgres_url_env", err)
+	}
+	cfg.Role = "all"
+	if e := find(cfg.CheckEnv(none, config.Features{}), "sources[0].postgres_url_env"); e == nil {
+		t.Error("role all: CheckEnv does not ask for the source's variable")
 	}
 }

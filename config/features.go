@@ -24,4 +24,9 @@ type Features struct {
 	// written before it. Without it, `millrace dlq list` says that the
 	// entries vanish with the process.
 	DurableDeadLetters bool
+	// SourcesAreBus: the change logs of [[sources]] are the bus itself
+	// (the postgres topology), so a process in the observe role reads
+	// them too. Without it an observe-only process never opens the
+	// sources, and CheckEnv does not ask for their *_env variables.
+	SourcesAreBus bool
 }

@@ -269,14 +269,20 @@ func (c *Config) EnvRefs() map[string]string {
 }
 
 // CheckEnv reports every "*_env" key whose variable is unset or empty in
-// lookup (os.LookupEnv when nil).
-func (c *Config) CheckEnv(lookup func(string) (string, bool)) error {
+// lookup (os.LookupEnv when nil), leaving out what this process does not
+// open: the sources, in the observe role of a topology (features) whose
+// bus is not the sources' change logs.
+func (c *Config) CheckEnv(lookup func(string) (string, bool), features Features) error {
 	if lookup == nil {
 		lookup = os.LookupEnv
 	}
 	refs := c.EnvRefs()
+	skipSources := c.Role == "observe" && !features.SourcesAreBus
 	paths := make([]string, 0, len(refs))
 	for p := range refs {
+		if skipSources && strings.HasPrefix(p, "sources[") {
+			continue
+		}
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)

@@ -253,7 +253,7 @@ func checkProcess(where string, tp topology, data []byte, e env, role string, gr
 			p.add("%s: %s names %s, which must come from an env_file, not the environment block", where, path, name)
 		}
 	}
-	if err := cfg.CheckEnv(func(k string) (string, bool) { v, ok := e.values[k]; return v, ok }); err != nil {
+	if err := cfg.CheckEnv(func(k string) (string, bool) { v, ok := e.values[k]; return v, ok }, cli.Defaults().Topologies.Features(cfg.Topology)); err != nil {
 		p.add("%s: %v", where, err)
 	}
 	if shutdown := cfg.Router.ShutdownTimeout.D(); grace <= shutdown {

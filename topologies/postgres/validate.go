@@ -13,7 +13,7 @@ import (
 func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "postgres", Build: Build, Validate: Validate,
-		Features: config.Features{DurableDeadLetters: true},
+		Features: config.Features{DurableDeadLetters: true, SourcesAreBus: true},
 	}
 }
 

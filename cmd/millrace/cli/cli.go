@@ -165,7 +165,7 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 					return &exitError{code: ExitInvalid, err: formatErrors(path, err)}
 				}
 			}
-			if err := cfg.CheckEnv(nil); err != nil {
+			if err := cfg.CheckEnv(nil, o.Topologies.Features(cfg.Topology)); err != nil {
 				return &exitError{code: ExitInvalid, err: formatErrors(path, err)}
 			}
 			if !wait {
@@ -228,7 +228,7 @@ func validateCmd(o Options, stdout io.Writer) *cobra.Command {
 			for _, f := range files {
 				cfg, err := load(o, f)
 				if err == nil && checkEnv {
-					if e := cfg.CheckEnv(nil); e != nil {
+					if e := cfg.CheckEnv(nil, o.Topologies.Features(cfg.Topology)); e != nil {
 						err = formatErrors(f, e)
 					}
 				}

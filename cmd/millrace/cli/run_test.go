@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 // TestRunRefusesOpenIngestBeyondLoopback: `millrace run` on an address
@@ -105,37 +107,80 @@ actions = [{ type = "log" }]
 	}
 }
 
+// running is a `millrace run` started in the process by startRun.
+type running struct {
+	addrFile string
+	stderr   *lockedBuffer
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+// startRun runs `millrace run -c <cfg> --addr-file F args...` until the
+// test stops it, and waits until ready(r) holds (at most 20s).
+func startRun(t *testing.T, cfg string, ready func(*running) bool, args ...string) *running {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	r := &running{addrFile: filepath.Join(dir, "addr"), stderr: &lockedBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	t.Cleanup(cancel)
+	root := newRoot(Defaults(), io.Discard, r.stderr)
+	root.SetArgs(append([]string{"run", "-c", path, "--log-format", "text", "--addr-file", r.addrFile}, args...))
+	go func() { r.done <- root.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !ready(r) {
+		select {
+		case err := <-r.done:
+			t.Fatalf("run ended before it was ready: %v\n%s", err, r.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run not ready within 20s:\n%s", r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r
+}
+
+// addr is what the address file holds, "" before it is written.
+func (r *running) addr() string {
+	b, err := os.ReadFile(r.addrFile)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// stop cancels the run, as SIGTERM does, and returns its exit code.
+func (r *running) stop(t *testing.T) int {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		var ee *exitError
+		switch {
+		case err == nil:
+			return ExitOK
+		case errors.As(err, &ee):
+			return ee.code
+		}
+		return ExitFailure
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop within 20s of the cancel")
+		return 0
+	}
+}
+
 // TestRunAddrFile: with http.addr on port 0, `millrace run --addr-file`
 // writes the address it listens on, logs it, serves /healthz there, and
 // removes the file at exit.
 func TestRunAddrFile(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "run.toml")
-	cfg := fmt.Sprintf("[http]\naddr = \"127.0.0.1:0\"\n[embedded]\ndata_dir = %q\n[router]\nshutdown_timeout = \"5s\"\n", dir)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addrFile := filepath.Join(dir, "addr")
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var stderr lockedBuffer
-	root := newRoot(Defaults(), io.Discard, &stderr)
-	root.SetArgs([]string{"run", "-c", path, "--log-format", "text", "--addr-file", addrFile})
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(ctx) }()
-
-	var addr string
-	deadline := time.Now().Add(20 * time.Second)
-	for addr == "" {
-		if b, err := os.ReadFile(addrFile); err == nil {
-			addr = strings.TrimSpace(string(b))
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not written within 20s", addrFile)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	cfg := fmt.Sprintf("[http]\naddr = \"127.0.0.1:0\"\n[embedded]\ndata_dir = %q\n[router]\nshutdown_timeout = \"5s\"\n", t.TempDir())
+	r := startRun(t, cfg, func(r *running) bool { return r.addr() != "" })
+	addr := r.addr()
 	if host, port, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" || port == "0" {
 		t.Fatalf("address file holds %q, want 127.0.0.1 and the chosen port", addr)
 	}
@@ -147,25 +192,14 @@ func TestRunAddrFile(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /healthz = %d", resp.StatusCode)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			var ee *exitError
-			if errors.As(err, &ee) {
-				t.Errorf("run after cancel: exit %d\n%s", ee.code, stderr.String())
-			} else {
-				t.Errorf("run after cancel: %v", err)
-			}
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("run did not stop within 20s of the cancel")
+	if code := r.stop(t); code != ExitOK {
+		t.Errorf("run after the stop: exit %d, want 0\n%s", code, r.stderr.String())
 	}
-	if _, err := os.Stat(addrFile); !os.IsNotExist(err) {
+	if _, err := os.Stat(r.addrFile); !os.IsNotExist(err) {
 		t.Errorf("address file left behind at exit (stat: %v)", err)
 	}
-	if !strings.Contains(stderr.String(), "http listening") || !strings.Contains(stderr.String(), addr) {
-		t.Errorf("the log does not give the listening address %s:\n%s", addr, stderr.String())
+	if log := r.stderr.String(); !strings.Contains(log, "http listening") || !strings.Contains(log, addr) {
+		t.Errorf("the log does not give the listening address %s:\n%s", addr, log)
 	}
 }
 
@@ -173,41 +207,52 @@ func TestRunAddrFile(t *testing.T) {
 // millrace waits for a service at start-up is a clean exit, not a failed
 // start.
 func TestRunStopsCleanlyWhileWaiting(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "wait.toml")
 	cfg := "topology = \"nats\"\n[http]\naddr = \"127.0.0.1:0\"\n[nats]\nurl = \"nats://127.0.0.1:1\"\n[router]\nstartup_timeout = \"1m\"\n"
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+	r := startRun(t, cfg, func(r *running) bool {
+		return r.addr() != "" && strings.Contains(r.stderr.String(), "waiting for a service")
+	})
+	if code := r.stop(t); code != ExitOK {
+		t.Errorf("run stopped while waiting: exit %d, want 0\n%s", code, r.stderr.String())
+	}
+	if !strings.Contains(r.stderr.String(), "stopped before the backend was ready") {
+		t.Errorf("the log does not say millrace stopped before it was ready:\n%s", r.stderr.String())
+	}
+}
+
+// TestRunObserveNeedsNoSourceURL: an observe-only process on the nats
+// topology never opens the sources, so it starts without their URL
+// variables; on the postgres topology, whose bus is the sources' change
+// logs, it refuses to start without them.
+func TestRunObserveNeedsNoSourceURL(t *testing.T) {
+	_, _, prefix := testenv.NATS(t) // deletes the test's streams at the end
+	stream := strings.ToUpper(prefix) + "_EVENTS"
+	cfg := fmt.Sprintf(`topology = "nats"
+role = "observe"
+[http]
+addr = "127.0.0.1:0"
+[nats]
+url = %q
+stream = %q
+subject_prefix = %q
+[[sources]]
+name = "orders_db"
+postgres_url_env = "MILLRACE_TEST_UNSET_ORDERS_URL"
+tables = ["public.orders"]
+[router]
+shutdown_timeout = "5s"
+`, testenv.NATSURL(), stream, prefix)
+	r := startRun(t, cfg, func(r *running) bool { return strings.Contains(r.stderr.String(), "millrace running") })
+	if code := r.stop(t); code != ExitOK {
+		t.Errorf("observe role on nats: exit %d, want 0\n%s", code, r.stderr.String())
+	}
+
+	pg := filepath.Join(t.TempDir(), "pg.toml")
+	if err := os.WriteFile(pg, []byte("topology = \"postgres\"\nrole = \"observe\"\n[[sources]]\nname = \"orders_db\"\npostgres_url_env = \"MILLRACE_TEST_UNSET_ORDERS_URL\"\ntables = [\"public.orders\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addrFile := filepath.Join(dir, "addr")
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var stderr lockedBuffer
-	root := newRoot(Defaults(), io.Discard, &stderr)
-	root.SetArgs([]string{"run", "-c", path, "--log-format", "text", "--addr-file", addrFile})
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(ctx) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := os.Stat(addrFile); err == nil && strings.Contains(stderr.String(), "waiting for a service") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("millrace did not start waiting for NATS within 20s:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run stopped while waiting: %v, want a clean exit\n%s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("run did not stop within 20s of the cancel")
-	}
-	if !strings.Contains(stderr.String(), "stopped before the backend was ready") {
-		t.Errorf("the log does not say millrace stopped before it was ready:\n%s", stderr.String())
+	code, _, stderr := runCLIWith(t, Defaults(), "run", "-c", pg)
+	if code != ExitInvalid || !strings.Contains(stderr, "sources[0].postgres_url_env") {
+		t.Errorf("observe role on postgres without the source's URL: exit %d %s; want %d naming sources[0].postgres_url_env", code, stderr, ExitInvalid)
 	}
 }
 

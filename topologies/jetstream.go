@@ -138,7 +138,7 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		b.Ready = func(ctx context.Context) error { return errors.Join(busReady(ctx), srcs.Ready(ctx)) }
 	}
 	logger.Info("nats topology: JetStream bus", "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
-		"subjects", jc.SubjectPrefix+".>", "consumer", jc.Consumer, "partitions", jc.Partitions, "sources", len(b.Captures))
+		"subjects", jc.StreamSubjects(), "consumer", jc.Consumer, "partitions", jc.Partitions, "sources", len(b.Captures))
 	return b, nil
 }
 

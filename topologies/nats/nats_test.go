@@ -2,6 +2,8 @@ package nats_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -178,3 +180,50 @@ func TestExistingStreamIsUsedAsItIs(t *testing.T) {
 		t.Errorf("stream storage %v with %d messages; want the operator's memory stream with 1", info.Config.Storage, info.State.Msgs)
 	}
 }
+
+// With partitions the start-up log gives the stream's real subjects, one
+// per partition, as the stream is provisioned with them.
+func TestStartupLogNamesPartitionSubjects(t *testing.T) {
+	cfg, js := testConfig(t)
+	cfg.NATS.Partitions = 3
+	reg := topologies.NewRegistry()
+	if err := nats.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	var logged []string
+	logger := slog.New(recordHandler(func(r slog.Record) {
+		if r.Message != "nats topology: JetStream bus" {
+			return
+		}
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "subjects" {
+				logged = append(logged, fmt.Sprint(a.Value.Any()))
+			}
+			return true
+		})
+	}))
+	b, err := reg.Build(context.Background(), cfg, logger)
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	info, err := js.Stream(context.Background(), cfg.NATS.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint(info.CachedInfo().Config.Subjects)
+	if len(info.CachedInfo().Config.Subjects) != 3 || len(logged) != 1 || logged[0] != want {
+		t.Errorf("start-up log subjects %v, stream subjects %s; want the stream's 3 partition subjects once", logged, want)
+	}
+}
+
+// recordHandler is a slog.Handler that hands every record to f.
+type recordHandler func(slog.Record)
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
+	h(r)
+	return nil
+}
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h recordHandler) WithGroup(string) slog.Handler      { return h }

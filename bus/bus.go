@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"encoding/json"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -59,6 +60,22 @@ func Token(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// KeyFromPayload is the ordering key of an event envelope (event.KeyOf
+// of its source, entity_type and entity_id), for a message whose
+// producer did not set KeyMetadata. ok is false when the payload is not
+// a JSON object with an entity_type and an entity_id.
+func KeyFromPayload(payload []byte) (key string, ok bool) {
+	var e struct {
+		Source   string `json:"source"`
+		Entity   string `json:"entity_type"`
+		EntityID string `json:"entity_id"`
+	}
+	if json.Unmarshal(payload, &e) != nil || e.Entity == "" || e.EntityID == "" {
+		return "", false
+	}
+	return event.KeyOf(e.Source, e.Entity, e.EntityID), true
 }
 
 // PartitionKey is the key that places m in a partition: its ordering

@@ -192,6 +192,10 @@ type Subscriber struct {
 	mu     sync.Mutex
 	closed bool
 	stops  []func()
+
+	// noKey is logged once: a producer that leaves out Millrace-Key
+	// and whose payload is not an event envelope.
+	noKey sync.Once
 }
 
 // NewSubscriber returns a subscriber on js. It does not own the connection.
@@ -340,7 +344,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 				}
 				continue
 			}
-			msg, key, cancelMsg := toMessage(lctx, jm)
+			msg, key, cancelMsg := s.toMessage(lctx, jm)
 			settleMsg := settle(jm, msg, s.logger)
 			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); cancelMsg() }, func() { _ = jm.InProgress() }) {
 				cancelMsg()
@@ -395,7 +399,7 @@ func redeliverDelay(m *message.Message) time.Duration {
 	return defaultRedeliverDelay
 }
 
-func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string, context.CancelFunc) {
+func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string, context.CancelFunc) {
 	h := jm.Headers()
 	id := h.Get(uuidHeader)
 	if id == "" {
@@ -407,7 +411,19 @@ func toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string,
 	msg := message.NewMessageWithContext(mctx, id, jm.Data())
 	key := h.Get(keyHeader)
 	if key == "" {
-		key = jm.Subject()
+		// A producer that wrote around millrace without the header
+		// (docs/bus.md): the key comes from the envelope, so that one
+		// entity's events stay in order and other entities' do not wait
+		// behind them. Other payloads keep the order of their subject,
+		// one after another, which is said once in the log.
+		var ok bool
+		if key, ok = bus.KeyFromPayload(jm.Data()); !ok {
+			key = jm.Subject()
+			s.noKey.Do(func() {
+				s.logger.Warn("jetstream: a message has no Millrace-Key header and no event envelope to take its key from: "+
+					"such messages run one after another per subject; see docs/bus.md", "subject", jm.Subject(), "uuid", id)
+			})
+		}
 	}
 	msg.Metadata.Set(bus.KeyMetadata, key)
 	for k, v := range h {

@@ -270,7 +270,7 @@ func (p *parser) object() (any, bool) {
 		return nil, false
 	}
 	defer func() { p.depth-- }()
-	p.i++ // {
+	p.i++
 	m := map[string]any{}
 	p.ws()
 	if p.consume('}') {
@@ -305,8 +305,9 @@ func (p *parser) array() (any, bool) {
 		return nil, false
 	}
 	defer func() { p.depth-- }()
-	p.i++ // [
-	a := make([]any, 0) // never nil, as encoding/json makes it
+	p.i++
+	// Never nil, as encoding/json makes it.
+	a := make([]any, 0)
 	p.ws()
 	if p.consume(']') {
 		return a, true

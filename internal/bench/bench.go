@@ -97,7 +97,7 @@ type Options struct {
 	Scenarios []string
 
 	// Actions is the action registry the runs use. The suite adds its
-	// "noop" type to it, so it must be a registry of its own (start from
+	// "bench_noop" type to it, so it must be a registry of its own (start from
 	// cli.Defaults()). Required.
 	Actions *handlers.Registry
 	// Registry holds the topologies available in this build. Required.

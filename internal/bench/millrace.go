@@ -20,8 +20,9 @@ import (
 )
 
 // noopType is the action type the suite registers: it records the event
-// and returns.
-const noopType = "noop"
+// and returns, a no-op as far as the pipeline is concerned. It is not
+// the built-in "noop", which has no run to record into.
+const noopType = "bench_noop"
 
 // noopConfig is the noop action's section: the run whose recorder it
 // feeds.

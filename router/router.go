@@ -181,17 +181,26 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("router: %w", err)
 	}
 	r.wm = wm
-	wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").AddPrometheusRouterMetrics(wm)
+	// Watermill's router metrics: the handlers' and subscribers' are
+	// counted in each handler (handlerMetrics), the publish times by
+	// Watermill's decorator.
+	hm, err := newHandlerMetrics(r.metrics.Registry)
+	if err != nil {
+		return err
+	}
+	wm.AddPublisherDecorators(wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").DecoratePublisher)
 	if cfg.Role != "observe" {
 		// Capture: change log → bus. The message keeps its UUID (the
 		// change id), so a republished change is dropped by the bus or
 		// by dedup.
 		for name, sub := range backend.Captures {
-			wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
+			h := wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
+			h.AddMiddleware(hm.middleware("capture_"+name, sub))
 		}
 	}
 	if cfg.Role != "capture" {
-		wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
+		h := wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
+		h.AddMiddleware(hm.middleware("observe", backend.Subscriber))
 	}
 
 	var wg sync.WaitGroup

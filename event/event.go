@@ -172,6 +172,15 @@ func Decode(b []byte) (*Event, error) {
 	if len(b) == 0 || b[0] != '{' {
 		return nil, fmt.Errorf("%w: body must be a JSON object", ErrInvalid)
 	}
+	if w, ok := fastWire(b); ok {
+		return fromWire(&w, true)
+	}
+	return decodeStd(b)
+}
+
+// decodeStd is Decode through encoding/json: the reference for what the
+// fast path accepts, and the path of everything it does not.
+func decodeStd(b []byte) (*Event, error) {
 	var w wire
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
@@ -184,7 +193,7 @@ func Decode(b []byte) (*Event, error) {
 	if off := dec.InputOffset(); off < int64(len(b)) {
 		return nil, fmt.Errorf("%w: malformed JSON at byte %d: invalid character %q after top-level value", ErrInvalid, off+1, b[off])
 	}
-	return fromWire(&w)
+	return fromWire(&w, false)
 }
 
 // DecodeMany parses a JSON object or an array of objects. It returns the
@@ -210,7 +219,9 @@ func DecodeMany(b []byte) ([]*Event, []error, error) {
 	return []*Event{ev}, []error{nil}, nil
 }
 
-func fromWire(w *wire) (*Event, error) {
+// fromWire converts and checks a decoded envelope; normalized tells
+// that data and changes hold their final number types already.
+func fromWire(w *wire, normalized bool) (*Event, error) {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: %w", ErrInvalid, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}))
@@ -242,7 +253,9 @@ func fromWire(w *wire) (*Event, error) {
 	case nil:
 		e.Data = map[string]any{}
 	case map[string]any:
-		normalize(d)
+		if !normalized {
+			normalize(d)
+		}
 		e.Data = d
 	default:
 		bad("data", "must be a JSON object, got %s", kindOf(d))
@@ -251,7 +264,9 @@ func fromWire(w *wire) (*Event, error) {
 		if m, ok := w.Changes.(map[string]any); !ok {
 			bad("changes", "must be a JSON object, got %s", kindOf(w.Changes))
 		} else {
-			normalize(m)
+			if !normalized {
+				normalize(m)
+			}
 			e.Changes = make(map[string]Change, len(m))
 			for k, v := range m {
 				obj, ok := v.(map[string]any)
@@ -334,6 +349,9 @@ func stringish(raw json.RawMessage) (string, error) {
 	}
 	switch raw[0] {
 	case '"':
+		if s, ok := plainString(raw); ok {
+			return s, nil
+		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return "", errors.New(jsonReason(err))
@@ -347,6 +365,22 @@ func stringish(raw json.RawMessage) (string, error) {
 		return n.String(), nil
 	}
 	return "", fmt.Errorf("must be a string or a number, got %s", jsonKind(raw))
+}
+
+// plainString returns the text of a quoted JSON string that has no
+// escapes and only printable ASCII: the usual id, read without
+// encoding/json.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	in := raw[1 : len(raw)-1]
+	for _, c := range in {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(in), true
 }
 
 // kindOf names the JSON kind of a decoded value.
@@ -410,14 +444,15 @@ func isUUID(s string) bool {
 	if len(s) != 36 {
 		return false
 	}
-	for i, c := range s {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		switch i {
 		case 8, 13, 18, 23:
 			if c != '-' {
 				return false
 			}
 		default:
-			if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
 				return false
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/engine"
@@ -119,7 +120,7 @@ type Policy struct {
 // The message's context must carry the Delivery (Run does that).
 func (p *Policy) Stack(o *engine.Observer) message.HandlerFunc {
 	layers := Plan(p.Config, o.Config)
-	h := p.actions()
+	h := p.actions(p.actionMetrics(o))
 	for i := len(layers) - 1; i >= 0; i-- {
 		var mw message.HandlerMiddleware
 		switch layers[i].Name {
@@ -128,7 +129,7 @@ func (p *Policy) Stack(o *engine.Observer) message.HandlerFunc {
 		case LayerCondition:
 			mw = condition
 		case LayerLedger:
-			mw = p.ledger
+			mw = p.ledger(o)
 		case LayerRetry:
 			mw = p.retry
 		case LayerActions:
@@ -212,14 +213,20 @@ func condition(next message.HandlerFunc) message.HandlerFunc {
 // handled event is skipped, the actions that already succeeded are
 // marked done. The claim is committed after a success and released
 // after any failure, so that a redelivery runs again.
-func (p *Policy) ledger(next message.HandlerFunc) message.HandlerFunc {
+func (p *Policy) ledger(o *engine.Observer) message.HandlerMiddleware {
+	hashes := make([]string, len(o.Actions))
+	for i, b := range o.Actions {
+		hashes[i] = b.Spec.Hash
+	}
+	return func(next message.HandlerFunc) message.HandlerFunc {
+		return p.ledgerLayer(hashes, next)
+	}
+}
+
+func (p *Policy) ledgerLayer(hashes []string, next message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
 		o := d.Observer
-		hashes := make([]string, len(o.Actions))
-		for i, b := range o.Actions {
-			hashes[i] = b.Spec.Hash
-		}
 		claim, err := p.Ledger.Begin(ctx, d.Event.ID, o.Name, hashes)
 		if err != nil {
 			if errors.Is(err, ErrInFlight) {
@@ -320,7 +327,7 @@ func (p *Policy) retry(next message.HandlerFunc) message.HandlerFunc {
 // that are neither done nor given up, each through the result cache and
 // its endpoint's circuit breaker. It records each outcome in d.Actions
 // and returns nil; the retry layer reads them.
-func (p *Policy) actions() message.HandlerFunc {
+func (p *Policy) actions(ms []actionMetrics) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
 		exec := func(actx context.Context, ev *event.Event, b *engine.Bound) error {
@@ -328,39 +335,61 @@ func (p *Policy) actions() message.HandlerFunc {
 			if st.Done || st.GaveUp {
 				return nil
 			}
-			return p.execAction(actx, d, b, st)
+			return p.execAction(actx, d, b, st, &ms[b.Index])
 		}
 		_ = d.Observer.Run(ctx, d.Event, exec)
 		return nil, nil
 	}
 }
 
+// actionMetrics are one action's metric children and breaker key,
+// resolved when the stack is built: WithLabelValues hashes and checks
+// its labels on every call, and the key is formatted.
+type actionMetrics struct {
+	breakerKey                     string // when the action names no endpoint
+	succeeded, failed, breakerOpen prometheus.Counter
+	duration                       prometheus.Observer
+}
+
+func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
+	ms := make([]actionMetrics, len(o.Actions))
+	for i, b := range o.Actions {
+		id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
+		ms[i] = actionMetrics{
+			breakerKey:  b.ID(o.Name),
+			succeeded:   p.Metrics.Actions.WithLabelValues(o.Name, id, "succeeded"),
+			failed:      p.Metrics.Actions.WithLabelValues(o.Name, id, "failed"),
+			breakerOpen: p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open"),
+			duration:    p.Metrics.ActionDuration.WithLabelValues(o.Name, id),
+		}
+	}
+	return ms
+}
+
 // execAction runs one action once, through its endpoint's circuit
 // breaker, and records the outcome in st; a success goes to the result
 // cache at once.
-func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState) error {
-	o := d.Observer
-	id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
+func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState, m *actionMetrics) error {
 	start := time.Now()
-	err := p.Breakers.Do(breakerKey(o, b), func() error { return handlers.Execute(ctx, b, d.Event) })
+	err := p.Breakers.Do(breakerKey(b, m.breakerKey), func() error { return handlers.Execute(ctx, b, d.Event) })
 	if errors.Is(err, ErrBreakerOpen) {
 		st.Rejected = true
-		p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open").Inc()
+		m.breakerOpen.Inc()
 		return err
 	}
 	st.Rejected = false
 	st.Attempts++
 	now := time.Now()
-	p.Metrics.ActionDuration.WithLabelValues(o.Name, id).Observe(now.Sub(start).Seconds())
+	m.duration.Observe(now.Sub(start).Seconds())
 	if err == nil {
 		st.Done, st.LastErr = true, nil
-		p.Metrics.Actions.WithLabelValues(o.Name, id, "succeeded").Inc()
+		m.succeeded.Inc()
 		if d.Claim != nil {
 			d.Claim.Succeeded(ctx, b.Index)
 		}
 		return nil
 	}
-	p.Metrics.Actions.WithLabelValues(o.Name, id, "failed").Inc()
+	m.failed.Inc()
 	st.LastErr, st.Permanent, st.Last = err, handlers.IsPermanent(err), now
 	if st.First.IsZero() {
 		st.First = now
@@ -369,14 +398,14 @@ func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, s
 }
 
 // breakerKey names an action's endpoint: its own key when it has one,
-// else the action itself.
-func breakerKey(o *engine.Observer, b *engine.Bound) string {
+// else the action itself (own, its Bound.ID).
+func breakerKey(b *engine.Bound, own string) string {
 	if k, ok := b.Action.(BreakerKeyer); ok {
 		if key := k.BreakerKey(); key != "" {
 			return key
 		}
 	}
-	return b.ID(o.Name)
+	return own
 }
 
 // BreakerFailure tells which errors count against an action's endpoint:

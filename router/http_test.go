@@ -229,6 +229,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 		`millrace_ingest_events_total{result="accepted",token="anonymous"} 1`,
 		`millrace_events_total{result="handled"} 1`,
 		"handler_execution_time_seconds", // Watermill's router metrics
+		`subscriber_messages_received_total{acked="acked",handler_name="observe",subscriber_name=`,
 		"go_goroutines",
 	} {
 		if !strings.Contains(body, want) {

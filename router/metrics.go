@@ -46,3 +46,17 @@ func NewMetrics() *Metrics {
 	reg.MustRegister(m.Delivery.Collectors()...)
 	return m
 }
+
+// outcomes are the results of millrace_observer_runs_total.
+var outcomes = []string{middleware.OutcomeSucceeded, middleware.OutcomeSkipped, middleware.OutcomeDuplicate,
+	middleware.OutcomeDeadLettered, middleware.OutcomeLogged, middleware.OutcomeDropped, middleware.OutcomeRedeliver}
+
+// observerRuns returns observer's run counters by result, resolved once:
+// WithLabelValues hashes and checks its labels on every call.
+func (m *Metrics) observerRuns(observer string) map[string]prometheus.Counter {
+	runs := make(map[string]prometheus.Counter, len(outcomes))
+	for _, o := range outcomes {
+		runs[o] = m.Observers.WithLabelValues(observer, o)
+	}
+	return runs
+}

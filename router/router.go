@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/config"
@@ -56,6 +57,8 @@ type Router struct {
 	matcher   *engine.Matcher
 	policy    *middleware.Policy
 	stacks    map[string]message.HandlerFunc // by observer
+	runs      map[string]map[string]prometheus.Counter
+	handled   prometheus.Counter
 	wm        *message.Router
 	http      *http.Server
 	listener  net.Listener
@@ -170,13 +173,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, engine.CloseAll(r.observers)) }()
-	r.matcher = engine.NewMatcher(r.observers)
-	r.byName = make(map[string]*engine.Observer, len(r.observers))
-	r.stacks = make(map[string]message.HandlerFunc, len(r.observers))
-	for _, o := range r.observers {
-		r.byName[o.Name] = o
-		r.stacks[o.Name] = r.policy.Stack(o)
-	}
+	r.compile()
 
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.Router.ShutdownTimeout.D()},
 		watermill.NewSlogLoggerWithLevelMapping(r.logger.With("component", "watermill"), map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
@@ -184,17 +181,26 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("router: %w", err)
 	}
 	r.wm = wm
-	wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").AddPrometheusRouterMetrics(wm)
+	// Watermill's router metrics: the handlers' and subscribers' are
+	// counted in each handler (handlerMetrics), the publish times by
+	// Watermill's decorator.
+	hm, err := newHandlerMetrics(r.metrics.Registry)
+	if err != nil {
+		return err
+	}
+	wm.AddPublisherDecorators(wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").DecoratePublisher)
 	if cfg.Role != "observe" {
 		// Capture: change log → bus. The message keeps its UUID (the
 		// change id), so a republished change is dropped by the bus or
 		// by dedup.
 		for name, sub := range backend.Captures {
-			wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
+			h := wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
+			h.AddMiddleware(hm.middleware("capture_"+name, sub))
 		}
 	}
 	if cfg.Role != "capture" {
-		wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
+		h := wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
+		h.AddMiddleware(hm.middleware("observe", backend.Subscriber))
 	}
 
 	var wg sync.WaitGroup
@@ -240,6 +246,21 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	wg.Wait()
 	r.logger.Info("stopped", "took", time.Since(start).Round(time.Millisecond).String())
 	return runErr
+}
+
+// compile sets up what observe needs from the observers and the
+// policy: the matcher, the stacks and the metric children.
+func (r *Router) compile() {
+	r.matcher = engine.NewMatcher(r.observers)
+	r.byName = make(map[string]*engine.Observer, len(r.observers))
+	r.stacks = make(map[string]message.HandlerFunc, len(r.observers))
+	r.runs = make(map[string]map[string]prometheus.Counter, len(r.observers))
+	for _, o := range r.observers {
+		r.byName[o.Name] = o
+		r.stacks[o.Name] = r.policy.Stack(o)
+		r.runs[o.Name] = r.metrics.observerRuns(o.Name)
+	}
+	r.handled = r.metrics.Events.WithLabelValues("handled")
 }
 
 // Backoff between start-up attempts: the first retry comes soon, for a
@@ -499,8 +520,12 @@ func (r *Router) observe(msg *message.Message) error {
 	if !ev.Timestamp.IsZero() {
 		r.metrics.EventLatency.Observe(time.Since(ev.Timestamp).Seconds())
 	}
-	r.logger.DebugContext(ctx, "event handled", "event_id", ev.ID, "event_type", ev.Type, "entity_type", ev.Entity,
-		"entity_id", ev.EntityID, "summary", sum)
+	if r.logger.Enabled(ctx, slog.LevelDebug) {
+		// Checked first: the arguments, the summary above all, would be
+		// boxed for every event even with the line off.
+		r.logger.DebugContext(ctx, "event handled", "event_id", ev.ID, "event_type", ev.Type, "entity_type", ev.Entity,
+			"entity_id", ev.EntityID, "summary", sum)
+	}
 	if sum.Err != nil {
 		r.metrics.Events.WithLabelValues("failed").Inc()
 		if sum.RetryDelay > 0 {
@@ -510,7 +535,7 @@ func (r *Router) observe(msg *message.Message) error {
 			"retry_delay", sum.RetryDelay.String())
 		return sum.Err
 	}
-	r.metrics.Events.WithLabelValues("handled").Inc()
+	r.handled.Inc()
 	return nil
 }
 
@@ -600,7 +625,11 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 		wg.Wait()
 	}
 	for i, d := range ds {
-		r.metrics.Observers.WithLabelValues(obs[i].Name, d.Outcome).Inc()
+		if c, ok := r.runs[obs[i].Name][d.Outcome]; ok {
+			c.Inc()
+		} else {
+			r.metrics.Observers.WithLabelValues(obs[i].Name, d.Outcome).Inc()
+		}
 		switch d.Outcome {
 		case middleware.OutcomeSucceeded:
 			sum.Succeeded++

@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func benchCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
 		topos      []string
+		scens      []string
 		opts       bench.Options
 		cpuProfile bool
 		logLevel   string
@@ -87,6 +88,13 @@ docs/performance.md explains every figure.`,
 				for _, name := range strings.Split(t, ",") {
 					if name = strings.TrimSpace(name); name != "" {
 						opts.Topologies = append(opts.Topologies, name)
+					}
+				}
+			}
+			for _, sc := range scens {
+				for _, name := range strings.Split(sc, ",") {
+					if name = strings.TrimSpace(name); name != "" {
+						opts.Scenarios = append(opts.Scenarios, name)
 					}
 				}
 			}
@@ -125,6 +133,7 @@ docs/performance.md explains every figure.`,
 	cmd.SetErr(stderr)
 	f := cmd.Flags()
 	f.StringSliceVar(&topos, "topologies", nil, "topologies to measure, comma-separated (default: "+strings.Join(bench.Topologies, ",")+")")
+	f.StringSliceVar(&scens, "scenarios", nil, "runs to measure, comma-separated (default: "+strings.Join(bench.Scenarios, ",")+")")
 	f.IntVarP(&opts.Events, "events", "n", bench.DefaultEvents, "events per saturated run")
 	f.IntVar(&opts.PayloadBytes, "payload", bench.DefaultPayload, "bytes of data per event")
 	f.StringVar(&opts.OutDir, "out", bench.DefaultOutDir, "directory of results.json, RESULTS.md and chart.png")

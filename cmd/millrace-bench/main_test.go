@@ -14,7 +14,7 @@ import (
 // in BENCH_FLAGS and docs/performance.md lists.
 func TestFlags(t *testing.T) {
 	cmd := benchCmd(&bytes.Buffer{}, &bytes.Buffer{})
-	for _, name := range []string{"topologies", "events", "payload", "out", "quick", "rate", "budget", "partitions", "cpuprofile", "log-level"} {
+	for _, name := range []string{"topologies", "events", "payload", "out", "quick", "rate", "budget", "partitions", "cpuprofile", "log-level", "scenarios"} {
 		if cmd.Flags().Lookup(name) == nil {
 			t.Errorf("no --%s flag", name)
 		}
@@ -39,6 +39,7 @@ func TestBadOptions(t *testing.T) {
 		want string
 	}{
 		{[]string{"--topologies", "embedded,bogus"}, `unknown topology "bogus"`},
+		{[]string{"--scenarios", "noop,bogus"}, `unknown scenario "bogus"`},
 		{[]string{"-n", "-1"}, "events must be at least 1"},
 		{[]string{"--rate", "-1"}, "rate must be at least 1"},
 		{[]string{"--budget", "-1m"}, "budget must not be negative"},

@@ -123,6 +123,13 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 	}
 	w.timeout = c.Timeout.D()
 	w.tr = NewTransport(&Guard{AllowPrivate: c.AllowPrivate})
+	if deps.Config != nil {
+		// The idle pool must hold a connection per request in flight, or
+		// the requests beyond it open new ones: at most one per event the
+		// router handles at once.
+		w.tr.MaxIdleConnsPerHost = max(w.tr.MaxIdleConnsPerHost, deps.Config.Router.MaxInFlight)
+		w.tr.MaxIdleConns = max(w.tr.MaxIdleConns, w.tr.MaxIdleConnsPerHost)
+	}
 	if c.AllowPrivate && deps.Logger != nil {
 		deps.Logger.Warn("webhook: allow_private is on; requests may reach loopback and private addresses")
 	}

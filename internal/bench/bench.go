@@ -91,9 +91,13 @@ type Options struct {
 	// CPUProfile writes a CPU profile of each topology's no-op run to
 	// OutDir/profiles and puts its top entries in the results.
 	CPUProfile bool
+	// Scenarios selects the runs, by name (Scenarios lists them): a
+	// short run of one scenario is what an instruction count or a
+	// profile of one path needs. Default: every one.
+	Scenarios []string
 
 	// Actions is the action registry the runs use. The suite adds its
-	// "noop" type to it, so it must be a registry of its own (start from
+	// "bench_noop" type to it, so it must be a registry of its own (start from
 	// cli.Defaults()). Required.
 	Actions *handlers.Registry
 	// Registry holds the topologies available in this build. Required.
@@ -114,6 +118,9 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if len(o.Topologies) == 0 {
 		o.Topologies = slices.Clone(Topologies)
+	}
+	if len(o.Scenarios) == 0 {
+		o.Scenarios = slices.Clone(Scenarios)
 	}
 	o.Events = cmp.Or(o.Events, DefaultEvents)
 	o.PayloadBytes = cmp.Or(o.PayloadBytes, DefaultPayload)
@@ -138,6 +145,11 @@ func (o Options) validate() error {
 	for _, t := range o.Topologies {
 		if _, ok := specs[t]; !ok {
 			errs = append(errs, fmt.Errorf("bench: unknown topology %q (known: %s)", t, strings.Join(Topologies, ", ")))
+		}
+	}
+	for _, sc := range o.Scenarios {
+		if !slices.Contains(Scenarios, sc) {
+			errs = append(errs, fmt.Errorf("bench: unknown scenario %q (known: %s)", sc, strings.Join(Scenarios, ", ")))
 		}
 	}
 	if o.Events < 1 {
@@ -218,15 +230,25 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 
 	res := newResults(opts)
 	for _, t := range opts.Topologies {
-		s.satLeft++ // the ceiling, saturated and at a steady rate
-		s.steadyLeft++
-		if s.available(t) {
-			s.satLeft += 2 // noop, with and without dedup and cache
+		if s.selected(ScenarioCeiling) {
+			s.satLeft++ // the ceiling, saturated and at a steady rate
 			s.steadyLeft++
-			if s.webhookAvailable() {
+		}
+		if !s.available(t) {
+			continue
+		}
+		for _, sc := range scenarios {
+			switch {
+			case !s.selected(sc.name), sc.action == "webhook" && !s.webhookAvailable():
+			case sc.steady:
+				s.steadyLeft++
+			default:
 				s.satLeft++
 			}
 		}
+	}
+	if s.peerSelected() {
+		s.satLeft += 1 + len(peerRuns) // the peer job's ceiling and runs
 	}
 	s.prog = &progress{w: opts.Progress, tty: opts.Terminal, total: s.satLeft + s.steadyLeft}
 	start := time.Now()
@@ -238,6 +260,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 			break
 		}
 		res.Topologies = append(res.Topologies, s.topology(ctx, name))
+	}
+	if s.peerSelected() && ctx.Err() == nil {
+		res.PeerJob = s.peerJob(ctx)
 	}
 	res.DurationS = round3(time.Since(start).Seconds())
 	res.Machine.LoadEnd = loadAverage()
@@ -251,6 +276,11 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 
 func (s *suite) available(topology string) bool {
 	return slices.Contains(s.opts.Registry.Names(), topology)
+}
+
+// selected reports whether the run of scenario is asked for.
+func (s *suite) selected(scenario string) bool {
+	return slices.Contains(s.opts.Scenarios, scenario)
 }
 
 func (s *suite) webhookAvailable() bool {

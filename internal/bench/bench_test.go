@@ -75,6 +75,33 @@ func TestQuickSuite(t *testing.T) {
 			}
 		}
 	}
+	// The peer job: its ceiling, and each of its runs beside it.
+	if res.PeerJob == nil {
+		t.Fatal("no peer job in the results")
+	}
+	checkFigures(t, "peer ceiling", res.PeerJob.Ceiling)
+	if len(res.PeerJob.References) == 0 {
+		t.Error("the peer job quotes no reference figures")
+	}
+	for _, want := range []string{bench.PeerNoop, bench.PeerWebhook} {
+		var sc *bench.Scenario
+		for _, r := range res.PeerJob.Runs {
+			if r.Name == want {
+				sc = r
+			}
+		}
+		if sc == nil {
+			t.Errorf("peer job: no %s run", want)
+			continue
+		}
+		checkFigures(t, "peer "+want, sc.Figures)
+		if sc.Ratio == nil || sc.Ratio.Throughput <= 0 {
+			t.Errorf("peer %s: ratio %+v; want a positive ratio to the ceiling", want, sc.Ratio)
+		}
+		if want == bench.PeerWebhook && (sc.Signed == nil || *sc.Signed != int64(sc.Figures.Events)) {
+			t.Errorf("peer webhook: signed %v of %d deliveries; want all", sc.Signed, sc.Figures.Events)
+		}
+	}
 	if measured < 4 {
 		t.Errorf("%d millrace runs measured; want every scenario of at least the embedded topology", measured)
 	}
@@ -100,7 +127,7 @@ func TestQuickSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wants := []string{"## Summary", "## Targets", bench.ChartPNG}
+	wants := []string{"## Summary", "## Targets", "## Peer job", "Benthos", bench.ChartPNG}
 	for _, top := range res.Topologies {
 		wants = append(wants, "## "+top.Name)
 		if !top.Available {
@@ -155,6 +182,7 @@ func TestOptionsRejected(t *testing.T) {
 	for name, mod := range map[string]func(*bench.Options){
 		"unknown topology": func(o *bench.Options) { o.Topologies = []string{"kafka"} },
 		"negative rate":    func(o *bench.Options) { o.Rate = -1 },
+		"unknown scenario": func(o *bench.Options) { o.Scenarios = []string{"peer", "bogus"} },
 		"no registry":      func(o *bench.Options) { o.Registry = nil },
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -173,18 +201,19 @@ func TestOptionsRejected(t *testing.T) {
 	}
 }
 
-// TestNoopTypeTaken checks that the suite refuses a registry that has a
-// noop type already: its runs would not be recorded.
+// TestNoopTypeTaken checks that the suite refuses a registry that has
+// its bench_noop type already: its runs would not be recorded. (The
+// built-in noop of cli.Defaults() is another type.)
 func TestNoopTypeTaken(t *testing.T) {
 	t.Parallel()
 	d := cli.Defaults()
-	if err := handlers.Register(d.Actions, "noop", func(context.Context, nopConfig, handlers.Deps) (handlers.Action, error) {
+	if err := handlers.Register(d.Actions, "bench_noop", func(context.Context, nopConfig, handlers.Deps) (handlers.Action, error) {
 		return nil, nil
 	}); err != nil {
 		t.Fatal(err)
 	}
 	o := bench.Options{Quick: true, OutDir: t.TempDir(), Actions: d.Actions, Registry: d.Topologies, Topologies: []string{"embedded"}}
-	if _, err := bench.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "noop") {
+	if _, err := bench.Run(context.Background(), o); err == nil || !strings.Contains(err.Error(), "bench_noop") {
 		t.Errorf("Run on a registry with a noop type: %v; want an error about the noop type", err)
 	}
 }

@@ -20,8 +20,9 @@ import (
 )
 
 // noopType is the action type the suite registers: it records the event
-// and returns.
-const noopType = "noop"
+// and returns, a no-op as far as the pipeline is concerned. It is not
+// the built-in "noop", which has no run to record into.
+const noopType = "bench_noop"
 
 // noopConfig is the noop action's section: the run whose recorder it
 // feeds.
@@ -160,22 +161,7 @@ func (s *suite) cleanup(spec topoSpec, env *runEnv) {
 		return
 	}
 	if rdb, err := s.redis(ctx); err == nil {
-		var keys []string
-		it := rdb.Scan(ctx, 0, "*"+env.id+"*", 1000).Iterator()
-		for it.Next(ctx) {
-			keys = append(keys, it.Val())
-		}
-		for len(keys) > 0 {
-			k := keys[:min(len(keys), 500)]
-			keys = keys[len(k):]
-			if err := rdb.Unlink(ctx, k...).Err(); err != nil {
-				s.logger.Warn("bench: unlink keys", "run", env.id, "err", err)
-				break
-			}
-		}
-		if err := it.Err(); err != nil {
-			s.logger.Warn("bench: scan keys", "run", env.id, "err", err)
-		}
+		s.unlinkKeys(ctx, rdb, env.id)
 	}
 	if spec.name == "redis" {
 		return
@@ -190,7 +176,7 @@ func (s *suite) cleanup(spec topoSpec, env *runEnv) {
 
 // config builds the config of one millrace run: the topology, the run's
 // own names everywhere, one observer "bench" with the given action.
-func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, dedupCache bool) (*config.Config, error) {
+func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scenarioSpec) (*config.Config, error) {
 	cfg := config.Default()
 	cfg.Topology = spec.name
 	cfg.Log.Level = "error"
@@ -208,8 +194,8 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, dedupCa
 	cfg.Redis.URL = s.opts.RedisURL
 	cfg.Redis.KeyPrefix = "millrace:" + env.id + ":"
 	cfg.Postgres.URL = env.pgURL
-	cfg.Dedup.Enabled = dedupCache
-	cfg.Cache.Enabled = dedupCache
+	cfg.Dedup.Enabled = sc.dedupCache
+	cfg.Cache.Enabled = sc.dedupCache && !sc.noCache
 	for i, schema := range env.schemas {
 		var src config.Source
 		src.SetDefaults()
@@ -277,9 +263,18 @@ func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec,
 			signed = &v
 		}()
 	}
-	cfg, err := s.config(spec, env, action, sc.dedupCache)
+	cfg, err := s.config(spec, env, action, sc)
 	if err != nil {
 		return nil, err
+	}
+	if sc.prefilled {
+		// The stream is filled before the router starts; the clock runs
+		// from the router's start, so that its start-up counts.
+		if err := s.prefill(ctx, cfg, n); err != nil {
+			return nil, fmt.Errorf("prefill: %w", err)
+		}
+		w.begin()
+		rec.started(time.Now())
 	}
 	ready := make(chan string, 1)
 	r, err := router.New(cfg, router.Options{Actions: s.opts.Actions, Topologies: s.opts.Registry,
@@ -310,6 +305,11 @@ func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec,
 		return nil, fmt.Errorf("router not ready within %s", readyTimeout)
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+	if sc.prefilled {
+		err = wait(ctx, rec, w.limit, nil, stopped, func() error { return runErr })
+		w.end()
+		return nil, err
 	}
 
 	send := func(ctx context.Context, from, to int) error {

@@ -174,6 +174,10 @@ func (r *Results) Markdown() string {
 		}
 	}
 
+	if r.PeerJob != nil {
+		r.peerMarkdown(p)
+	}
+
 	p("## Targets\n\n")
 	met, missed := 0, 0
 	for _, tg := range r.Targets {
@@ -253,4 +257,52 @@ func ratioText(sc *Scenario, pick func(*Ratio) float64) string {
 		return "—"
 	}
 	return fmt.Sprintf("%.2f", pick(sc.Ratio))
+}
+
+// peerMarkdown renders the peer job's section.
+func (r *Results) peerMarkdown(p func(string, ...any)) {
+	pj := r.PeerJob
+	p("## Peer job\n\n")
+	p("The job users compare routers on: a %s. millrace runs on the `%s` topology, dedup on its Redis ledger, the result cache off "+
+		"(the peer's job has none). Ceiling: %s, in the same run. Status: %s. "+
+		"Latency runs from the publish, before the clock started: it measures how the backlog drains, not one event's path "+
+		"(the steady-rate runs above are the ones to read for latency).\n\n", pj.Title, peerTopology, pj.CeilingName, pj.Status)
+	p("| run | events/s | ratio to the ceiling | p50 ms | p99 ms | CPU s / 10k | ceiling CPU s / 10k | cores busy (process / machine) | peak RSS MB |\n")
+	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	var errs []string
+	for _, sc := range pj.Runs {
+		f := sc.Figures
+		if f == nil {
+			p("| %s | %s |  |  |  |  |  |  |  |\n", sc.Title, sc.Status)
+			continue
+		}
+		if f.Error != "" {
+			errs = append(errs, fmt.Sprintf("- %s: %s", sc.Title, f.Error))
+		}
+		extra := ""
+		if sc.Signed != nil {
+			extra = fmt.Sprintf(" (%s of %s signed)", num(float64(*sc.Signed)), num(float64(f.Events)))
+		}
+		p("| %s%s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n", sc.Title, extra, thr(f),
+			ratioText(sc, func(x *Ratio) float64 { return x.Throughput }), ms3(f, f.Latency.P50), ms3(f, f.Latency.P99),
+			cpu(f), cpu(pj.Ceiling), dec(f.CoresBusy), dec(f.MachineBusy), mb(f.PeakRSSMB))
+	}
+	if c := pj.Ceiling; c != nil {
+		if c.Error != "" {
+			errs = append(errs, "- ceiling: "+c.Error)
+		}
+		p("| ceiling | %s |  | %s | %s | %s |  | %s / %s | %s |\n", thr(c), ms3(c, c.Latency.P50), ms3(c, c.Latency.P99),
+			cpu(c), dec(c.CoresBusy), dec(c.MachineBusy), mb(c.PeakRSSMB))
+	}
+	for _, ref := range pj.References {
+		p99 := ""
+		if ref.P99MS > 0 {
+			p99 = dec(ref.P99MS)
+		}
+		p("| %s: %s (%s) | %s |  |  | %s |  |  |  |  |\n", ref.Name, ref.Job, ref.Source, num(ref.EventsPerS), p99)
+	}
+	p("\n")
+	if len(errs) > 0 {
+		p("Failures:\n\n%s\n\n", strings.Join(errs, "\n"))
+	}
 }

@@ -16,8 +16,11 @@ type Results struct {
 	Modules    []Module    `json:"modules"`
 	Settings   Settings    `json:"settings"`
 	Topologies []*Topology `json:"topologies"`
-	Targets    []Target    `json:"targets"`
-	DurationS  float64     `json:"duration_s"`
+	// PeerJob is the job users compare routers on (peer.go); nil when
+	// it did not run.
+	PeerJob   *PeerJob `json:"peer_job,omitempty"`
+	Targets   []Target `json:"targets"`
+	DurationS float64  `json:"duration_s"`
 }
 
 // Machine describes where the suite ran. The load averages tell whether
@@ -50,6 +53,8 @@ type Settings struct {
 	CPUProfile bool    `json:"cpu_profile"`
 	// Partitions is nats.partitions and redis.partitions of the runs.
 	Partitions int `json:"partitions"`
+	// Scenarios are the runs asked for (Options.Scenarios).
+	Scenarios []string `json:"scenarios"`
 }
 
 // Statuses of a topology and of a scenario.
@@ -208,7 +213,7 @@ func newResults(o Options) *Results {
 			Arch: runtime.GOARCH, LoadStart: loadAverage()},
 		Settings: Settings{Events: o.events(), SteadyEvents: o.steadyEvents(), PayloadBytes: o.PayloadBytes,
 			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile, BudgetS: o.Budget.Seconds(),
-			Partitions: o.Partitions},
+			Partitions: o.Partitions, Scenarios: o.Scenarios},
 		Topologies: []*Topology{},
 		Targets:    []Target{},
 	}

@@ -16,6 +16,12 @@ var (
 	webhookTargets = map[string]float64{"nats": 10_000}
 	// p99Targets are the p99 latencies at the steady rate, in ms.
 	p99Targets = map[string]float64{"embedded": 20, "nats": 20, "redis": 20, "postgres": 50}
+	// peerTargets are the events/s of the peer job's runs: 1.5 times
+	// what Benthos reached on the same job (peerReferences).
+	peerTargets = []struct {
+		run string
+		lim float64
+	}{{PeerNoop, 40_000}, {PeerWebhook, 14_000}}
 )
 
 const (
@@ -59,7 +65,42 @@ func evaluate(res *Results) []Target {
 		}
 		out = append(out, dedupTarget(t, res), rssTarget(t, res))
 	}
+	if p := res.PeerJob; p != nil {
+		for _, pt := range peerTargets {
+			out = append(out, peerTarget(p, pt.run, pt.lim, res))
+		}
+	}
 	return out
+}
+
+// peerTarget checks one run of the peer job against its events/s.
+func peerTarget(p *PeerJob, run string, lim float64, res *Results) Target {
+	tg := Target{Topology: "peer job (" + peerTopology + ")", Name: "throughput, " + run, Want: "≥ " + num(lim) + " events/s", Limit: lim}
+	sc := p.run(run)
+	if sc == nil || !sc.Figures.ok() {
+		tg.Status, tg.Got = TargetNotMeasured, "—"
+		switch {
+		case p.Status == StatusNotAvailable:
+			tg.Note = "the topology is " + StatusNotAvailable
+		case sc == nil:
+			tg.Note = "no such run"
+		case sc.Figures != nil && sc.Figures.Error != "":
+			tg.Note = "the run failed: " + sc.Figures.Error
+		default:
+			tg.Note = sc.Status
+		}
+		return tg
+	}
+	f := sc.Figures
+	tg.Value, tg.Got, tg.Status = f.Throughput, num(f.Throughput)+" events/s", TargetMet
+	if f.Throughput < lim {
+		tg.Status = TargetMissed
+		tg.Note = busy(f, res)
+		if sc.Ratio != nil {
+			tg.Note += fmt.Sprintf("; %.0f %% of the ceiling (%s events/s)", sc.Ratio.Throughput*100, num(p.Ceiling.Throughput))
+		}
+	}
+	return tg
 }
 
 func figures(t *Topology, scenario string) *Figures {

@@ -1,0 +1,74 @@
+package middleware_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/engine"
+	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/middleware"
+	"github.com/millrace/millrace/stores"
+)
+
+// BenchmarkStack runs one event through an observer's whole delivery
+// stack (failure policy, ledger with dedup and the result cache on a
+// memory store, retry, one no-op action), as the router does for each
+// event: what the stack itself costs per event.
+func BenchmarkStack(b *testing.B) {
+	reg := handlers.NewRegistry()
+	handlers.MustRegister(reg, "noop", func(context.Context, noConfig, handlers.Deps) (handlers.Action, error) {
+		return handlers.ActionFunc(func(context.Context, *event.Event) error { return nil }), nil
+	})
+	cfg, err := config.Parse([]byte("[observers.bench]\nactions = [{ type = \"noop\" }]\n"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	obs, err := engine.Compile(context.Background(), cfg, reg, handlers.Deps{Config: cfg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	o := obs[0]
+	store, err := stores.NewMemoryStore(stores.MemoryStoreConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	metrics := middleware.NewMetrics()
+	p := &middleware.Policy{
+		Config: cfg, Metrics: metrics, Logger: slog.New(slog.DiscardHandler),
+		Ledger:   middleware.NewLedger(store, store, middleware.LedgerConfig{}, metrics, nil),
+		Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure),
+	}
+	stack := p.Stack(o)
+	ev := &event.Event{Type: event.Insert, Entity: "Order", EntityID: "1", Data: map[string]any{"n": int64(1)}, Timestamp: time.Now()}
+	payload := []byte(`{}`)
+	ids := make([]string, 0, 1024)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i%1024 == 0 {
+			b.StopTimer()
+			ids = ids[:0]
+			for range 1024 {
+				ids = append(ids, uuid.NewString())
+			}
+			b.StartTimer()
+		}
+		e := *ev
+		e.ID = ids[i%1024]
+		i++
+		msg := message.NewMessage(e.ID, payload)
+		d := &middleware.Delivery{Event: &e, Observer: o, Payload: payload, Topic: "events",
+			Actions: make([]middleware.ActionState, len(o.Actions))}
+		if err := middleware.Run(msg, d, stack); err != nil || d.Outcome != middleware.OutcomeSucceeded {
+			b.Fatalf("outcome %q, err %v", d.Outcome, err)
+		}
+	}
+}

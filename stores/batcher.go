@@ -95,7 +95,7 @@ func (b *batcher[R]) do(ctx context.Context, r R) error {
 	var err error
 	select {
 	case <-c.done:
-		return c.err
+		return answer(ctx, c.err)
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-b.closing:
@@ -103,10 +103,24 @@ func (b *batcher[R]) do(ctx context.Context, r R) error {
 	}
 	select {
 	case <-c.done: // answered meanwhile: the answer is worth more
-		return c.err
+		return answer(ctx, c.err)
 	default:
 		return err
 	}
+}
+
+// answer is the error a caller gets for its request's err. A batch's
+// context is cancelled when every caller in it gave up, so a batch that
+// failed that way answers context.Canceled; the caller gets its own
+// context's error instead (DeadlineExceeded at its deadline), as it
+// would had it stopped waiting a moment earlier.
+func answer(ctx context.Context, err error) error {
+	if err != nil && errors.Is(err, context.Canceled) {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+	}
+	return err
 }
 
 func (b *batcher[R]) work() {

@@ -63,10 +63,13 @@ func Topologies() []string { return cli.Defaults().Topologies.Names() }
 // (sources[].capture = "wal") instead of triggers: "nats+wal".
 const WALRun = "+wal"
 
-// Runs are what the end-to-end suites run: every topology, then nats and
-// redis again with WAL capture. NewRig, BusOf and ExampleCaptures take
-// either form.
-func Runs() []string { return append(Topologies(), "nats"+WALRun, "redis"+WALRun) }
+// Runs are what the end-to-end suites run: every topology, then nats,
+// redis and multidb again with WAL capture (multidb: a slot and a
+// publication per source). NewRig, BusOf and ExampleCaptures take either
+// form.
+func Runs() []string {
+	return append(Topologies(), "nats"+WALRun, "redis"+WALRun, "multidb"+WALRun)
+}
 
 // SplitRun returns the topology of a run and its capture, "trigger" or
 // "wal".

@@ -220,6 +220,9 @@ type Source struct {
 	// AppName is the application_name of the process's connections to
 	// this source.
 	AppName string
+	// Slot and Publication are the source's with WAL capture; empty
+	// otherwise.
+	Slot, Publication string
 }
 
 // NewRig prepares topology's process for the test: it reads
@@ -304,6 +307,7 @@ func NewRig(t *testing.T, run string, opts Options) *Rig {
 			// The slot and publication outlive the process: drop them
 			// after it stopped (this cleanup runs after Start's).
 			slot, pub := "s_"+schema, "p_"+schema
+			so.Slot, so.Publication = slot, pub
 			t.Cleanup(func() { testenv.DropReplication(t, slot, pub) })
 			src["capture"], src["slot"], src["publication"] = "wal", slot, pub
 		}

@@ -123,7 +123,7 @@ func (ss *Sources) Ready(ctx context.Context) error {
 // slot instead of the triggers.
 func Install(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
 	if s.Capture == config.CaptureWAL {
-		return wal.Setup(ctx, pool, WALSetup(s, s.Tables))
+		return SetupWAL(ctx, pool, s, s.Tables)
 	}
 	if err := capture.Migrate(ctx, pool, s.Schema); err != nil {
 		return err
@@ -153,6 +153,19 @@ func CaptureConfig(cfg *config.Config, s config.Source) capture.Config {
 		MaxInFlight:  cfg.Router.MaxInFlight,
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
 	}
+}
+
+// SetupWAL prepares WAL capture of tables for source s: after the
+// server's check, the capture schema, which holds the backfill cursors
+// (its change log stays empty), then wal.Setup.
+func SetupWAL(ctx context.Context, pool *pgxpool.Pool, s config.Source, tables []string) error {
+	if err := wal.CheckServer(ctx, pool); err != nil {
+		return err
+	}
+	if err := capture.Migrate(ctx, pool, s.Schema); err != nil {
+		return err
+	}
+	return wal.Setup(ctx, pool, WALSetup(s, tables))
 }
 
 // WALSetup is what wal.Setup creates for source s and tables.

@@ -239,7 +239,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 		}
 		for _, sc := range scenarios {
 			switch {
-			case !s.selected(sc.name), sc.action == "webhook" && !s.webhookAvailable():
+			case !s.selected(sc.name), !sc.applies(specs[t]), sc.action == "webhook" && !s.webhookAvailable():
 			case sc.steady:
 				s.steadyLeft++
 			default:

@@ -105,6 +105,7 @@ func TestQuickSuite(t *testing.T) {
 	if measured < 4 {
 		t.Errorf("%d millrace runs measured; want every scenario of at least the embedded topology", measured)
 	}
+	checkCaptureModes(t, res)
 	for _, tg := range res.Targets {
 		if tg.Topology == "embedded" && tg.Status != bench.TargetMet && tg.Status != bench.TargetMissed {
 			t.Errorf("embedded target %q: %s (%s); want it evaluated", tg.Name, tg.Status, tg.Note)
@@ -127,7 +128,8 @@ func TestQuickSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wants := []string{"## Summary", "## Targets", "## Peer job", "Benthos", bench.ChartPNG}
+	wants := []string{"## Summary", "## Targets", "## Peer job", "Benthos", bench.ChartPNG,
+		"## Capture: triggers and the write-ahead log", "throughput, capture = wal over capture = trigger"}
 	for _, top := range res.Topologies {
 		wants = append(wants, "## "+top.Name)
 		if !top.Available {
@@ -221,3 +223,50 @@ func TestNoopTypeTaken(t *testing.T) {
 type nopConfig struct{}
 
 func (nopConfig) Validate() error { return nil }
+
+// checkCaptureModes checks the runs that compare the capture modes: on
+// each topology whose sources may read the WAL (not postgres, not
+// embedded), a no-op run with capture = "wal" beside the trigger run,
+// both with the writer's time and PostgreSQL's CPU for the rows written.
+func checkCaptureModes(t *testing.T, res *bench.Results) {
+	t.Helper()
+	for _, top := range res.Topologies {
+		if !top.Available {
+			continue
+		}
+		var trig, wal *bench.Scenario
+		for _, sc := range top.Scenarios {
+			switch sc.Name {
+			case bench.ScenarioNoop:
+				trig = sc
+			case bench.ScenarioWAL:
+				wal = sc
+			}
+		}
+		switch top.Name {
+		case "embedded", "postgres":
+			if wal != nil {
+				t.Errorf("%s: a run with capture = wal; want none (%s)", top.Name, map[bool]string{true: "its change log is the bus", false: "nothing is captured"}[top.Name == "postgres"])
+			}
+			if top.Name == "embedded" && trig != nil && trig.Figures.Capture != nil {
+				t.Errorf("embedded: capture figures %+v on a run that publishes", trig.Figures.Capture)
+			}
+			continue
+		}
+		if wal == nil || trig == nil {
+			t.Errorf("%s: runs %v; want %s beside %s", top.Name, top.Scenarios, bench.ScenarioWAL, bench.ScenarioNoop)
+			continue
+		}
+		for mode, sc := range map[string]*bench.Scenario{"trigger": trig, "wal": wal} {
+			c := sc.Figures.Capture
+			switch {
+			case c == nil:
+				t.Errorf("%s %s: no capture figures", top.Name, sc.Name)
+			case c.Mode != mode || c.Rows != int64(sc.Figures.Events) || c.WriteSeconds <= 0 || c.WritePer10k <= 0:
+				t.Errorf("%s %s: capture %+v; want mode %s, %d rows and the time spent writing them", top.Name, sc.Name, c, mode, sc.Figures.Events)
+			case c.PGProcesses == 0 || c.PGCPUSeconds < 0:
+				t.Errorf("%s %s: capture %+v; want the CPU of the PostgreSQL processes serving the run", top.Name, sc.Name, c)
+			}
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/internal/testenv"
 )
@@ -26,7 +27,7 @@ func TestCaptureProducer(t *testing.T) {
 			defer s.close()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			env, err := s.prepare(ctx, spec)
+			env, err := s.prepare(ctx, spec, false)
 			if err != nil {
 				s.cleanup(spec, env)
 				t.Fatal(err)
@@ -175,5 +176,48 @@ func TestMeasureTimeBoxed(t *testing.T) {
 	})
 	if f.Error == "" || f.ok() {
 		t.Errorf("figures %+v; want an error for a run that delivered 1 of 10 events", f)
+	}
+}
+
+// TestPGProcesses checks the PostgreSQL CPU figure's parts: the backend
+// of a connection this process holds is found by its client port, and
+// the CPU of a query it runs shows in the difference of two readings.
+func TestPGProcesses(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, testenv.PostgresURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	var pid int32
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	before := pgProcesses(ctx, pool)
+	if _, ok := before[pid]; !ok {
+		t.Fatalf("backend %d of this process's connection is not among the processes read: %v", pid, before)
+	}
+	if _, err := conn.Exec(ctx, "SELECT count(*) FROM generate_series(1, 5000000)"); err != nil {
+		t.Fatal(err)
+	}
+	after := pgProcesses(ctx, pool)
+	if d := after[pid] - before[pid]; d <= 0 {
+		t.Errorf("backend %d: %s of CPU over a query counting 5,000,000 rows; want some", pid, d)
+	}
+	m := &writeMeter{}
+	send := m.wrap(func(context.Context, int, int) error { time.Sleep(20 * time.Millisecond); return nil })
+	if err := send(ctx, 0, 500); err != nil {
+		t.Fatal(err)
+	}
+	c := captureCost("wal", m, before, after)
+	if c.Rows != 500 || c.WriteSeconds < 0.02 || c.WritePer10k < 0.4 || c.PGProcesses != len(after) || c.PGCPUPer10k <= 0 {
+		t.Errorf("capture cost %+v; want 500 rows, at least 20 ms of writes (0.4 s per 10k), the processes read and their CPU", c)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
@@ -65,12 +67,14 @@ type runEnv struct {
 	dataDir string   // embedded: the JetStream store
 	schemas []string // capture: one schema (and watched table) per source
 	pgURL   string   // postgres.url, with the run's schema first in search_path
+	wal     bool     // the sources capture with capture = "wal"
 }
 
 // prepare creates what the run's config points at: a data dir, or the
-// watched tables with their capture triggers.
-func (s *suite) prepare(ctx context.Context, spec topoSpec) (*runEnv, error) {
-	env := &runEnv{id: newID()}
+// watched tables with their capture triggers (with wal, the tables alone:
+// the router creates the slot and the publication).
+func (s *suite) prepare(ctx context.Context, spec topoSpec, wal bool) (*runEnv, error) {
+	env := &runEnv{id: newID(), wal: wal}
 	if spec.name == "embedded" {
 		dir, err := os.MkdirTemp("", "millrace-bench-")
 		if err != nil {
@@ -112,6 +116,9 @@ func (s *suite) prepare(ctx context.Context, spec topoSpec) (*runEnv, error) {
 		// it here first means the first rows are captured whenever the
 		// topology gets to it.
 		table := schema + "." + benchTable
+		if wal {
+			continue
+		}
 		if err := capture.Watch(ctx, pool, schema, []string{table}, map[string]string{table: benchEntity}); err != nil {
 			return env, err
 		}
@@ -136,6 +143,11 @@ func (s *suite) cleanup(spec topoSpec, env *runEnv) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if pool, err := s.postgres(ctx); err == nil {
+		if env.wal {
+			if err := dropReplication(ctx, pool, env); err != nil {
+				s.logger.Warn("bench: drop replication slots", "run", env.id, "err", err)
+			}
+		}
 		rows, err := pool.Query(ctx, "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", "%"+env.id+"%")
 		var names []string
 		if err == nil {
@@ -211,6 +223,10 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scen
 		// Statement-level wake-ups: without them a change waits for the
 		// next poll (100 ms), which is the whole latency budget.
 		src.Notify = true
+		if env.wal {
+			src.Capture = config.CaptureWAL
+			src.Slot, src.Publication = slotName(schema), slotName(schema)
+		}
 		cfg.Sources = append(cfg.Sources, src)
 	}
 	var o config.Observer
@@ -227,7 +243,7 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scen
 // through it at rate (0: saturation) and returns when rec has them all.
 // For the webhook scenario it returns how many deliveries were signed.
 func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec, rec *recorder, n, rate int, w *window) (signed *int64, err error) {
-	env, err := s.prepare(ctx, spec)
+	env, err := s.prepare(ctx, spec, sc.wal)
 	defer s.cleanup(spec, env)
 	if err != nil {
 		return nil, err
@@ -320,12 +336,19 @@ func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec,
 		}
 		return r.Publish(ctx, evs...)
 	}
+	var meter *writeMeter
+	var pool *pgxpool.Pool
 	if spec.capture() {
-		pool, err := s.postgres(ctx)
-		if err != nil {
+		if pool, err = s.postgres(ctx); err != nil {
 			return nil, err
 		}
-		send = s.copySend(pool, env.schemas)
+		meter = &writeMeter{}
+		send = meter.wrap(s.copySend(pool, env.schemas))
+		pg0 := pgProcesses(ctx, pool)
+		defer func() {
+			w.end()
+			w.capture = captureCost(captureMode(env), meter, pg0, pgProcesses(context.WithoutCancel(ctx), pool))
+		}()
 	}
 	w.begin()
 	produced := make(chan error, 1)

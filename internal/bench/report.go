@@ -106,6 +106,7 @@ func (r *Results) Markdown() string {
 			p99(figOf(steady)), p99(t.Ceiling.Steady), cost, mb(rss))
 	}
 	p("\n")
+	p("%s", r.captureMarkdown())
 
 	for _, t := range r.Topologies {
 		p("## %s\n\n", t.Name)

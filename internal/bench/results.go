@@ -140,8 +140,11 @@ type Figures struct {
 	RSSReset  bool    `json:"rss_reset"`
 	// TimeBoxed is set when the run used up its share of the time
 	// budget: the figures are those of the Delivered events.
-	TimeBoxed bool   `json:"time_boxed,omitempty"`
-	Error     string `json:"error,omitempty"`
+	TimeBoxed bool `json:"time_boxed,omitempty"`
+	// Capture is what capturing the changes cost, for a run whose
+	// events were rows written to watched tables.
+	Capture *CaptureCost `json:"capture,omitempty"`
+	Error   string       `json:"error,omitempty"`
 }
 
 // ok reports whether the run has figures: every event was delivered, or

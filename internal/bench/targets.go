@@ -63,6 +63,9 @@ func evaluate(res *Results) []Target {
 			}
 			out = append(out, tg)
 		}
+		if lim, ok := walSpeedupTargets[t.Name]; ok {
+			out = append(out, walTarget(t, lim, res))
+		}
 		out = append(out, dedupTarget(t, res), rssTarget(t, res))
 	}
 	if p := res.PeerJob; p != nil {

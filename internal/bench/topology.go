@@ -35,6 +35,11 @@ type topoSpec struct {
 
 func (t topoSpec) capture() bool { return t.sources > 0 }
 
+// walCapture reports whether the topology's sources may capture from
+// the write-ahead log: every capturing topology but postgres, whose
+// change log is the bus.
+func (t topoSpec) walCapture() bool { return t.capture() && t.name != "postgres" }
+
 // Topologies are the topologies the suite knows how to set up and
 // measure, in the order it measures them. Each has an entry in specs.
 var Topologies = []string{"embedded", "postgres", "redis", "nats", "multidb"}
@@ -66,13 +71,16 @@ const (
 	ScenarioNoDedup    = "noop_no_dedup_cache"
 	ScenarioWebhook    = "webhook"
 	ScenarioSteadyNoop = "steady"
+	// ScenarioWAL is the no-op run with capture = "wal": beside
+	// ScenarioNoop (triggers) it compares the two capture modes.
+	ScenarioWAL = "noop_wal"
 	// ScenarioPeer is the peer job (peer.go): its ceiling and its runs.
 	ScenarioPeer = "peer"
 )
 
 // Scenarios are the names Options.Scenarios may hold, in the order the
 // suite runs them.
-var Scenarios = []string{ScenarioCeiling, ScenarioNoop, ScenarioNoDedup, ScenarioWebhook, ScenarioSteadyNoop, ScenarioPeer}
+var Scenarios = []string{ScenarioCeiling, ScenarioNoop, ScenarioNoDedup, ScenarioWebhook, ScenarioSteadyNoop, ScenarioWAL, ScenarioPeer}
 
 // scenarioSpec is one millrace run of a topology.
 type scenarioSpec struct {
@@ -81,6 +89,7 @@ type scenarioSpec struct {
 	dedupCache  bool
 	noCache     bool // dedup without the result cache
 	steady      bool // at Options.Rate instead of saturation
+	wal         bool // capture = "wal"; only where topoSpec.walCapture
 	// prefilled: the n events are on the bus before the router starts
 	// (the peer job); nothing is published while the clock runs.
 	prefilled bool
@@ -91,7 +100,11 @@ var scenarios = []scenarioSpec{
 	{name: ScenarioNoDedup, title: "no-op action, dedup and cache off, saturated", action: noopType},
 	{name: ScenarioWebhook, title: "signed webhook to a local receiver, dedup and cache on, saturated", action: "webhook", dedupCache: true},
 	{name: ScenarioSteadyNoop, title: "no-op action, dedup and cache on, steady rate", action: noopType, dedupCache: true, steady: true},
+	{name: ScenarioWAL, title: "no-op action, dedup and cache on, saturated, capture = wal", action: noopType, dedupCache: true, wal: true},
 }
+
+// applies reports whether scenario sc runs on topology t.
+func (sc scenarioSpec) applies(t topoSpec) bool { return !sc.wal || t.walCapture() }
 
 // topology measures one topology: its ceiling, then, when the topology
 // is in this build, each scenario.
@@ -112,7 +125,7 @@ func (s *suite) topology(ctx context.Context, name string) *Topology {
 	if !t.Available {
 		t.Status = StatusNotAvailable
 		for _, sc := range scenarios {
-			if s.selected(sc.name) {
+			if s.selected(sc.name) && sc.applies(spec) {
 				t.Scenarios = append(t.Scenarios, &Scenario{Name: sc.name, Title: sc.title, Status: StatusNotAvailable})
 			}
 		}
@@ -120,7 +133,7 @@ func (s *suite) topology(ctx context.Context, name string) *Topology {
 	}
 	t.Status = StatusMeasured
 	for _, sc := range scenarios {
-		if !s.selected(sc.name) {
+		if !s.selected(sc.name) || !sc.applies(spec) {
 			continue
 		}
 		out := &Scenario{Name: sc.name, Title: sc.title}
@@ -177,6 +190,7 @@ type window struct {
 	rss       int64
 	mbusy     [2]int64 // machine busy ticks at begin, end
 	mtotal    [2]int64
+	capture   *CaptureCost // of a run that captures
 	began     bool
 	ended     bool
 	profError error
@@ -223,7 +237,7 @@ func (s *suite) measure(ctx context.Context, label string, n, rate int, profile 
 	stop := s.prog.start(label, rec)
 	err := job(ctx, rec, w)
 	w.end()
-	f := &Figures{Events: n, Delivered: rec.done.Load(), Duplicates: rec.dups.Load(), RSSReset: reset}
+	f := &Figures{Events: n, Delivered: rec.done.Load(), Duplicates: rec.dups.Load(), RSSReset: reset, Capture: w.capture}
 	if errors.Is(err, errTimeBoxed) && f.Delivered > 0 {
 		f.TimeBoxed, err = true, nil
 	}

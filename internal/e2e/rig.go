@@ -63,10 +63,13 @@ func Topologies() []string { return cli.Defaults().Topologies.Names() }
 // (sources[].capture = "wal") instead of triggers: "nats+wal".
 const WALRun = "+wal"
 
-// Runs are what the end-to-end suites run: every topology, then nats and
-// redis again with WAL capture. NewRig, BusOf and ExampleCaptures take
-// either form.
-func Runs() []string { return append(Topologies(), "nats"+WALRun, "redis"+WALRun) }
+// Runs are what the end-to-end suites run: every topology, then nats,
+// redis and multidb again with WAL capture (multidb: a slot and a
+// publication per source). NewRig, BusOf and ExampleCaptures take either
+// form.
+func Runs() []string {
+	return append(Topologies(), "nats"+WALRun, "redis"+WALRun, "multidb"+WALRun)
+}
 
 // SplitRun returns the topology of a run and its capture, "trigger" or
 // "wal".
@@ -217,6 +220,9 @@ type Source struct {
 	// AppName is the application_name of the process's connections to
 	// this source.
 	AppName string
+	// Slot and Publication are the source's with WAL capture; empty
+	// otherwise.
+	Slot, Publication string
 }
 
 // NewRig prepares topology's process for the test: it reads
@@ -301,6 +307,7 @@ func NewRig(t *testing.T, run string, opts Options) *Rig {
 			// The slot and publication outlive the process: drop them
 			// after it stopped (this cleanup runs after Start's).
 			slot, pub := "s_"+schema, "p_"+schema
+			so.Slot, so.Publication = slot, pub
 			t.Cleanup(func() { testenv.DropReplication(t, slot, pub) })
 			src["capture"], src["slot"], src["publication"] = "wal", slot, pub
 		}

@@ -22,7 +22,10 @@ func TestMain(m *testing.M) { e2e.Main(m) }
 const rows = 400
 
 // TestBackfillBesideWriters fills a table before millrace starts, then
-// backfills it on the nats topology while writers update a random subset
+// backfills it on the nats topology, once with each capture (triggers,
+// and the WAL where the backfill's pages travel as logical decoding
+// messages in the same stream as the writers' changes), while writers
+// update a random subset
 // of rows again and again (n counts each row's versions). The observer of
 // every event must see each row's events with n never going down (no
 // backfilled image after a newer change), end at each row's latest
@@ -31,8 +34,17 @@ const rows = 400
 // part-way and run again: it resumes from its cursor, and every row
 // reaches that observer and no other.
 func TestBackfillBesideWriters(t *testing.T) {
+	for _, run := range []string{"nats", "nats" + e2e.WALRun} {
+		t.Run(run, func(t *testing.T) {
+			t.Parallel()
+			backfillBesideWriters(t, run)
+		})
+	}
+}
+
+func backfillBesideWriters(t *testing.T, run string) {
 	recv := e2e.NewReceiver(t)
-	r := e2e.NewRig(t, "nats", e2e.Options{
+	r := e2e.NewRig(t, run, e2e.Options{
 		Receiver: recv,
 		Observers: map[string]e2e.Observer{
 			"every": {Event: "*", Actions: []map[string]any{recv.Action("every", nil)}},

@@ -199,10 +199,12 @@ func TestNATSRestart(t *testing.T) {
 
 // TestPostgresConnectionsKilled terminates the capture's connections
 // (pg_terminate_backend) three times while changes flow, on the
-// topologies that capture: the capture reconnects, resumes from its
-// checkpoint (which never moves back), and nothing is lost.
+// topologies that capture, with triggers and with WAL capture (where the
+// walsender is among them): the capture reconnects, resumes from its
+// checkpoint or its slot's confirmed position (which never moves back),
+// and nothing is lost.
 func TestPostgresConnectionsKilled(t *testing.T) {
-	for _, topology := range e2e.Topologies() {
+	for _, topology := range e2e.Runs() {
 		if !e2e.ExampleCaptures(t, topology) {
 			continue // no capture
 		}
@@ -277,6 +279,14 @@ func watchCheckpoints(ctx context.Context, t *testing.T, r *e2e.Rig) *checkpoint
 func (c *checkpoints) sample(ctx context.Context) map[string]int64 {
 	now := map[string]int64{}
 	for _, s := range c.r.Sources {
+		if s.Slot != "" {
+			var pos int64
+			if err := s.Pool.QueryRow(ctx, "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+				s.Slot).Scan(&pos); err == nil {
+				now[s.Slot] = pos
+			}
+			continue
+		}
 		rows, err := s.Pool.Query(ctx, "SELECT source, consumer_group, position FROM "+
 			pgx.Identifier{s.Schema, "checkpoints"}.Sanitize())
 		if err != nil {
@@ -303,15 +313,32 @@ func (c *checkpoints) sample(ctx context.Context) map[string]int64 {
 }
 
 // waitCaughtUp waits until every checkpoint reached the last position of
-// its change log, and describes them.
+// its change log (with WAL capture: every slot's confirmed position, the
+// server's WAL end when it is called), and describes them.
 func (c *checkpoints) waitCaughtUp(t *testing.T) string {
 	t.Helper()
 	ctx := context.Background()
 	deadline := time.Now().Add(time.Minute)
+	var walEnd int64
+	if err := c.r.Sources[0].Pool.QueryRow(ctx, "SELECT (pg_current_wal_lsn() - '0/0')::bigint").Scan(&walEnd); err != nil {
+		t.Fatal(err)
+	}
 	for {
 		var desc []string
 		ok := true
 		for _, s := range c.r.Sources {
+			if s.Slot != "" {
+				var pos int64
+				if err := s.Pool.QueryRow(ctx, "SELECT coalesce((confirmed_flush_lsn - '0/0')::bigint, 0) FROM pg_replication_slots WHERE slot_name = $1",
+					s.Slot).Scan(&pos); err != nil {
+					t.Fatalf("slot %s: %v", s.Slot, err)
+				}
+				if pos < walEnd {
+					ok = false
+				}
+				desc = append(desc, fmt.Sprintf("%s:%d/%d", s.Slot, pos, walEnd))
+				continue
+			}
 			var end int64
 			if err := s.Pool.QueryRow(ctx, "SELECT coalesce(max(position), 0) FROM "+
 				pgx.Identifier{s.Schema, "change_log"}.Sanitize()).Scan(&end); err != nil {

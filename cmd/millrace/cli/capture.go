@@ -93,10 +93,10 @@ func migrateCmd(o Options, stdout io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return f.eachSource(cmd.Context(), o, func(ctx context.Context, pool *pgxpool.Pool, s config.Source) error {
 				if s.Capture == config.CaptureWAL {
-					if err := wal.Setup(ctx, pool, topologies.WALSetup(s, s.Tables)); err != nil {
+					if err := topologies.SetupWAL(ctx, pool, s, s.Tables); err != nil {
 						return err
 					}
-					fmt.Fprintf(stdout, "%s: publication %s and slot %s are up to date\n", s.Name, s.PublicationName(), s.SlotName())
+					fmt.Fprintf(stdout, "%s: schema %s, publication %s and slot %s are up to date\n", s.Name, s.Schema, s.PublicationName(), s.SlotName())
 					return nil
 				}
 				if err := capture.Migrate(ctx, pool, s.Schema); err != nil {
@@ -138,7 +138,7 @@ With capture = "wal" it adds the tables to the source's publication
 					tables = s.Tables
 				}
 				if s.Capture == config.CaptureWAL {
-					if err := wal.Setup(ctx, pool, topologies.WALSetup(s, tables)); err != nil {
+					if err := topologies.SetupWAL(ctx, pool, s, tables); err != nil {
 						return err
 					}
 					fmt.Fprintf(stdout, "%s: publishing %s (publication %s, slot %s)\n", s.Name, strings.Join(tables, ", "), s.PublicationName(), s.SlotName())

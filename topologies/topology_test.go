@@ -94,7 +94,7 @@ func TestFeatures(t *testing.T) {
 	r := builtins(t)
 	for name, want := range map[string]config.Features{
 		"embedded": {Topics: true, DurableDeadLetters: true},
-		"postgres": {DurableDeadLetters: true},
+		"postgres": {DurableDeadLetters: true, SourcesAreBus: true},
 		"redis":    {Topics: true, Partitions: true, DurableDeadLetters: true},
 		"nats":     {Topics: true, Partitions: true, DurableDeadLetters: true},
 		"multidb":  {Topics: true, Partitions: true, DurableDeadLetters: true},

@@ -7,6 +7,7 @@ import (
 	"runtime"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/millrace/millrace/config"
 )
@@ -53,6 +54,10 @@ func ConnectRedis(ctx context.Context, c config.Redis) (*goredis.Client, func(co
 	// make each start-up attempt last seconds, with a log line per dial.
 	probeOpts := *client.Options()
 	probeOpts.MaxRetries, probeOpts.DialerRetries = -1, 1
+	// The copy shares the client's push-notification handlers: with
+	// maintenance notifications on, the probe's own registration fails
+	// and go-redis logs it at every start. A one-off PING needs none.
+	probeOpts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	probe := goredis.NewClient(&probeOpts)
 	err = probe.Ping(ctx).Err()
 	if cerr := probe.Close(); err == nil {

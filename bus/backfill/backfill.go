@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
+
+	"github.com/millrace/millrace/bus/capture"
 )
 
 // DefaultPage is the number of rows read, locked and emitted per
@@ -269,17 +271,7 @@ func resolve(ctx context.Context, c *pgx.Conn, cfg Config) (table, error) {
 	}
 	t.name = nsp + "." + t.rel
 	t.quoted = pgx.Identifier{nsp, t.rel}.Sanitize()
-	rows, err := c.Query(ctx, `
-		SELECT a.attname
-		FROM pg_index i
-		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-		WHERE i.indrelid = $1 AND i.indisprimary
-		ORDER BY k.ord`, oid)
-	if err != nil {
-		return t, fmt.Errorf("backfill: table %s: primary key: %w", t.name, err)
-	}
-	if t.pk, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+	if t.pk, err = capture.PrimaryKey(ctx, c, oid); err != nil {
 		return t, fmt.Errorf("backfill: table %s: primary key: %w", t.name, err)
 	}
 	if len(t.pk) == 0 {

@@ -121,6 +121,29 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	return nil
 }
 
+// Querier is what PrimaryKey reads the catalog through: a pool, a
+// connection or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// PrimaryKey returns the primary-key columns of the table with this oid,
+// in key order; none when it has no primary key. The trigger capture,
+// the WAL capture and backfill derive entity ids from them alike.
+func PrimaryKey(ctx context.Context, q Querier, oid uint32) ([]string, error) {
+	rows, err := q.Query(ctx, `
+		SELECT a.attname
+		FROM pg_index i
+		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		WHERE i.indrelid = $1 AND i.indisprimary
+		ORDER BY k.ord`, oid)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
 // table is a watched table resolved in the catalog.
 type table struct {
 	name string // "schema.table", quoted for SQL
@@ -143,17 +166,7 @@ func resolve(ctx context.Context, tx pgx.Tx, name string) (t table, ok bool, err
 		return t, false, fmt.Errorf("table %s: %w", name, err)
 	}
 	t.name = ident(t.nsp) + "." + ident(t.rel)
-	rows, err := tx.Query(ctx, `
-		SELECT a.attname
-		FROM pg_index i
-		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-		WHERE i.indrelid = $1 AND i.indisprimary
-		ORDER BY k.ord`, oid)
-	if err != nil {
-		return t, false, fmt.Errorf("table %s: primary key: %w", name, err)
-	}
-	t.pk, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	t.pk, err = PrimaryKey(ctx, tx, oid)
 	if err != nil {
 		return t, false, fmt.Errorf("table %s: primary key: %w", name, err)
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/millrace/millrace/bus/capture"
 )
 
 // Plugin is the output plugin of millrace's slots.
@@ -76,27 +78,11 @@ func lookupTable(ctx context.Context, q interface {
 		return t, false, fmt.Errorf("table %s: %w", name, err)
 	}
 	t.Name, t.Full = nsp+"."+rel, ident == "f"
-	t.Key, err = primaryKey(ctx, q, oid)
+	t.Key, err = capture.PrimaryKey(ctx, q, oid)
 	if err != nil {
 		return t, false, fmt.Errorf("table %s: primary key: %w", name, err)
 	}
 	return t, true, nil
-}
-
-func primaryKey(ctx context.Context, q interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, oid uint32) ([]string, error) {
-	rows, err := q.Query(ctx, `
-		SELECT a.attname
-		FROM pg_index i
-		CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-		WHERE i.indrelid = $1 AND i.indisprimary
-		ORDER BY k.ord`, oid)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // SetupConfig is what Setup creates.

@@ -46,6 +46,16 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 			err = errors.Join(err, b.Close())
 		}
 	}()
+	// The sources are opened first: a source that cannot be captured
+	// (wal_level, privileges, a missing slot) refuses the start before
+	// anything is provisioned on NATS.
+	var srcs *Sources
+	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
+		if srcs, err = OpenSources(ctx, cfg, logger); err != nil {
+			return nil, err
+		}
+		b.Closers = append(b.Closers, srcs.Close)
+	}
 	d := &dialer{Dialer: net.Dialer{Timeout: connectTimeout}}
 	nc, err := natsgo.Connect(cfg.NATS.URL,
 		natsgo.Name("millrace "+cfg.Role),
@@ -121,12 +131,7 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		}
 		return nil
 	}
-	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
-		srcs, err := OpenSources(ctx, cfg, logger)
-		if err != nil {
-			return nil, err
-		}
-		b.Closers = append(b.Closers, srcs.Close)
+	if srcs != nil {
 		b.Captures = srcs.Captures(BridgeGroup)
 		b.Collectors = append(b.Collectors, srcs.WALMetrics.Collectors()...)
 		for _, c := range b.Captures {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -399,7 +398,7 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 		lanes: lanes.New(laneCtx, lanes.Options{
 			MaxInFlight: sub.cfg.MaxInFlight,
 			MaxBuffered: max(2*sub.cfg.BatchSize, sub.cfg.MaxInFlight),
-			Redeliver:   retryDelay,
+			Redeliver:   func(p *message.Message) time.Duration { return lanes.RetryDelay(p, defaultRetryDelay) },
 		}),
 	}
 	stopDrain := context.AfterFunc(ctx, t.drain)
@@ -598,48 +597,11 @@ func (t *term) build(p *message.Message) {
 
 // deliver hands a copy of p to the router and settles p as the router
 // settles the copy. A nacked p stays in its entity's lane: the lanes
-// release it again after its delay (retryDelay), before the next change
+// release it again after its delay (lanes.RetryDelay), before the next change
 // of its entity, without holding an in-flight slot while it waits.
 func (t *term) deliver(p *message.Message) {
 	t.build(p)
-	attempt, _ := strconv.Atoi(p.Metadata.Get(bus.DeliveryMetadata))
-	attempt++
-	c := message.NewMessageWithContext(t.msgCtx, p.UUID, p.Payload)
-	c.Metadata = make(message.Metadata, len(p.Metadata)+1)
-	for k, v := range p.Metadata {
-		c.Metadata[k] = v
-	}
-	c.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
-	p.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
-	select {
-	case t.out <- c:
-	case <-t.draining:
-		p.Nack()
-		return
-	case <-t.msgCtx.Done():
-		p.Nack()
-		return
-	}
-	select {
-	case <-c.Acked():
-		p.Ack()
-	case <-c.Nacked():
-		if d := c.Metadata.Get(bus.RetryDelayMetadata); d != "" {
-			p.Metadata.Set(bus.RetryDelayMetadata, d)
-		}
-		p.Nack()
-	case <-t.msgCtx.Done():
-		p.Nack()
-	}
-}
-
-// retryDelay is how long a nacked change waits before it is released
-// again: the delay the handler asked for, or defaultRetryDelay.
-func retryDelay(p *message.Message) time.Duration {
-	if d, err := time.ParseDuration(p.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
-		return d
-	}
-	return defaultRetryDelay
+	lanes.Forward(t.msgCtx, t.out, t.draining, p)
 }
 
 // listen wakes the reader on notifications of Channel(schema), over a

@@ -393,10 +393,7 @@ func (s *Subscriber) ensureConsumer(ctx context.Context, cc jetstream.ConsumerCo
 }
 
 func redeliverDelay(m *message.Message) time.Duration {
-	if d, err := time.ParseDuration(m.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
-		return d
-	}
-	return defaultRedeliverDelay
+	return lanes.RetryDelay(m, defaultRedeliverDelay)
 }
 
 func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string, context.CancelFunc) {

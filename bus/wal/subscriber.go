@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -361,7 +360,7 @@ func (sub *subscription) stream(ctx context.Context, conn *pgconn.PgConn) error 
 		lanes: lanes.New(laneCtx, lanes.Options{
 			MaxInFlight: sub.cfg.MaxInFlight,
 			MaxBuffered: sub.cfg.MaxPending + sub.cfg.MaxInFlight + 1024,
-			Redeliver:   retryDelay,
+			Redeliver:   func(p *message.Message) time.Duration { return lanes.RetryDelay(p, defaultRetryDelay) },
 		}),
 	}
 	stopDrain := context.AfterFunc(ctx, st.drain)
@@ -623,46 +622,15 @@ func (st *stream) push(msg *message.Message, err error) error {
 
 var errStopping = errors.New("wal capture: stopping")
 
+// defaultRetryDelay is the wait before a nacked change that asked for no
+// delay is released again, as in bus/capture.
+const defaultRetryDelay = 250 * time.Millisecond
+
 // deliver hands a copy of p to the router and settles p as the router
 // settles the copy; a nacked p is released again by the lanes after its
 // delay, before the next change of its entity.
 func (st *stream) deliver(p *message.Message) {
-	attempt, _ := strconv.Atoi(p.Metadata.Get(bus.DeliveryMetadata))
-	attempt++
-	c := message.NewMessageWithContext(st.msgCtx, p.UUID, p.Payload)
-	c.Metadata = make(message.Metadata, len(p.Metadata)+1)
-	for k, v := range p.Metadata {
-		c.Metadata[k] = v
-	}
-	c.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
-	p.Metadata.Set(bus.DeliveryMetadata, strconv.Itoa(attempt))
-	select {
-	case st.sub.out <- c:
-	case <-st.draining:
-		p.Nack()
-		return
-	case <-st.msgCtx.Done():
-		p.Nack()
-		return
-	}
-	select {
-	case <-c.Acked():
-		p.Ack()
-	case <-c.Nacked():
-		if d := c.Metadata.Get(bus.RetryDelayMetadata); d != "" {
-			p.Metadata.Set(bus.RetryDelayMetadata, d)
-		}
-		p.Nack()
-	case <-st.msgCtx.Done():
-		p.Nack()
-	}
-}
-
-func retryDelay(p *message.Message) time.Duration {
-	if d, err := time.ParseDuration(p.Metadata.Get(bus.RetryDelayMetadata)); err == nil && d > 0 {
-		return d
-	}
-	return 250 * time.Millisecond
+	lanes.Forward(st.msgCtx, st.sub.out, st.draining, p)
 }
 
 // String names the subscriber in logs.

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
@@ -176,7 +175,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	r.compile()
 
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.Router.ShutdownTimeout.D()},
-		watermill.NewSlogLoggerWithLevelMapping(r.logger.With("component", "watermill"), map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
+		wmLogger{r.logger.With("component", "watermill")})
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
 	}

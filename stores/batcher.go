@@ -33,8 +33,13 @@ type request interface{ base() *call }
 // one, so the batches grow with the load, and nothing waits on a timer:
 // a lone call on an idle store leaves at once.
 //
-// Workers start when calls arrive and end when the queue is empty, so an
-// idle store holds no goroutine and one that is never closed leaks none.
+// Workers start when calls arrive and end after the queue stayed empty
+// for batcherIdle, so an idle store holds no goroutine and one that is
+// never closed leaks none. A worker that waits a moment instead of
+// ending at once is what keeps a busy store cheap: under a steady load
+// the queue empties after almost every batch, and starting a goroutine
+// per batch (and growing its stack to the client's depth) cost more
+// than the round trip's own work.
 type batcher[R request] struct {
 	// exec sends one batch and answers each request in it, on the
 	// request's own fields or its call.err. Its ctx ends when every
@@ -46,9 +51,14 @@ type batcher[R request] struct {
 
 	closing chan struct{} // closed by close
 
+	// wake hands a queued call to an idle worker: one token per idle
+	// worker woken, so its capacity is the number of workers.
+	wake chan struct{}
+
 	mu       sync.Mutex
 	queue    []R
-	active   int
+	active   int // workers running, idle ones included
+	idle     int // workers waiting on wake
 	closed   bool
 	inflight map[*flight]struct{}
 	wg       sync.WaitGroup
@@ -65,6 +75,7 @@ func newBatcher[R request](workers, maxBatch int, exec func(context.Context, []R
 	return &batcher[R]{
 		exec: exec, workers: workers, maxBatch: maxBatch,
 		closing: make(chan struct{}), inflight: map[*flight]struct{}{},
+		wake: make(chan struct{}, workers),
 	}
 }
 
@@ -86,7 +97,11 @@ func (b *batcher[R]) do(ctx context.Context, r R) error {
 		return ErrStoreClosed
 	}
 	b.queue = append(b.queue, r)
-	if b.active < b.workers {
+	switch {
+	case b.idle > 0:
+		b.idle--
+		b.wake <- struct{}{} // never blocks: a slot per idle worker
+	case b.active < b.workers:
 		b.active++
 		b.wg.Add(1)
 		go b.work()
@@ -123,12 +138,19 @@ func answer(ctx context.Context, err error) error {
 	return err
 }
 
+// batcherIdle is how long a worker waits for calls before it ends.
+const batcherIdle = time.Second
+
 func (b *batcher[R]) work() {
 	defer b.wg.Done()
+	var idle *time.Timer
 	for {
 		batch, ctx, f, ok := b.next()
 		if !ok {
-			return
+			if !b.wait(&idle) {
+				return
+			}
+			continue
 		}
 		b.exec(ctx, batch)
 		b.land(f)
@@ -136,6 +158,37 @@ func (b *batcher[R]) work() {
 			close(r.base().done)
 		}
 	}
+}
+
+// wait parks a worker that found the queue empty until a call wakes it
+// (true), or until batcherIdle passed or the batcher closed (false: the
+// worker must end, and is no longer counted).
+func (b *batcher[R]) wait(idle **time.Timer) bool {
+	if *idle == nil {
+		*idle = time.NewTimer(batcherIdle)
+	} else {
+		(*idle).Reset(batcherIdle)
+	}
+	select {
+	case <-b.wake:
+		return true
+	case <-(*idle).C:
+	case <-b.closing:
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// do may have counted on this worker after the timer fired: a token
+	// sent meanwhile is for an idle worker, and this one still is.
+	select {
+	case <-b.wake:
+		if !b.closed {
+			return true
+		}
+	default:
+		b.idle--
+	}
+	b.active--
+	return false
 }
 
 // next takes the next batch off the queue, without the requests whose
@@ -148,7 +201,7 @@ func (b *batcher[R]) next() (batch []R, ctx context.Context, f *flight, ok bool)
 	for {
 		n := min(len(b.queue), b.maxBatch)
 		if n == 0 || b.closed {
-			b.active--
+			b.idle++ // wait decides whether the worker ends
 			return nil, nil, nil, false
 		}
 		if n == len(b.queue) {

@@ -167,13 +167,19 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		futures = append(futures, f)
 	}
 	var errs []error
+	// One bound for the whole call: the acks come back in parallel.
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
 	for i, f := range futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			errs = append(errs, fmt.Errorf("jetstream: publish %s: %w", msgs[i].UUID, err))
-		case <-time.After(30 * time.Second):
-			errs = append(errs, fmt.Errorf("jetstream: publish %s: no ack within 30s", msgs[i].UUID))
+		case <-timeout.C:
+			for _, m := range msgs[i:] {
+				errs = append(errs, fmt.Errorf("jetstream: publish %s: no ack within 30s", m.UUID))
+			}
+			return errors.Join(errs...)
 		}
 	}
 	return errors.Join(errs...)
@@ -429,7 +435,7 @@ func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.
 		}
 	}
 	if md, err := jm.Metadata(); err == nil {
-		msg.Metadata.Set(bus.DeliveryMetadata, fmt.Sprint(md.NumDelivered))
+		msg.Metadata.Set(bus.DeliveryMetadata, strconv.FormatUint(md.NumDelivered, 10))
 	}
 	return msg, key, cancel
 }

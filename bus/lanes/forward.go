@@ -18,8 +18,12 @@ import (
 // carried back to p for Options.Redeliver. p is nacked when draining is
 // closed or ctx ends before the consumer takes or settles the copy.
 func Forward(ctx context.Context, out chan<- *message.Message, draining <-chan struct{}, p *message.Message) {
-	attempt, _ := strconv.Atoi(p.Metadata.Get(bus.DeliveryMetadata))
-	attempt++
+	attempt := 1
+	if n := p.Metadata.Get(bus.DeliveryMetadata); n != "" {
+		if prev, err := strconv.Atoi(n); err == nil {
+			attempt = prev + 1
+		}
+	}
 	c := message.NewMessageWithContext(ctx, p.UUID, p.Payload)
 	c.Metadata = make(message.Metadata, len(p.Metadata)+1)
 	for k, v := range p.Metadata {

@@ -53,10 +53,20 @@ type Lanes struct {
 	touch     time.Duration
 	redeliver func(*message.Message) time.Duration
 
+	// handoff gives a key whose lane just started to a worker that is
+	// waiting for one; Push starts a new worker when none is.
+	handoff chan string
+
 	mu    sync.Mutex
 	lanes map[string][]item
 	wg    sync.WaitGroup
 }
+
+// workerIdle is how long a worker whose lane emptied waits for another
+// key before it ends. Under load a worker drains lane after lane: a
+// goroutine per message (whose stack grows to the router's depth each
+// time) cost more than the hand-off itself.
+const workerIdle = time.Second
 
 type item struct {
 	msg    *message.Message
@@ -87,6 +97,7 @@ func New(ctx context.Context, o Options) *Lanes {
 		touch:     o.TouchEvery,
 		redeliver: o.Redeliver,
 		lanes:     map[string][]item{},
+		handoff:   make(chan string),
 	}
 }
 
@@ -116,15 +127,65 @@ func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func
 	l.lanes[key] = append(q, it)
 	l.mu.Unlock()
 	if !busy {
-		l.wg.Add(1)
-		go l.drain(key)
+		select {
+		case l.handoff <- key:
+		default:
+			l.wg.Add(1)
+			go l.work(key)
+		}
 	}
 	return true
 }
 
-// drain releases the messages of one key in order, then exits.
-func (l *Lanes) drain(key string) {
+// work drains the lane of key, then the lanes handed to it, until none
+// came for workerIdle or the lanes stop.
+func (l *Lanes) work(key string) {
 	defer l.wg.Done()
+	w := &worker{}
+	defer w.stop()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		l.drain(key, w)
+		idle.Reset(workerIdle)
+		select {
+		case key = <-l.handoff:
+		case <-idle.C:
+			return
+		case <-l.draining:
+			return
+		case <-l.ctx.Done():
+			return
+		}
+	}
+}
+
+// worker is what a worker keeps from lane to lane: the ticker that
+// touches the message in flight.
+type worker struct{ ticker *time.Ticker }
+
+// tick starts a fresh touch period for a message and returns its
+// channel: one period across the message's redeliveries, since waits
+// shorter than TouchEvery must not each start a fresh one, or a message
+// nacked again and again would never be touched.
+func (w *worker) tick(every time.Duration) <-chan time.Time {
+	if w.ticker == nil {
+		w.ticker = time.NewTicker(every)
+	} else {
+		w.ticker.Reset(every)
+	}
+	return w.ticker.C
+}
+
+func (w *worker) stop() {
+	if w.ticker != nil {
+		w.ticker.Stop()
+	}
+}
+
+// drain releases the messages of one key in order, until its lane is
+// empty.
+func (l *Lanes) drain(key string, w *worker) {
 	for {
 		l.mu.Lock()
 		q := l.lanes[key]
@@ -136,7 +197,12 @@ func (l *Lanes) drain(key string) {
 		it := q[0]
 		l.mu.Unlock()
 
-		it.settle(l.releaseUntilAcked(it))
+		var tick <-chan time.Time
+		if l.touch > 0 && it.touch != nil {
+			tick = w.tick(l.touch)
+		}
+		it.settle(l.releaseUntilAcked(it, tick))
+		w.stop()
 
 		l.mu.Lock()
 		l.lanes[key] = l.lanes[key][1:]
@@ -146,17 +212,9 @@ func (l *Lanes) drain(key string) {
 }
 
 // releaseUntilAcked releases it, and again after each nack when
-// Redeliver is set; it reports whether a copy was acked.
-func (l *Lanes) releaseUntilAcked(it item) bool {
-	// One ticker for the item's whole stay, across its redeliveries:
-	// waits shorter than TouchEvery must not each start a fresh period,
-	// or a message nacked again and again would never be touched.
-	var tick <-chan time.Time
-	if l.touch > 0 && it.touch != nil {
-		t := time.NewTicker(l.touch)
-		defer t.Stop()
-		tick = t.C
-	}
+// Redeliver is set; it reports whether a copy was acked. tick touches
+// it meanwhile.
+func (l *Lanes) releaseUntilAcked(it item, tick <-chan time.Time) bool {
 	for {
 		acked := l.release(it, tick)
 		if acked || l.redeliver == nil || !nacked(it.msg) {
@@ -244,7 +302,8 @@ func (l *Lanes) release(it item, tick <-chan time.Time) bool {
 func (l *Lanes) Drain() { l.drainOne.Do(func() { close(l.draining) }) }
 
 // Wait blocks until every held message has settled or timeout passes,
-// and reports whether they all settled.
+// and reports whether they all settled. Call it after Drain: until then
+// the lanes' workers wait for more work.
 func (l *Lanes) Wait(timeout time.Duration) bool {
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()

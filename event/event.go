@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -286,9 +287,13 @@ func fromWire(w *wire, normalized bool) (*Event, error) {
 		e.Timestamp = ts
 	}
 	if s := bytes.TrimSpace(w.Seq); len(s) > 0 && string(s) != "null" {
-		if err := json.Unmarshal(s, &e.Seq); err != nil {
+		// A JSON integer is what ParseInt reads; a fraction, an exponent
+		// or a string is refused, as encoding/json would into an int64.
+		n, err := strconv.ParseInt(string(s), 10, 64)
+		if err != nil {
 			bad("seq", "must be an integer, got %s", clip(string(s)))
 		}
+		e.Seq = n
 	}
 	if len(errs) > 0 {
 		// Report shape errors together with any rule violations.

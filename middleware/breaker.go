@@ -39,8 +39,12 @@ func (c *BreakerConfig) SetDefaults() {
 }
 
 // BreakerKeyer is implemented by an action that knows which endpoint it
-// calls (e.g. a webhook's host), so that every action calling one
-// endpoint shares one breaker.
+// calls, so that every action of the process calling one endpoint shares
+// one breaker: the built-in ones name a webhook's or Slack's host
+// (scheme://host[:port]), the SMTP server, the SQL database or the Redis
+// server (see handlers.URLEndpoint). The key labels
+// millrace_breaker_state, so it never holds credentials; "" gives the
+// action a breaker of its own, keyed by observer and action.
 type BreakerKeyer interface {
 	BreakerKey() string
 }

@@ -346,7 +346,7 @@ func (p *Policy) actions(ms []actionMetrics) message.HandlerFunc {
 // resolved when the stack is built: WithLabelValues hashes and checks
 // its labels on every call, and the key is formatted.
 type actionMetrics struct {
-	breakerKey                     string // when the action names no endpoint
+	breakerKey                     string
 	succeeded, failed, breakerOpen prometheus.Counter
 	duration                       prometheus.Observer
 }
@@ -356,7 +356,7 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 	for i, b := range o.Actions {
 		id := fmt.Sprintf("%d:%s", b.Index, b.Spec.Type)
 		ms[i] = actionMetrics{
-			breakerKey:  b.ID(o.Name),
+			breakerKey:  breakerKey(b, b.ID(o.Name)),
 			succeeded:   p.Metrics.Actions.WithLabelValues(o.Name, id, "succeeded"),
 			failed:      p.Metrics.Actions.WithLabelValues(o.Name, id, "failed"),
 			breakerOpen: p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open"),
@@ -371,7 +371,7 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 // cache at once.
 func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState, m *actionMetrics) error {
 	start := time.Now()
-	err := p.Breakers.Do(breakerKey(b, m.breakerKey), func() error { return handlers.Execute(ctx, b, d.Event) })
+	err := p.Breakers.Do(m.breakerKey, func() error { return handlers.Execute(ctx, b, d.Event) })
 	if errors.Is(err, ErrBreakerOpen) {
 		st.Rejected = true
 		m.breakerOpen.Inc()
@@ -397,8 +397,9 @@ func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, s
 	return err
 }
 
-// breakerKey names an action's endpoint: its own key when it has one,
-// else the action itself (own, its Bound.ID).
+// breakerKey names an action's endpoint, which its circuit breaker is
+// keyed by: the action's BreakerKey when it has one, else own (its
+// Bound.ID), a breaker of its own.
 func breakerKey(b *engine.Bound, own string) string {
 	if k, ok := b.Action.(BreakerKeyer); ok {
 		if key := k.BreakerKey(); key != "" {

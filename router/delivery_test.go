@@ -196,6 +196,12 @@ func deliveryPostgres(t *testing.T) string {
 // config (observers and stores) and stops it when the test ends.
 func startDelivery(t *testing.T, p *deliveryProbe, node, cfgText string) *deliveryNode {
 	t.Helper()
+	return startDeliveryWith(t, p.registry(node), node, cfgText)
+}
+
+// startDeliveryWith is startDelivery with the action registry reg.
+func startDeliveryWith(t *testing.T, reg *handlers.Registry, node, cfgText string) *deliveryNode {
+	t.Helper()
 	n := &deliveryNode{logs: &deliveryLogs{}}
 	topo := topologies.NewRegistry()
 	spy := embedded.Topology()
@@ -215,7 +221,7 @@ func startDelivery(t *testing.T, p *deliveryProbe, node, cfgText string) *delive
 	}
 	ready := make(chan string, 1)
 	logger := slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r, err := router.New(cfg, router.Options{Actions: p.registry(node), Topologies: topo, Logger: logger, Ready: ready})
+	r, err := router.New(cfg, router.Options{Actions: reg, Topologies: topo, Logger: logger, Ready: ready})
 	if err != nil {
 		t.Fatal(err)
 	}

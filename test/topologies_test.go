@@ -311,17 +311,21 @@ func TestMultiDBTopology(t *testing.T) {
 
 // TestNATSOneBridgeThreeWorkers runs the nats topology as one capture
 // process and three observer processes: every change is handled once,
-// by one of the workers.
+// by one of the workers, and each worker handles a share of them.
 func TestNATSOneBridgeThreeWorkers(t *testing.T) {
 	t.Parallel()
 	db := newDatabase(t, "orders")
 	cfg := exampleCopy(t, "nats", db.schema)
-	env := append(append(natsEnv(t), redisEnv(t)...), "ORDERS_DB_URL="+db.url)
+	env := append(append(natsEnv(t), redisEnv(t)...), "ORDERS_DB_URL="+db.url, "MILLRACE_NATS__PARTITION_TTL=2s")
 	bridge := start(t, "bridge", cfg, env, "--role", "capture")
 	var workers []*proc
 	for i := range 3 {
 		workers = append(workers, start(t, fmt.Sprintf("worker %d", i), cfg, env, "--role", "observe"))
 	}
+	// The example's 12 partitions are dealt 4 to each worker, but the
+	// first worker holds all 12 until the others joined and it gave
+	// theirs up: changes made before that all go to it.
+	waitDealt(t, 12, workers)
 
 	const rows, perTx = 300, 10
 	for i := 0; i < rows; i += perTx {
@@ -352,11 +356,51 @@ func TestNATSOneBridgeThreeWorkers(t *testing.T) {
 	if n := len(bridge.actions()); n != 0 {
 		t.Errorf("the capture process ran %d actions, want none", n)
 	}
+	// The 300 orders hash to the partitions of each worker as 102, 94
+	// and 104 (bus/partition.Of): a worker below a fifth of the events
+	// did not get its partitions.
+	for i, n := range perWorker {
+		if n < events/5 {
+			t.Errorf("worker %d handled %d of %d events, want at least a fifth: %v", i, n, events, perWorker)
+		}
+	}
 	t.Logf("actions per worker: %v", perWorker)
 	for _, w := range workers {
 		w.stop(t)
 	}
 	bridge.stop(t)
+}
+
+// waitDealt waits until each of workers holds its share of the
+// partitions (partitions / len(workers)), as their logs tell.
+func waitDealt(t *testing.T, partitions int, workers []*proc) {
+	t.Helper()
+	share := partitions / len(workers)
+	deadline := time.Now().Add(30 * time.Second)
+	for _, w := range workers {
+		for held(w) != share {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s holds %d partitions after 30s, want %d", w.name, held(w), share)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// held is the number of partitions w holds: those it acquired, less
+// those it released or stopped (a lost lease).
+func held(w *proc) int {
+	n := 0
+	for _, l := range w.Logs() {
+		switch l.Msg {
+		case "partition: acquired":
+			n++
+		case "partition: released", "partition: lease lost to another worker; stopping the partition",
+			"partition: cannot renew the lease; stopping the partition":
+			n--
+		}
+	}
+	return n
 }
 
 // TestPartitionedWorkersKeepEntityOrder: with partitions set (12 in the
@@ -387,15 +431,7 @@ func partitionedWorkers(t *testing.T, db database, cfg string, env []string) {
 	}
 	// The first worker takes every partition; wait until it has dealt
 	// them out (12 over 3 workers), so that all three run events at once.
-	deadline := time.Now().Add(30 * time.Second)
-	for _, w := range workers[1:] {
-		for w.CountLogs(func(l e2e.LogLine) bool { return l.Msg == "partition: acquired" }) < 4 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the partitions were not shared out within 30s", w.name)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	waitDealt(t, 12, workers)
 
 	const rows, rounds = 40, 12
 	db.exec(t, "INSERT INTO orders (id, status, total) SELECT g, 's0', 0 FROM generate_series(1, $1::bigint) g", rows)

@@ -286,9 +286,14 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 	return out, stop, nil
 }
 
+// defaultMember names a subscriber among the workers: unique to it, also
+// among several subscribers of one process. (The first characters of a
+// NUID are its process-wide prefix, so a prefix of one would name every
+// subscriber of a process alike, and each would renew the others' leases
+// as its own.)
 func defaultMember() string {
 	host, _ := os.Hostname()
-	return bus.Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:8]))
+	return bus.Token(fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()))
 }
 
 // consume runs one durable consumer through lanes until stop, within

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -133,7 +134,9 @@ docs/performance.md explains every figure.`,
 	cmd.SetErr(stderr)
 	f := cmd.Flags()
 	f.StringSliceVar(&topos, "topologies", nil, "topologies to measure, comma-separated (default: "+strings.Join(bench.Topologies, ",")+")")
-	f.StringSliceVar(&scens, "scenarios", nil, "runs to measure, comma-separated (default: "+strings.Join(bench.Scenarios, ",")+")")
+	defaults := slices.DeleteFunc(slices.Clone(bench.Scenarios), func(s string) bool { return s == bench.ScenarioWorkers })
+	f.StringSliceVar(&scens, "scenarios", nil, "runs to measure, comma-separated (default: "+strings.Join(defaults, ",")+
+		"; "+bench.ScenarioWorkers+", the nats topology with 1, 2 and 3 observe processes, runs only when named)")
 	f.IntVarP(&opts.Events, "events", "n", bench.DefaultEvents, "events per saturated run")
 	f.IntVar(&opts.PayloadBytes, "payload", bench.DefaultPayload, "bytes of data per event")
 	f.StringVar(&opts.OutDir, "out", bench.DefaultOutDir, "directory of results.json, RESULTS.md and chart.png")

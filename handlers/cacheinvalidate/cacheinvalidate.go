@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"text/template/parse"
@@ -229,6 +231,23 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 // Register adds the "cache_invalidate" type to r.
 func Register(r *handlers.Registry) error {
 	return handlers.Register(r, "cache_invalidate", New)
+}
+
+// BreakerKey names the Redis server, redis://host:port/db, so that the
+// actions deleting its keys share one circuit breaker; "" (a breaker of
+// the action's own) for a cluster or failover client.
+func (a *CacheInvalidate) BreakerKey() string {
+	c, ok := a.client.(*redis.Client)
+	if !ok {
+		return ""
+	}
+	o := c.Options()
+	host, port, err := net.SplitHostPort(o.Addr)
+	if err != nil {
+		return ""
+	}
+	p, _ := strconv.Atoi(port)
+	return handlers.ServerEndpoint("redis", host, p, "/"+strconv.Itoa(o.DB))
 }
 
 // Execute renders every key and deletes what it names. Deleting a key

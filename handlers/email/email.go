@@ -230,6 +230,12 @@ func Register(r *handlers.Registry) error { return handlers.Register(r, "email",
 // receiver can recognise a repeat.
 var messageIDNamespace = uuid.MustParse("0e4f2f3c-6b1e-4f57-9d8a-54c1b9b0a6e2")
 
+// BreakerKey names the SMTP server, smtp://host:port, so that every email
+// action shares its circuit breaker.
+func (e *Email) BreakerKey() string {
+	return handlers.ServerEndpoint("smtp", e.srv.host, e.srv.port, "")
+}
+
 // Execute renders the message and sends it.
 func (e *Email) Execute(ctx context.Context, ev *event.Event) error {
 	msg, rcpts, err := e.message(ev)

@@ -156,6 +156,10 @@ func (s *Slack) Execute(ctx context.Context, ev *event.Event) error {
 	return nil
 }
 
+// BreakerKey names the host of the incoming webhook, without its path,
+// which holds the token.
+func (s *Slack) BreakerKey() string { return handlers.URLEndpoint(s.url) }
+
 // Close releases the idle connections. It is safe to call more than once.
 func (s *Slack) Close() error {
 	s.tr.CloseIdleConnections()

@@ -133,6 +133,13 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 // Register adds the "sql" type to r.
 func Register(r *handlers.Registry) error { return handlers.Register(r, "sql", New) }
 
+// BreakerKey names the database, postgres://host:port/dbname (no user or
+// password), so that the actions calling it share one circuit breaker.
+func (s *SQL) BreakerKey() string {
+	c := s.pool.Config().ConnConfig
+	return handlers.ServerEndpoint("postgres", c.Host, int(c.Port), "/"+c.Database)
+}
+
 // Execute calls the function with the event.
 func (s *SQL) Execute(ctx context.Context, ev *event.Event) error {
 	payload, err := s.payload(ev)

@@ -36,6 +36,7 @@ type Webhook struct {
 	hash     string             // the action hash, half of the key
 	timeout  time.Duration
 	tr       *http.Transport
+	endpoint string // BreakerKey
 }
 
 type header struct {
@@ -121,6 +122,7 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 		}
 		w.setSecret(key)
 	}
+	w.endpoint = endpoint(c.URL, w.url)
 	w.timeout = c.Timeout.D()
 	w.tr = NewTransport(&Guard{AllowPrivate: c.AllowPrivate})
 	if deps.Config != nil {
@@ -270,6 +272,26 @@ func (w *Webhook) sign(id, ts string, body []byte) string {
 	copy(out, "v1,")
 	base64.StdEncoding.Encode(out[3:], mac)
 	return string(out)
+}
+
+// BreakerKey names the host the action posts to, scheme://host[:port],
+// so that every action posting there shares one circuit breaker; ""
+// (a breaker of its own) when a template picks the host.
+func (w *Webhook) BreakerKey() string { return w.endpoint }
+
+// endpoint is the endpoint of the configured URL: resolved, or, for a
+// template, its literal part up to the first action when that part
+// holds the whole host.
+func endpoint(configured, resolved string) string {
+	if resolved != "" {
+		return handlers.URLEndpoint(resolved)
+	}
+	lit, _, _ := strings.Cut(configured, "{{")
+	_, rest, ok := strings.Cut(lit, "://")
+	if !ok || !strings.Contains(rest, "/") {
+		return "" // the host, or its port, may still change
+	}
+	return handlers.URLEndpoint(lit)
 }
 
 // Close releases the idle connections. It is safe to call more than once.

@@ -120,7 +120,8 @@ func (o *Options) setDefaults() {
 		o.Topologies = slices.Clone(Topologies)
 	}
 	if len(o.Scenarios) == 0 {
-		o.Scenarios = slices.Clone(Scenarios)
+		// The workers job is opt-in.
+		o.Scenarios = slices.DeleteFunc(slices.Clone(Scenarios), func(s string) bool { return s == ScenarioWorkers })
 	}
 	o.Events = cmp.Or(o.Events, DefaultEvents)
 	o.PayloadBytes = cmp.Or(o.PayloadBytes, DefaultPayload)
@@ -250,6 +251,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if s.peerSelected() {
 		s.satLeft += 1 + len(peerRuns) // the peer job's ceiling and runs
 	}
+	if s.workersSelected() {
+		s.satLeft += len(workerCounts)
+	}
 	s.prog = &progress{w: opts.Progress, tty: opts.Terminal, total: s.satLeft + s.steadyLeft}
 	start := time.Now()
 	if opts.Budget > 0 && !opts.Quick {
@@ -263,6 +267,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	}
 	if s.peerSelected() && ctx.Err() == nil {
 		res.PeerJob = s.peerJob(ctx)
+	}
+	if s.workersSelected() && ctx.Err() == nil {
+		res.Workers = s.workersJob(ctx)
 	}
 	res.DurationS = round3(time.Since(start).Seconds())
 	res.Machine.LoadEnd = loadAverage()

@@ -178,6 +178,9 @@ func (r *Results) Markdown() string {
 	if r.PeerJob != nil {
 		r.peerMarkdown(p)
 	}
+	if r.Workers != nil {
+		r.workersMarkdown(p)
+	}
 
 	p("## Targets\n\n")
 	met, missed := 0, 0

@@ -18,9 +18,12 @@ type Results struct {
 	Topologies []*Topology `json:"topologies"`
 	// PeerJob is the job users compare routers on (peer.go); nil when
 	// it did not run.
-	PeerJob   *PeerJob `json:"peer_job,omitempty"`
-	Targets   []Target `json:"targets"`
-	DurationS float64  `json:"duration_s"`
+	PeerJob *PeerJob `json:"peer_job,omitempty"`
+	// Workers is the scale-out job (workers.go); nil when it did not
+	// run.
+	Workers   *WorkersJob `json:"workers,omitempty"`
+	Targets   []Target    `json:"targets"`
+	DurationS float64     `json:"duration_s"`
 }
 
 // Machine describes where the suite ran. The load averages tell whether

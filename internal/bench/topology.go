@@ -79,8 +79,8 @@ const (
 )
 
 // Scenarios are the names Options.Scenarios may hold, in the order the
-// suite runs them.
-var Scenarios = []string{ScenarioCeiling, ScenarioNoop, ScenarioNoDedup, ScenarioWebhook, ScenarioSteadyNoop, ScenarioWAL, ScenarioPeer}
+// suite runs them; every one but ScenarioWorkers runs by default.
+var Scenarios = []string{ScenarioCeiling, ScenarioNoop, ScenarioNoDedup, ScenarioWebhook, ScenarioSteadyNoop, ScenarioWAL, ScenarioPeer, ScenarioWorkers}
 
 // scenarioSpec is one millrace run of a topology.
 type scenarioSpec struct {

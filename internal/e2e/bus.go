@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -13,6 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/bus/capture"
+	"github.com/millrace/millrace/event"
 )
 
 // topic is the bus topic of change events (router.topic's default; the
@@ -60,6 +64,38 @@ func (r *Rig) PublishRaw(t testing.TB, id, key string, payload []byte) {
 		r.RedisEntry(t, fields...)
 	default:
 		t.Fatalf("e2e: PublishRaw on the %s: use InsertChangeLog", r.Bus)
+	}
+}
+
+// Redeliver puts a copy of ev on the rig's bus under a new message id,
+// as a replay or a producer that sends twice would: no bus-level dedup
+// (Nats-Msg-Id, the change log's unique id) recognises it, only the
+// router's, which goes by the event id. On JetStream and Redis the copy
+// is published raw with ev's ordering key; on the change log it is a row
+// of its own carrying the event id in its metadata, as a dead-letter
+// replay writes it.
+func (r *Rig) Redeliver(t testing.TB, ev *event.Event) {
+	t.Helper()
+	if r.Bus != BusChangeLog {
+		payload, err := event.Encode(ev)
+		if err != nil {
+			t.Fatalf("e2e: encode event %s: %v", ev.ID, err)
+		}
+		r.PublishRaw(t, uuid.NewString(), ev.Key(), payload)
+		return
+	}
+	data, err := json.Marshal(ev.Data)
+	if err != nil {
+		t.Fatalf("e2e: event %s: data: %v", ev.ID, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = r.InsertChangeLog(ctx, map[string]any{
+		"id": uuid.NewString(), "op": string(ev.Type), "entity_type": ev.Entity, "entity_id": ev.EntityID,
+		"after_image": string(data), "metadata": `{"` + capture.EventIDMetadata + `": "` + ev.ID + `"}`,
+	})
+	if err != nil {
+		t.Fatalf("e2e: a copy of event %s into the change log: %v", ev.ID, err)
 	}
 }
 

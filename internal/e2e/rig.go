@@ -91,6 +91,9 @@ type Observer struct {
 	Retry map[string]any
 	// Timeout bounds one action, e.g. "2s".
 	Timeout string
+	// Concurrency bounds the actions of one event run at once; 0 keeps
+	// the default (4). With 1 each action ends before the next starts.
+	Concurrency int
 	// Actions are action tables, e.g. Receiver.Action("hook", nil).
 	Actions []map[string]any
 }
@@ -108,6 +111,9 @@ func (o Observer) table() map[string]any {
 	}
 	if o.Timeout != "" {
 		m["timeout"] = o.Timeout
+	}
+	if o.Concurrency != 0 {
+		m["concurrency"] = int64(o.Concurrency)
 	}
 	actions := make([]any, len(o.Actions))
 	for i, a := range o.Actions {

@@ -2,6 +2,7 @@ package conformance_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"reflect"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/testenv"
 )
 
 func TestMain(m *testing.M) { e2e.Main(m) }
@@ -29,17 +31,35 @@ type scenario struct {
 var scenarios = []scenario{
 	{"changes", testChanges},
 	{"condition", testCondition},
-	{"dedup", testDedup},
-	{"result_cache", testResultCache},
 	{"retries", testRetries},
 	{"dead_letter_replay", testDeadLetterReplay},
 	{"ordering", testOrdering},
 	{"graceful_shutdown", testGracefulShutdown},
 }
 
+// guarantee is a scenario that proves one mechanism of the effects'
+// once-only promise. Besides its normal run it has a mutant run, with the
+// mechanism turned off through the ordinary config, which must see the
+// promise broken: a scenario that still passes without its mechanism
+// does not prove that the mechanism works.
+type guarantee struct {
+	name string
+	// mechanism names what the scenario proves; off is the config, as
+	// MILLRACE_ variables, that turns it off.
+	mechanism string
+	off       []string
+	run       func(t *testing.T, topology string, v *verdict)
+}
+
+var guarantees = []guarantee{
+	{"dedup", "dedup", []string{"MILLRACE_DEDUP__ENABLED=false"}, testDedup},
+	{"result_cache", "the result cache", []string{"MILLRACE_CACHE__ENABLED=false"}, testResultCache},
+}
+
 // TestConformance runs every scenario on every topology millrace
 // registers, one topology after another; the scenarios of a topology run
-// in parallel (go test -parallel).
+// in parallel (go test -parallel). Each guarantee also runs as
+// <name>_mutant, with its mechanism off.
 func TestConformance(t *testing.T) {
 	for _, topology := range e2e.Runs() {
 		t.Run(topology, func(t *testing.T) {
@@ -49,7 +69,59 @@ func TestConformance(t *testing.T) {
 					sc.run(t, topology)
 				})
 			}
+			for _, g := range guarantees {
+				t.Run(g.name, func(t *testing.T) {
+					t.Parallel()
+					g.run(t, topology, &verdict{t: t})
+				})
+				t.Run(g.name+"_mutant", func(t *testing.T) {
+					t.Parallel()
+					v := &verdict{t: t, mutant: g.mechanism, env: g.off}
+					g.run(t, topology, v)
+					if !v.decided {
+						t.Errorf("the %s scenario ended without checking its promise", g.name)
+					}
+				})
+			}
 		})
+	}
+}
+
+// verdict is how a guarantee scenario checks the promise it exists for.
+// In a normal run a broken promise fails the test. In a mutant run the
+// mechanism is off, and the promise must break: if it holds, the test
+// fails, since the scenario would pass without the mechanism. Every
+// other check of the scenario (the setup, the events arriving at all)
+// stays a plain test assertion in both runs.
+type verdict struct {
+	t *testing.T
+	// mutant names the mechanism turned off; "" in a normal run.
+	mutant string
+	// env is the config of the run, for the rig (e2e.Options.Env).
+	env     []string
+	decided bool
+}
+
+// promise reports whether the promise held; format says what was seen.
+func (v *verdict) promise(held bool, format string, args ...any) {
+	v.t.Helper()
+	v.decided = true
+	msg := fmt.Sprintf(format, args...)
+	switch {
+	case v.mutant == "" && !held:
+		v.t.Errorf("%s", msg)
+	case v.mutant != "" && held:
+		v.t.Errorf("with %s off the promise still held (%s): the scenario does not show that %s works", v.mutant, msg, v.mutant)
+	case v.mutant != "":
+		v.t.Logf("with %s off the scenario saw the promise broken, as it must: %s", v.mutant, msg)
+	}
+}
+
+// proved logs what a normal run proved; a mutant run proves nothing.
+func (v *verdict) proved(r *e2e.Rig, format string, args ...any) {
+	v.t.Helper()
+	if v.mutant == "" && !v.t.Failed() {
+		proved(v.t, r, format, args...)
 	}
 }
 
@@ -203,46 +275,28 @@ func testCondition(t *testing.T, topology string) {
 	proved(t, r, "of %d changes, the condition observer ran on the 2 it matches, the DELETE observer on the 1 delete, the Customer observer on none", total)
 }
 
-// testDedup: the same event, sent again through ingest and redelivered
-// on the bus under another message id, runs its action once.
-func testDedup(t *testing.T, topology string) {
+// testDedup: a copy of an event whose run succeeded, put on the bus
+// again under another message id, does not run the observer again. The
+// result cache is off, so that only dedup can skip the copy.
+func testDedup(t *testing.T, topology string, v *verdict) {
 	recv := e2e.NewReceiver(t)
-	r := e2e.NewRig(t, topology, e2e.Options{Receiver: recv, Observers: map[string]e2e.Observer{
-		"hook": {Actions: []map[string]any{recv.Action("hook", nil)}},
-	}})
+	r := e2e.NewRig(t, topology, e2e.Options{Receiver: recv, Env: append(v.env, "MILLRACE_CACHE__ENABLED=false"),
+		Observers: map[string]e2e.Observer{
+			"hook": {Actions: []map[string]any{recv.Action("hook", nil)}},
+		}})
 	r.Start()
 	ctx := ctxFor(t, wait)
 	ev := &event.Event{ID: uuid.NewString(), Type: event.Insert, Entity: "Order", EntityID: "7",
 		Data: row(7, "new", 0), Timestamp: time.Now().UTC()}
-	copies := 0
-	for range 2 {
-		if status, body, err := r.Ingest(ctx, ev); err != nil || status != http.StatusAccepted {
-			t.Fatalf("ingest: %d %s %v", status, body, err)
-		}
-		copies++
-	}
+	must(t, r.IngestRetry(ctx, ev))
+	// The first run succeeded and was settled (its outcome counted).
+	recv.Wait(t, wait, "the first delivery", func() bool { return recv.Count("hook") >= 1 })
+	runs := func() float64 { return r.Metric(t, "millrace_observer_runs_total") }
+	waitFor(t, wait, "the first run settled", func() bool { return runs() >= 1 })
 	// Bus-level dedup (Nats-Msg-Id, the change log's unique id) cannot
-	// catch a copy with another message id: only the router's can.
-	if r.Bus != e2e.BusChangeLog {
-		payload, err := event.Encode(ev)
-		must(t, err)
-		r.PublishRaw(t, uuid.NewString(), ev.Key(), payload)
-		copies++
-	}
-	// A later event of the same entity: once it is delivered, every copy
-	// before it was handled.
-	fence := &event.Event{ID: uuid.NewString(), Type: event.Update, Entity: "Order", EntityID: "7",
-		Data: row(7, "paid", 1), Changes: map[string]event.Change{"n": {Old: int64(0), New: int64(1)}},
-		Timestamp: time.Now().UTC()}
-	must(t, r.IngestRetry(ctx, fence))
-	recv.Wait(t, wait, "the fence event", func() bool {
-		for _, d := range recv.Delivered("hook") {
-			if d.Event != nil && d.Event.ID == fence.ID {
-				return true
-			}
-		}
-		return false
-	})
+	// catch a copy under another message id: only the router's can.
+	r.Redeliver(t, ev)
+	waitFor(t, wait, "the copy handled", func() bool { return runs() >= 2 })
 	time.Sleep(settle)
 	n := 0
 	for _, d := range recv.Requests("hook") {
@@ -250,11 +304,21 @@ func testDedup(t *testing.T, topology string) {
 			n++
 		}
 	}
-	if n != 1 {
-		t.Fatalf("the event sent %d times was delivered %d times, want 1", copies, n)
+	v.promise(n == 1, "an event put on the %s again after its run succeeded reached the webhook %d times, want 1", r.Bus, n)
+	v.proved(r, "an event put on the bus again under another message id after its run succeeded (result cache off) ran its webhook once; millrace_dedup_hits_total=%v",
+		r.Metric(t, "millrace_dedup_hits_total"))
+}
+
+// waitFor polls cond until it holds, or fails the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	proved(t, r, "an event sent %d times (ingest twice%s) ran its webhook once", copies,
-		map[bool]string{true: ", the bus once under another message id", false: ""}[copies > 2])
 }
 
 func sortedCopy(s []string) []string {
@@ -263,63 +327,71 @@ func sortedCopy(s []string) []string {
 	return out
 }
 
-// failFirst answers status to the first n attempts of each delivery key.
-func failFirst(n, status int) e2e.Responder {
-	return func(d *e2e.Delivery) (int, time.Duration) {
-		if d.Attempt <= n {
-			return status, 0
-		}
-		return http.StatusNoContent, 0
-	}
-}
-
-// testResultCache: after a partial failure, the actions that succeeded
-// are not run again when the observer is retried.
-func testResultCache(t *testing.T, topology string) {
+// testResultCache: the process dies after an observer's first action
+// succeeded and while its second runs, before the run was committed;
+// after the restart the event is delivered again and only the second
+// action runs. Dedup cannot help here (the run was never committed, and
+// its claim runs out with the dead process's lease): only the result
+// cache remembers the first action.
+func testResultCache(t *testing.T, topology string, v *verdict) {
 	recv := e2e.NewReceiver(t)
-	recv.Handle("b", failFirst(2, http.StatusServiceUnavailable))
-	r := e2e.NewRig(t, topology, e2e.Options{Receiver: recv, Observers: map[string]e2e.Observer{
-		"pair": {
-			Retry:   map[string]any{"max_attempts": 5, "initial": "50ms", "max": "200ms"},
-			Actions: []map[string]any{recv.Action("a", nil), recv.Action("b", nil)},
-		},
-	}})
+	hung := make(chan struct{})
+	var once sync.Once
+	recv.Handle("b", func(d *e2e.Delivery) (int, time.Duration) {
+		if d.Attempt > 1 {
+			return http.StatusNoContent, 0
+		}
+		once.Do(func() { close(hung) })
+		return http.StatusNoContent, time.Hour // until the process dies
+	})
+	// What a killed process held comes back after the ack wait: keep it
+	// short.
+	opts := e2e.Options{Receiver: recv, Env: append(v.env, "MILLRACE_NATS__ACK_WAIT=5s"),
+		Observers: map[string]e2e.Observer{
+			// One action at a time: a's success is stored before b starts.
+			"pair": {Concurrency: 1, Actions: []map[string]any{recv.Action("a", nil), recv.Action("b", nil)}},
+		}}
+	if bus, _ := e2e.BusOf(topology); bus == e2e.BusEmbedded {
+		// The embedded topology keeps its ledger in memory, which dies
+		// with the process; a deployment that needs effects once across
+		// a crash gives it a store that outlives the process.
+		opts.RedisURL = testenv.RedisURL()
+		opts.Env = append(opts.Env, "MILLRACE_DEDUP__STORE=redis", "MILLRACE_CACHE__STORE=redis")
+	}
+	r := e2e.NewRig(t, topology, opts)
 	r.Start()
 	ctx := ctxFor(t, wait)
-	// Both actions call one endpoint (the receiver's host), whose circuit
-	// breaker opens after 5 failures in a row: 2 events fail 4 times.
-	const n = 2
-	must(t, r.Insert(ctx, e2e.Range(1, n+1), "new"))
-	recv.Wait(t, wait, "b accepts every event", func() bool { return recv.Count("b") >= n })
+	must(t, r.Insert(ctx, []int{1}, "new"))
+	select {
+	case <-hung:
+	case <-ctx.Done():
+		t.Fatalf("action b was not called within %s (receiver: %s)", wait, recv.Summary())
+	}
+	r.Proc.Kill()
+	r.Start()
+	// The dead process's dedup claim runs out after its lease (30 s).
+	recv.Wait(t, 2*time.Minute, "action b accepted after the restart", func() bool { return recv.Count("b") >= 1 })
 	time.Sleep(settle)
 
 	a, b := recv.Requests("a"), recv.Requests("b")
-	if len(a) != n {
-		t.Errorf("action a got %d requests for %d events, want %d (one each: the cache skips it on retries)", len(a), n, n)
+	v.promise(len(a) == 1, "action a, which succeeded before the crash, got %d requests, want 1", len(a))
+	if len(b) != 2 || recv.Count("b") != 1 {
+		t.Errorf("action b got %d requests, %d accepted; want 2 (the one the crash cut off, then its redelivery), 1 accepted", len(b), recv.Count("b"))
 	}
-	if len(b) != 3*n {
-		t.Errorf("action b got %d requests, want %d (two 503s then a success per event)", len(b), 3*n)
-	}
-	keyA := map[string]string{}
-	for _, d := range a {
-		keyA[d.Event.ID] = d.Key
-	}
+	keys := map[string]bool{}
 	for _, d := range b {
-		if d.Key == keyA[d.Event.ID] {
-			t.Errorf("actions a and b share the idempotency key %s", d.Key)
-			break
-		}
+		keys[d.Key] = true
 	}
-	if ta := e2e.Count(r.Produced(), a); ta.Problems() != "" {
-		t.Errorf("action a: %s", ta.Problems())
+	if len(keys) != 1 || (len(a) > 0 && keys[a[0].Key]) {
+		t.Errorf("action b's requests came under %d idempotency keys (%v), want one of its own", len(keys), keys)
 	}
-	if tb := e2e.Count(r.Produced(), b); tb.Problems() != "" || tb.Duplicates != 0 {
+	if tb := e2e.Count(r.Produced(), recv.Delivered("b")); tb.Problems() != "" || tb.Duplicates != 0 {
 		t.Errorf("action b: %s; %d duplicates", tb.Problems(), tb.Duplicates)
 	}
 	if dls := r.DeadLetters(t); len(dls) != 0 {
 		t.Errorf("%d dead letters, want none", len(dls))
 	}
-	proved(t, r, "%d events whose second action failed twice with 503: first action ran %d times, second %d times, keys stable", n, len(a), len(b))
+	v.proved(r, "the process was killed after action a succeeded and while action b ran; after the restart b ran again and a did not (a: %d request, b: %d)", len(a), len(b))
 }
 
 // testRetries: transient failures (503, 429, 500) are retried with the

@@ -32,6 +32,7 @@ type Config struct {
 	Dedup     Dedup               `koanf:"dedup"`
 	Cache     Cache               `koanf:"cache"`
 	DLQ       DLQ                 `koanf:"dlq"`
+	Delivery  Delivery            `koanf:"delivery"`
 	Databases map[string]Database `koanf:"databases"`
 	SMTP      SMTP                `koanf:"smtp"`
 	Observers map[string]Observer `koanf:"observers"`
@@ -341,6 +342,38 @@ type Cache struct {
 	// Store is where the cache lives: "" (default) is the topology's own,
 	// or memory, redis or postgres, as for dedup.store.
 	Store string `koanf:"store"`
+}
+
+// Delivery bounds the requests to each action endpoint: a webhook's or
+// Slack's scheme://host[:port], an SMTP server, a database, a Redis
+// server (docs/actions.md, "Delivery limits").
+type Delivery struct {
+	// MaxConcurrency caps the requests in flight to one endpoint.
+	// Default 64.
+	MaxConcurrency int `koanf:"max_concurrency"`
+	// Adaptive halves an endpoint's limit when it answers 429 or 503 or
+	// times out, and raises it back with its successes. Default true.
+	Adaptive bool `koanf:"adaptive"`
+	// Endpoints override the defaults for named endpoints.
+	Endpoints []EndpointLimit `koanf:"endpoints"`
+}
+
+// EndpointLimit is one endpoint's delivery limit.
+type EndpointLimit struct {
+	// Endpoint is the endpoint's name as millrace labels it in
+	// millrace_endpoint_* and millrace_breaker_state:
+	// "https://hooks.example.com", "http://10.0.0.5:8080",
+	// "smtp://mail.example.com:587".
+	Endpoint string `koanf:"endpoint"`
+	// MaxConcurrency, when set, caps this endpoint instead of
+	// delivery.max_concurrency.
+	MaxConcurrency int `koanf:"max_concurrency"`
+	// Rate is the most requests per second, minute or hour the endpoint
+	// gets: "50/s", "600/m", "1000/h". Empty: no rate.
+	Rate string `koanf:"rate"`
+	// Burst is how many requests may start at once within the rate.
+	// Default 1.
+	Burst int `koanf:"burst"`
 }
 
 // DLQ is the dead-letter store.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -167,6 +168,15 @@ func TestWrongTypes(t *testing.T) {
 // TestValidate starts from a valid config and breaks one rule at a time.
 // The topology key and the topologies' own sections are checked by the
 // topologies' registry (topologies.TestValidate).
+// ep edits a config's one delivery.endpoints entry.
+func ep(f func(*config.EndpointLimit)) func(*config.Config) {
+	return func(c *config.Config) {
+		e := config.EndpointLimit{Endpoint: "https://hooks.example.com", MaxConcurrency: 20}
+		f(&e)
+		c.Delivery.Endpoints = []config.EndpointLimit{e}
+	}
+}
+
 func TestValidate(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -200,6 +210,17 @@ func TestValidate(t *testing.T) {
 		{"dedup window high", func(c *config.Config) { c.Dedup.Window = config.Duration(2 * time.Hour) }, "dedup.window"},
 		{"cache ttl", func(c *config.Config) { c.Cache.TTL = config.Duration(2 * time.Hour) }, "cache.ttl"},
 		{"dlq max entries", func(c *config.Config) { c.DLQ.MaxEntries = -1 }, "dlq.max_entries"},
+		{"delivery max concurrency", func(c *config.Config) { c.Delivery.MaxConcurrency = 0 }, "delivery.max_concurrency"},
+		{"endpoint name missing", ep(func(e *config.EndpointLimit) { e.Endpoint = "" }), "delivery.endpoints[0].endpoint"},
+		{"endpoint name not a url", ep(func(e *config.EndpointLimit) { e.Endpoint = "hooks.example.com" }), "delivery.endpoints[0].endpoint"},
+		{"endpoint twice", func(c *config.Config) {
+			e := config.EndpointLimit{Endpoint: "https://a.example"}
+			c.Delivery.Endpoints = []config.EndpointLimit{e, e}
+		}, "delivery.endpoints[1].endpoint"},
+		{"endpoint max concurrency", ep(func(e *config.EndpointLimit) { e.MaxConcurrency = -1 }), "delivery.endpoints[0].max_concurrency"},
+		{"endpoint rate", ep(func(e *config.EndpointLimit) { e.Rate = "fast" }), "delivery.endpoints[0].rate"},
+		{"endpoint burst negative", ep(func(e *config.EndpointLimit) { e.Rate = "5/s"; e.Burst = -1 }), "delivery.endpoints[0].burst"},
+		{"endpoint burst without rate", ep(func(e *config.EndpointLimit) { e.Burst = 5 }), "delivery.endpoints[0].burst"},
 		{"source name missing", func(c *config.Config) { c.Sources = []config.Source{src("")} }, "sources[0].name"},
 		{"source name chars", func(c *config.Config) { c.Sources = []config.Source{src("a b")} }, "sources[0].name"},
 		{"source name twice", func(c *config.Config) { c.Sources = []config.Source{src("a"), src("a")} }, "sources[1].name"},
@@ -558,5 +579,29 @@ func TestCheckEnvObserveRole(t *testing.T) {
 	cfg.Role = "all"
 	if e := find(cfg.CheckEnv(none, config.Features{}), "sources[0].postgres_url_env"); e == nil {
 		t.Error("role all: CheckEnv does not ask for the source's variable")
+	}
+}
+
+func TestDeliveryDecodes(t *testing.T) {
+	c, err := config.Parse([]byte(`
+[delivery]
+max_concurrency = 32
+adaptive = false
+[[delivery.endpoints]]
+endpoint = "https://hooks.example.com"
+max_concurrency = 20
+rate = "600/m"
+burst = 10
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.Delivery{MaxConcurrency: 32, Adaptive: false, Endpoints: []config.EndpointLimit{
+		{Endpoint: "https://hooks.example.com", MaxConcurrency: 20, Rate: "600/m", Burst: 10}}}
+	if !reflect.DeepEqual(c.Delivery, want) {
+		t.Fatalf("delivery = %+v; want %+v", c.Delivery, want)
+	}
+	if d := config.Default().Delivery; d.MaxConcurrency != 64 || !d.Adaptive {
+		t.Fatalf("default delivery = %+v; want max_concurrency 64, adaptive", d)
 	}
 }

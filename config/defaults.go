@@ -28,6 +28,7 @@ func (c *Config) SetDefaults() {
 		PartitionTTL: Duration(10 * time.Second)}
 	c.Dedup = Dedup{Enabled: true, Window: Duration(5 * time.Minute)}
 	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}
+	c.Delivery = Delivery{MaxConcurrency: 64, Adaptive: true}
 	c.SMTP = SMTP{Port: 587, TLS: "starttls", Timeout: Duration(30 * time.Second)}
 }
 

@@ -125,6 +125,36 @@ func (c *Config) Validate() error {
 			add(st.path, "%q needs postgres.url or postgres.url_env", st.store)
 		}
 	}
+	if c.Delivery.MaxConcurrency < 1 {
+		add("delivery.max_concurrency", "must be at least 1")
+	}
+	seenEndpoints := map[string]bool{}
+	for i, e := range c.Delivery.Endpoints {
+		p := fmt.Sprintf("delivery.endpoints[%d]", i)
+		switch {
+		case e.Endpoint == "":
+			add(p+".endpoint", "is required")
+		case !strings.Contains(e.Endpoint, "://"):
+			add(p+".endpoint", "%q is not an endpoint name such as \"https://hooks.example.com\" or \"smtp://mail.example.com:587\"", e.Endpoint)
+		case seenEndpoints[e.Endpoint]:
+			add(p+".endpoint", "%q is listed twice", e.Endpoint)
+		}
+		seenEndpoints[e.Endpoint] = true
+		if e.MaxConcurrency < 0 {
+			add(p+".max_concurrency", "must not be negative")
+		}
+		if e.Rate != "" {
+			if _, err := ParseRate(e.Rate); err != nil {
+				add(p+".rate", "%v", err)
+			}
+		}
+		if e.Burst < 0 {
+			add(p+".burst", "must not be negative")
+		}
+		if e.Burst > 0 && e.Rate == "" {
+			add(p+".burst", "needs a rate")
+		}
+	}
 	if c.DLQ.MaxEntries < 0 {
 		add("dlq.max_entries", "must not be negative")
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -90,6 +91,26 @@ func (e *permanentError) Is(target error) bool { return target == ErrPermanent }
 
 // IsPermanent reports whether err, or any error it wraps, is permanent.
 func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
+
+// ErrOverloaded marks an error by which an endpoint said it is
+// overloaded (HTTP 429 or 503): the delivery limits lower the endpoint's
+// concurrency (docs/actions.md, "Delivery limits"). An action's error
+// matches it through errors.Is, with an Is method or by wrapping it.
+var ErrOverloaded = errors.New("endpoint overloaded")
+
+// IsOverloaded reports whether err shows an overloaded endpoint: it
+// matches ErrOverloaded, or it is a timeout (the action's deadline, or a
+// network timeout).
+func IsOverloaded(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrOverloaded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
 
 // RetryAfterError is a transient error whose source asked for a minimum
 // wait (an HTTP Retry-After header).

@@ -108,8 +108,11 @@ func FormatPlan(layers []Layer) string {
 type Policy struct {
 	Config *config.Config
 	// Ledger holds dedup and the result cache; nil when both are off.
-	Ledger      *Ledger
-	Breakers    *Breakers
+	Ledger   *Ledger
+	Breakers *Breakers
+	// Limits bounds the requests to each action endpoint; nil: no
+	// limits.
+	Limits      *Limits
 	DeadLetters stores.DeadLetters
 	Metrics     *Metrics
 	Logger      *slog.Logger
@@ -347,6 +350,7 @@ func (p *Policy) actions(ms []actionMetrics) message.HandlerFunc {
 // its labels on every call, and the key is formatted.
 type actionMetrics struct {
 	breakerKey                     string
+	limit                          *Limit // of the action's endpoint; nil when it names none
 	succeeded, failed, breakerOpen prometheus.Counter
 	duration                       prometheus.Observer
 }
@@ -362,6 +366,11 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 			breakerOpen: p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open"),
 			duration:    p.Metrics.ActionDuration.WithLabelValues(o.Name, id),
 		}
+		if k, ok := b.Action.(BreakerKeyer); ok && p.Limits != nil {
+			if endpoint := k.BreakerKey(); endpoint != "" {
+				ms[i].limit = p.Limits.Get(endpoint)
+			}
+		}
 	}
 	return ms
 }
@@ -370,13 +379,23 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 // breaker, and records the outcome in st; a success goes to the result
 // cache at once.
 func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState, m *actionMetrics) error {
+	var ticket Ticket
+	if m.limit != nil {
+		t, err := m.limit.Acquire(ctx)
+		if err != nil {
+			return err // ctx ended; the retry layer sees it
+		}
+		ticket = t
+	}
 	start := time.Now()
 	err := p.Breakers.Do(m.breakerKey, func() error { return handlers.Execute(ctx, b, d.Event) })
 	if errors.Is(err, ErrBreakerOpen) {
+		ticket.Cancel()
 		st.Rejected = true
 		m.breakerOpen.Inc()
 		return err
 	}
+	ticket.Done(err)
 	st.Rejected = false
 	st.Attempts++
 	now := time.Now()

@@ -15,6 +15,7 @@ import (
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/config"
@@ -151,7 +152,8 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, closeStores()) }()
 	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery,
-		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure)}
+		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure),
+		Limits: middleware.NewLimits(limitConfig(cfg.Delivery))}
 	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
 		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
 			r.metrics.Delivery, r.logger.With("component", "ledger"))
@@ -160,6 +162,10 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("router: breaker metrics: %w", err)
 	}
 	defer r.metrics.Registry.Unregister(r.policy.Breakers)
+	if err := r.metrics.Registry.Register(r.policy.Limits); err != nil {
+		return fmt.Errorf("router: endpoint limit metrics: %w", err)
+	}
+	defer r.metrics.Registry.Unregister(r.policy.Limits)
 	for _, c := range backend.Collectors {
 		if err := r.metrics.Registry.Register(c); err != nil {
 			return fmt.Errorf("router: backend metrics: %w", err)
@@ -652,4 +658,20 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 	}
 	sum.Err = errors.Join(errs...)
 	return sum
+}
+
+// limitConfig turns [delivery] into the endpoints' limits; Validate
+// checked the rates.
+func limitConfig(d config.Delivery) middleware.LimitConfig {
+	lc := middleware.LimitConfig{MaxConcurrency: d.MaxConcurrency, Adaptive: d.Adaptive,
+		Endpoints: make(map[string]middleware.EndpointLimit, len(d.Endpoints))}
+	for _, e := range d.Endpoints {
+		el := middleware.EndpointLimit{MaxConcurrency: e.MaxConcurrency, Burst: e.Burst}
+		if e.Rate != "" {
+			perSec, _ := config.ParseRate(e.Rate)
+			el.Rate = rate.Limit(perSec)
+		}
+		lc.Endpoints[e.Endpoint] = el
+	}
+	return lc
 }

@@ -25,6 +25,12 @@ type StatusError struct {
 	Body string
 }
 
+// Is makes a 429 or 503 answer match handlers.ErrOverloaded.
+func (e *StatusError) Is(target error) bool {
+	return target == handlers.ErrOverloaded &&
+		(e.StatusCode == http.StatusTooManyRequests || e.StatusCode == http.StatusServiceUnavailable)
+}
+
 func (e *StatusError) Error() string {
 	s := e.Method + " answered " + e.Status
 	if e.Body != "" {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/actiontest"
+	"github.com/millrace/millrace/handlers/webhook"
 )
 
 // The published Standard Webhooks vector, to check that verify (the
@@ -488,5 +490,23 @@ func TestCloseIsIdempotent(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
+	}
+}
+
+// A 429 or 503 answer tells the delivery limits that the endpoint is
+// overloaded; other failures do not.
+func TestOverloadedAnswers(t *testing.T) {
+	for code, want := range map[int]bool{429: true, 503: true, 500: false, 502: false, 408: false} {
+		err := error(&webhook.StatusError{Method: "POST", StatusCode: code, Status: strconv.Itoa(code)})
+		if got := handlers.IsOverloaded(err); got != want {
+			t.Errorf("IsOverloaded(%d) = %v; want %v", code, got, want)
+		}
+		wrapped := &handlers.RetryAfterError{Err: err, After: time.Second}
+		if got := handlers.IsOverloaded(wrapped); got != want {
+			t.Errorf("IsOverloaded(%d with Retry-After) = %v; want %v", code, got, want)
+		}
+	}
+	if !handlers.IsOverloaded(context.DeadlineExceeded) {
+		t.Error("a timeout is not taken as overload")
 	}
 }

@@ -1,0 +1,142 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/middleware"
+)
+
+var errBusy = fmt.Errorf("answered 429: %w", handlers.ErrOverloaded)
+
+func acquire(t *testing.T, l *middleware.Limit, n int) []middleware.Ticket {
+	t.Helper()
+	ts := make([]middleware.Ticket, n)
+	for i := range ts {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		var err error
+		ts[i], err = l.Acquire(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("acquire %d of %d: %v", i+1, n, err)
+		}
+	}
+	return ts
+}
+
+func state(t *testing.T, l *middleware.Limit, wantLimit, wantInflight int) {
+	t.Helper()
+	if limit, inflight := l.State(); limit != wantLimit || inflight != wantInflight {
+		t.Fatalf("limit %d, in flight %d; want %d, %d", limit, inflight, wantLimit, wantInflight)
+	}
+}
+
+func TestLimitAdaptsToOverload(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 32, Adaptive: true}).Get("http://a")
+	ts := acquire(t, l, 32)
+	state(t, l, 32, 32)
+
+	// The 33rd waits for a slot.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	if _, err := l.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("acquire over the limit = %v; want a wait until ctx ends", err)
+	}
+	cancel()
+
+	// The endpoint takes 20. The 21st is refused while the others are
+	// in flight (the cap counts them: n = 32): one cut for the round,
+	// 32 -> 16. The later ones of the round cut no further, and each
+	// lowers the cap to what it saw; then the 20 accepted succeed.
+	for _, tk := range ts[20:] {
+		tk.Done(errBusy)
+	}
+	state(t, l, 16, 20)
+	for _, tk := range ts[:20] {
+		tk.Done(nil)
+	}
+	state(t, l, 17, 0) // 16 + 20 × about 1/16
+
+	// Successes grow the limit by one per limit's worth, up to the cap:
+	// the refusals saw at most 26 in flight (the 26th started with 26,
+	// the 27th when 26 were left), so the cap is 26 - 1 = 25... until a
+	// refusal with 21 in flight brings it to 20.
+	for range 400 {
+		tk := acquire(t, l, 1)[0]
+		tk.Done(nil)
+	}
+	limit, _ := l.State()
+	if limit <= 20 || limit >= 32 {
+		t.Fatalf("limit %d after the successes; want it grown past 20, below 32 (capped)", limit)
+	}
+	ts = acquire(t, l, 21)
+	ts[20].Done(errBusy)
+	for _, tk := range ts[:20] {
+		tk.Done(nil)
+	}
+	for range 400 {
+		tk := acquire(t, l, 1)[0]
+		tk.Done(nil)
+	}
+	state(t, l, 20, 0)
+
+	// A success says nothing of the endpoint's load beyond its own slot;
+	// a plain failure neither cuts nor grows.
+	tk := acquire(t, l, 1)[0]
+	tk.Done(errors.New("connection refused"))
+	state(t, l, 20, 0)
+}
+
+func TestLimitNotAdaptiveStaysAtCeiling(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 4}).Get("http://a")
+	for _, tk := range acquire(t, l, 4) {
+		tk.Done(errBusy)
+	}
+	state(t, l, 4, 0)
+}
+
+func TestLimitRetryAfterHaltsTheEndpoint(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 8, Adaptive: true}).Get("http://a")
+	tk := acquire(t, l, 1)[0]
+	tk.Done(&handlers.RetryAfterError{Err: errBusy, After: 300 * time.Millisecond})
+	start := time.Now()
+	acquire(t, l, 1)[0].Done(nil)
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("the next request started after %v; want it to wait out Retry-After (300ms)", d)
+	}
+}
+
+func TestLimitRate(t *testing.T) {
+	ls := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 8,
+		Endpoints: map[string]middleware.EndpointLimit{"http://slow": {Rate: rate.Limit(20), Burst: 1}}})
+	l := ls.Get("http://slow")
+	start := time.Now()
+	for range 6 {
+		acquire(t, l, 1)[0].Done(nil)
+	}
+	// One at once, then five at 20/s: 250ms.
+	if d := time.Since(start); d < 200*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("6 requests at 20/s took %v; want about 250ms", d)
+	}
+	other := ls.Get("http://other")
+	start = time.Now()
+	for range 6 {
+		acquire(t, other, 1)[0].Done(nil)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("an endpoint without a rate took %v for 6 requests", d)
+	}
+}
+
+func TestLimitCancelFreesTheSlot(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 1, Adaptive: true}).Get("http://a")
+	tk := acquire(t, l, 1)[0]
+	tk.Cancel()
+	state(t, l, 1, 0)
+	acquire(t, l, 1)[0].Done(nil)
+}

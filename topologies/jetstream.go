@@ -121,7 +121,9 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 	}
 
 	b.Publisher = jetstream.NewPublisher(js, jc)
-	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
+	busMetrics := jetstream.NewMetrics()
+	b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
+	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
 	// Redis holds only the stores here, which fail open: while it is
 	// down events still flow, so it does not make the process unready.
 	b.Ready = func(context.Context) error {

@@ -12,6 +12,13 @@
 // a nacked message is released again after the delay the handler asked
 // for, before the later messages of its entity.
 //
+// The pull requests are its own (pull.go), sent over core NATS by the
+// goroutine that reads their messages, rather than nats.go's
+// Consumer.Messages, which can stop pulling for seconds: a pull is
+// always outstanding while there is room, and one the server ended is
+// renewed at once. Metrics.IdlePartitions counts consumers that receive
+// nothing while the server has messages for them.
+//
 // One durable consumer shared by several worker processes keeps that
 // order only within each process. With Config.Partitions the topic is
 // split by ordering key into partitions, each with a consumer of its

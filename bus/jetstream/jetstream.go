@@ -191,9 +191,10 @@ func (p *Publisher) Close() error { return nil }
 // Subscriber consumes a topic through a durable pull consumer shared by
 // every process that uses the same Config.Consumer.
 type Subscriber struct {
-	js     jetstream.JetStream
-	cfg    Config
-	logger *slog.Logger
+	js      jetstream.JetStream
+	cfg     Config
+	logger  *slog.Logger
+	metrics *Metrics
 
 	mu     sync.Mutex
 	closed bool
@@ -205,11 +206,15 @@ type Subscriber struct {
 }
 
 // NewSubscriber returns a subscriber on js. It does not own the connection.
-func NewSubscriber(js jetstream.JetStream, cfg Config, logger *slog.Logger) *Subscriber {
+// metrics may be nil.
+func NewSubscriber(js jetstream.JetStream, cfg Config, metrics *Metrics, logger *slog.Logger) *Subscriber {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Subscriber{js: js, cfg: cfg, logger: logger}
+	if metrics == nil {
+		metrics = NewMetrics()
+	}
+	return &Subscriber{js: js, cfg: cfg, metrics: metrics, logger: logger}
 }
 
 // ConsumerName is the durable consumer of topic.
@@ -319,12 +324,10 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	if err != nil {
 		return nil, nil, err
 	}
-	// A missed heartbeat on a busy machine is not fatal: the iterator
-	// re-pulls by itself, so it must not end the subscription.
-	it, err := cons.Messages(jetstream.PullMaxMessages(sh.ReadAhead),
-		jetstream.PullExpiry(5*time.Second), jetstream.WithMessagesErrOnMissingHeartbeat(false))
+	pl, err := newPuller(s.js, s.cfg.Stream, cc.Durable, sh.ReadAhead, int64(cons.CachedInfo().NumPending),
+		s.metrics, s.logger)
 	if err != nil {
-		return nil, nil, fmt.Errorf("jetstream: consume %s: %w", cc.Durable, err)
+		return nil, nil, err
 	}
 	// Message contexts outlive Close for up to DrainTimeout, so that
 	// in-flight actions finish instead of failing at shutdown.
@@ -340,32 +343,21 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	go func() {
 		defer close(done)
 		for {
-			jm, err := it.Next()
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
+			nm, err := pl.next()
 			if err != nil {
-				// Keep consuming: the router must not go on running with
-				// a subscription that silently stopped.
-				s.logger.Warn("jetstream: pull failed; retrying", "consumer", cc.Durable, "err", err)
-				select {
-				case <-time.After(time.Second):
-				case <-lctx.Done():
-					return
-				}
-				continue
+				return // stopped
 			}
-			msg, key, cancelMsg := s.toMessage(lctx, jm)
-			settleMsg := settle(jm, msg, s.logger)
-			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); cancelMsg() }, func() { _ = jm.InProgress() }) {
+			msg, key, cancelMsg := s.toMessage(lctx, nm)
+			settleMsg := settle(pl, nm, msg, s.logger)
+			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); cancelMsg() }, func() { _ = pl.inProgress(nm) }) {
 				cancelMsg()
-				_ = jm.Nak()
+				_ = pl.nak(nm)
 				return
 			}
 		}
 	}()
 	stop := func() {
-		it.Stop()
+		pl.stop()
 		<-done
 		l.Drain()
 		if !l.Wait(s.cfg.DrainTimeout) {
@@ -407,8 +399,8 @@ func redeliverDelay(m *message.Message) time.Duration {
 	return lanes.RetryDelay(m, defaultRedeliverDelay)
 }
 
-func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.Message, string, context.CancelFunc) {
-	h := jm.Headers()
+func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Message, string, context.CancelFunc) {
+	h := nm.Header
 	id := h.Get(uuidHeader)
 	if id == "" {
 		id = h.Get(jetstream.MsgIDHeader)
@@ -416,7 +408,7 @@ func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.
 	// Each message has its own context, ended when it settles (or when
 	// the subscription stops), as Watermill subscribers do.
 	mctx, cancel := context.WithCancel(ctx)
-	msg := message.NewMessageWithContext(mctx, id, jm.Data())
+	msg := message.NewMessageWithContext(mctx, id, nm.Data)
 	key := h.Get(keyHeader)
 	if key == "" {
 		// A producer that wrote around millrace without the header
@@ -425,11 +417,11 @@ func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.
 		// behind them. Other payloads keep the order of their subject,
 		// one after another, which is said once in the log.
 		var ok bool
-		if key, ok = bus.KeyFromPayload(jm.Data()); !ok {
-			key = jm.Subject()
+		if key, ok = bus.KeyFromPayload(nm.Data); !ok {
+			key = nm.Subject
 			s.noKey.Do(func() {
 				s.logger.Warn("jetstream: a message has no Millrace-Key header and no event envelope to take its key from: "+
-					"such messages run one after another per subject; see docs/bus.md", "subject", jm.Subject(), "uuid", id)
+					"such messages run one after another per subject; see docs/bus.md", "subject", nm.Subject, "uuid", id)
 			})
 		}
 	}
@@ -439,23 +431,23 @@ func (s *Subscriber) toMessage(ctx context.Context, jm jetstream.Msg) (*message.
 			msg.Metadata.Set(k[len(metaPrefix):], v[0])
 		}
 	}
-	if md, err := jm.Metadata(); err == nil {
+	if md, err := nm.Metadata(); err == nil {
 		msg.Metadata.Set(bus.DeliveryMetadata, strconv.FormatUint(md.NumDelivered, 10))
 	}
 	return msg, key, cancel
 }
 
-func settle(jm jetstream.Msg, msg *message.Message, logger *slog.Logger) lanes.Settle {
+func settle(pl *puller, nm *nats.Msg, msg *message.Message, logger *slog.Logger) lanes.Settle {
 	return func(acked bool) {
 		if acked {
-			if err := jm.Ack(); err != nil {
+			if err := pl.ack(nm); err != nil {
 				logger.Warn("jetstream: ack failed; the message will be redelivered", "uuid", msg.UUID, "err", err)
 			}
 			return
 		}
 		// Not acked before the lanes stopped: another reader (or this
 		// one, later) gets it.
-		if err := jm.Nak(); err != nil {
+		if err := pl.nak(nm); err != nil {
 			logger.Warn("jetstream: nak failed; the message will be redelivered after ack_wait", "uuid", msg.UUID, "err", err)
 		}
 	}

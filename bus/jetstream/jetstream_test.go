@@ -34,7 +34,7 @@ func TestPubSub(t *testing.T) {
 	_, js, prefix := testenv.NATS(t)
 	newPubSub := func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
 		cfg := busConfig(t, js, prefix, group)
-		return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
+		return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil, nil)
 	}
 	tests.TestPubSub(t,
 		tests.Features{
@@ -62,7 +62,7 @@ func TestConformance(t *testing.T) {
 		New: func(t *testing.T) (message.Publisher, message.Subscriber) {
 			_, js, prefix := testenv.NATS(t)
 			cfg := busConfig(t, js, prefix, "conformance")
-			return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil)
+			return jetstream.NewPublisher(js, cfg), jetstream.NewSubscriber(js, cfg, nil, nil)
 		},
 		Partitioned: func(t *testing.T) (message.Publisher, func(string) message.Subscriber) {
 			_, js, prefix := testenv.NATS(t)
@@ -74,7 +74,7 @@ func TestConformance(t *testing.T) {
 			return jetstream.NewPublisher(js, cfg), func(member string) message.Subscriber {
 				c := cfg
 				c.Member = member
-				return jetstream.NewSubscriber(js, c, nil)
+				return jetstream.NewSubscriber(js, c, nil, nil)
 			}
 		},
 	})

@@ -254,6 +254,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if s.workersSelected() {
 		s.satLeft += len(workerCounts)
 	}
+	if s.partitionCostSelected() && s.available(peerTopology) {
+		s.satLeft += 2 * partitionCostRepeats
+	}
 	s.prog = &progress{w: opts.Progress, tty: opts.Terminal, total: s.satLeft + s.steadyLeft}
 	start := time.Now()
 	if opts.Budget > 0 && !opts.Quick {
@@ -270,6 +273,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	}
 	if s.workersSelected() && ctx.Err() == nil {
 		res.Workers = s.workersJob(ctx)
+	}
+	if s.partitionCostSelected() && ctx.Err() == nil {
+		res.PartitionCost = s.partitionCost(ctx)
 	}
 	res.DurationS = round3(time.Since(start).Seconds())
 	res.Machine.LoadEnd = loadAverage()

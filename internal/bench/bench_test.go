@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -102,6 +103,20 @@ func TestQuickSuite(t *testing.T) {
 			t.Errorf("peer webhook: signed %v of %d deliveries; want all", sc.Signed, sc.Figures.Events)
 		}
 	}
+	// The partition-cost pair: each side's runs, and their medians.
+	if pc := res.PartitionCost; pc == nil {
+		t.Error("no partition cost in the results")
+	} else {
+		if len(pc.Off) != 3 || len(pc.On) != 3 {
+			t.Errorf("partition cost: %d runs without and %d with partitions; want 3 and 3", len(pc.Off), len(pc.On))
+		}
+		for i, f := range append(slices.Clone(pc.Off), pc.On...) {
+			checkFigures(t, fmt.Sprintf("partition cost run %d", i+1), f)
+		}
+		if pc.CPURatio <= 0 || pc.OffMedian.Runs != 3 || pc.OnMedian.Runs != 3 {
+			t.Errorf("partition cost: CPU ratio %v over medians %+v and %+v; want a ratio of two medians of 3", pc.CPURatio, pc.OffMedian, pc.OnMedian)
+		}
+	}
 	if measured < 4 {
 		t.Errorf("%d millrace runs measured; want every scenario of at least the embedded topology", measured)
 	}
@@ -129,7 +144,8 @@ func TestQuickSuite(t *testing.T) {
 		t.Fatal(err)
 	}
 	wants := []string{"## Summary", "## Targets", "## Peer job", "Benthos", bench.ChartPNG,
-		"## Capture: triggers and the write-ahead log", "throughput, capture = wal over capture = trigger"}
+		"## Capture: triggers and the write-ahead log", "throughput, capture = wal over capture = trigger",
+		"## Partition cost", "## Pauses on the JetStream bus", "largest gap between two deliveries"}
 	for _, top := range res.Topologies {
 		wants = append(wants, "## "+top.Name)
 		if !top.Available {
@@ -175,6 +191,8 @@ func checkFigures(t *testing.T, name string, f *bench.Figures) {
 		t.Errorf("%s: CPU %v s, %v s/10k; want positive", name, f.CPUSeconds, f.CPUPer10k)
 	case f.PeakRSSMB <= 0:
 		t.Errorf("%s: peak RSS %v MB; want positive", name, f.PeakRSSMB)
+	case f.MaxGapMS <= 0 || f.MaxGapMS > f.Seconds*1000:
+		t.Errorf("%s: largest gap between deliveries %v ms in a %v s run; want positive, within the run", name, f.MaxGapMS, f.Seconds)
 	}
 }
 

@@ -198,7 +198,11 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scen
 	cfg.NATS.URL = s.opts.NATSURL
 	if s.opts.Registry.Features(spec.name).Partitions {
 		// The others refuse the keys: they have no partitions to set.
-		cfg.NATS.Partitions, cfg.Redis.Partitions = s.opts.Partitions, s.opts.Partitions
+		n := s.opts.Partitions
+		if sc.partitions != nil {
+			n = *sc.partitions
+		}
+		cfg.NATS.Partitions, cfg.Redis.Partitions = n, n
 	}
 	cfg.NATS.Stream = strings.ToUpper(env.id)
 	cfg.NATS.SubjectPrefix = env.id

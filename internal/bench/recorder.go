@@ -19,12 +19,15 @@ type recorder struct {
 	n     int
 	start atomic.Int64 // unix ns of the first send
 	last  atomic.Int64 // unix ns of the latest delivery
-	seen  []atomic.Bool
-	lat   []atomic.Int64 // ns from the event's timestamp to its delivery
-	done  atomic.Int64
-	dups  atomic.Int64
-	bad   atomic.Int64 // deliveries that named no event of the run
-	all   chan struct{}
+	// gap is the longest time between two consecutive deliveries, in
+	// ns: a stalled consumer shows here, not in the throughput.
+	gap  atomic.Int64
+	seen []atomic.Bool
+	lat  []atomic.Int64 // ns from the event's timestamp to its delivery
+	done atomic.Int64
+	dups atomic.Int64
+	bad  atomic.Int64 // deliveries that named no event of the run
+	all  chan struct{}
 }
 
 func newRecorder(n int) *recorder {
@@ -48,12 +51,27 @@ func (r *recorder) mark(i int64, ts time.Time) {
 	r.lat[i].Store(now - ts.UnixNano())
 	for {
 		l := r.last.Load()
-		if now <= l || r.last.CompareAndSwap(l, now) {
+		if now <= l {
+			break
+		}
+		if r.last.CompareAndSwap(l, now) {
+			if l != 0 {
+				r.widenGap(now - l)
+			}
 			break
 		}
 	}
 	if r.done.Add(1) == int64(r.n) {
 		close(r.all)
+	}
+}
+
+func (r *recorder) widenGap(d int64) {
+	for {
+		g := r.gap.Load()
+		if d <= g || r.gap.CompareAndSwap(g, d) {
+			return
+		}
 	}
 }
 

@@ -181,6 +181,7 @@ func (r *Results) Markdown() string {
 	if r.Workers != nil {
 		r.workersMarkdown(p)
 	}
+	r.partitionMarkdown(p)
 
 	p("## Targets\n\n")
 	met, missed := 0, 0

@@ -21,9 +21,12 @@ type Results struct {
 	PeerJob *PeerJob `json:"peer_job,omitempty"`
 	// Workers is the scale-out job (workers.go); nil when it did not
 	// run.
-	Workers   *WorkersJob `json:"workers,omitempty"`
-	Targets   []Target    `json:"targets"`
-	DurationS float64     `json:"duration_s"`
+	Workers *WorkersJob `json:"workers,omitempty"`
+	// PartitionCost compares one worker with and without partitions
+	// (partitions.go); nil when it did not run.
+	PartitionCost *PartitionCost `json:"partition_cost,omitempty"`
+	Targets       []Target       `json:"targets"`
+	DurationS     float64        `json:"duration_s"`
 }
 
 // Machine describes where the suite ran. The load averages tell whether
@@ -128,6 +131,9 @@ type Figures struct {
 	// Latency runs from each event's timestamp (commit or publish time)
 	// to its delivery to the action.
 	Latency Latency `json:"latency"`
+	// MaxGapMS is the longest time between two consecutive deliveries:
+	// a consumer that stops pulling for a while shows here.
+	MaxGapMS float64 `json:"max_gap_ms"`
 	// CPUSeconds is the CPU time of the whole process during the run
 	// (load generator and receivers included); CoresBusy is CPUSeconds
 	// over the run's wall time.

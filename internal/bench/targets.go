@@ -73,7 +73,7 @@ func evaluate(res *Results) []Target {
 			out = append(out, peerTarget(p, pt.run, pt.lim, res))
 		}
 	}
-	return out
+	return append(out, partitionTargets(res)...)
 }
 
 // peerTarget checks one run of the peer job against its events/s.

@@ -80,7 +80,8 @@ const (
 
 // Scenarios are the names Options.Scenarios may hold, in the order the
 // suite runs them; every one but ScenarioWorkers runs by default.
-var Scenarios = []string{ScenarioCeiling, ScenarioNoop, ScenarioNoDedup, ScenarioWebhook, ScenarioSteadyNoop, ScenarioWAL, ScenarioPeer, ScenarioWorkers}
+var Scenarios = []string{ScenarioCeiling, ScenarioNoop, ScenarioNoDedup, ScenarioWebhook, ScenarioSteadyNoop, ScenarioWAL, ScenarioPeer,
+	ScenarioWorkers, ScenarioPartitions}
 
 // scenarioSpec is one millrace run of a topology.
 type scenarioSpec struct {
@@ -93,6 +94,9 @@ type scenarioSpec struct {
 	// prefilled: the n events are on the bus before the router starts
 	// (the peer job); nothing is published while the clock runs.
 	prefilled bool
+	// partitions, when set, replaces Options.Partitions for the run
+	// (the partition-cost pair).
+	partitions *int
 }
 
 var scenarios = []scenarioSpec{
@@ -248,6 +252,7 @@ func (s *suite) measure(ctx context.Context, label string, n, rate int, profile 
 		}
 	}
 	f.Latency = rec.latency()
+	f.MaxGapMS = ms(rec.gap.Load())
 	if w.began {
 		cpu := (w.cpu1 - w.cpu0).Seconds()
 		f.CPUSeconds = round3(cpu)

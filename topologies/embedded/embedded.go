@@ -94,7 +94,9 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	b.Closers = append(b.Closers, closeLedger)
 	b.Dedup, b.Cache = ledger, ledger
 	b.Publisher = jetstream.NewPublisher(js, jc)
-	b.Subscriber = jetstream.NewSubscriber(js, jc, logger.With("component", "bus"))
+	busMetrics := jetstream.NewMetrics()
+	b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
+	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
 	b.Ready = func(context.Context) error {
 		if !nc.IsConnected() {
 			return errors.New("not connected to the embedded NATS server")

@@ -397,6 +397,29 @@ func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, s
 	return err
 }
 
+// ConfigureBreakers gives the endpoint of each action with a "breaker"
+// table of its own the settings it asks for ([breaker] with the table on
+// top). Run it once the observers are compiled, before any event.
+func (p *Policy) ConfigureBreakers(obs []*engine.Observer) error {
+	var errs []error
+	for _, o := range obs {
+		for _, b := range o.Actions {
+			raw := o.Config.Actions[b.Index]
+			if _, ok := raw[config.ActionBreakerKey]; !ok {
+				continue
+			}
+			bc, err := p.Config.BreakerFor(raw, b.Spec.Path)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, p.Breakers.Configure(breakerKey(b, b.ID(o.Name)), BreakerConfigOf(bc),
+				config.Join(b.Spec.Path, config.ActionBreakerKey)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // breakerKey names an action's endpoint, which its circuit breaker is
 // keyed by: the action's BreakerKey when it has one, else own (its
 // Bound.ID), a breaker of its own.

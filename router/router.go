@@ -151,7 +151,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, closeStores()) }()
 	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery,
-		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure)}
+		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfigOf(cfg.Breaker), middleware.BreakerFailure)}
 	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
 		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
 			r.metrics.Delivery, r.logger.With("component", "ledger"))
@@ -172,6 +172,9 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, engine.CloseAll(r.observers)) }()
+	if err := r.policy.ConfigureBreakers(r.observers); err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
 	r.compile()
 
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.Router.ShutdownTimeout.D()},

@@ -165,6 +165,7 @@ func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 			id, err := p.PutDeadLetter(ctx, stores.DeadLetter{
 				EventID: ev.ID, Observer: o.Name, Action: f.Action, Reason: f.Reason, Error: f.Err.Error(),
 				Attempts: f.Attempts, FirstFailure: f.First, LastFailure: f.Last, Topic: d.Topic, Payload: d.Payload,
+				Succeeded: d.succeeded(),
 			})
 			if err != nil {
 				d.Outcome, d.RetryDelay = OutcomeRedeliver, DeadLetterRetryDelay
@@ -214,10 +215,7 @@ func condition(next message.HandlerFunc) message.HandlerFunc {
 // marked done. The claim is committed after a success and released
 // after any failure, so that a redelivery runs again.
 func (p *Policy) ledger(o *engine.Observer) message.HandlerMiddleware {
-	hashes := make([]string, len(o.Actions))
-	for i, b := range o.Actions {
-		hashes[i] = b.Spec.Hash
-	}
+	hashes := actionHashes(o)
 	return func(next message.HandlerFunc) message.HandlerFunc {
 		return p.ledgerLayer(hashes, next)
 	}
@@ -240,7 +238,10 @@ func (p *Policy) ledgerLayer(hashes []string, next message.HandlerFunc) message.
 		}
 		d.Claim = claim
 		for i := range d.Actions {
-			if claim.Cached(i) {
+			if d.Actions[i].Done {
+				continue // a replay named it (MarkSucceeded)
+			}
+			if claim.Cached(i) && !d.RunAll {
 				d.Actions[i].Done = true
 				d.CacheHits++
 			} else if p.Config.Cache.Enabled {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -615,6 +616,14 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 		o := obs[i]
 		ds[i] = &middleware.Delivery{Event: ev, Observer: o, Payload: msg.Payload, Topic: topic,
 			Actions: make([]middleware.ActionState, len(o.Actions))}
+		if msg.Metadata.Get(bus.ObserverMetadata) == o.Name {
+			// A replay: the actions its dead letter recorded as succeeded
+			// are not run again, unless it asks for every action.
+			if done := msg.Metadata.Get(bus.SucceededMetadata); done != "" {
+				ds[i].MarkSucceeded(strings.Split(done, ","))
+			}
+			ds[i].RunAll = msg.Metadata.Get(bus.AllActionsMetadata) == "true"
+		}
 		errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
 	}
 	if len(obs) == 1 {

@@ -24,6 +24,15 @@ const (
 	// from the dead-letter store set it, so that the observers that
 	// already succeeded are not run again.
 	ObserverMetadata = "millrace_observer"
+	// SucceededMetadata goes with ObserverMetadata on a replay: the keys
+	// (stores.ActionKeys), comma-separated, of the observer's actions
+	// that had succeeded before the event was dead-lettered. They are not
+	// run again, even once the result cache has forgotten them.
+	SucceededMetadata = "millrace_succeeded"
+	// AllActionsMetadata, "true" on a replay, runs every action of the
+	// observer again: the result cache's record of earlier successes is
+	// ignored too (millrace dlq replay --all-actions).
+	AllActionsMetadata = "millrace_all_actions"
 	// DeliveryMetadata is set by a bus on the messages it hands out: the
 	// number of this delivery of the message, 1 for the first. Dead
 	// letters and logs report it.

@@ -33,6 +33,7 @@ type Config struct {
 	Cache     Cache               `koanf:"cache"`
 	DLQ       DLQ                 `koanf:"dlq"`
 	Delivery  Delivery            `koanf:"delivery"`
+	Breaker   Breaker             `koanf:"breaker"`
 	Databases map[string]Database `koanf:"databases"`
 	SMTP      SMTP                `koanf:"smtp"`
 	Observers map[string]Observer `koanf:"observers"`
@@ -374,6 +375,53 @@ type EndpointLimit struct {
 	// Burst is how many requests may start at once within the rate.
 	// Default 1.
 	Burst int `koanf:"burst"`
+}
+
+// Breaker tunes the circuit breaker of each action endpoint. The
+// [breaker] section holds the defaults; an action's own "breaker" table
+// overrides some of them for that action's endpoint (BreakerFor).
+type Breaker struct {
+	// ConsecutiveFailures opens a breaker after this many transient
+	// failures in a row; 0 turns the rule off. Default 5.
+	ConsecutiveFailures uint32 `koanf:"consecutive_failures"`
+	// FailureRatio, when above 0, also opens a breaker once this share
+	// of the calls of the last Window failed, counted from MinRequests
+	// calls on. Default 0 (off).
+	FailureRatio float64 `koanf:"failure_ratio"`
+	// MinRequests is how many calls the window needs before
+	// FailureRatio applies. Default 10.
+	MinRequests uint32 `koanf:"min_requests"`
+	// Window is the rolling window FailureRatio counts over. Default 60s.
+	Window Duration `koanf:"window"`
+	// OpenInterval is how long an open breaker refuses calls before it
+	// lets probes through (half-open). Default 30s.
+	OpenInterval Duration `koanf:"open_interval"`
+	// HalfOpenProbes is how many calls a half-open breaker lets through;
+	// that many successes close it, one failure opens it again. Default 1.
+	HalfOpenProbes uint32 `koanf:"half_open_probes"`
+}
+
+// ActionBreakerKey is the key of an action's section that overrides
+// [breaker] for the action's endpoint. It is not one of the action
+// type's own fields.
+const ActionBreakerKey = "breaker"
+
+// BreakerFor returns the breaker settings of action a at path: [breaker]
+// with a's own "breaker" table on top. The error names the keys at path.
+func (c *Config) BreakerFor(a Action, path string) (Breaker, error) {
+	b := c.Breaker
+	raw, ok := a[ActionBreakerKey]
+	if !ok {
+		return b, nil
+	}
+	m, ok := raw.(map[string]any)
+	if !ok {
+		return b, Errorf(Join(path, ActionBreakerKey), "must be a table, got %s", describe(raw))
+	}
+	if err := Decode(m, &b, Join(path, ActionBreakerKey)); err != nil {
+		return b, err
+	}
+	return b, nil
 }
 
 // DLQ is the dead-letter store.

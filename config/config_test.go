@@ -221,6 +221,32 @@ func TestValidate(t *testing.T) {
 		{"endpoint rate", ep(func(e *config.EndpointLimit) { e.Rate = "fast" }), "delivery.endpoints[0].rate"},
 		{"endpoint burst negative", ep(func(e *config.EndpointLimit) { e.Rate = "5/s"; e.Burst = -1 }), "delivery.endpoints[0].burst"},
 		{"endpoint burst without rate", ep(func(e *config.EndpointLimit) { e.Burst = 5 }), "delivery.endpoints[0].burst"},
+		{"breaker ratio high", func(c *config.Config) { c.Breaker.FailureRatio = 1.5 }, "breaker.failure_ratio"},
+		{"breaker ratio negative", func(c *config.Config) { c.Breaker.FailureRatio = -0.1 }, "breaker.failure_ratio"},
+		{"breaker never opens", func(c *config.Config) { c.Breaker.ConsecutiveFailures = 0 }, "breaker.consecutive_failures"},
+		{"breaker min requests", func(c *config.Config) { c.Breaker.FailureRatio, c.Breaker.MinRequests = 0.5, 0 }, "breaker.min_requests"},
+		{"breaker window", func(c *config.Config) { c.Breaker.FailureRatio, c.Breaker.Window = 0.5, 0 }, "breaker.window"},
+		{"breaker open interval", func(c *config.Config) { c.Breaker.OpenInterval = 0 }, "breaker.open_interval"},
+		{"breaker open interval high", func(c *config.Config) { c.Breaker.OpenInterval = config.Duration(48 * time.Hour) }, "breaker.open_interval"},
+		{"breaker probes", func(c *config.Config) { c.Breaker.HalfOpenProbes = 0 }, "breaker.half_open_probes"},
+		{"action breaker not a table", obs(func(o *config.Observer) {
+			o.Actions = []config.Action{{"type": "log", "breaker": "fast"}}
+		}), "observers.o.actions[0].breaker"},
+		{"action breaker unknown key", obs(func(o *config.Observer) {
+			o.Actions = []config.Action{{"type": "log", "breaker": map[string]any{"open_for": "5s"}}}
+		}), "observers.o.actions[0].breaker.open_for"},
+		{"action breaker bad duration", obs(func(o *config.Observer) {
+			o.Actions = []config.Action{{"type": "log", "breaker": map[string]any{"open_interval": "soon"}}}
+		}), "observers.o.actions[0].breaker.open_interval"},
+		{"action breaker ratio", obs(func(o *config.Observer) {
+			o.Actions = []config.Action{{"type": "log", "breaker": map[string]any{"failure_ratio": 2.0}}}
+		}), "observers.o.actions[0].breaker.failure_ratio"},
+		{"action breaker never opens", obs(func(o *config.Observer) {
+			o.Actions = []config.Action{{"type": "log", "breaker": map[string]any{"consecutive_failures": int64(0)}}}
+		}), "observers.o.actions[0].breaker.consecutive_failures"},
+		{"action breaker probes", obs(func(o *config.Observer) {
+			o.Actions = []config.Action{{"type": "log", "breaker": map[string]any{"half_open_probes": int64(0)}}}
+		}), "observers.o.actions[0].breaker.half_open_probes"},
 		{"source name missing", func(c *config.Config) { c.Sources = []config.Source{src("")} }, "sources[0].name"},
 		{"source name chars", func(c *config.Config) { c.Sources = []config.Source{src("a b")} }, "sources[0].name"},
 		{"source name twice", func(c *config.Config) { c.Sources = []config.Source{src("a"), src("a")} }, "sources[1].name"},
@@ -603,5 +629,44 @@ burst = 10
 	}
 	if d := config.Default().Delivery; d.MaxConcurrency != 64 || !d.Adaptive {
 		t.Fatalf("default delivery = %+v; want max_concurrency 64, adaptive", d)
+	}
+}
+
+// [breaker] sets the defaults of every endpoint; an action's own
+// "breaker" table overrides some keys and keeps the rest.
+func TestBreakerSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "millrace.toml")
+	if err := os.WriteFile(path, []byte(`
+[breaker]
+failure_ratio = 0.5
+min_requests = 20
+window = "2m"
+
+[observers.o]
+[[observers.o.actions]]
+type = "log"
+[[observers.o.actions]]
+type = "log"
+breaker = { open_interval = "5s", half_open_probes = 3 }
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.Breaker{ConsecutiveFailures: 5, FailureRatio: 0.5, MinRequests: 20, Window: config.Duration(2 * time.Minute),
+		OpenInterval: config.Duration(30 * time.Second), HalfOpenProbes: 1}
+	if cfg.Breaker != want {
+		t.Errorf("breaker = %+v; want %+v", cfg.Breaker, want)
+	}
+	acts := cfg.Observers["o"].Actions
+	if got, err := cfg.BreakerFor(acts[0], "observers.o.actions[0]"); err != nil || got != want {
+		t.Errorf("BreakerFor(actions[0]) = %+v, %v; want [breaker] %+v", got, err, want)
+	}
+	own := want
+	own.OpenInterval, own.HalfOpenProbes = config.Duration(5*time.Second), 3
+	if got, err := cfg.BreakerFor(acts[1], "observers.o.actions[1]"); err != nil || got != own {
+		t.Errorf("BreakerFor(actions[1]) = %+v, %v; want %+v", got, err, own)
 	}
 }

@@ -158,6 +158,7 @@ func (c *Config) Validate() error {
 	if c.DLQ.MaxEntries < 0 {
 		add("dlq.max_entries", "must not be negative")
 	}
+	validateBreaker(add, "breaker", c.Breaker)
 
 	seen := map[string]bool{}
 	for i, s := range c.Sources {
@@ -226,8 +227,16 @@ func (c *Config) Validate() error {
 			add(p+".actions", "an observer needs at least one action")
 		}
 		for i, a := range o.Actions {
+			ap := Index(p+".actions", i)
 			if a.Type() == "" {
-				add(Index(p+".actions", i)+".type", "is required")
+				add(ap+".type", "is required")
+			}
+			if _, ok := a[ActionBreakerKey]; ok {
+				if b, err := c.BreakerFor(a, ap); err != nil {
+					errs = append(errs, err)
+				} else {
+					validateBreaker(add, Join(ap, ActionBreakerKey), b)
+				}
 			}
 		}
 		oneOf(p+".on_failure", o.OnFailure, "dlq", "log", "drop")
@@ -249,6 +258,31 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateBreaker checks breaker settings at path: [breaker], or an
+// action's override merged onto it.
+func validateBreaker(add func(path, format string, args ...any), path string, b Breaker) {
+	if b.FailureRatio < 0 || b.FailureRatio > 1 || math.IsNaN(b.FailureRatio) {
+		add(path+".failure_ratio", "must be between 0 (off) and 1, got %v", b.FailureRatio)
+	}
+	if b.ConsecutiveFailures == 0 && b.FailureRatio == 0 {
+		add(path+".consecutive_failures", "is 0 and failure_ratio is 0: the breaker would never open; set one of them")
+	}
+	if b.FailureRatio > 0 {
+		if b.MinRequests < 1 {
+			add(path+".min_requests", "must be at least 1 when failure_ratio is set")
+		}
+		if b.Window.D() < 10*time.Millisecond || b.Window.D() > 24*time.Hour {
+			add(path+".window", "%s is out of range [10ms, 24h]", b.Window)
+		}
+	}
+	if b.OpenInterval.D() < 10*time.Millisecond || b.OpenInterval.D() > 24*time.Hour {
+		add(path+".open_interval", "%s is out of range [10ms, 24h]", b.OpenInterval)
+	}
+	if b.HalfOpenProbes < 1 || b.HalfOpenProbes > 1000 {
+		add(path+".half_open_probes", "must be between 1 and 1000, got %d", b.HalfOpenProbes)
+	}
 }
 
 // ObserverNames returns the observer names, sorted.

@@ -130,17 +130,25 @@ func (r *Registry) Decode(path string, raw config.Action) (*Spec, error) {
 		}
 		return nil, config.Errorf(path+".type", "unknown action type %q (known: %s)", typ, strings.Join(r.Names(), ", "))
 	}
+	// "breaker" tunes the action's endpoint breaker, not what the action
+	// does: config.Validate checks it, and it is left out of the hash so
+	// that tuning it keeps the action's cached successes (and the ones a
+	// dead letter records).
 	fields := make(map[string]any, len(raw))
+	hashed := make(map[string]any, len(raw))
 	for k, v := range raw {
-		if k != "type" {
-			fields[k] = v
+		if k != config.ActionBreakerKey {
+			hashed[k] = v
+			if k != "type" {
+				fields[k] = v
+			}
 		}
 	}
 	cfg, err := e.decode(fields, path)
 	if err != nil {
 		return nil, err
 	}
-	return &Spec{Type: typ, Path: path, Hash: Hash(raw), Config: cfg}, nil
+	return &Spec{Type: typ, Path: path, Hash: Hash(hashed), Config: cfg}, nil
 }
 
 // Build builds the action of a decoded spec.

@@ -161,3 +161,100 @@ func TestSleepHonoursContext(t *testing.T) {
 		t.Error("Reservation(0).String()")
 	}
 }
+
+// With a failure ratio, a breaker opens once that share of the window's
+// calls failed, from MinRequests calls on, even with no run of
+// consecutive failures; with the consecutive rule off, alternating
+// failures below the ratio leave it closed.
+func TestBreakerFailureRatio(t *testing.T) {
+	t.Parallel()
+	fail := errors.New("503")
+	b := middleware.NewBreakers(middleware.BreakerConfig{FailureRatio: 0.5, MinRequests: 6, Window: time.Minute}, nil)
+	// Failures == 0 with a ratio: the consecutive rule is off.
+	for i := range 5 {
+		var err error
+		if i%2 == 0 {
+			err = fail
+		}
+		_ = b.Do("k", func() error { return err })
+	}
+	if s := b.State("k"); s != 0 {
+		t.Fatalf("state after 3 failures in 5 calls (< min_requests 6) = %d; want 0", s)
+	}
+	_ = b.Do("k", func() error { return nil }) // 3 of 6 failed: 50 %, not yet opened by a success
+	if s := b.State("k"); s != 0 {
+		t.Fatalf("state after a success = %d; want 0 (a success never opens)", s)
+	}
+	_ = b.Do("k", func() error { return fail }) // 4 of 7
+	if s := b.State("k"); s != 2 {
+		t.Fatalf("state after 4 failures in 7 calls, ratio 0.5 = %d; want 2 (open)", s)
+	}
+
+	low := middleware.NewBreakers(middleware.BreakerConfig{FailureRatio: 0.9, MinRequests: 4, Window: time.Minute}, nil)
+	for i := range 20 {
+		var err error
+		if i%2 == 0 {
+			err = fail
+		}
+		_ = low.Do("k", func() error { return err })
+	}
+	if s := low.State("k"); s != 0 {
+		t.Fatalf("state after 50 %% failures with ratio 0.9 = %d; want 0", s)
+	}
+}
+
+// Configure gives one key its own settings: its open interval and
+// number of probes, while other keys keep the defaults.
+func TestBreakerConfigurePerKey(t *testing.T) {
+	t.Parallel()
+	fail := errors.New("503")
+	b := middleware.NewBreakers(middleware.BreakerConfig{Failures: 1, OpenFor: time.Hour}, nil)
+	if err := b.Configure("fast", middleware.BreakerConfig{Failures: 1, OpenFor: 100 * time.Millisecond, HalfOpenRequests: 2},
+		"observers.o.actions[0].breaker"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"fast", "slow"} {
+		_ = b.Do(k, func() error { return fail })
+		if s := b.State(k); s != 2 {
+			t.Fatalf("%s: state after a failure = %d; want 2", k, s)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if s := b.State("fast"); s != 1 {
+		t.Fatalf("fast: state after its 100ms open interval = %d; want 1 (half-open)", s)
+	}
+	if s := b.State("slow"); s != 2 {
+		t.Fatalf("slow: state = %d; want 2: the default open interval is an hour", s)
+	}
+	// Two probes: one success leaves it half-open, the second closes it.
+	if err := b.Do("fast", func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.State("fast"); s != 1 {
+		t.Fatalf("fast: state after 1 of 2 probes = %d; want 1", s)
+	}
+	if err := b.Do("fast", func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.State("fast"); s != 0 {
+		t.Fatalf("fast: state after 2 of 2 probes = %d; want 0", s)
+	}
+}
+
+// Actions sharing an endpoint share its breaker: a second override with
+// other settings is refused, naming both key paths; an equal one is fine.
+func TestBreakerConfigureConflict(t *testing.T) {
+	t.Parallel()
+	b := middleware.NewBreakers(middleware.BreakerConfig{}, nil)
+	cfg := middleware.BreakerConfig{OpenFor: 5 * time.Second}
+	if err := b.Configure("https://h", cfg, "observers.a.actions[0].breaker"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Configure("https://h", cfg, "observers.b.actions[0].breaker"); err != nil {
+		t.Fatalf("an equal override: %v", err)
+	}
+	err := b.Configure("https://h", middleware.BreakerConfig{OpenFor: time.Second}, "observers.c.actions[1].breaker")
+	if err == nil || !strings.Contains(err.Error(), "observers.c.actions[1].breaker") || !strings.Contains(err.Error(), "observers.a.actions[0].breaker") {
+		t.Fatalf("Configure with other settings = %v; want an error naming both paths", err)
+	}
+}

@@ -41,6 +41,9 @@ type Delivery struct {
 	// Claim is the ledger's claim on (event, observer); nil when dedup
 	// and the result cache are both off.
 	Claim *Claim
+	// RunAll is set on a replay asked to run every action again: the
+	// result cache's hits are ignored.
+	RunAll bool
 	// Actions is the progress of each of the observer's actions.
 	Actions []ActionState
 	// Outcome is one of the Outcome constants once the stack returned.
@@ -53,6 +56,42 @@ type Delivery struct {
 	// RetryDelay is how long the bus should wait before it redelivers,
 	// when the stack returned an error.
 	RetryDelay time.Duration
+}
+
+// MarkSucceeded marks done the actions of d's observer whose keys
+// (stores.ActionKeys) keys names: a replayed dead letter's record of the
+// actions that had succeeded. They count as cache hits. Call it before
+// the stack runs.
+func (d *Delivery) MarkSucceeded(keys []string) {
+	want := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+	}
+	for i, k := range stores.ActionKeys(actionHashes(d.Observer)) {
+		if want[k] && !d.Actions[i].Done {
+			d.Actions[i].Done = true
+			d.CacheHits++
+		}
+	}
+}
+
+// succeeded lists the actions of d that are done, for a dead letter.
+func (d *Delivery) succeeded() []stores.SucceededAction {
+	var out []stores.SucceededAction
+	for i, k := range stores.ActionKeys(actionHashes(d.Observer)) {
+		if d.Actions[i].Done {
+			out = append(out, stores.SucceededAction{Index: d.Observer.Actions[i].Index, Key: k})
+		}
+	}
+	return out
+}
+
+func actionHashes(o *engine.Observer) []string {
+	hashes := make([]string, len(o.Actions))
+	for i, b := range o.Actions {
+		hashes[i] = b.Spec.Hash
+	}
+	return hashes
 }
 
 // ActionsRun counts the action executions of the delivery, retries

@@ -168,6 +168,7 @@ func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 			id, err := p.PutDeadLetter(ctx, stores.DeadLetter{
 				EventID: ev.ID, Observer: o.Name, Action: f.Action, Reason: f.Reason, Error: f.Err.Error(),
 				Attempts: f.Attempts, FirstFailure: f.First, LastFailure: f.Last, Topic: d.Topic, Payload: d.Payload,
+				Succeeded: d.succeeded(),
 			})
 			if err != nil {
 				d.Outcome, d.RetryDelay = OutcomeRedeliver, DeadLetterRetryDelay
@@ -217,10 +218,7 @@ func condition(next message.HandlerFunc) message.HandlerFunc {
 // marked done. The claim is committed after a success and released
 // after any failure, so that a redelivery runs again.
 func (p *Policy) ledger(o *engine.Observer) message.HandlerMiddleware {
-	hashes := make([]string, len(o.Actions))
-	for i, b := range o.Actions {
-		hashes[i] = b.Spec.Hash
-	}
+	hashes := actionHashes(o)
 	return func(next message.HandlerFunc) message.HandlerFunc {
 		return p.ledgerLayer(hashes, next)
 	}
@@ -243,7 +241,10 @@ func (p *Policy) ledgerLayer(hashes []string, next message.HandlerFunc) message.
 		}
 		d.Claim = claim
 		for i := range d.Actions {
-			if claim.Cached(i) {
+			if d.Actions[i].Done {
+				continue // a replay named it (MarkSucceeded)
+			}
+			if claim.Cached(i) && !d.RunAll {
 				d.Actions[i].Done = true
 				d.CacheHits++
 			} else if p.Config.Cache.Enabled {
@@ -414,6 +415,29 @@ func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, s
 		st.First = now
 	}
 	return err
+}
+
+// ConfigureBreakers gives the endpoint of each action with a "breaker"
+// table of its own the settings it asks for ([breaker] with the table on
+// top). Run it once the observers are compiled, before any event.
+func (p *Policy) ConfigureBreakers(obs []*engine.Observer) error {
+	var errs []error
+	for _, o := range obs {
+		for _, b := range o.Actions {
+			raw := o.Config.Actions[b.Index]
+			if _, ok := raw[config.ActionBreakerKey]; !ok {
+				continue
+			}
+			bc, err := p.Config.BreakerFor(raw, b.Spec.Path)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, p.Breakers.Configure(breakerKey(b, b.ID(o.Name)), BreakerConfigOf(bc),
+				config.Join(b.Spec.Path, config.ActionBreakerKey)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // breakerKey names an action's endpoint, which its circuit breaker is

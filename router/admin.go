@@ -55,6 +55,9 @@ type ReplayRequest struct {
 	IDs      []string `json:"ids,omitempty"`
 	All      bool     `json:"all,omitempty"`
 	Observer string   `json:"observer,omitempty"`
+	// AllActions runs every action of the observer again; without it the
+	// actions an entry records as succeeded are skipped.
+	AllActions bool `json:"all_actions,omitempty"`
 	// DryRun lists what would be replayed and changes nothing.
 	DryRun bool `json:"dry_run,omitempty"`
 }
@@ -358,7 +361,7 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 			res.IDs = append(res.IDs, dl.ID)
 			return
 		}
-		published, err := r.replayOne(ctx, store, dl)
+		published, err := r.replayOne(ctx, store, dl, rr.AllActions)
 		if published {
 			res.Replayed++
 			res.IDs = append(res.IDs, dl.ID)
@@ -426,14 +429,24 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 // replayOne publishes an entry's payload on its topic as a new message
 // (a new UUID: JetStream would drop a reused Nats-Msg-Id inside its
 // duplicate window), restricted to the observer that failed, with the
-// event's ordering key; then it deletes the entry. Dedup and the result
-// cache apply as to any delivery: the observer's dedup key was released
-// when it failed, and actions that succeeded before are skipped while
-// their results are cached.
-func (r *Router) replayOne(ctx context.Context, store stores.DeadLetters, dl stores.DeadLetter) (published bool, err error) {
+// event's ordering key and, unless allActions, the keys of the actions
+// the entry records as succeeded, which are then skipped however long
+// after the failure the replay comes; then it deletes the entry. Dedup
+// and the result cache apply as to any delivery: the observer's dedup
+// key was released when it failed.
+func (r *Router) replayOne(ctx context.Context, store stores.DeadLetters, dl stores.DeadLetter, allActions bool) (published bool, err error) {
 	m := message.NewMessageWithContext(ctx, watermill.NewUUID(), dl.Payload)
 	if dl.Observer != "" {
 		m.Metadata.Set(bus.ObserverMetadata, dl.Observer)
+		if allActions {
+			m.Metadata.Set(bus.AllActionsMetadata, "true")
+		} else if len(dl.Succeeded) > 0 {
+			keys := make([]string, len(dl.Succeeded))
+			for i, a := range dl.Succeeded {
+				keys[i] = a.Key
+			}
+			m.Metadata.Set(bus.SucceededMetadata, strings.Join(keys, ","))
+		}
 	}
 	// An undecodable payload is replayed as it is, and will most likely
 	// be dead-lettered again. It still needs a subject under the topic:

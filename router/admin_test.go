@@ -19,6 +19,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/handlers/webhook"
 	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/topologies"
 	"github.com/millrace/millrace/topologies/embedded"
@@ -65,7 +66,7 @@ func (rec *dlqRecorder) wait(t *testing.T, observer, id string) {
 
 // dlqTestRouter runs a router on the embedded topology, with the admin
 // API on when tokenEnv is set and the given observers, which may use the
-// "dlqrecord" action; it returns the router with its address once it
+// "dlqrecord" and "webhook" actions; it returns the router with its address once it
 // serves.
 func dlqTestRouter(t *testing.T, tokenEnv, observers string) (*Router, string, *dlqRecorder) {
 	t.Helper()
@@ -80,6 +81,9 @@ func dlqTestRouter(t *testing.T, tokenEnv, observers string) (*Router, string, *
 			return nil
 		}), nil
 	})
+	if err := webhook.Register(reg); err != nil {
+		t.Fatal(err)
+	}
 	topo := topologies.NewRegistry()
 	if err := embedded.Register(topo); err != nil {
 		t.Fatal(err)

@@ -103,3 +103,72 @@ func breakerKeys(t *testing.T, n *deliveryNode) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// An action's own breaker open_interval takes effect: with [breaker]
+// consecutive_failures = 2 both hosts' breakers open after their first
+// two failures; the breaker of the action whose override says
+// open_interval = "300ms" lets a probe through and its event succeeds,
+// while the default 30s keeps the other host's breaker open meanwhile.
+func TestBreakerOpenIntervalOverride(t *testing.T) {
+	t.Parallel()
+	flaky := func(calls *atomic.Int64) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if calls.Add(1) <= 2 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	var quickCalls, slowCalls atomic.Int64
+	quick, slow := flaky(&quickCalls), flaky(&slowCalls)
+	reg := handlers.NewRegistry()
+	if err := webhook.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	observer := func(name, url, override string) string {
+		return fmt.Sprintf(`
+[observers.%[1]s]
+event = "INSERT"
+entity = "Order"
+retry = { max_attempts = 20, backoff = "fixed", initial = "20ms", jitter = 0.0 }
+[[observers.%[1]s.actions]]
+type = "webhook"
+url = %[2]q
+allow_private = true
+%[3]s
+`, name, url, override)
+	}
+	n := startDeliveryWith(t, reg, "a", "[breaker]\nconsecutive_failures = 2\n"+
+		observer("quick", quick.URL+"/q", `breaker = { open_interval = "300ms" }`)+observer("slow", slow.URL+"/s", ""))
+	n.publish(t, deliveryEvent("1"), 1, nil, nil)
+
+	succeeded := func(observer string) float64 {
+		return n.metric(t, "millrace_observer_runs_total", map[string]string{"observer": observer, "result": "succeeded"})
+	}
+	refused := func(observer string) float64 {
+		return n.metric(t, "millrace_action_runs_total", map[string]string{"observer": observer, "result": "breaker_open"})
+	}
+	eventually(t, 20*time.Second, "both breakers refusing a call", func() bool {
+		return refused("quick") >= 1 && refused("slow") >= 1
+	})
+	eventually(t, 20*time.Second, "the quick observer's success after its 300ms open interval", func() bool {
+		return succeeded("quick") == 1
+	})
+	if got := quickCalls.Load(); got != 3 {
+		t.Errorf("quick host got %d requests; want 3: two failures open its breaker after consecutive_failures = 2, one probe", got)
+	}
+	// Two more redeliveries of the slow observer's event (2s apart) meet
+	// its breaker, still open for the default 30s.
+	before := refused("slow")
+	eventually(t, 20*time.Second, "the slow observer refused twice more", func() bool { return refused("slow") >= before+2 })
+	if got := slowCalls.Load(); got != 2 || succeeded("slow") != 0 {
+		t.Errorf("slow host got %d requests, %v successes; want 2 and 0: its breaker stays open for the default 30s",
+			got, succeeded("slow"))
+	}
+	if got := n.metric(t, "millrace_breaker_state", map[string]string{"breaker": handlers.URLEndpoint(slow.URL)}); got != 2 {
+		t.Errorf("slow host breaker state = %v; want 2 (open)", got)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,7 +153,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	defer func() { err = errors.Join(err, closeStores()) }()
 	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery,
-		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure),
+		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfigOf(cfg.Breaker), middleware.BreakerFailure),
 		Limits: middleware.NewLimits(limitConfig(cfg.Delivery))}
 	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
 		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
@@ -178,6 +179,9 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, engine.CloseAll(r.observers)) }()
+	if err := r.policy.ConfigureBreakers(r.observers); err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
 	r.compile()
 
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: cfg.Router.ShutdownTimeout.D()},
@@ -618,6 +622,14 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 		o := obs[i]
 		ds[i] = &middleware.Delivery{Event: ev, Observer: o, Payload: msg.Payload, Topic: topic,
 			Actions: make([]middleware.ActionState, len(o.Actions))}
+		if msg.Metadata.Get(bus.ObserverMetadata) == o.Name {
+			// A replay: the actions its dead letter recorded as succeeded
+			// are not run again, unless it asks for every action.
+			if done := msg.Metadata.Get(bus.SucceededMetadata); done != "" {
+				ds[i].MarkSucceeded(strings.Split(done, ","))
+			}
+			ds[i].RunAll = msg.Metadata.Get(bus.AllActionsMetadata) == "true"
+		}
 		errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
 	}
 	if len(obs) == 1 {

@@ -38,14 +38,24 @@ type ReserveLookupResult struct {
 }
 
 // CacheKeys returns the result-cache keys of an observer's actions for
-// one event: event id + observer + the action's config hash. Two actions
-// of one observer with the same config get distinct keys (a "#n" suffix
-// on the repeats), while reordering the actions keeps each key.
+// one event: event id + observer + the action's key (ActionKeys).
 func CacheKeys(eventID, observer string, actionHashes []string) []string {
+	keys := ActionKeys(actionHashes)
+	for i, k := range keys {
+		keys[i] = "cache:{" + eventID + "}:" + observer + ":" + k
+	}
+	return keys
+}
+
+// ActionKeys returns the keys of an observer's actions: each action's
+// config hash, with a "#n" suffix on the repeats, so that two actions of
+// one observer with the same config get distinct keys, while reordering
+// the actions keeps each key.
+func ActionKeys(actionHashes []string) []string {
 	keys := make([]string, len(actionHashes))
 	seen := make(map[string]int, len(actionHashes))
 	for i, h := range actionHashes {
-		k := "cache:{" + eventID + "}:" + observer + ":" + h
+		k := h
 		if n := seen[h]; n > 0 {
 			k += "#" + strconv.Itoa(n)
 		}

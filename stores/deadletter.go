@@ -38,6 +38,21 @@ type DeadLetter struct {
 	// and give its size in PayloadBytes instead.
 	Payload      []byte `json:"payload,omitempty"`
 	PayloadBytes int    `json:"payload_bytes,omitempty"`
+	// Succeeded are the observer's actions that had succeeded for the
+	// event when it failed: a replay skips them, however long after,
+	// unless it asks to run every action again.
+	Succeeded []SucceededAction `json:"succeeded,omitempty"`
+}
+
+// SucceededAction is an action of a dead letter's observer that had
+// succeeded for its event.
+type SucceededAction struct {
+	// Index is the action's place in the observer's list then.
+	Index int `json:"index"`
+	// Key is the action's config hash, "#n" added on the repeats
+	// (ActionKeys): what a replay matches, so that an action whose config
+	// changed since runs again, and reordering the list changes nothing.
+	Key string `json:"key"`
 }
 
 // DeadLetterFilter selects entries for List. Zero fields match all.

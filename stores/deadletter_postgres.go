@@ -2,6 +2,7 @@ package stores
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -93,8 +94,10 @@ func (s *PostgresDeadLetters) Migrate(ctx context.Context) error {
 	first_failure timestamptz NOT NULL,
 	last_failure  timestamptz NOT NULL,
 	topic         text NOT NULL DEFAULT '',
-	payload       bytea NOT NULL
+	payload       bytea NOT NULL,
+	succeeded     jsonb NOT NULL DEFAULT '[]'
 );
+ALTER TABLE ` + s.table + ` ADD COLUMN IF NOT EXISTS succeeded jsonb NOT NULL DEFAULT '[]';
 CREATE INDEX IF NOT EXISTS ` + s.index + ` ON ` + s.table + ` (observer, last_failure);`
 	if _, err := tx.Exec(ctx, ddl); err != nil {
 		return fmt.Errorf("postgres dead letters: migrate: %w", err)
@@ -105,16 +108,24 @@ CREATE INDEX IF NOT EXISTS ` + s.index + ` ON ` + s.table + ` (observer, last_fa
 	return nil
 }
 
-const pgColumns = `id, event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload`
+const pgColumns = `id, event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload, succeeded`
 
 // Put inserts dl and returns its id.
 func (s *PostgresDeadLetters) Put(ctx context.Context, dl DeadLetter) (string, error) {
 	dl = normalizeEntry(dl)
+	succeeded, err := json.Marshal(dl.Succeeded)
+	if err != nil {
+		return "", fmt.Errorf("postgres dead letters: encode: %w", err)
+	}
+	if dl.Succeeded == nil {
+		succeeded = []byte("[]")
+	}
 	var id int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO `+s.table+` (event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id`,
-			dl.EventID, dl.Observer, dl.Action, dl.Reason, dl.Error, dl.Attempts, dl.FirstFailure, dl.LastFailure, dl.Topic, dl.Payload).Scan(&id)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO `+s.table+` (event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload, succeeded)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb) RETURNING id`,
+			dl.EventID, dl.Observer, dl.Action, dl.Reason, dl.Error, dl.Attempts, dl.FirstFailure, dl.LastFailure, dl.Topic, dl.Payload,
+			string(succeeded)).Scan(&id)
 		if err != nil || s.cfg.MaxEntries == 0 {
 			return err
 		}
@@ -130,13 +141,20 @@ func (s *PostgresDeadLetters) Put(ctx context.Context, dl DeadLetter) (string, e
 
 func scanPG(row pgx.Row) (DeadLetter, error) {
 	var (
-		dl DeadLetter
-		id int64
+		dl        DeadLetter
+		id        int64
+		succeeded []byte
 	)
 	err := row.Scan(&id, &dl.EventID, &dl.Observer, &dl.Action, &dl.Reason, &dl.Error, &dl.Attempts,
-		&dl.FirstFailure, &dl.LastFailure, &dl.Topic, &dl.Payload)
+		&dl.FirstFailure, &dl.LastFailure, &dl.Topic, &dl.Payload, &succeeded)
 	if err != nil {
 		return DeadLetter{}, err
+	}
+	if err := json.Unmarshal(succeeded, &dl.Succeeded); err != nil {
+		return DeadLetter{}, fmt.Errorf("entry %d: succeeded: %w", id, err)
+	}
+	if len(dl.Succeeded) == 0 {
+		dl.Succeeded = nil
 	}
 	dl.ID = strconv.FormatInt(id, 10)
 	dl.FirstFailure, dl.LastFailure = dl.FirstFailure.UTC(), dl.LastFailure.UTC()

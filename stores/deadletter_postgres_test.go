@@ -63,6 +63,41 @@ func TestPostgresDeadLettersMigrateIdempotent(t *testing.T) {
 	}
 }
 
+// A table made before dead letters recorded their succeeded actions
+// gains the column on Migrate, keeps its entries, and stores the field.
+func TestPostgresDeadLettersMigrateAddsSucceeded(t *testing.T) {
+	pool, schema := testenv.Postgres(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `CREATE TABLE `+schema+`.dlq (
+	id bigserial PRIMARY KEY, event_id text NOT NULL DEFAULT '', observer text NOT NULL DEFAULT '',
+	action text NOT NULL DEFAULT '', reason text NOT NULL, error text NOT NULL DEFAULT '',
+	attempts integer NOT NULL DEFAULT 0, first_failure timestamptz NOT NULL, last_failure timestamptz NOT NULL,
+	topic text NOT NULL DEFAULT '', payload bytea NOT NULL);
+INSERT INTO `+schema+`.dlq (reason, first_failure, last_failure, payload) VALUES ('permanent', now(), now(), '\x7b7d')`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := stores.NewPostgresDeadLetters(pool, stores.PostgresDeadLettersConfig{Table: schema + ".dlq"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("Migrate on an older table: %v", err)
+	}
+	old, err := s.Get(ctx, "1")
+	if err != nil || old.Succeeded != nil {
+		t.Fatalf("older entry = %+v, %v; want it, with no succeeded actions", old, err)
+	}
+	want := []stores.SucceededAction{{Index: 1, Key: "abc"}}
+	id, err := s.Put(ctx, stores.DeadLetter{Reason: stores.ReasonExhausted, Succeeded: want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, id)
+	if err != nil || len(got.Succeeded) != 1 || got.Succeeded[0] != want[0] {
+		t.Errorf("entry = %+v, %v; want succeeded %+v", got, err, want)
+	}
+}
+
 func TestPostgresDeadLettersMaxEntries(t *testing.T) {
 	pool, _ := testenv.Postgres(t)
 	s, err := stores.NewPostgresDeadLetters(pool, stores.PostgresDeadLettersConfig{MaxEntries: 5})

@@ -59,6 +59,7 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) stores.DeadLetter
 	t.Run("PutGet", func(t *testing.T) {
 		s := newStore(t)
 		want := entry(1, "order_shipped")
+		want.Succeeded = []stores.SucceededAction{{Index: 0, Key: "9f86d081884c7d659a2feaa0c55ad015"}, {Index: 2, Key: "9f86d081884c7d659a2feaa0c55ad015#1"}}
 		id := put(t, s, want)
 		got, err := s.Get(ctx, id)
 		if err != nil {

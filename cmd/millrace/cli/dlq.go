@@ -184,17 +184,20 @@ func showView(dl stores.DeadLetter) shownDeadLetter {
 
 func dlqReplayCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 	var (
-		all, dryRun bool
-		observer    string
+		all, dryRun, allActions bool
+		observer                string
 	)
 	cmd := &cobra.Command{
-		Use:   "replay ID... | --all [--observer NAME] [--dry-run]",
+		Use:   "replay ID... | --all [--observer NAME] [--all-actions] [--dry-run]",
 		Short: "Publish dead letters again through the normal path, then delete them",
 		Long: `replay publishes each entry's event again on its topic, for the observer
-that failed only; dedup and the result cache apply as to any delivery. An
-entry is deleted once its event is back on the bus. With --all, the
-entries in the store when the replay starts are replayed (those of one
-observer with --observer); --dry-run lists them and changes nothing.`,
+that failed only. The observer's actions that had succeeded before the
+entry was written (its "succeeded" list) are not run again, however long
+ago that was; --all-actions runs every action again. Dedup and the result
+cache apply as to any delivery. An entry is deleted once its event is
+back on the bus. With --all, the entries in the store when the replay
+starts are replayed (those of one observer with --observer); --dry-run
+lists them and changes nothing.`,
 		Args: func(_ *cobra.Command, args []string) error {
 			switch {
 			case all && len(args) > 0:
@@ -209,7 +212,7 @@ observer with --observer); --dry-run lists them and changes nothing.`,
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			var res router.ReplayResponse
 			status, err := c.do(cmd.Context(), http.MethodPost, "/v1/dlq/replay",
-				router.ReplayRequest{IDs: ids, All: all, Observer: observer, DryRun: dryRun}, &res)
+				router.ReplayRequest{IDs: ids, All: all, Observer: observer, AllActions: allActions, DryRun: dryRun}, &res)
 			if err != nil && (status == 0 || len(res.Failed) == 0) {
 				return err
 			}
@@ -232,6 +235,7 @@ observer with --observer); --dry-run lists them and changes nothing.`,
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "replay every entry (of --observer, when given)")
 	cmd.Flags().StringVar(&observer, "observer", "", "with --all, only this observer's entries")
+	cmd.Flags().BoolVar(&allActions, "all-actions", false, "run every action of the observer again, those that had succeeded too")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be replayed; change nothing")
 	return cmd
 }

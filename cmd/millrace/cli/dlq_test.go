@@ -363,3 +363,35 @@ actions = [{ type = "webhook", url = "http://127.0.0.1:9/hook", allow_private = 
 		t.Errorf("GET /v1/dlq on a volatile store = %+v; want volatile set", l)
 	}
 }
+
+// dlq replay --all-actions asks the server to run every action again;
+// without the flag it does not.
+func TestDLQReplayAllActionsFlag(t *testing.T) {
+	t.Setenv(DefaultAdminTokenEnv, "tok")
+	var (
+		mu   sync.Mutex
+		reqs []router.ReplayRequest
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var rr router.ReplayRequest
+		if err := json.NewDecoder(r.Body).Decode(&rr); err != nil {
+			t.Errorf("body: %v", err)
+		}
+		mu.Lock()
+		reqs = append(reqs, rr)
+		mu.Unlock()
+		_ = json.NewEncoder(w).Encode(router.ReplayResponse{Replayed: len(rr.IDs), IDs: rr.IDs})
+	}))
+	t.Cleanup(srv.Close)
+	addr := "--addr=" + strings.TrimPrefix(srv.URL, "http://")
+	for _, args := range [][]string{{"dlq", "replay", "7", addr}, {"dlq", "replay", "--all-actions", "7", addr}} {
+		if code, out, stderr := runCLI(t, args...); code != ExitOK || !strings.Contains(out, "replayed 1") {
+			t.Fatalf("millrace %s: exit %d\n%s%s", strings.Join(args, " "), code, out, stderr)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reqs) != 2 || reqs[0].AllActions || !reqs[1].AllActions {
+		t.Errorf("replay requests = %+v; want all_actions only with --all-actions", reqs)
+	}
+}

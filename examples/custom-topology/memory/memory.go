@@ -103,6 +103,7 @@ func (s *DeadLetters) Put(_ context.Context, dl stores.DeadLetter) (string, erro
 		dl.FirstFailure = dl.LastFailure
 	}
 	dl.Payload = slices.Clone(dl.Payload)
+	dl.Succeeded = slices.Clone(dl.Succeeded)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++

@@ -80,10 +80,39 @@ func Plan(cfg *config.Config, o config.Observer) []Layer {
 	if cfg.Cache.Enabled {
 		each = append(each, fmt.Sprintf("result cache (ttl %s)", cfg.Cache.TTL))
 	}
-	each = append(each, "circuit breaker (per endpoint)", fmt.Sprintf("timeout %s", o.Timeout))
+	each = append(each, breakerPlan(cfg.Breaker), limitPlan(cfg.Delivery), fmt.Sprintf("timeout %s", o.Timeout))
 	layers = append(layers, Layer{LayerActions, fmt.Sprintf("%d action(s), %d at a time, each: %s",
 		len(o.Actions), o.Concurrency, strings.Join(each, " → "))})
 	return layers
+}
+
+// breakerPlan describes the [breaker] defaults (an action's own
+// "breaker" table may change them for its endpoint).
+func breakerPlan(b config.Breaker) string {
+	var rules []string
+	if b.ConsecutiveFailures > 0 {
+		rules = append(rules, fmt.Sprintf("%d failures in a row", b.ConsecutiveFailures))
+	}
+	if b.FailureRatio > 0 {
+		rules = append(rules, fmt.Sprintf("%g of at least %d requests in %s", b.FailureRatio, b.MinRequests, b.Window))
+	}
+	if len(rules) == 0 {
+		return "circuit breaker (per endpoint, never opens)"
+	}
+	return fmt.Sprintf("circuit breaker (per endpoint: opens after %s, for %s)", strings.Join(rules, " or "), b.OpenInterval)
+}
+
+// limitPlan describes the [delivery] defaults.
+func limitPlan(d config.Delivery) string {
+	mode := "fixed"
+	if d.Adaptive {
+		mode = "adaptive"
+	}
+	s := fmt.Sprintf("delivery limit (per endpoint: at most %d at once, %s", d.MaxConcurrency, mode)
+	if n := len(d.Endpoints); n > 0 {
+		s += fmt.Sprintf("; %d endpoint(s) with their own", n)
+	}
+	return s + ")"
 }
 
 func storeName(s string) string {

@@ -327,6 +327,11 @@ type Dedup struct {
 	// Window is how long a processed event id is remembered. Default 5m,
 	// between 1s and 1h.
 	Window Duration `koanf:"window"`
+	// Lease is how long a claim of an event outlives the process that
+	// holds it: a copy delivered elsewhere waits for it, and after a
+	// crash the event runs again once it ran out. It is renewed every
+	// lease/3 while the observer runs. Default 30s, between 1s and 10m.
+	Lease Duration `koanf:"lease"`
 	// Store is where the ledger lives: "" (default) is the topology's
 	// own (in memory for embedded), or memory, redis ([redis] section) or
 	// postgres ([postgres] section). Processes that share a bus must

@@ -208,6 +208,8 @@ func TestValidate(t *testing.T) {
 		{"max in flight", func(c *config.Config) { c.Router.MaxInFlight = 0 }, "router.max_in_flight"},
 		{"dedup window low", func(c *config.Config) { c.Dedup.Window = config.Duration(time.Millisecond) }, "dedup.window"},
 		{"dedup window high", func(c *config.Config) { c.Dedup.Window = config.Duration(2 * time.Hour) }, "dedup.window"},
+		{"dedup lease low", func(c *config.Config) { c.Dedup.Lease = config.Duration(time.Millisecond) }, "dedup.lease"},
+		{"dedup lease high", func(c *config.Config) { c.Dedup.Lease = config.Duration(time.Hour) }, "dedup.lease"},
 		{"cache ttl", func(c *config.Config) { c.Cache.TTL = config.Duration(2 * time.Hour) }, "cache.ttl"},
 		{"dlq max entries", func(c *config.Config) { c.DLQ.MaxEntries = -1 }, "dlq.max_entries"},
 		{"delivery max concurrency", func(c *config.Config) { c.Delivery.MaxConcurrency = 0 }, "delivery.max_concurrency"},

@@ -114,6 +114,7 @@ func (c *Config) Validate() error {
 	}
 
 	between("dedup.window", c.Dedup.Window, time.Second, time.Hour)
+	between("dedup.lease", c.Dedup.Lease, time.Second, 10*time.Minute)
 	between("cache.ttl", c.Cache.TTL, time.Second, time.Hour)
 	for _, st := range []struct{ path, store string }{{"dedup.store", c.Dedup.Store}, {"cache.store", c.Cache.Store}} {
 		switch {

@@ -156,7 +156,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfigOf(cfg.Breaker), middleware.BreakerFailure),
 		Limits: middleware.NewLimits(limitConfig(cfg.Delivery))}
 	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
-		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D()},
+		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D(), Lease: cfg.Dedup.Lease.D()},
 			r.metrics.Delivery, r.logger.With("component", "ledger"))
 	}
 	if err := r.metrics.Registry.Register(r.policy.Breakers); err != nil {

@@ -346,12 +346,15 @@ func testResultCache(t *testing.T, topology string, v *verdict) {
 	})
 	// What a killed process held comes back after the ack wait: keep it
 	// short.
-	opts := e2e.Options{Receiver: recv, Env: append(v.env, "MILLRACE_NATS__ACK_WAIT=5s"),
+	// and the dead process's dedup claim runs out after dedup.lease.
+	const lease = 3 * time.Second
+	opts := e2e.Options{Receiver: recv, Env: append(v.env, "MILLRACE_NATS__ACK_WAIT=5s", "MILLRACE_DEDUP__LEASE="+lease.String()),
 		Observers: map[string]e2e.Observer{
 			// One action at a time: a's success is stored before b starts.
 			"pair": {Concurrency: 1, Actions: []map[string]any{recv.Action("a", nil), recv.Action("b", nil)}},
 		}}
-	if bus, _ := e2e.BusOf(topology); bus == e2e.BusEmbedded {
+	bus, _ := e2e.BusOf(topology)
+	if bus == e2e.BusEmbedded {
 		// The embedded topology keeps its ledger in memory, which dies
 		// with the process; a deployment that needs effects once across
 		// a crash gives it a store that outlives the process.
@@ -367,10 +370,16 @@ func testResultCache(t *testing.T, topology string, v *verdict) {
 	case <-ctx.Done():
 		t.Fatalf("action b was not called within %s (receiver: %s)", wait, recv.Summary())
 	}
+	claimed := time.Now()
 	r.Proc.Kill()
 	r.Start()
-	// The dead process's dedup claim runs out after its lease (30 s).
 	recv.Wait(t, 2*time.Minute, "action b accepted after the restart", func() bool { return recv.Count("b") >= 1 })
+	// b's rerun waited for the claim: the configured lease, not the
+	// 30 s default, must be what held it. (Embedded JetStream redelivers
+	// a dead process's messages only after its 30 s ack wait anyway.)
+	if d := time.Since(claimed); bus != e2e.BusEmbedded && d > 25*time.Second {
+		t.Errorf("action b ran again %v after the crash; with dedup.lease = %s it must be well under the default 30 s", d.Round(time.Second), lease)
+	}
 	time.Sleep(settle)
 
 	a, b := recv.Requests("a"), recv.Requests("b")

@@ -360,6 +360,10 @@ type Delivery struct {
 	// Adaptive halves an endpoint's limit when it answers 429 or 503 or
 	// times out, and raises it back with its successes. Default true.
 	Adaptive bool `koanf:"adaptive"`
+	// ProbeAfter is how long an adaptive limit stays below the
+	// concurrency at which the endpoint last refused a request before it
+	// tries more again. Default 30s, between 1s and 1h.
+	ProbeAfter Duration `koanf:"probe_after"`
 	// Endpoints override the defaults for named endpoints.
 	Endpoints []EndpointLimit `koanf:"endpoints"`
 }

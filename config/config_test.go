@@ -213,6 +213,7 @@ func TestValidate(t *testing.T) {
 		{"cache ttl", func(c *config.Config) { c.Cache.TTL = config.Duration(2 * time.Hour) }, "cache.ttl"},
 		{"dlq max entries", func(c *config.Config) { c.DLQ.MaxEntries = -1 }, "dlq.max_entries"},
 		{"delivery max concurrency", func(c *config.Config) { c.Delivery.MaxConcurrency = 0 }, "delivery.max_concurrency"},
+		{"delivery probe after", func(c *config.Config) { c.Delivery.ProbeAfter = 0 }, "delivery.probe_after"},
 		{"endpoint name missing", ep(func(e *config.EndpointLimit) { e.Endpoint = "" }), "delivery.endpoints[0].endpoint"},
 		{"endpoint name not a url", ep(func(e *config.EndpointLimit) { e.Endpoint = "hooks.example.com" }), "delivery.endpoints[0].endpoint"},
 		{"endpoint twice", func(c *config.Config) {
@@ -624,7 +625,7 @@ burst = 10
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config.Delivery{MaxConcurrency: 32, Adaptive: false, Endpoints: []config.EndpointLimit{
+	want := config.Delivery{MaxConcurrency: 32, Adaptive: false, ProbeAfter: config.Duration(30 * time.Second), Endpoints: []config.EndpointLimit{
 		{Endpoint: "https://hooks.example.com", MaxConcurrency: 20, Rate: "600/m", Burst: 10}}}
 	if !reflect.DeepEqual(c.Delivery, want) {
 		t.Fatalf("delivery = %+v; want %+v", c.Delivery, want)

@@ -28,7 +28,7 @@ func (c *Config) SetDefaults() {
 		PartitionTTL: Duration(10 * time.Second)}
 	c.Dedup = Dedup{Enabled: true, Window: Duration(5 * time.Minute), Lease: Duration(30 * time.Second)}
 	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}
-	c.Delivery = Delivery{MaxConcurrency: 64, Adaptive: true}
+	c.Delivery = Delivery{MaxConcurrency: 64, Adaptive: true, ProbeAfter: Duration(30 * time.Second)}
 	c.Breaker = Breaker{ConsecutiveFailures: 5, MinRequests: 10, Window: Duration(time.Minute),
 		OpenInterval: Duration(30 * time.Second), HalfOpenProbes: 1}
 	c.SMTP = SMTP{Port: 587, TLS: "starttls", Timeout: Duration(30 * time.Second)}

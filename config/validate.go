@@ -129,6 +129,7 @@ func (c *Config) Validate() error {
 	if c.Delivery.MaxConcurrency < 1 {
 		add("delivery.max_concurrency", "must be at least 1")
 	}
+	between("delivery.probe_after", c.Delivery.ProbeAfter, time.Second, time.Hour)
 	seenEndpoints := map[string]bool{}
 	for i, e := range c.Delivery.Endpoints {
 		p := fmt.Sprintf("delivery.endpoints[%d]", i)

@@ -98,6 +98,12 @@ func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
 // matches it through errors.Is, with an Is method or by wrapping it.
 var ErrOverloaded = errors.New("endpoint overloaded")
 
+// ErrThrottled marks an error by which an endpoint asked for fewer
+// requests (HTTP 429). It is also an overload (IsOverloaded), but not a
+// failure of the endpoint: it does not count against its circuit
+// breaker, since the endpoint is up and the delivery limit slows down.
+var ErrThrottled = errors.New("endpoint asked for fewer requests")
+
 // IsOverloaded reports whether err shows an overloaded endpoint: it
 // matches ErrOverloaded, or it is a timeout (the action's deadline, or a
 // network timeout).
@@ -105,7 +111,7 @@ func IsOverloaded(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrOverloaded) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, ErrOverloaded) || errors.Is(err, ErrThrottled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
 	var ne net.Error

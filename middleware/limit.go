@@ -22,6 +22,10 @@ type LimitConfig struct {
 	// raises it again with its successes (AIMD); off, the limit stays
 	// at MaxConcurrency.
 	Adaptive bool
+	// ProbeAfter is how long the limit stays below the concurrency at
+	// which the endpoint last refused a request before it may grow past
+	// it again. Default 30s.
+	ProbeAfter time.Duration
 	// Endpoints overrides MaxConcurrency, and sets a rate, per endpoint
 	// name (handlers.URLEndpoint, handlers.ServerEndpoint).
 	Endpoints map[string]EndpointLimit
@@ -36,10 +40,6 @@ type EndpointLimit struct {
 	Rate  rate.Limit
 	Burst int
 }
-
-// capHold is how long an endpoint's limit stays below the concurrency
-// at which it last showed overload before it may probe above it again.
-const capHold = 30 * time.Second
 
 // maxRetryAfterPause bounds how long one answer's Retry-After halts an
 // endpoint: a server's date far in the future must not stop it for good.
@@ -56,7 +56,7 @@ const maxRetryAfterPause = time.Minute
 // of requests started before the previous cut, and grows by one for
 // every limit's worth of successes, back up to the ceiling. An
 // overloaded request that was the n-th in flight also caps the limit at
-// n-1 for capHold, so that an endpoint that takes 20 requests
+// n-1 for ProbeAfter, so that an endpoint that takes 20 requests
 // at once gets 20, not a sawtooth that crosses 20 again and again. An
 // overload answer with a Retry-After also halts new requests to the
 // endpoint for that long. A healthy endpoint never sees a limit below
@@ -81,6 +81,9 @@ var _ prometheus.Collector = (*Limits)(nil)
 func NewLimits(cfg LimitConfig) *Limits {
 	if cfg.MaxConcurrency <= 0 {
 		cfg.MaxConcurrency = 64
+	}
+	if cfg.ProbeAfter <= 0 {
+		cfg.ProbeAfter = 30 * time.Second
 	}
 	l := []string{"endpoint"}
 	return &Limits{
@@ -107,7 +110,8 @@ func (ls *Limits) Get(endpoint string) *Limit {
 		if o.MaxConcurrency > 0 {
 			ceiling = o.MaxConcurrency
 		}
-		l = &Limit{ceiling: float64(ceiling), limit: float64(ceiling), cap: float64(ceiling), adaptive: ls.cfg.Adaptive}
+		l = &Limit{ceiling: float64(ceiling), limit: float64(ceiling), cap: float64(ceiling),
+			adaptive: ls.cfg.Adaptive, probeAfter: ls.cfg.ProbeAfter}
 		if o.Rate > 0 {
 			l.rate = rate.NewLimiter(o.Rate, max(o.Burst, 1))
 		}
@@ -118,9 +122,10 @@ func (ls *Limits) Get(endpoint string) *Limit {
 
 // Limit is one endpoint's delivery limit.
 type Limit struct {
-	ceiling  float64
-	adaptive bool
-	rate     *rate.Limiter // nil: no rate
+	ceiling    float64
+	adaptive   bool
+	probeAfter time.Duration
+	rate       *rate.Limiter // nil: no rate
 
 	mu        sync.Mutex
 	limit     float64
@@ -245,7 +250,7 @@ func (t Ticket) release(err error, ran bool) {
 			}
 		}
 	case err == nil && l.adaptive && l.limit < l.ceiling:
-		if l.cap < l.ceiling && time.Since(l.capSet) > capHold {
+		if l.cap < l.ceiling && time.Since(l.capSet) > l.probeAfter {
 			l.cap = l.ceiling
 		}
 		l.limit = math.Min(l.cap, l.limit+1/l.limit)

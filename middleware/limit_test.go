@@ -140,3 +140,25 @@ func TestLimitCancelFreesTheSlot(t *testing.T) {
 	state(t, l, 1, 0)
 	acquire(t, l, 1)[0].Done(nil)
 }
+
+// After ProbeAfter without a refusal, the limit may grow past the
+// concurrency that was refused: the endpoint may take more now.
+func TestLimitProbesAfterTheHold(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 8, Adaptive: true, ProbeAfter: 200 * time.Millisecond}).Get("http://a")
+	ts := acquire(t, l, 5)
+	ts[4].Done(errBusy) // the 5th was refused: cap 4
+	for _, tk := range ts[:4] {
+		tk.Done(nil)
+	}
+	for range 100 {
+		acquire(t, l, 1)[0].Done(nil)
+	}
+	state(t, l, 4, 0)
+	time.Sleep(300 * time.Millisecond)
+	for range 100 {
+		acquire(t, l, 1)[0].Done(nil)
+	}
+	if limit, _ := l.State(); limit <= 4 {
+		t.Fatalf("limit %d after the hold; want it past 4, probing", limit)
+	}
+}

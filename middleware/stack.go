@@ -482,5 +482,9 @@ func breakerKey(b *engine.Bound, own string) string {
 }
 
 // BreakerFailure tells which errors count against an action's endpoint:
-// a permanent error (a 4xx, a bad payload) shows that it is up.
-func BreakerFailure(err error) bool { return err != nil && !handlers.IsPermanent(err) }
+// a permanent error (a 4xx, a bad payload) shows that it is up, and so
+// does a 429 (handlers.ErrThrottled), which the delivery limit answers
+// by sending less.
+func BreakerFailure(err error) bool {
+	return err != nil && !handlers.IsPermanent(err) && !errors.Is(err, handlers.ErrThrottled)
+}

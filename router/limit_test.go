@@ -80,7 +80,12 @@ func TestAdaptiveLimitConvergesOnAnEndpoint(t *testing.T) {
 	if err := webhook.Register(reg); err != nil {
 		t.Fatal(err)
 	}
+	// No probe above the learned limit within the run: the test shows
+	// where the limit settles (TestLimitProbesAfterTheHold shows the
+	// probe).
 	n := startDeliveryWith(t, reg, "a", fmt.Sprintf(`
+[delivery]
+probe_after = "10m"
 [observers.hook]
 event = "INSERT"
 entity = "Order"

@@ -675,7 +675,7 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 // limitConfig turns [delivery] into the endpoints' limits; Validate
 // checked the rates.
 func limitConfig(d config.Delivery) middleware.LimitConfig {
-	lc := middleware.LimitConfig{MaxConcurrency: d.MaxConcurrency, Adaptive: d.Adaptive,
+	lc := middleware.LimitConfig{MaxConcurrency: d.MaxConcurrency, Adaptive: d.Adaptive, ProbeAfter: d.ProbeAfter.D(),
 		Endpoints: make(map[string]middleware.EndpointLimit, len(d.Endpoints))}
 	for _, e := range d.Endpoints {
 		el := middleware.EndpointLimit{MaxConcurrency: e.MaxConcurrency, Burst: e.Burst}

@@ -25,10 +25,16 @@ type StatusError struct {
 	Body string
 }
 
-// Is makes a 429 or 503 answer match handlers.ErrOverloaded.
+// Is makes a 429 answer match handlers.ErrThrottled and a 503
+// handlers.ErrOverloaded.
 func (e *StatusError) Is(target error) bool {
-	return target == handlers.ErrOverloaded &&
-		(e.StatusCode == http.StatusTooManyRequests || e.StatusCode == http.StatusServiceUnavailable)
+	switch target {
+	case handlers.ErrThrottled:
+		return e.StatusCode == http.StatusTooManyRequests
+	case handlers.ErrOverloaded:
+		return e.StatusCode == http.StatusServiceUnavailable
+	}
+	return false
 }
 
 func (e *StatusError) Error() string {

@@ -15,6 +15,7 @@ import (
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/handlers/actiontest"
 	"github.com/millrace/millrace/handlers/webhook"
+	"github.com/millrace/millrace/middleware"
 )
 
 // The published Standard Webhooks vector, to check that verify (the
@@ -508,5 +509,13 @@ func TestOverloadedAnswers(t *testing.T) {
 	}
 	if !handlers.IsOverloaded(context.DeadlineExceeded) {
 		t.Error("a timeout is not taken as overload")
+	}
+	// A 429 shows the endpoint up: it does not count against its
+	// breaker; a 503 does.
+	for code, want := range map[int]bool{429: false, 503: true, 500: true} {
+		err := &handlers.RetryAfterError{Err: &webhook.StatusError{Method: "POST", StatusCode: code}, After: time.Second}
+		if got := middleware.BreakerFailure(err); got != want {
+			t.Errorf("BreakerFailure(%d) = %v; want %v", code, got, want)
+		}
 	}
 }

@@ -1,16 +1,15 @@
 package middleware_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/stores"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -212,30 +211,12 @@ func (f *flakyStore) ReserveLookup(ctx context.Context, key, owner string, lease
 	return f.MemoryStore.ReserveLookup(ctx, key, owner, lease, keys)
 }
 
-// syncBuffer is a log sink for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLedgerFailsOpen(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	store := &flakyStore{MemoryStore: newLedgerMemory(t)}
 	m := middleware.NewMetrics()
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	l := middleware.NewLedger(store, store, middleware.LedgerConfig{WarnEvery: time.Hour}, m,
 		slog.New(slog.NewTextHandler(&logs, nil)))
 

@@ -396,10 +396,8 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 			breakerOpen: p.Metrics.Actions.WithLabelValues(o.Name, id, "breaker_open"),
 			duration:    p.Metrics.ActionDuration.WithLabelValues(o.Name, id),
 		}
-		if k, ok := b.Action.(BreakerKeyer); ok && p.Limits != nil {
-			if endpoint := k.BreakerKey(); endpoint != "" {
-				ms[i].limit = p.Limits.Get(endpoint)
-			}
+		if endpoint := endpointOf(b); endpoint != "" && p.Limits != nil {
+			ms[i].limit = p.Limits.Get(endpoint)
 		}
 	}
 	return ms
@@ -473,12 +471,18 @@ func (p *Policy) ConfigureBreakers(obs []*engine.Observer) error {
 // keyed by: the action's BreakerKey when it has one, else own (its
 // Bound.ID), a breaker of its own.
 func breakerKey(b *engine.Bound, own string) string {
-	if k, ok := b.Action.(BreakerKeyer); ok {
-		if key := k.BreakerKey(); key != "" {
-			return key
-		}
+	if endpoint := endpointOf(b); endpoint != "" {
+		return endpoint
 	}
 	return own
+}
+
+// endpointOf is the endpoint an action names with BreakerKey, or "".
+func endpointOf(b *engine.Bound) string {
+	if k, ok := b.Action.(BreakerKeyer); ok {
+		return k.BreakerKey()
+	}
+	return ""
 }
 
 // BreakerFailure tells which errors count against an action's endpoint:

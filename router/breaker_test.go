@@ -30,24 +30,8 @@ func TestBreakerIsPerEndpoint(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(healthy.Close)
-	reg := handlers.NewRegistry()
-	if err := webhook.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	observer := func(name, url string) string {
-		return fmt.Sprintf(`
-[observers.%[1]s]
-event = "INSERT"
-entity = "Order"
-retry = { max_attempts = 20, backoff = "fixed", initial = "20ms", jitter = 0.0 }
-[[observers.%[1]s.actions]]
-type = "webhook"
-url = %[2]q
-allow_private = true
-`, name, url)
-	}
-	n := startDeliveryWith(t, reg, "a", observer("one", dead.URL+"/one")+observer("two", dead.URL+"/two")+
-		observer("fine", healthy.URL+"/fine"))
+	n := startDeliveryWith(t, webhookRegistry(t), "a", webhookObserver("one", dead.URL+"/one", "")+
+		webhookObserver("two", dead.URL+"/two", "")+webhookObserver("fine", healthy.URL+"/fine", ""))
 	n.publish(t, deliveryEvent("1"), 1, nil, nil)
 
 	deadKey, healthyKey := handlers.URLEndpoint(dead.URL), handlers.URLEndpoint(healthy.URL)
@@ -124,25 +108,8 @@ func TestBreakerOpenIntervalOverride(t *testing.T) {
 	}
 	var quickCalls, slowCalls atomic.Int64
 	quick, slow := flaky(&quickCalls), flaky(&slowCalls)
-	reg := handlers.NewRegistry()
-	if err := webhook.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	observer := func(name, url, override string) string {
-		return fmt.Sprintf(`
-[observers.%[1]s]
-event = "INSERT"
-entity = "Order"
-retry = { max_attempts = 20, backoff = "fixed", initial = "20ms", jitter = 0.0 }
-[[observers.%[1]s.actions]]
-type = "webhook"
-url = %[2]q
-allow_private = true
-%[3]s
-`, name, url, override)
-	}
-	n := startDeliveryWith(t, reg, "a", "[breaker]\nconsecutive_failures = 2\n"+
-		observer("quick", quick.URL+"/q", `breaker = { open_interval = "300ms" }`)+observer("slow", slow.URL+"/s", ""))
+	n := startDeliveryWith(t, webhookRegistry(t), "a", "[breaker]\nconsecutive_failures = 2\n"+
+		webhookObserver("quick", quick.URL+"/q", `breaker = { open_interval = "300ms" }`)+webhookObserver("slow", slow.URL+"/s", ""))
 	n.publish(t, deliveryEvent("1"), 1, nil, nil)
 
 	succeeded := func(observer string) float64 {
@@ -171,4 +138,31 @@ allow_private = true
 	if got := n.metric(t, "millrace_breaker_state", map[string]string{"breaker": handlers.URLEndpoint(slow.URL)}); got != 2 {
 		t.Errorf("slow host breaker state = %v; want 2 (open)", got)
 	}
+}
+
+// webhookRegistry is a registry with the webhook action.
+func webhookRegistry(t *testing.T) *handlers.Registry {
+	t.Helper()
+	reg := handlers.NewRegistry()
+	if err := webhook.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// webhookObserver is the config of observer name, on Order inserts,
+// whose one webhook posts to url with extra lines in its table, retried
+// every 20ms up to 20 times.
+func webhookObserver(name, url, extra string) string {
+	return fmt.Sprintf(`
+[observers.%[1]s]
+event = "INSERT"
+entity = "Order"
+retry = { max_attempts = 20, backoff = "fixed", initial = "20ms", jitter = 0.0 }
+[[observers.%[1]s.actions]]
+type = "webhook"
+url = %[2]q
+allow_private = true
+%[3]s
+`, name, url, extra)
 }

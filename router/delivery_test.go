@@ -147,25 +147,7 @@ func (p *deliveryProbe) succeededAt(action, id string) (time.Time, bool) {
 type deliveryNode struct {
 	r       *router.Router
 	backend *topologies.Backend
-	logs    *deliveryLogs
-}
-
-// deliveryLogs keeps a router's log lines.
-type deliveryLogs struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *deliveryLogs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *deliveryLogs) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs    *testenv.LogBuffer
 }
 
 // deliveryStore is one store setup: its config lines for a test.
@@ -202,7 +184,7 @@ func startDelivery(t *testing.T, p *deliveryProbe, node, cfgText string) *delive
 // startDeliveryWith is startDelivery with the action registry reg.
 func startDeliveryWith(t *testing.T, reg *handlers.Registry, node, cfgText string) *deliveryNode {
 	t.Helper()
-	n := &deliveryNode{logs: &deliveryLogs{}}
+	n := &deliveryNode{logs: &testenv.LogBuffer{}}
 	topo := topologies.NewRegistry()
 	spy := embedded.Topology()
 	spy.Build = func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topologies.Backend, error) {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/handlers"
-	"github.com/millrace/millrace/handlers/webhook"
 )
 
 // An endpoint that takes 20 requests at once and answers 429 with
@@ -76,14 +75,10 @@ func TestAdaptiveLimitConvergesOnAnEndpoint(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(srv.Close)
-	reg := handlers.NewRegistry()
-	if err := webhook.Register(reg); err != nil {
-		t.Fatal(err)
-	}
 	// No probe above the learned limit within the run: the test shows
 	// where the limit settles (TestLimitProbesAfterTheHold shows the
 	// probe).
-	n := startDeliveryWith(t, reg, "a", fmt.Sprintf(`
+	n := startDeliveryWith(t, webhookRegistry(t), "a", fmt.Sprintf(`
 [delivery]
 probe_after = "10m"
 [observers.hook]

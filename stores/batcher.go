@@ -143,11 +143,12 @@ const batcherIdle = time.Second
 
 func (b *batcher[R]) work() {
 	defer b.wg.Done()
-	var idle *time.Timer
+	idle := time.NewTimer(batcherIdle)
+	defer idle.Stop()
 	for {
 		batch, ctx, f, ok := b.next()
 		if !ok {
-			if !b.wait(&idle) {
+			if !b.wait(idle) {
 				return
 			}
 			continue
@@ -163,16 +164,12 @@ func (b *batcher[R]) work() {
 // wait parks a worker that found the queue empty until a call wakes it
 // (true), or until batcherIdle passed or the batcher closed (false: the
 // worker must end, and is no longer counted).
-func (b *batcher[R]) wait(idle **time.Timer) bool {
-	if *idle == nil {
-		*idle = time.NewTimer(batcherIdle)
-	} else {
-		(*idle).Reset(batcherIdle)
-	}
+func (b *batcher[R]) wait(idle *time.Timer) bool {
+	idle.Reset(batcherIdle)
 	select {
 	case <-b.wake:
 		return true
-	case <-(*idle).C:
+	case <-idle.C:
 	case <-b.closing:
 	}
 	b.mu.Lock()

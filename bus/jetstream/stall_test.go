@@ -1,13 +1,11 @@
 package jetstream_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -139,7 +137,7 @@ func TestIdleConsumerIsReported(t *testing.T) {
 	if err := pub.Publish("events", msgs...); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	m := jetstream.NewMetrics()
 	sub := jetstream.NewSubscriber(js, cfg, m, slog.New(slog.NewTextHandler(&logs, nil)))
 	defer func() { _ = sub.Close() }()
@@ -189,16 +187,3 @@ func TestIdleConsumerIsReported(t *testing.T) {
 		t.Errorf("millrace_bus_idle_partitions = %v once messages flow; want 0", v)
 	}
 }
-
-// syncBuffer is a log sink safe for the subscriber's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -140,7 +139,7 @@ func TestAddedColumnTOASTAndIdentityDefault(t *testing.T) {
 // change is acked by one of them.
 func TestStandbyTakesOver(t *testing.T) {
 	f := setup(t, "CREATE TABLE orders (id int PRIMARY KEY, status text)", "orders")
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	cfg := f.cfg
 	chA, stopA := f.subscribe(t, cfg)
 	waitFor(t, "capture A streams", func() bool { return active(t, f.pool, f.slot) })
@@ -198,24 +197,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting until %s", what)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // TestRetainedWALGaugeAndWarning checks the gauge of the WAL the slot
 // retains and the warning past max_retained_wal.
 func TestRetainedWALGaugeAndWarning(t *testing.T) {
 	f := setup(t, "CREATE TABLE orders (id int PRIMARY KEY, status text)", "orders")
 	run(t, f.pool, "INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 100) g")
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	m := wal.NewMetrics()
 	cfg := f.cfg
 	cfg.MaxRetainedWAL, cfg.RetainedInterval = 1, 50*time.Millisecond

@@ -243,6 +243,19 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scen
 	return cfg, nil
 }
 
+// record routes the deliveries of run id to rec until the returned func
+// is called.
+func (s *suite) record(id string, rec *recorder) (stop func()) {
+	s.mu.Lock()
+	s.recorders[id] = rec
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.recorders, id)
+		s.mu.Unlock()
+	}
+}
+
 // runMillrace starts millrace on the run's config, pushes n events
 // through it at rate (0: saturation) and returns when rec has them all.
 // For the webhook scenario it returns how many deliveries were signed.
@@ -252,14 +265,7 @@ func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec,
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	s.recorders[env.id] = rec
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.recorders, env.id)
-		s.mu.Unlock()
-	}()
+	defer s.record(env.id, rec)()
 
 	action := config.Action{"type": noopType, "run": env.id}
 	var recv *receiver

@@ -95,14 +95,7 @@ func (s *suite) runWorkers(ctx context.Context, rec *recorder, n, workers int, w
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	s.recorders[env.id] = rec
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.recorders, env.id)
-		s.mu.Unlock()
-	}()
+	defer s.record(env.id, rec)()
 	cfg, err := s.config(spec, env, config.Action{"type": noopType, "run": env.id}, scenarioSpec{dedupCache: true})
 	if err != nil {
 		return nil, err

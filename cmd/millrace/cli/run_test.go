@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -111,7 +109,7 @@ actions = [{ type = "log" }]
 // running is a `millrace run` started in the process by startRun.
 type running struct {
 	addrFile string
-	stderr   *lockedBuffer
+	stderr   *testenv.LogBuffer
 	cancel   context.CancelFunc
 	done     chan error
 }
@@ -126,7 +124,7 @@ func startRun(t *testing.T, cfg string, ready func(*running) bool, args ...strin
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
-	r := &running{addrFile: filepath.Join(dir, "addr"), stderr: &lockedBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	r := &running{addrFile: filepath.Join(dir, "addr"), stderr: &testenv.LogBuffer{}, cancel: cancel, done: make(chan error, 1)}
 	t.Cleanup(cancel)
 	root := newRoot(Defaults(), io.Discard, r.stderr)
 	root.SetArgs(append([]string{"run", "-c", path, "--log-format", "text", "--addr-file", r.addrFile}, args...))
@@ -255,23 +253,4 @@ shutdown_timeout = "5s"
 	if code != ExitInvalid || !strings.Contains(stderr, "sources[0].postgres_url_env") {
 		t.Errorf("observe role on postgres without the source's URL: exit %d %s; want %d naming sources[0].postgres_url_env", code, stderr, ExitInvalid)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer that a running command writes its log to
-// while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -37,17 +37,24 @@ const (
 	// number of this delivery of the message, 1 for the first. Dead
 	// letters and logs report it.
 	DeliveryMetadata = "millrace_delivery"
+	// TenantMetadata is the tenant of a message's event (tenant_id),
+	// when it has one. The lanes share their in-flight slots between
+	// tenants in turn, and the delivery limits share each endpoint.
+	TenantMetadata = "millrace_tenant"
 )
 
-// SetRouting sets the ordering key and subject of ev on m.
+// SetRouting sets the ordering key, subject and tenant of ev on m.
 func SetRouting(m *message.Message, ev *event.Event) {
-	Route(m, ev.Source, ev.Entity, ev.EntityID, ev.Type)
+	Route(m, ev.Source, ev.Entity, ev.EntityID, ev.TenantID, ev.Type)
 }
 
 // Route is SetRouting from an event's fields.
-func Route(m *message.Message, source, entity, entityID string, t event.Type) {
+func Route(m *message.Message, source, entity, entityID, tenant string, t event.Type) {
 	m.Metadata.Set(KeyMetadata, event.KeyOf(source, entity, entityID))
 	m.Metadata.Set(SubjectMetadata, Subject(source, entity, t))
+	if tenant != "" {
+		m.Metadata.Set(TenantMetadata, tenant)
+	}
 }
 
 // Subject is the subject suffix of an event, "<source>.<entity>.<op>",

@@ -115,6 +115,13 @@ type Router struct {
 	// MaxInFlight bounds the events handled at once by one process; events
 	// of one entity are always handled one after another. Default 64.
 	MaxInFlight int `koanf:"max_in_flight"`
+	// MaxBuffered bounds the events one process holds at once, in flight
+	// or waiting their turn: the bus's read-ahead. Tenants take turns at
+	// the in-flight slots and at each endpoint among the events held, so
+	// a tenant's burst larger than this fills it and the events behind
+	// the burst on the bus wait until it drains (docs/actions.md).
+	// Default 0: 16 × max_in_flight.
+	MaxBuffered int `koanf:"max_buffered"`
 }
 
 // Embedded configures the in-process NATS JetStream server.

@@ -206,6 +206,8 @@ func TestValidate(t *testing.T) {
 		{"startup timeout", func(c *config.Config) { c.Router.StartupTimeout = -1 }, "router.startup_timeout"},
 		{"topic", func(c *config.Config) { c.Router.Topic = "" }, "router.topic"},
 		{"max in flight", func(c *config.Config) { c.Router.MaxInFlight = 0 }, "router.max_in_flight"},
+		{"max buffered below in flight", func(c *config.Config) { c.Router.MaxBuffered = 10 }, "router.max_buffered"},
+		{"max buffered too large", func(c *config.Config) { c.Router.MaxBuffered = 2_000_000 }, "router.max_buffered"},
 		{"dedup window low", func(c *config.Config) { c.Dedup.Window = config.Duration(time.Millisecond) }, "dedup.window"},
 		{"dedup window high", func(c *config.Config) { c.Dedup.Window = config.Duration(2 * time.Hour) }, "dedup.window"},
 		{"dedup lease low", func(c *config.Config) { c.Dedup.Lease = config.Duration(time.Millisecond) }, "dedup.lease"},

@@ -29,6 +29,10 @@ var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,47}$`)
 
 // CheckName reports v unless it is a name: letters, digits, '_' and '-',
 // not starting with '-'.
+// maxBuffered bounds router.max_buffered: a million held events is
+// already gigabytes of memory.
+const maxBuffered = 1_000_000
+
 func CheckName(path, v string) error {
 	if !nameRE.MatchString(v) {
 		return Errorf(path, "%q may hold only letters, digits, '_' and '-'", v)
@@ -111,6 +115,10 @@ func (c *Config) Validate() error {
 	}
 	if c.Router.MaxInFlight < 1 {
 		add("router.max_in_flight", "must be at least 1")
+	}
+	if b := c.Router.MaxBuffered; b != 0 && (b < c.Router.MaxInFlight || b > maxBuffered) {
+		add("router.max_buffered", "must be 0 (16 × max_in_flight) or from max_in_flight (%d) to %d, got %d",
+			c.Router.MaxInFlight, maxBuffered, b)
 	}
 
 	between("dedup.window", c.Dedup.Window, time.Second, time.Hour)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/fair"
 )
 
 // LimitConfig bounds the requests to each action endpoint.
@@ -120,7 +121,10 @@ func (ls *Limits) Get(endpoint string) *Limit {
 	return l
 }
 
-// Limit is one endpoint's delivery limit.
+// Limit is one endpoint's delivery limit. Requests that wait for it are
+// served by tenant in turn (fair.Queue): a tenant with thousands of
+// events for a slow endpoint has one request started for each of
+// another tenant's, not thousands ahead of it.
 type Limit struct {
 	ceiling    float64
 	adaptive   bool
@@ -134,9 +138,16 @@ type Limit struct {
 	inflight  int
 	round     uint64    // rises at each cut; a request remembers the round it started in
 	pause     time.Time // no request starts before it (Retry-After)
-	waiters   int
-	freed     chan struct{} // closed when a slot frees or the pause may be over, while waiters > 0
+	unpause   *time.Timer
+	waiting   fair.Queue[*waiter]
 	throttled uint64
+}
+
+// waiter is a request waiting for its turn; ticket is set before
+// granted closes.
+type waiter struct {
+	granted chan struct{}
+	ticket  Ticket
 }
 
 // Ticket is a started request; Done ends it.
@@ -146,67 +157,84 @@ type Ticket struct {
 	started int // requests in flight when it started, itself included
 }
 
-// Acquire waits until a request may start to the endpoint (a slot under
-// the limit, past any Retry-After pause, and a token of its rate), or
-// until ctx ends.
-func (l *Limit) Acquire(ctx context.Context) (Ticket, error) {
-	waited := false
+// Acquire waits until a request of tenant may start to the endpoint (a
+// slot under the limit, past any Retry-After pause, and a token of its
+// rate), or until ctx ends.
+func (l *Limit) Acquire(ctx context.Context, tenant string) (Ticket, error) {
 	l.mu.Lock()
-	for {
-		now := time.Now()
-		var wait <-chan time.Time
-		var timer *time.Timer
-		switch {
-		case now.Before(l.pause):
-			timer = time.NewTimer(l.pause.Sub(now))
-			wait = timer.C
-		case l.inflight < max(int(l.limit), 1):
-			l.inflight++
-			t := Ticket{l: l, round: l.round, started: l.inflight}
-			if waited {
-				l.throttled++
-			}
-			l.mu.Unlock()
-			if l.rate != nil {
-				if r := l.rate.Reserve(); r.Delay() > 0 {
-					if !waited {
-						l.mu.Lock()
-						l.throttled++
-						l.mu.Unlock()
-					}
-					if err := Sleep(ctx, r.Delay()); err != nil {
-						r.Cancel()
-						t.release(nil, false)
-						return Ticket{}, err
-					}
-				}
-			}
-			return t, nil
-		}
-		if l.freed == nil {
-			l.freed = make(chan struct{})
-		}
-		freed := l.freed
-		l.waiters++
-		waited = true
+	if l.waiting.Len() == 0 && l.mayStart(time.Now()) {
+		t := l.start()
 		l.mu.Unlock()
-		var err error
-		select {
-		case <-freed:
-		case <-wait:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		if timer != nil {
-			timer.Stop()
-		}
-		l.mu.Lock()
-		l.waiters--
-		if err != nil {
-			l.mu.Unlock()
-			return Ticket{}, err
-		}
+		return l.paced(ctx, t, false)
 	}
+	w := &waiter{granted: make(chan struct{})}
+	l.waiting.Push(tenant, w)
+	l.throttled++
+	l.grant() // arms the end of a pause
+	l.mu.Unlock()
+	select {
+	case <-w.granted:
+		return l.paced(ctx, w.ticket, true)
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	queued := l.waiting.Remove(tenant, w)
+	l.mu.Unlock()
+	if !queued {
+		w.ticket.release(nil, false) // granted as it gave up
+	}
+	return Ticket{}, ctx.Err()
+}
+
+// mayStart reports whether a request may start now, bar its rate.
+func (l *Limit) mayStart(now time.Time) bool {
+	return !now.Before(l.pause) && l.inflight < max(int(l.limit), 1)
+}
+
+func (l *Limit) start() Ticket {
+	l.inflight++
+	return Ticket{l: l, round: l.round, started: l.inflight}
+}
+
+// grant starts the waiting requests that may start, in their tenants'
+// turns; while a pause holds them, a timer calls it again at its end.
+func (l *Limit) grant() {
+	now := time.Now()
+	for l.waiting.Len() > 0 && l.mayStart(now) {
+		w, _ := l.waiting.Pop()
+		w.ticket = l.start()
+		close(w.granted)
+	}
+	if l.waiting.Len() > 0 && now.Before(l.pause) && l.unpause == nil {
+		l.unpause = time.AfterFunc(l.pause.Sub(now), func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.unpause = nil
+			l.grant()
+		})
+	}
+}
+
+// paced waits for t's token of the endpoint's rate, if it has one.
+func (l *Limit) paced(ctx context.Context, t Ticket, waited bool) (Ticket, error) {
+	if l.rate == nil {
+		return t, nil
+	}
+	r := l.rate.Reserve()
+	if r.Delay() <= 0 {
+		return t, nil
+	}
+	if !waited {
+		l.mu.Lock()
+		l.throttled++
+		l.mu.Unlock()
+	}
+	if err := Sleep(ctx, r.Delay()); err != nil {
+		r.Cancel()
+		t.release(nil, false)
+		return Ticket{}, err
+	}
+	return t, nil
 }
 
 // Done ends the request with its outcome, which moves an adaptive limit.
@@ -255,10 +283,14 @@ func (t Ticket) release(err error, ran bool) {
 		}
 		l.limit = math.Min(l.cap, l.limit+1/l.limit)
 	}
-	if l.waiters > 0 && l.freed != nil {
-		close(l.freed)
-		l.freed = nil
-	}
+	l.grant()
+}
+
+// Waiting is the number of requests waiting to start.
+func (l *Limit) Waiting() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.waiting.Len()
 }
 
 // State returns the endpoint's current concurrency limit and requests in

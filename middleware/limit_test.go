@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func acquire(t *testing.T, l *middleware.Limit, n int) []middleware.Ticket {
 	for i := range ts {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		var err error
-		ts[i], err = l.Acquire(ctx)
+		ts[i], err = l.Acquire(ctx, "")
 		cancel()
 		if err != nil {
 			t.Fatalf("acquire %d of %d: %v", i+1, n, err)
@@ -44,7 +45,7 @@ func TestLimitAdaptsToOverload(t *testing.T) {
 
 	// The 33rd waits for a slot.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	if _, err := l.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := l.Acquire(ctx, ""); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("acquire over the limit = %v; want a wait until ctx ends", err)
 	}
 	cancel()
@@ -160,5 +161,78 @@ func TestLimitProbesAfterTheHold(t *testing.T) {
 	}
 	if limit, _ := l.State(); limit <= 4 {
 		t.Fatalf("limit %d after the hold; want it past 4, probing", limit)
+	}
+}
+
+// Forty requests of one tenant wait for an endpoint that takes one at a
+// time, then one of another tenant: it starts within one turn of the
+// first tenant's, not after its forty.
+func TestLimitServesTenantsInTurn(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 1}).Get("http://a")
+	first := acquire(t, l, 1)[0]
+	started := make(chan string, 41)
+	var wg sync.WaitGroup
+	wait := func(tenant string) {
+		defer wg.Done()
+		tk, err := l.Acquire(context.Background(), tenant)
+		if err != nil {
+			t.Errorf("acquire for %s: %v", tenant, err)
+			return
+		}
+		started <- tenant
+		tk.Done(nil)
+	}
+	for range 40 {
+		wg.Add(1)
+		go wait("big")
+	}
+	waitFor(t, func() bool { return l.Waiting() == 40 })
+	wg.Add(1)
+	go wait("small")
+	waitFor(t, func() bool { return l.Waiting() == 41 })
+	first.Done(nil)
+	wg.Wait()
+	close(started)
+	n := 0
+	for tenant := range started {
+		n++
+		if tenant == "small" {
+			if n > 2 {
+				t.Fatalf("the small tenant's request started %d-th of 41; want within the first 2", n)
+			}
+			return
+		}
+	}
+	t.Fatal("the small tenant's request never started")
+}
+
+// A request that arrives during a Retry-After pause, with no other
+// waiting, starts when the pause ends: nothing else frees a slot to wake
+// it.
+func TestLimitStartsTheWaitingAtTheEndOfAPause(t *testing.T) {
+	l := middleware.NewLimits(middleware.LimitConfig{MaxConcurrency: 4}).Get("http://a")
+	tk := acquire(t, l, 1)[0]
+	tk.Done(&handlers.RetryAfterError{Err: errBusy, After: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	next, err := l.Acquire(ctx, "t")
+	if err != nil {
+		t.Fatalf("acquire after the pause: %v", err)
+	}
+	next.Done(nil)
+	if d := time.Since(start); d < 150*time.Millisecond || d > time.Second {
+		t.Fatalf("started after %v; want the pause's 200ms", d)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

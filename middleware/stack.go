@@ -409,7 +409,7 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState, m *actionMetrics) error {
 	var ticket Ticket
 	if m.limit != nil {
-		t, err := m.limit.Acquire(ctx)
+		t, err := m.limit.Acquire(ctx, d.Event.TenantID)
 		if err != nil {
 			return err // ctx ended; the retry layer sees it
 		}

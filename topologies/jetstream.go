@@ -185,6 +185,7 @@ func JetStreamConfig(cfg *config.Config) jetstream.Config {
 		Replicas:        cfg.NATS.Replicas,
 		DuplicateWindow: cfg.Dedup.Window.D(),
 		MaxInFlight:     cfg.Router.MaxInFlight,
+		MaxBuffered:     cfg.Router.MaxBuffered,
 		DrainTimeout:    cfg.Router.ShutdownTimeout.D(),
 		Partitions:      cfg.NATS.Partitions,
 		PartitionTTL:    cfg.NATS.PartitionTTL.D(),

@@ -151,6 +151,7 @@ func CaptureConfig(cfg *config.Config, s config.Source) capture.Config {
 		Notify:       s.Notify,
 		Mode:         s.Mode,
 		MaxInFlight:  cfg.Router.MaxInFlight,
+		MaxBuffered:  cfg.Router.MaxBuffered,
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
 	}
 }

@@ -127,7 +127,7 @@ func (c *Config) toMessage(r *row) (*message.Message, error) {
 	for k, v := range md {
 		msg.Metadata.Set(k, v)
 	}
-	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.Type)
+	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.TenantID, ev.Type)
 	delete(msg.Metadata, bus.RetryDelayMetadata)
 	return msg, nil
 }

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,9 @@ type Config struct {
 	Mode string
 	// MaxInFlight bounds the messages released at once. Default 64.
 	MaxInFlight int
+	// MaxBuffered bounds the changes held, in flight or queued. Default
+	// 2 × BatchSize, at least MaxInFlight.
+	MaxBuffered int
 	// LeaseRetry is how often a standby tries to take the lease. Default 1s.
 	LeaseRetry time.Duration
 	// DrainTimeout bounds how long stopping waits for released messages
@@ -397,7 +401,7 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 		rows:     map[*message.Message]*row{},
 		lanes: lanes.New(laneCtx, lanes.Options{
 			MaxInFlight: sub.cfg.MaxInFlight,
-			MaxBuffered: max(2*sub.cfg.BatchSize, sub.cfg.MaxInFlight),
+			MaxBuffered: max(cmp.Or(sub.cfg.MaxBuffered, 2*sub.cfg.BatchSize), sub.cfg.MaxInFlight),
 			Redeliver:   func(p *message.Message) time.Duration { return lanes.RetryDelay(p, defaultRetryDelay) },
 		}),
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	DuplicateWindow time.Duration
 	// MaxInFlight bounds the messages handled at once.
 	MaxInFlight int
+	// MaxBuffered bounds the messages held, in flight or queued, and
+	// unacked on the server (the consumer's MaxAckPending). Default
+	// 16 × MaxInFlight.
+	MaxBuffered int
 	// DrainTimeout bounds how long Close waits for released messages
 	// to settle before it cancels their contexts.
 	DrainTimeout time.Duration
@@ -276,7 +280,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 			Partitions: s.cfg.Partitions, Member: member, TTL: ttl,
 			Logger: s.logger.With("topic", topic),
 		},
-		MaxInFlight: maxInFlight, MaxBuffered: 16 * maxInFlight, ReadAhead: 4 * maxInFlight,
+		MaxInFlight: maxInFlight, MaxBuffered: s.maxBuffered(), ReadAhead: 4 * maxInFlight,
 	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		name := bus.Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
@@ -317,7 +321,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.cfg.AckWait,
 		MaxDeliver:    s.cfg.MaxDeliver,
-		MaxAckPending: 16 * maxInFlight,
+		MaxAckPending: s.maxBuffered(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 	cons, err := s.ensureConsumer(ctx, cc, reset)
@@ -367,6 +371,13 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		l.Close()
 	}
 	return l.Out(), stop, nil
+}
+
+func (s *Subscriber) maxBuffered() int {
+	if s.cfg.MaxBuffered > 0 {
+		return max(s.cfg.MaxBuffered, s.cfg.MaxInFlight)
+	}
+	return 16 * max(s.cfg.MaxInFlight, 1)
 }
 
 // ensureConsumer creates or updates the durable consumer of cc. With

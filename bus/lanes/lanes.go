@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/millrace/millrace/bus"
 )
 
 // Settle is called once per pushed message with the router's verdict:
@@ -19,9 +21,10 @@ type Options struct {
 	// MaxBuffered bounds the messages held (in flight or queued behind
 	// their key); Push blocks beyond it. Default 16 × MaxInFlight.
 	MaxBuffered int
-	// Touch, when set, is called every TouchEvery for each message in
-	// flight, so that a bus can extend its ack deadline (JetStream
-	// InProgress) while a long action runs.
+	// TouchEvery, when set, is how often each held message's touch
+	// (Push) is called once it has been held that long, in flight or
+	// queued, so that a bus can extend its ack deadline (JetStream
+	// InProgress) while a long action runs or a flood drains ahead of it.
 	TouchEvery time.Duration
 	// Redeliver, when set, keeps a nacked message in its key's lane:
 	// after the delay it returns, a fresh copy (same UUID, payload and
@@ -33,13 +36,16 @@ type Options struct {
 	// Slots, when set, holds the in-flight slots instead of MaxInFlight:
 	// lanes that share it share one bound (a bus consuming several
 	// partitions with one lanes each).
-	Slots chan struct{}
+	Slots *Slots
 	// Buffered, when set, holds the buffered room instead of
 	// MaxBuffered, shared the same way.
 	Buffered chan struct{}
 }
 
-// Lanes is the dispatcher. Create it with New. Drain stops releasing
+// Lanes is the dispatcher. The in-flight slots go to the tenants of
+// the messages waiting for one in turn (bus.TenantMetadata, Slots), so
+// that one tenant's flood delays another tenant's events by one turn,
+// not by the flood, within the messages the lanes hold. Create it with New. Drain stops releasing
 // new messages (held ones settle as not acked) while released ones run
 // to their end; when the ctx given to New ends, everything still held
 // settles as not acked at once.
@@ -47,8 +53,9 @@ type Lanes struct {
 	ctx       context.Context
 	draining  chan struct{}
 	drainOne  sync.Once
+	closed    chan struct{}
 	out       chan *message.Message
-	inflight  chan struct{}
+	inflight  *Slots
 	buffered  chan struct{}
 	touch     time.Duration
 	redeliver func(*message.Message) time.Duration
@@ -70,8 +77,10 @@ const workerIdle = time.Second
 
 type item struct {
 	msg    *message.Message
+	tenant string
 	settle Settle
 	touch  func()
+	pushed time.Time
 }
 
 // New starts a dispatcher that lives as long as ctx.
@@ -83,14 +92,15 @@ func New(ctx context.Context, o Options) *Lanes {
 		o.MaxBuffered = 16 * o.MaxInFlight
 	}
 	if o.Slots == nil {
-		o.Slots = make(chan struct{}, o.MaxInFlight)
+		o.Slots = NewSlots(o.MaxInFlight)
 	}
 	if o.Buffered == nil {
 		o.Buffered = make(chan struct{}, o.MaxBuffered)
 	}
-	return &Lanes{
+	l := &Lanes{
 		ctx:       ctx,
 		draining:  make(chan struct{}),
+		closed:    make(chan struct{}),
 		out:       make(chan *message.Message),
 		inflight:  o.Slots,
 		buffered:  o.Buffered,
@@ -98,6 +108,44 @@ func New(ctx context.Context, o Options) *Lanes {
 		redeliver: o.Redeliver,
 		lanes:     map[string][]item{},
 		handoff:   make(chan string),
+	}
+	if l.touch > 0 {
+		go l.sweep()
+	}
+	return l
+}
+
+// sweep touches every message held for TouchEvery or longer, every
+// TouchEvery, until the lanes close or ctx ends: one ticker for all of
+// them, whether they run, wait for a slot behind a flood, or wait to be
+// released again after a nack.
+func (l *Lanes) sweep() {
+	t := time.NewTicker(l.touch)
+	defer t.Stop()
+	var due []func()
+	for {
+		select {
+		case <-t.C:
+		case <-l.closed:
+			return
+		case <-l.ctx.Done():
+			return
+		}
+		before := time.Now().Add(-l.touch)
+		l.mu.Lock()
+		for _, q := range l.lanes {
+			for _, it := range q {
+				if it.touch != nil && it.pushed.Before(before) {
+					due = append(due, it.touch)
+				}
+			}
+		}
+		l.mu.Unlock()
+		for i, touch := range due {
+			touch()
+			due[i] = nil
+		}
+		due = due[:0]
 	}
 }
 
@@ -121,7 +169,10 @@ func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func
 	case <-l.ctx.Done():
 		return false
 	}
-	it := item{msg: msg, settle: settle, touch: touch}
+	it := item{msg: msg, tenant: msg.Metadata.Get(bus.TenantMetadata), settle: settle, touch: touch}
+	if l.touch > 0 {
+		it.pushed = time.Now()
+	}
 	l.mu.Lock()
 	q, busy := l.lanes[key]
 	l.lanes[key] = append(q, it)
@@ -141,12 +192,10 @@ func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func
 // came for workerIdle or the lanes stop.
 func (l *Lanes) work(key string) {
 	defer l.wg.Done()
-	w := &worker{}
-	defer w.stop()
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
-		l.drain(key, w)
+		l.drain(key)
 		idle.Reset(workerIdle)
 		select {
 		case key = <-l.handoff:
@@ -160,32 +209,9 @@ func (l *Lanes) work(key string) {
 	}
 }
 
-// worker is what a worker keeps from lane to lane: the ticker that
-// touches the message in flight.
-type worker struct{ ticker *time.Ticker }
-
-// tick starts a fresh touch period for a message and returns its
-// channel: one period across the message's redeliveries, since waits
-// shorter than TouchEvery must not each start a fresh one, or a message
-// nacked again and again would never be touched.
-func (w *worker) tick(every time.Duration) <-chan time.Time {
-	if w.ticker == nil {
-		w.ticker = time.NewTicker(every)
-	} else {
-		w.ticker.Reset(every)
-	}
-	return w.ticker.C
-}
-
-func (w *worker) stop() {
-	if w.ticker != nil {
-		w.ticker.Stop()
-	}
-}
-
 // drain releases the messages of one key in order, until its lane is
 // empty.
-func (l *Lanes) drain(key string, w *worker) {
+func (l *Lanes) drain(key string) {
 	for {
 		l.mu.Lock()
 		q := l.lanes[key]
@@ -197,12 +223,7 @@ func (l *Lanes) drain(key string, w *worker) {
 		it := q[0]
 		l.mu.Unlock()
 
-		var tick <-chan time.Time
-		if l.touch > 0 && it.touch != nil {
-			tick = w.tick(l.touch)
-		}
-		it.settle(l.releaseUntilAcked(it, tick))
-		w.stop()
+		it.settle(l.releaseUntilAcked(it))
 
 		l.mu.Lock()
 		l.lanes[key] = l.lanes[key][1:]
@@ -212,15 +233,14 @@ func (l *Lanes) drain(key string, w *worker) {
 }
 
 // releaseUntilAcked releases it, and again after each nack when
-// Redeliver is set; it reports whether a copy was acked. tick touches
-// it meanwhile.
-func (l *Lanes) releaseUntilAcked(it item, tick <-chan time.Time) bool {
+// Redeliver is set; it reports whether a copy was acked.
+func (l *Lanes) releaseUntilAcked(it item) bool {
 	for {
-		acked := l.release(it, tick)
+		acked := l.release(it)
 		if acked || l.redeliver == nil || !nacked(it.msg) {
 			return acked
 		}
-		if !l.wait(it, l.redeliver(it.msg), tick) {
+		if !l.wait(l.redeliver(it.msg)) {
 			return false
 		}
 		c := message.NewMessageWithContext(it.msg.Context(), it.msg.UUID, it.msg.Payload)
@@ -231,23 +251,19 @@ func (l *Lanes) releaseUntilAcked(it item, tick <-chan time.Time) bool {
 	}
 }
 
-// wait sleeps d before a redelivery, touching it as if it were in
-// flight (the bus must not redeliver it meanwhile); false when the lanes
-// stop first.
-func (l *Lanes) wait(it item, d time.Duration, tick <-chan time.Time) bool {
+// wait sleeps d before a redelivery (sweep touches the message
+// meanwhile: the bus must not redeliver it); false when the lanes stop
+// first.
+func (l *Lanes) wait(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			return true
-		case <-tick:
-			it.touch()
-		case <-l.draining:
-			return false
-		case <-l.ctx.Done():
-			return false
-		}
+	select {
+	case <-t.C:
+		return true
+	case <-l.draining:
+		return false
+	case <-l.ctx.Done():
+		return false
 	}
 }
 
@@ -260,20 +276,16 @@ func nacked(m *message.Message) bool {
 	}
 }
 
-func (l *Lanes) release(it item, tick <-chan time.Time) bool {
+func (l *Lanes) release(it item) bool {
 	select {
 	case <-l.draining:
 		return false
 	default:
 	}
-	select {
-	case l.inflight <- struct{}{}:
-	case <-l.draining:
-		return false
-	case <-l.ctx.Done():
+	if !l.inflight.acquire(it.tenant, l.draining, l.ctx.Done()) {
 		return false
 	}
-	defer func() { <-l.inflight }()
+	defer l.inflight.release()
 	select {
 	case l.out <- it.msg:
 	case <-l.draining:
@@ -287,8 +299,6 @@ func (l *Lanes) release(it item, tick <-chan time.Time) bool {
 			return true
 		case <-it.msg.Nacked():
 			return false
-		case <-tick:
-			it.touch()
 		case <-l.ctx.Done():
 			// The router may still be running the handler; it will
 			// ack or nack shortly, but the bus must redeliver anyway.
@@ -320,5 +330,6 @@ func (l *Lanes) Wait(timeout time.Duration) bool {
 func (l *Lanes) Close() {
 	l.Drain()
 	l.wg.Wait()
+	close(l.closed)
 	close(l.out)
 }

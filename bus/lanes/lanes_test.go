@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/bus/lanes"
 )
 
@@ -277,4 +278,61 @@ func BenchmarkLanes(b *testing.B) {
 	settled.Wait()
 	b.StopTimer()
 	l.Close()
+}
+
+// A message queued behind others (its key's or the in-flight bound) is
+// held too: the bus must not redeliver it while a flood drains ahead.
+func TestTouchWhileQueued(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1, TouchEvery: 10 * time.Millisecond})
+	var first, queued atomic.Int64
+	done := make(chan bool, 2)
+	l.Push("a", message.NewMessage("a", nil), func(ok bool) { done <- ok }, func() { first.Add(1) })
+	l.Push("b", message.NewMessage("b", nil), func(ok bool) { done <- ok }, func() { queued.Add(1) })
+	m := <-l.Out()
+	time.Sleep(100 * time.Millisecond)
+	if n := queued.Load(); n < 3 {
+		t.Errorf("the queued message was touched %d times in 100ms at a 10ms period", n)
+	}
+	m.Ack()
+	(<-l.Out()).Ack()
+	<-done
+	<-done
+	if n := first.Load(); n < 3 {
+		t.Errorf("the message in flight was touched %d times in 100ms at a 10ms period", n)
+	}
+}
+
+// One slot, fifty messages of a tenant ahead of one of another: the
+// other tenant's message is released within one turn of the first
+// tenant's, not after its fifty.
+func TestSlotsServeTenantsInTurn(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1, MaxBuffered: 100})
+	push := func(tenant, id string) {
+		m := message.NewMessage(id, nil)
+		m.Metadata.Set(bus.TenantMetadata, tenant)
+		if !l.Push(id, m, func(bool) {}, nil) {
+			t.Fatalf("push %s refused", id)
+		}
+	}
+	for i := range 50 {
+		push("big", fmt.Sprintf("big%d", i))
+	}
+	push("small", "small")
+	// Let every lane's worker reach the in-flight bound.
+	time.Sleep(200 * time.Millisecond)
+	for n := 1; n <= 51; n++ {
+		m := <-l.Out()
+		m.Ack()
+		if m.UUID == "small" {
+			if n > 3 {
+				t.Fatalf("the small tenant's message was released %d-th of 51; want within the first 3", n)
+			}
+			return
+		}
+	}
+	t.Fatal("the small tenant's message was never released")
 }

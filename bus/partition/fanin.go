@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/millrace/millrace/bus/lanes"
 )
 
 // Share holds the bounds that the partitions of one subscription share,
@@ -11,7 +13,7 @@ import (
 // partitions it holds.
 type Share struct {
 	// Slots holds the in-flight slots (lanes.Options.Slots).
-	Slots chan struct{}
+	Slots *lanes.Slots
 	// Buffered holds the room for messages held in the lanes
 	// (lanes.Options.Buffered).
 	Buffered chan struct{}
@@ -53,7 +55,7 @@ type FanInConfig struct {
 func FanIn(ctx context.Context, l Leases, c FanInConfig, start Start) (out <-chan *message.Message, stop func(), stopped <-chan struct{}) {
 	ch := make(chan *message.Message)
 	sh := Share{
-		Slots:     make(chan struct{}, c.MaxInFlight),
+		Slots:     lanes.NewSlots(c.MaxInFlight),
 		Buffered:  make(chan struct{}, c.MaxBuffered),
 		ReadAhead: max(c.ReadAhead/c.Partitions, 16),
 	}

@@ -90,9 +90,9 @@ func TestFanIn(t *testing.T) {
 			t.Fatalf("started %d partitions, want %d", len(shares), parts)
 		}
 		first := shares[0]
-		if cap(first.Slots) != 8 || cap(first.Buffered) != 128 || first.ReadAhead != 25 {
+		if first.Slots.Cap() != 8 || cap(first.Buffered) != 128 || first.ReadAhead != 25 {
 			t.Errorf("share = slots %d, buffered %d, read-ahead %d; want 8, 128, 25",
-				cap(first.Slots), cap(first.Buffered), first.ReadAhead)
+				first.Slots.Cap(), cap(first.Buffered), first.ReadAhead)
 		}
 		for p, sh := range shares {
 			if sh.Slots != first.Slots || sh.Buffered != first.Buffered {

@@ -67,6 +67,9 @@ type Config struct {
 	// MaxInFlight bounds the messages released to the router at once.
 	// Default 64.
 	MaxInFlight int
+	// MaxBuffered bounds the messages held, in flight or queued. Default
+	// 16 × MaxInFlight, and at least 2 × Batch.
+	MaxBuffered int
 	// DrainTimeout bounds how long Close waits for released messages to
 	// settle before it cancels their contexts. Default 30s.
 	DrainTimeout time.Duration
@@ -230,4 +233,11 @@ func decodeEntry(stream string, e redis.XMessage) decoded {
 			bus.KeyMetadata:     "\x00entry:" + e.ID,
 		},
 	}
+}
+
+func (c Config) maxBuffered() int {
+	if c.MaxBuffered > 0 {
+		return max(c.MaxBuffered, c.MaxInFlight)
+	}
+	return max(16*c.MaxInFlight, 2*int(c.Batch))
 }

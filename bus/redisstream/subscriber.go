@@ -181,7 +181,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 			Logger:     s.logger.With("stream", s.cfg.Stream(topic), "group", s.cfg.Group, "consumer", s.cfg.Consumer),
 		},
 		MaxInFlight: s.cfg.MaxInFlight,
-		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
+		MaxBuffered: s.cfg.maxBuffered(),
 		ReadAhead:   int(s.cfg.Batch),
 	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
 		streams := []string{s.cfg.partitionStream(topic, p)}
@@ -309,7 +309,7 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 	// its key, without an in-flight slot while it waits.
 	sub.lanes = lanes.New(sub.lctx, lanes.Options{
 		MaxInFlight: s.cfg.MaxInFlight,
-		MaxBuffered: max(16*s.cfg.MaxInFlight, 2*int(s.cfg.Batch)),
+		MaxBuffered: s.cfg.maxBuffered(),
 		Redeliver:   redeliverDelay,
 		Slots:       sh.Slots,
 		Buffered:    sh.Buffered,

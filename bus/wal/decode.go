@@ -242,7 +242,7 @@ func (d *decoder) message(ev *envelope, observer string) (*message.Message, erro
 		return nil, err
 	}
 	msg := message.NewMessage(ev.ID, payload)
-	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.Type)
+	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, "", ev.Type)
 	if observer != "" {
 		msg.Metadata.Set(bus.ObserverMetadata, observer)
 	}

@@ -73,6 +73,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",
 		AckWait: 30 * time.Second, MaxDeliver: -1, MaxAge: cfg.Embedded.MaxAge.D(), Replicas: 1,
 		DuplicateWindow: cfg.Dedup.Window.D(), MaxInFlight: cfg.Router.MaxInFlight,
+		MaxBuffered:  cfg.Router.MaxBuffered,
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
 	}
 	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {

@@ -86,6 +86,7 @@ func BusConfig(cfg *config.Config) redisstream.Config {
 		MaxLen:       cfg.Redis.MaxLen,
 		ClaimIdle:    cfg.Redis.ClaimIdle.D(),
 		MaxInFlight:  cfg.Router.MaxInFlight,
+		MaxBuffered:  cfg.Router.MaxBuffered,
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
 		Partitions:   cfg.Redis.Partitions,
 		PartitionTTL: cfg.Redis.PartitionTTL.D(),

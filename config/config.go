@@ -132,6 +132,36 @@ type Embedded struct {
 	Port int `koanf:"port"`
 	// MaxAge is how long the stream keeps events. Default 168h.
 	MaxAge Duration `koanf:"max_age"`
+	// Sync is when the server forces what it stored to disk (fsync):
+	// "always" (default), before it acknowledges each write, so an
+	// acknowledged event survives a power loss; or a duration such as
+	// "2m" (NATS's own default), every that often in the background, so
+	// a crash of the host (power loss, kernel panic) may lose the events
+	// acknowledged in the last interval. A crash of the process alone
+	// loses nothing either way: the writes are in the operating system's
+	// cache. See ParseSync.
+	Sync string `koanf:"sync"`
+}
+
+// SyncAlways is the value of embedded.sync that forces every write to
+// disk before it is acknowledged.
+const SyncAlways = "always"
+
+// ParseSync reads a value of embedded.sync: "always" (always true), or a
+// duration between 1ms and 24h, the interval of the server's background
+// fsync.
+func ParseSync(s string) (always bool, interval time.Duration, err error) {
+	if s == SyncAlways {
+		return true, 0, nil
+	}
+	d, perr := time.ParseDuration(s)
+	switch {
+	case perr != nil:
+		return false, 0, fmt.Errorf("%q is not %q or a duration such as \"2m\"", s, SyncAlways)
+	case d < time.Millisecond || d > 24*time.Hour:
+		return false, 0, fmt.Errorf("%s is out of range [1ms, 24h] (or %q)", d, SyncAlways)
+	}
+	return false, d, nil
 }
 
 // Source is one PostgreSQL database whose changes are captured.

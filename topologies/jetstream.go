@@ -56,24 +56,10 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		}
 		b.Closers = append(b.Closers, srcs.Close)
 	}
-	d := &dialer{Dialer: net.Dialer{Timeout: connectTimeout}}
-	nc, err := natsgo.Connect(cfg.NATS.URL,
-		natsgo.Name("millrace "+cfg.Role),
-		natsgo.Timeout(connectTimeout),
-		natsgo.SetCustomDialer(d),
-		natsgo.MaxReconnects(-1),
-		natsgo.DisconnectErrHandler(func(_ *natsgo.Conn, err error) {
-			if err != nil {
-				logger.Warn("nats: disconnected; reconnecting", "err", err)
-			}
-		}),
-		natsgo.ReconnectHandler(func(*natsgo.Conn) { logger.Info("nats: reconnected") }),
-	)
+	busMetrics := jetstream.NewMetrics()
+	nc, err := connectNATS(cfg, logger, busMetrics)
 	if err != nil {
-		if derr := d.lastErr(); derr != nil && errors.Is(err, natsgo.ErrNoServers) {
-			err = derr
-		}
-		return nil, Unreachable("nats", "connect", "nats.url", cfg.NATS.URL, err)
+		return nil, err
 	}
 	b.Closers = append(b.Closers, func() error { nc.Close(); return nil })
 	js, err := njs.New(nc)
@@ -121,7 +107,6 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 	}
 
 	b.Publisher = jetstream.NewPublisher(js, jc)
-	busMetrics := jetstream.NewMetrics()
 	b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
 	// Redis holds only the stores here, which fail open: while it is
@@ -147,6 +132,28 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 	logger.Info("nats topology: JetStream bus", "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
 		"subjects", jc.StreamSubjects(), "consumer", jc.Consumer, "partitions", jc.Partitions, "sources", len(b.Captures))
 	return b, nil
+}
+
+// connectNATS connects to nats.url for the bus, reconnecting forever
+// once connected; the connection's asynchronous errors, disconnections
+// and reconnections go to logger and m (jetstream.ConnHandlers). A
+// failed first connection is a *DependencyError.
+func connectNATS(cfg *config.Config, logger *slog.Logger, m *jetstream.Metrics) (*natsgo.Conn, error) {
+	d := &dialer{Dialer: net.Dialer{Timeout: connectTimeout}}
+	opts := append([]natsgo.Option{
+		natsgo.Name("millrace " + cfg.Role),
+		natsgo.Timeout(connectTimeout),
+		natsgo.SetCustomDialer(d),
+		natsgo.MaxReconnects(-1),
+	}, jetstream.ConnHandlers(logger, m)...)
+	nc, err := natsgo.Connect(cfg.NATS.URL, opts...)
+	if err != nil {
+		if derr := d.lastErr(); derr != nil && errors.Is(err, natsgo.ErrNoServers) {
+			err = derr
+		}
+		return nil, Unreachable("nats", "connect", "nats.url", cfg.NATS.URL, err)
+	}
+	return nc, nil
 }
 
 // dialer remembers the last error of a dial: nats.go reports a refused

@@ -36,8 +36,8 @@ const (
 	pendingMsgsHeader = "Nats-Pending-Messages"
 )
 
-// Metrics are the JetStream subscriber's gauges; one value serves every
-// subscription of a process.
+// Metrics are the JetStream bus's metrics; one value serves every
+// subscription of a process, and its connection (ConnHandlers).
 type Metrics struct {
 	// IdlePartitions counts the consumers read (the partitions held, or
 	// a topic's one consumer without partitions) that have received
@@ -45,20 +45,45 @@ type Metrics struct {
 	// for them and the subscriber had room: it stays 0 unless pulling
 	// stalls.
 	IdlePartitions prometheus.Gauge
+	// AsyncErrors counts the errors the NATS connection reported
+	// asynchronously, by kind: AsyncErrorSlowConsumer each time a
+	// subscription starts dropping messages because its handler fell
+	// behind (once per episode, not per message dropped), AsyncErrorOther
+	// for the rest (a permission violation, an error from the server).
+	AsyncErrors *prometheus.CounterVec
 }
+
+// Kinds of Metrics.AsyncErrors.
+const (
+	AsyncErrorSlowConsumer = "slow_consumer"
+	AsyncErrorOther        = "other"
+)
 
 // NewMetrics returns unregistered metrics.
 func NewMetrics() *Metrics {
-	return &Metrics{IdlePartitions: prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "millrace_bus_idle_partitions",
-		Help: "JetStream consumers (partitions held, or a topic's consumer) idle for over a second " +
-			"with messages pending on the server and room in the subscriber; nonzero means pulling stalled.",
-	})}
+	m := &Metrics{
+		IdlePartitions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "millrace_bus_idle_partitions",
+			Help: "JetStream consumers (partitions held, or a topic's consumer) idle for over a second " +
+				"with messages pending on the server and room in the subscriber; nonzero means pulling stalled.",
+		}),
+		AsyncErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "millrace_bus_async_errors_total",
+			Help: "Errors the NATS connection reported asynchronously, by kind: slow_consumer (a subscription " +
+				"started dropping messages; JetStream redelivers them after ack_wait) or other.",
+		}, []string{"kind"}),
+	}
+	// Both series exist from the start, at 0, so that a rate() over them
+	// sees the first error.
+	for _, k := range []string{AsyncErrorSlowConsumer, AsyncErrorOther} {
+		m.AsyncErrors.WithLabelValues(k)
+	}
+	return m
 }
 
 // Collectors are the metrics to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.IdlePartitions}
+	return []prometheus.Collector{m.IdlePartitions, m.AsyncErrors}
 }
 
 // errPullStopped is returned by next once stop was called.

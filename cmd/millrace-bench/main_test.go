@@ -14,7 +14,7 @@ import (
 // in BENCH_FLAGS and docs/performance.md lists.
 func TestFlags(t *testing.T) {
 	cmd := benchCmd(&bytes.Buffer{}, &bytes.Buffer{})
-	for _, name := range []string{"topologies", "events", "payload", "out", "quick", "rate", "budget", "partitions", "cpuprofile", "log-level", "scenarios"} {
+	for _, name := range []string{"topologies", "events", "payload", "out", "quick", "rate", "budget", "partitions", "embedded-sync", "cpuprofile", "log-level", "scenarios"} {
 		if cmd.Flags().Lookup(name) == nil {
 			t.Errorf("no --%s flag", name)
 		}
@@ -43,6 +43,7 @@ func TestBadOptions(t *testing.T) {
 		{[]string{"-n", "-1"}, "events must be at least 1"},
 		{[]string{"--rate", "-1"}, "rate must be at least 1"},
 		{[]string{"--budget", "-1m"}, "budget must not be negative"},
+		{[]string{"--embedded-sync", "bogus"}, `embedded sync: "bogus" is not "always" or a duration such as "2m"`},
 		{[]string{"--no-such-flag"}, "unknown flag"},
 		{[]string{"extra"}, "unknown command"},
 	} {

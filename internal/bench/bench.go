@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/topologies"
 )
@@ -88,6 +89,11 @@ type Options struct {
 	// (0, the default: off), to measure the partitioned buses that keep
 	// an entity's order across worker processes.
 	Partitions int
+	// EmbeddedSync is embedded.sync of the embedded topology's runs and
+	// of the server of their ceiling: "always" (the default, as in
+	// millrace's config) or the interval of the server's background
+	// fsync, e.g. "2m", NATS's own default.
+	EmbeddedSync string
 	// CPUProfile writes a CPU profile of each topology's no-op run to
 	// OutDir/profiles and puts its top entries in the results.
 	CPUProfile bool
@@ -127,6 +133,7 @@ func (o *Options) setDefaults() {
 	o.PayloadBytes = cmp.Or(o.PayloadBytes, DefaultPayload)
 	o.Rate = cmp.Or(o.Rate, DefaultRate)
 	o.OutDir = cmp.Or(o.OutDir, DefaultOutDir)
+	o.EmbeddedSync = cmp.Or(o.EmbeddedSync, config.SyncAlways)
 	o.PostgresURL = cmp.Or(o.PostgresURL, os.Getenv(PostgresURLEnv), DefaultPostgresURL)
 	o.RedisURL = cmp.Or(o.RedisURL, os.Getenv(RedisURLEnv), DefaultRedisURL)
 	o.NATSURL = cmp.Or(o.NATSURL, os.Getenv(NATSURLEnv), DefaultNATSURL)
@@ -164,6 +171,9 @@ func (o Options) validate() error {
 	}
 	if o.Rate < 1 {
 		errs = append(errs, fmt.Errorf("bench: rate must be at least 1 event/s, got %d", o.Rate))
+	}
+	if _, _, err := config.ParseSync(o.EmbeddedSync); err != nil {
+		errs = append(errs, fmt.Errorf("bench: embedded sync: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -16,6 +16,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies/embedded"
 )
 
 // The ceilings: the job millrace does (publish n events, consume them,
@@ -68,15 +71,20 @@ const (
 )
 
 // jetStreamInProcess runs the JetStream job against a nats-server
-// started in this process, as the embedded topology does.
+// started in this process with the embedded topology's server options
+// (embedded.ServerOptions), embedded.sync included.
 func (s *suite) jetStreamInProcess(ctx context.Context, rec *recorder, n, rate int, w *window) error {
 	dir, err := os.MkdirTemp("", "millrace-bench-ceiling-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ns, err := server.NewServer(&server.Options{ServerName: "millrace-bench", Host: "127.0.0.1", Port: server.RANDOM_PORT,
-		JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true})
+	opts, err := embedded.ServerOptions(config.Embedded{DataDir: dir, Sync: s.opts.EmbeddedSync})
+	if err != nil {
+		return err
+	}
+	opts.ServerName = "millrace-bench"
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return fmt.Errorf("nats server: %w", err)
 	}

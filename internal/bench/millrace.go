@@ -195,6 +195,7 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scen
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	cfg.Router.ShutdownTimeout = config.Duration(10 * time.Second)
 	cfg.Embedded.DataDir = env.dataDir
+	cfg.Embedded.Sync = s.opts.EmbeddedSync
 	cfg.NATS.URL = s.opts.NATSURL
 	if s.opts.Registry.Features(spec.name).Partitions {
 		// The others refuse the keys: they have no partitions to set.

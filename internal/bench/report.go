@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/millrace/millrace/config"
 )
 
 // write writes results.json, RESULTS.md and chart.png into dir.
@@ -60,6 +62,10 @@ func (r *Results) Markdown() string {
 		r.Settings.PayloadBytes, r.Settings.BatchSize)
 	if r.Settings.Partitions > 0 {
 		p("- Partitions: `nats.partitions` and `redis.partitions` = %d on the topologies with partitions (order per entity across worker processes).\n", r.Settings.Partitions)
+	}
+	if r.Settings.EmbeddedSync != "" && r.Settings.EmbeddedSync != config.SyncAlways {
+		p("- `embedded.sync` = %q on the embedded runs and their ceiling: the server forces its writes to disk every %s, not before each acknowledgement.\n",
+			r.Settings.EmbeddedSync, r.Settings.EmbeddedSync)
 	}
 	if r.Settings.BudgetS > 0 {
 		p("- Budget: %s s for the whole suite; a saturated run that used up its share reports the events delivered until then (time-boxed).\n", dec(r.Settings.BudgetS))

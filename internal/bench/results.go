@@ -59,6 +59,9 @@ type Settings struct {
 	CPUProfile bool    `json:"cpu_profile"`
 	// Partitions is nats.partitions and redis.partitions of the runs.
 	Partitions int `json:"partitions"`
+	// EmbeddedSync is embedded.sync of the embedded runs and their
+	// ceiling.
+	EmbeddedSync string `json:"embedded_sync"`
 	// Scenarios are the runs asked for (Options.Scenarios).
 	Scenarios []string `json:"scenarios"`
 }
@@ -225,7 +228,7 @@ func newResults(o Options) *Results {
 			Arch: runtime.GOARCH, LoadStart: loadAverage()},
 		Settings: Settings{Events: o.events(), SteadyEvents: o.steadyEvents(), PayloadBytes: o.PayloadBytes,
 			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile, BudgetS: o.Budget.Seconds(),
-			Partitions: o.Partitions, Scenarios: o.Scenarios},
+			Partitions: o.Partitions, EmbeddedSync: o.EmbeddedSync, Scenarios: o.Scenarios},
 		Topologies: []*Topology{},
 		Targets:    []Target{},
 	}

@@ -24,33 +24,60 @@ func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 
 // Build starts the server, connects to it in-process, ensures the stream
 // and returns the backend.
-func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, err error) {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topologies.Backend, error) {
+	b, _, err := start(ctx, cfg, logger)
+	return b, err
+}
+
+// ServerOptions are the options of the embedded NATS server of cfg: on
+// loopback, JetStream with its store in embedded.data_dir, synced to disk
+// as embedded.sync says. The error is embedded.sync's when it is invalid.
+func ServerOptions(cfg config.Embedded) (*server.Options, error) {
+	always, interval, err := config.ParseSync(cfg.Sync)
+	if err != nil {
+		return nil, config.Errorf("embedded.sync", "%v", err)
 	}
-	if err := os.MkdirAll(cfg.Embedded.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("embedded: data dir: %w", err)
-	}
-	port := cfg.Embedded.Port
+	port := cfg.Port
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	ns, err := server.NewServer(&server.Options{
+	return &server.Options{
 		ServerName: "millrace-embedded",
 		Host:       "127.0.0.1",
 		Port:       port,
 		JetStream:  true,
-		StoreDir:   cfg.Embedded.DataDir,
-		NoSigs:     true,
-		NoLog:      true,
-	})
+		StoreDir:   cfg.DataDir,
+		// With SyncAlways the server writes each message through to disk
+		// (fsync) before it acknowledges the publish; SyncInterval is
+		// then only its background flush of the rest (consumer state),
+		// which the server sets to its default when it is 0.
+		SyncAlways:   always,
+		SyncInterval: interval,
+		NoSigs:       true,
+		NoLog:        true,
+	}, nil
+}
+
+// start is Build, which also returns the running server.
+func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *topologies.Backend, _ *server.Server, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	opts, err := ServerOptions(cfg.Embedded)
 	if err != nil {
-		return nil, fmt.Errorf("embedded: nats server: %w", err)
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(cfg.Embedded.DataDir, 0o750); err != nil {
+		return nil, nil, fmt.Errorf("embedded: data dir: %w", err)
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("embedded: nats server: %w", err)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()
-		return nil, errors.New("embedded: nats server not ready within 10s")
+		return nil, nil, errors.New("embedded: nats server not ready within 10s")
 	}
 	// b, not the result, is what the deferred clean-up closes: a return
 	// nil, err leaves the result nil.
@@ -60,14 +87,16 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 			err = errors.Join(err, b.Close())
 		}
 	}()
-	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("millrace"))
+	busMetrics := jetstream.NewMetrics()
+	nc, err := nats.Connect(ns.ClientURL(), append([]nats.Option{nats.InProcessServer(ns), nats.Name("millrace")},
+		jetstream.ConnHandlers(logger, busMetrics)...)...)
 	if err != nil {
-		return nil, fmt.Errorf("embedded: connect: %w", err)
+		return nil, nil, fmt.Errorf("embedded: connect: %w", err)
 	}
 	b.Closers = append(b.Closers, func() error { return nc.Drain() })
 	js, err := njs.New(nc)
 	if err != nil {
-		return nil, fmt.Errorf("embedded: jetstream: %w", err)
+		return nil, nil, fmt.Errorf("embedded: jetstream: %w", err)
 	}
 	jc := jetstream.Config{
 		Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",
@@ -77,25 +106,24 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
 	}
 	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Dead letters get a stream of their own, beside the events' and in
 	// the same data dir: its subjects must not fall under "millrace.>".
 	dlq, err := stores.NewJetStreamDeadLetters(ctx, js, stores.JetStreamDeadLettersConfig{
 		Stream: "MILLRACE_DLQ", Subject: "millrace_dlq", MaxEntries: cfg.DLQ.MaxEntries})
 	if err != nil {
-		return nil, fmt.Errorf("embedded: %w", err)
+		return nil, nil, fmt.Errorf("embedded: %w", err)
 	}
 	b.DeadLetters = dlq
 	// One process, so the ledger and the cache live in its memory.
 	ledger, closeLedger, err := stores.Open(ctx, "memory", stores.OpenConfig{})
 	if err != nil {
-		return nil, fmt.Errorf("embedded: %w", err)
+		return nil, nil, fmt.Errorf("embedded: %w", err)
 	}
 	b.Closers = append(b.Closers, closeLedger)
 	b.Dedup, b.Cache = ledger, ledger
 	b.Publisher = jetstream.NewPublisher(js, jc)
-	busMetrics := jetstream.NewMetrics()
 	b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
 	b.Ready = func(context.Context) error {
@@ -104,6 +132,19 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		}
 		return nil
 	}
-	logger.Info("embedded NATS JetStream started", "url", ns.ClientURL(), "data_dir", cfg.Embedded.DataDir)
-	return b, nil
+	logger.Info("embedded NATS JetStream started", "url", ns.ClientURL(), "data_dir", cfg.Embedded.DataDir,
+		"sync", syncSetting(ns.JetStreamConfig()))
+	return b, ns, nil
+}
+
+// syncSetting says when the running server forces its writes to disk:
+// "always", or the interval of its background fsync.
+func syncSetting(jsc *server.JetStreamConfig) string {
+	switch {
+	case jsc == nil:
+		return "unknown"
+	case jsc.SyncAlways:
+		return config.SyncAlways
+	}
+	return jsc.SyncInterval.String()
 }

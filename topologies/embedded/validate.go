@@ -28,5 +28,8 @@ func Validate(cfg *config.Config) error {
 	if e.DataDir == "" {
 		errs = append(errs, config.Errorf("embedded.data_dir", "must not be empty"))
 	}
+	if _, _, err := config.ParseSync(e.Sync); err != nil {
+		errs = append(errs, config.Errorf("embedded.sync", "%v", err))
+	}
 	return errors.Join(errs...)
 }

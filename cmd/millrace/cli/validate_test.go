@@ -111,6 +111,30 @@ url = "redis://127.0.0.1:6379/0"
 	}
 }
 
+// TestValidateEmbeddedSync: embedded.sync is "always" or an interval;
+// anything else exits 2 naming the key.
+func TestValidateEmbeddedSync(t *testing.T) {
+	for _, tt := range []struct {
+		sync, want string
+	}{
+		{"always", ""},
+		{"2m", ""},
+		{"bogus", `embedded.sync: "bogus" is not "always" or a duration such as "2m"`},
+	} {
+		path := filepath.Join(t.TempDir(), "millrace.toml")
+		if err := os.WriteFile(path, []byte("[embedded]\nsync = \""+tt.sync+"\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, stdout, stderr := runCLIWith(t, Defaults(), "validate", path)
+		switch {
+		case tt.want == "" && code != ExitOK:
+			t.Errorf("validate embedded.sync = %q: exit %d %s%s; want 0", tt.sync, code, stdout, stderr)
+		case tt.want != "" && (code != ExitInvalid || !strings.Contains(stderr, "\n  "+tt.want)):
+			t.Errorf("validate embedded.sync = %q: exit %d\n%s\nwant exit %d and:\n%s", tt.sync, code, stderr, ExitInvalid, tt.want)
+		}
+	}
+}
+
 // TestValidatePublishOnTopics: publish to a topic of its own is valid on
 // every topology whose bus has topics.
 func TestValidatePublishOnTopics(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +101,54 @@ func TestNonObjectImages(t *testing.T) {
 		}
 		if fmt.Sprint(ev.Data) != tc.want {
 			t.Errorf("after image %q: data %v, want %s", tc.after, ev.Data, tc.want)
+		}
+	}
+}
+
+// BenchmarkToMessage builds the message of an update row with images of
+// the bench's size (about 500 bytes of data).
+func BenchmarkToMessage(b *testing.B) {
+	note := strings.Repeat("x", 400)
+	tenant := "t1"
+	r := &row{
+		pos: 9, id: "6f1c1e2a-4a55-4c1b-9f0e-2d7c5b1a0e11", op: "UPDATE", entity: "Order", entityID: "7",
+		before:    []byte(`{"id": 7, "status": "new", "amount": 10.50, "note": "` + note + `"}`),
+		after:     []byte(`{"id": 7, "status": "paid", "amount": 10.50, "note": "` + note + `"}`),
+		changes:   []byte(`{"status": {"new": "paid", "old": "new"}}`),
+		tenantID:  &tenant,
+		createdAt: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC),
+	}
+	cfg := Config{Source: "orders_db"}
+	cfg.setDefaults()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := cfg.toMessage(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// appendJSON writes what encoding/json writes for the envelope (data and
+// changes compact, as encoding/json leaves them), whatever the strings
+// hold and whichever fields are empty.
+func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
+	strs := []string{"", "plain", `qu"ote`, `back\slash`, "new\nline", "tab\t", "<b>&amp;</b>", "ünï©ødé", "bad \xff utf8", "\u2028sep", "nul\x00"}
+	for i, s := range strs {
+		e := &envelope{
+			ID: s, Type: event.Type(s), Entity: s, EntityID: s, UserID: s, TenantID: s, Source: s,
+			Data:      json.RawMessage(`{"a":1,"s":"x"}`),
+			Timestamp: time.Date(2026, 1, 2, 3, 4, 5, i*1000, time.UTC),
+			Seq:       int64(i),
+		}
+		if i%2 == 0 {
+			e.Changes = json.RawMessage(`{"a":{"old":0,"new":1}}`)
+		}
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := e.appendJSON(nil); string(got) != string(want) {
+			t.Errorf("string %q:\n got %s\nwant %s", s, got, want)
 		}
 	}
 }

@@ -46,7 +46,7 @@ func fastWire(b []byte) (w wire, ok bool) {
 	}
 	for {
 		p.ws()
-		key, ok := p.str()
+		key, ok := p.key()
 		if !ok {
 			return w, false
 		}
@@ -89,8 +89,9 @@ const (
 	fSource
 )
 
-func fieldIndex(k string) int {
-	switch k {
+func fieldIndex(k []byte) int {
+	// A switch on string(k) does not copy k.
+	switch string(k) {
 	case "id":
 		return fID
 	case "event_type":
@@ -390,6 +391,28 @@ func numberValue(b []byte) any {
 // str parses a string. Control characters, invalid UTF-8 and lone
 // surrogate escapes make it give up (encoding/json rejects the first and
 // replaces the others).
+// key reads an object key in place, without a copy: the envelope's keys
+// are read only to be matched. A key with escapes is unescaped into a
+// copy.
+func (p *parser) key() ([]byte, bool) {
+	b := p.b
+	if p.i >= len(b) || b[p.i] != '"' {
+		return nil, false
+	}
+	for i := p.i + 1; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			k := b[p.i+1 : i]
+			p.i = i + 1
+			return k, true
+		case c == '\\' || c < 0x20 || c >= utf8.RuneSelf:
+			s, ok := p.str()
+			return []byte(s), ok
+		}
+	}
+	return nil, false
+}
+
 func (p *parser) str() (string, bool) {
 	b := p.b
 	if p.i >= len(b) || b[p.i] != '"' {

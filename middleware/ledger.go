@@ -80,9 +80,12 @@ var ErrInFlight = errors.New("event still in flight in another delivery")
 //
 // A nil store turns its half off. Safe for concurrent use.
 type Ledger struct {
-	dedup  stores.DedupStore
-	cache  stores.ResultCache
-	both   stores.ReserveLooker
+	dedup stores.DedupStore
+	cache stores.ResultCache
+	both  stores.ReserveLooker
+	// local: every store lives in this process (stores.InProcess), so
+	// its calls get no deadline.
+	local  bool
 	cfg    LedgerConfig
 	m      *Metrics
 	logger *slog.Logger
@@ -107,7 +110,27 @@ func NewLedger(dedup stores.DedupStore, cache stores.ResultCache, cfg LedgerConf
 		l.both, _ = dedup.(stores.ReserveLooker)
 	}
 	l.dedupWarn.every, l.cacheWarn.every = cfg.WarnEvery, cfg.WarnEvery
+	l.local = inProcess(dedup) && inProcess(cache)
 	return l
+}
+
+func inProcess(s any) bool {
+	if s == nil {
+		return true // no store: no call
+	}
+	p, ok := s.(stores.InProcess)
+	return ok && p.InProcess()
+}
+
+// storeCtx bounds one store call by StoreTimeout, so that a hanging
+// store fails open quickly. A store in this process cannot hang, and a
+// deadline (a context and a timer) for each of its two or three calls
+// per event was a fifth of the router's allocations.
+func (l *Ledger) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if l.local {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, l.cfg.StoreTimeout)
 }
 
 // Claim is one observer's run on one event, from Begin to Commit or
@@ -197,7 +220,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 // when the store can; looked reports whether the hits are known.
 func (c *Claim) reserve(ctx context.Context) (res stores.Reservation, looked bool, err error) {
 	l := c.l
-	sctx, cancel := context.WithTimeout(ctx, l.cfg.StoreTimeout)
+	sctx, cancel := l.storeCtx(ctx)
 	defer cancel()
 	if l.both != nil && len(c.cacheKeys) > 0 {
 		r, err := l.both.ReserveLookup(sctx, c.key, c.owner, l.cfg.Lease, c.cacheKeys)
@@ -222,7 +245,7 @@ func (c *Claim) lookup(ctx context.Context) {
 	if len(c.cacheKeys) == 0 {
 		return
 	}
-	sctx, cancel := context.WithTimeout(ctx, c.l.cfg.StoreTimeout)
+	sctx, cancel := c.l.storeCtx(ctx)
 	defer cancel()
 	hits, err := c.l.cache.Lookup(sctx, c.cacheKeys...)
 	c.applyHits(hits, err)
@@ -277,7 +300,7 @@ func (c *Claim) Succeeded(ctx context.Context, i int) {
 }
 
 func (c *Claim) store(ctx context.Context, i int) {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
+	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	if err := c.l.cache.Store(sctx, c.cacheKeys[i], c.l.cfg.TTL); err != nil {
 		c.l.cacheFailed(err)
@@ -291,7 +314,7 @@ func (c *Claim) Commit(ctx context.Context) {
 	if !c.end() || c.l.dedup == nil {
 		return
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
+	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	// Also after a failed Reserve (fail open): the store may be back,
 	// and the mark keeps later duplicates out.
@@ -317,7 +340,7 @@ func (c *Claim) Release(ctx context.Context) {
 	if deferred >= 0 {
 		c.store(ctx, deferred)
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.l.cfg.StoreTimeout)
+	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
 	defer cancel()
 	if err := c.l.dedup.Release(sctx, c.key, c.owner); err != nil {
 		c.l.dedupFailed(err)

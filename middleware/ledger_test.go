@@ -372,3 +372,49 @@ func TestLedgerSingleActionStoresOnlyWhenReleased(t *testing.T) {
 		t.Fatalf("after release: duplicate=%v cached=%v; want the action cached", c.Duplicate(), c.Cached(0))
 	}
 }
+
+// deadlineStore records whether its Reserve and Commit calls had a
+// deadline; remote says it is not in this process.
+type deadlineStore struct {
+	*stores.MemoryStore
+	remote    bool
+	deadlines []bool
+}
+
+func (d *deadlineStore) InProcess() bool { return !d.remote }
+
+func (d *deadlineStore) Reserve(ctx context.Context, key, owner string, lease time.Duration) (stores.Reservation, error) {
+	_, ok := ctx.Deadline()
+	d.deadlines = append(d.deadlines, ok)
+	return d.MemoryStore.Reserve(ctx, key, owner, lease)
+}
+
+func (d *deadlineStore) Commit(ctx context.Context, key, owner string, window time.Duration) error {
+	_, ok := ctx.Deadline()
+	d.deadlines = append(d.deadlines, ok)
+	return d.MemoryStore.Commit(ctx, key, owner, window)
+}
+
+// A store across the network gets StoreTimeout on each call, so that a
+// hanging one fails open; one in this process gets none.
+func TestLedgerBoundsOnlyStoresOutOfProcess(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, remote := range []bool{true, false} {
+		store := &deadlineStore{MemoryStore: newLedgerMemory(t), remote: remote}
+		l := middleware.NewLedger(store, nil, middleware.LedgerConfig{}, nil, nil)
+		c, err := l.Begin(ctx, "ev", "obs", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Commit(ctx)
+		if len(store.deadlines) != 2 {
+			t.Fatalf("remote=%v: %d calls; want Reserve and Commit", remote, len(store.deadlines))
+		}
+		for i, had := range store.deadlines {
+			if had != remote {
+				t.Errorf("remote=%v: call %d had a deadline: %v; want %v", remote, i, had, remote)
+			}
+		}
+	}
+}

@@ -75,3 +75,10 @@ type DedupStore interface {
 func DedupKey(eventID, observer string) string {
 	return "dedup:{" + eventID + "}:" + observer
 }
+
+// InProcess is implemented by a store that lives in this process
+// (MemoryStore): its calls do not wait on a network or a server, so
+// callers give them no deadline.
+type InProcess interface {
+	InProcess() bool
+}

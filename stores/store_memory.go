@@ -254,3 +254,6 @@ func (s *MemoryStore) ReserveLookup(ctx context.Context, key, owner string, leas
 	r.Hits = s.lookupLocked(cacheKeys, now)
 	return r, nil
 }
+
+// InProcess implements InProcess: the store is a map in this process.
+func (s *MemoryStore) InProcess() bool { return true }

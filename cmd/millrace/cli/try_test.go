@@ -170,8 +170,16 @@ func runTry(t *testing.T, args ...string) (int, *try.Report, string) {
 // is sent: no request, no deleted key, no SQL call.
 func TestTryDiff(t *testing.T) {
 	t.Setenv("TRY_TEST_SECRET", "whsec_"+"c2VjcmV0LWtleS0xMjM0NTY3OA==")
+	assertTryDiff(t, writeEvents(t, orderEvents(1000)))
+}
+
+// assertTryDiff runs try on events, 1000 envelopes of orderEvents, with
+// the condition and template of one config changed, and checks every
+// effect added, removed and changed, and that nothing was sent. The
+// caller sets TRY_TEST_SECRET.
+func assertTryDiff(t *testing.T, events string) {
+	t.Helper()
 	r := newTryRig(t)
-	events := writeEvents(t, orderEvents(1000))
 	oldCfg := r.config(t, oldCondition, oldBody)
 	newCfg := r.config(t, newCondition, newBody)
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,18 +28,23 @@ type Set struct {
 	closers []func()
 }
 
-// errDisabled is what a dry-run dependency returns if an action used it
-// at run time; Render never does.
+// errDisabled is what a dry-run dependency returns if an action tried to
+// reach a service; Render never does.
 var errDisabled = errors.New("try: sending is disabled in a dry run")
 
 // Build compiles cfg's observers with reg. The actions get dependencies
-// that contact nothing: Publish fails, and the Redis client and database
-// pools point at hosts under .invalid (RFC 2606, never resolved) and
-// connect only on first use, which Render never makes. Secrets named by
-// *_env fields are read as `millrace run` reads them.
+// that cannot reach anything: Publish fails, and the Redis client and
+// database pools are configured from the file, so that effects name the
+// real servers, but their dialers refuse every connection. Secrets named
+// by *_env fields are read as `millrace run` reads them.
 func Build(ctx context.Context, cfg *config.Config, reg *handlers.Registry) (*Set, error) {
 	s := &Set{}
 	var mu sync.Mutex
+	closer := func(f func()) {
+		mu.Lock()
+		s.closers = append(s.closers, f)
+		mu.Unlock()
+	}
 	deps := handlers.Deps{
 		Logger: slog.New(slog.DiscardHandler),
 		Config: cfg,
@@ -46,25 +52,41 @@ func Build(ctx context.Context, cfg *config.Config, reg *handlers.Registry) (*Se
 			return errDisabled
 		},
 		Redis: func() (redis.UniversalClient, error) {
-			c := redis.NewClient(&redis.Options{Addr: "redis.try.invalid:6379", MaxRetries: -1})
-			mu.Lock()
-			s.closers = append(s.closers, func() { _ = c.Close() })
-			mu.Unlock()
+			url, err := config.Secret(cfg.Redis.URL, cfg.Redis.URLEnv)
+			if err != nil {
+				return nil, fmt.Errorf("redis.url_env: %w", err)
+			}
+			opts, err := redis.ParseURL(url)
+			if err != nil {
+				return nil, fmt.Errorf("redis.url: %w", err)
+			}
+			opts.MaxRetries = -1
+			opts.Dialer = func(context.Context, string, string) (net.Conn, error) { return nil, errDisabled }
+			c := redis.NewClient(opts)
+			closer(func() { _ = c.Close() })
 			return c, nil
 		},
 		Database: func(name string) (*pgxpool.Pool, error) {
-			pc, err := pgxpool.ParseConfig("postgres://db.try.invalid/" + name)
+			d, ok := cfg.Databases[name]
+			if !ok {
+				return nil, fmt.Errorf("databases.%s is not configured", name)
+			}
+			url, err := config.Secret(d.URL, d.URLEnv)
 			if err != nil {
-				return nil, fmt.Errorf("try: %w", err)
+				return nil, fmt.Errorf("databases.%s.url_env: %w", name, err)
+			}
+			pc, err := pgxpool.ParseConfig(url)
+			if err != nil {
+				return nil, fmt.Errorf("databases.%s: %w", name, err)
 			}
 			pc.MinConns = 0
+			pc.ConnConfig.LookupFunc = func(context.Context, string) ([]string, error) { return nil, errDisabled }
+			pc.ConnConfig.DialFunc = func(context.Context, string, string) (net.Conn, error) { return nil, errDisabled }
 			p, err := pgxpool.NewWithConfig(ctx, pc)
 			if err != nil {
-				return nil, fmt.Errorf("try: %w", err)
+				return nil, fmt.Errorf("databases.%s: %w", name, err)
 			}
-			mu.Lock()
-			s.closers = append(s.closers, p.Close)
-			mu.Unlock()
+			closer(p.Close)
 			return p, nil
 		},
 	}

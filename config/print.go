@@ -91,16 +91,22 @@ func maskHeaders(h map[string]any) map[string]any {
 		if !ok || s == "" || strings.Contains(s, "{{") {
 			continue
 		}
-		switch strings.ToLower(name) {
-		case "authorization", "proxy-authorization", "cookie":
-			h[name] = Masked
-			continue
-		}
-		if secretParam(name) {
+		if SecretHeader(name) {
 			h[name] = Masked
 		}
 	}
 	return h
+}
+
+// SecretHeader reports whether a header named name carries a credential:
+// Authorization, Proxy-Authorization, Cookie, or a name such as
+// X-Api-Key or X-Auth-Token (see secretParam).
+func SecretHeader(name string) bool {
+	switch strings.ToLower(name) {
+	case "authorization", "proxy-authorization", "cookie":
+		return true
+	}
+	return secretParam(name)
 }
 
 // PostgreSQL keyword/value connection strings ("host=db password=x"),

@@ -182,7 +182,10 @@ type CacheInvalidate struct {
 	logger *slog.Logger
 }
 
-var _ handlers.Action = (*CacheInvalidate)(nil)
+var (
+	_ handlers.Action   = (*CacheInvalidate)(nil)
+	_ handlers.Renderer = (*CacheInvalidate)(nil)
+)
 
 var _ handlers.ConfigChecker = Config{}
 
@@ -253,22 +256,9 @@ func (a *CacheInvalidate) BreakerKey() string {
 // Execute renders every key and deletes what it names. Deleting a key
 // that does not exist is not an error.
 func (a *CacheInvalidate) Execute(ctx context.Context, ev *event.Event) error {
-	var literals, patterns []string
-	var esc *event.Event
-	for _, k := range a.keys {
-		if k.pattern && esc == nil {
-			esc = escaped(ev)
-		}
-		s, err := k.render(a.prefix, ev, esc)
-		if err != nil {
-			return handlers.Permanent(fmt.Errorf("cache_invalidate: %w", err))
-		}
-		switch {
-		case k.pattern:
-			patterns = append(patterns, s)
-		case s != "":
-			literals = append(literals, s)
-		}
+	literals, patterns, err := a.render(ev)
+	if err != nil {
+		return err
 	}
 	var deleted int64
 	if len(literals) > 0 {
@@ -287,6 +277,45 @@ func (a *CacheInvalidate) Execute(ctx context.Context, ev *event.Event) error {
 	}
 	a.logger.DebugContext(ctx, "cache keys deleted", "event_id", ev.ID, "keys", len(literals), "patterns", len(patterns), "deleted", deleted)
 	return nil
+}
+
+// Render returns what Execute would delete for ev, one line each in
+// Body: "UNLINK key" for a key, "SCAN+UNLINK pattern" for a pattern.
+func (a *CacheInvalidate) Render(_ context.Context, ev *event.Event) (handlers.Effect, error) {
+	literals, patterns, err := a.render(ev)
+	if err != nil {
+		return handlers.Effect{}, err
+	}
+	var b strings.Builder
+	for _, k := range literals {
+		b.WriteString("UNLINK " + k + "\n")
+	}
+	for _, p := range patterns {
+		b.WriteString("SCAN+UNLINK " + p + "\n")
+	}
+	return handlers.Effect{Kind: "cache_invalidate", Method: "UNLINK", Target: a.BreakerKey(), Body: b.String()}, nil
+}
+
+// render renders every key for ev: the literal keys (empty ones left
+// out) and the patterns. Its errors are permanent.
+func (a *CacheInvalidate) render(ev *event.Event) (literals, patterns []string, err error) {
+	var esc *event.Event
+	for _, k := range a.keys {
+		if k.pattern && esc == nil {
+			esc = escaped(ev)
+		}
+		s, err := k.render(a.prefix, ev, esc)
+		if err != nil {
+			return nil, nil, handlers.Permanent(fmt.Errorf("cache_invalidate: %w", err))
+		}
+		switch {
+		case k.pattern:
+			patterns = append(patterns, s)
+		case s != "":
+			literals = append(literals, s)
+		}
+	}
+	return literals, patterns, nil
 }
 
 // unlink deletes keys with one UNLINK, or, on a cluster, one UNLINK per

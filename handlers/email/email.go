@@ -165,7 +165,10 @@ type Email struct {
 	logger      *slog.Logger
 }
 
-var _ handlers.Action = (*Email)(nil)
+var (
+	_ handlers.Action   = (*Email)(nil)
+	_ handlers.Renderer = (*Email)(nil)
+)
 
 // New builds the action from c and the [smtp] section of deps.Config.
 // It reads the credentials named by smtp.username_env and
@@ -259,6 +262,36 @@ func (e *Email) Execute(ctx context.Context, ev *event.Event) error {
 	e.logger.DebugContext(ctx, "email sent", "event_id", ev.ID, "recipients", rcpts,
 		"took", time.Since(start).Round(time.Millisecond).String())
 	return nil
+}
+
+// Render returns the message Execute would send for ev: its headers
+// (Date left out, since it is the time of sending) and its body.
+func (e *Email) Render(_ context.Context, ev *event.Event) (handlers.Effect, error) {
+	msg, _, err := e.message(ev)
+	if err != nil {
+		return handlers.Effect{}, handlers.Permanent(fmt.Errorf("email: %w", err))
+	}
+	eff := handlers.Effect{
+		Kind: "email", Method: "SMTP", Target: e.BreakerKey(),
+		Headers: map[string]string{
+			"From":       strings.Join(msg.GetFromString(), ", "),
+			"To":         strings.Join(msg.GetToString(), ", "),
+			"Subject":    strings.Join(msg.GetGenHeader(gomail.HeaderSubject), ", "),
+			"Message-Id": msg.GetMessageID(),
+		},
+	}
+	if cc := msg.GetCcString(); len(cc) > 0 {
+		eff.Headers["Cc"] = strings.Join(cc, ", ")
+	}
+	for _, p := range msg.GetParts() {
+		eff.Headers["Content-Type"] = string(p.GetContentType())
+		b, err := p.GetContent()
+		if err != nil {
+			return handlers.Effect{}, handlers.Permanent(fmt.Errorf("email: body: %w", err))
+		}
+		eff.Body += string(b)
+	}
+	return eff, nil
 }
 
 // message renders the templates into a message.

@@ -53,7 +53,10 @@ type Log struct {
 	tmpl   *handlers.Template
 }
 
-var _ handlers.Action = (*Log)(nil)
+var (
+	_ handlers.Action   = (*Log)(nil)
+	_ handlers.Renderer = (*Log)(nil)
+)
 
 // New builds the action.
 func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, error) {
@@ -83,4 +86,14 @@ func (l *Log) Execute(ctx context.Context, ev *event.Event) error {
 	}
 	l.logger.Log(ctx, l.level, msg, "event_id", ev.ID, "event_type", ev.Type, "entity_type", ev.Entity, "entity_id", ev.EntityID)
 	return nil
+}
+
+// Render returns the line Execute would log for ev: the level as Method,
+// the message as Body.
+func (l *Log) Render(_ context.Context, ev *event.Event) (handlers.Effect, error) {
+	msg, err := l.tmpl.Render(ev)
+	if err != nil {
+		return handlers.Effect{}, handlers.Permanent(err)
+	}
+	return handlers.Effect{Kind: "log", Method: l.level.String(), Body: msg}, nil
 }

@@ -100,7 +100,10 @@ type Publish struct {
 	logger  *slog.Logger
 }
 
-var _ handlers.Action = (*Publish)(nil)
+var (
+	_ handlers.Action   = (*Publish)(nil)
+	_ handlers.Renderer = (*Publish)(nil)
+)
 
 // New builds the action on deps.Publish.
 func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, error) {
@@ -142,24 +145,44 @@ func MessageID(eventID, actionHash string) string {
 // Execute publishes the event or the rendered body. A bus error is
 // transient; a body that cannot be rendered is permanent.
 func (p *Publish) Execute(ctx context.Context, ev *event.Event) error {
-	var payload []byte
-	if p.body == nil {
-		b, err := event.Encode(ev)
-		if err != nil {
-			return handlers.Permanent(fmt.Errorf("publish %s: encode event: %w", p.topic, err))
-		}
-		payload = b
-	} else {
-		s, err := p.body.Render(ev)
-		if err != nil {
-			return handlers.Permanent(fmt.Errorf("publish %s: body: %w", p.topic, err))
-		}
-		payload = []byte(s)
+	id, payload, err := p.message(ev)
+	if err != nil {
+		return err
 	}
-	id := MessageID(ev.ID, p.hash)
 	if err := p.publish(ctx, p.topic, id, payload); err != nil {
 		return fmt.Errorf("publish %s: %w", p.topic, err)
 	}
 	p.logger.DebugContext(ctx, "event published", "topic", p.topic, "event_id", ev.ID, "message_id", id)
 	return nil
+}
+
+// Render returns the message Execute would publish for ev: its topic,
+// id (header Message-Id) and payload.
+func (p *Publish) Render(_ context.Context, ev *event.Event) (handlers.Effect, error) {
+	id, payload, err := p.message(ev)
+	if err != nil {
+		return handlers.Effect{}, err
+	}
+	return handlers.Effect{Kind: "publish", Method: "PUBLISH", Target: p.topic,
+		Headers: map[string]string{"Message-Id": id}, Body: string(payload)}, nil
+}
+
+// message returns the id and payload of ev's message; its errors are
+// permanent.
+func (p *Publish) message(ev *event.Event) (string, []byte, error) {
+	var payload []byte
+	if p.body == nil {
+		b, err := event.Encode(ev)
+		if err != nil {
+			return "", nil, handlers.Permanent(fmt.Errorf("publish %s: encode event: %w", p.topic, err))
+		}
+		payload = b
+	} else {
+		s, err := p.body.Render(ev)
+		if err != nil {
+			return "", nil, handlers.Permanent(fmt.Errorf("publish %s: body: %w", p.topic, err))
+		}
+		payload = []byte(s)
+	}
+	return MessageID(ev.ID, p.hash), payload, nil
 }

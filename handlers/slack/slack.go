@@ -71,6 +71,7 @@ func (c Config) Validate() error {
 // releases its idle connections.
 type Slack struct {
 	url     string
+	urlEnv  string
 	text    *handlers.Template
 	channel *handlers.Template // nil: the webhook's own channel
 	timeout time.Duration
@@ -78,8 +79,9 @@ type Slack struct {
 }
 
 var (
-	_ handlers.Action = (*Slack)(nil)
-	_ io.Closer       = (*Slack)(nil)
+	_ handlers.Action   = (*Slack)(nil)
+	_ io.Closer         = (*Slack)(nil)
+	_ handlers.Renderer = (*Slack)(nil)
 )
 
 // Register adds the "slack" type to r.
@@ -99,7 +101,7 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 		// The error does not quote the URL: it holds the webhook's token.
 		return nil, fmt.Errorf("url_env: the value of %s is not an absolute http or https URL", c.URLEnv)
 	}
-	s := &Slack{url: u, timeout: c.Timeout.D()}
+	s := &Slack{url: u, urlEnv: c.URLEnv, timeout: c.Timeout.D()}
 	if s.text, err = handlers.CompileTemplate("text", c.Text); err != nil {
 		return nil, fmt.Errorf("text: %w", err)
 	}
@@ -126,19 +128,9 @@ type message struct {
 // other answers (400 invalid_payload, 403, 404 channel_not_found, 410
 // channel_is_archived) are permanent.
 func (s *Slack) Execute(ctx context.Context, ev *event.Event) error {
-	var m message
-	var err error
-	if m.Text, err = s.text.Render(ev); err != nil {
-		return handlers.Permanent(fmt.Errorf("slack: render text: %w", err))
-	}
-	if s.channel != nil {
-		if m.Channel, err = s.channel.Render(ev); err != nil {
-			return handlers.Permanent(fmt.Errorf("slack: render channel: %w", err))
-		}
-	}
-	body, err := json.Marshal(m)
+	body, err := s.payload(ev)
 	if err != nil {
-		return handlers.Permanent(fmt.Errorf("slack: encode message: %w", err))
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -146,14 +138,58 @@ func (s *Slack) Execute(ctx context.Context, ev *event.Event) error {
 	if err != nil {
 		return handlers.Permanent(errors.New("slack: the url is not valid"))
 	}
-	req.Header = http.Header{
-		"Content-Type": {"application/json"},
-		"User-Agent":   {"millrace"},
-	}
+	req.Header = requestHeader()
 	if err := webhook.Do(s.tr, req); err != nil {
 		return fmt.Errorf("slack: %w", err)
 	}
 	return nil
+}
+
+// Render returns the message Execute would post for ev. The URL, a
+// credential, shows only its endpoint and the variable it came from.
+func (s *Slack) Render(_ context.Context, ev *event.Event) (handlers.Effect, error) {
+	body, err := s.payload(ev)
+	if err != nil {
+		return handlers.Effect{}, err
+	}
+	e := handlers.Effect{
+		Kind: "slack", Method: http.MethodPost, Target: handlers.URLEndpoint(s.url) + "/… (" + s.urlEnv + ")",
+		Headers: map[string]string{},
+		Body:    string(body),
+	}
+	for k, v := range requestHeader() {
+		e.Headers[k] = v[0]
+	}
+	return e, nil
+}
+
+// requestHeader returns the headers of a post, a new map each time: the
+// transport may add to it.
+func requestHeader() http.Header {
+	return http.Header{
+		"Content-Type": {"application/json"},
+		"User-Agent":   {"millrace"},
+	}
+}
+
+// payload renders the incoming-webhook payload for ev; its errors are
+// permanent.
+func (s *Slack) payload(ev *event.Event) ([]byte, error) {
+	var m message
+	var err error
+	if m.Text, err = s.text.Render(ev); err != nil {
+		return nil, handlers.Permanent(fmt.Errorf("slack: render text: %w", err))
+	}
+	if s.channel != nil {
+		if m.Channel, err = s.channel.Render(ev); err != nil {
+			return nil, handlers.Permanent(fmt.Errorf("slack: render channel: %w", err))
+		}
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, handlers.Permanent(fmt.Errorf("slack: encode message: %w", err))
+	}
+	return body, nil
 }
 
 // BreakerKey names the host of the incoming webhook, without its path,

@@ -95,7 +95,10 @@ type SQL struct {
 	logger   *slog.Logger
 }
 
-var _ handlers.Action = (*SQL)(nil)
+var (
+	_ handlers.Action   = (*SQL)(nil)
+	_ handlers.Renderer = (*SQL)(nil)
+)
 
 // New builds the action on the shared pool of [databases.<c.Database>].
 // The pool connects on first use, not here.
@@ -153,6 +156,16 @@ func (s *SQL) Execute(ctx context.Context, ev *event.Event) error {
 	s.logger.DebugContext(ctx, "sql function called", "function", s.function, "event_id", ev.ID,
 		"took", time.Since(start).Round(time.Millisecond).String())
 	return nil
+}
+
+// Render returns the call Execute would make for ev: the query, and the
+// JSON argument as Body.
+func (s *SQL) Render(_ context.Context, ev *event.Event) (handlers.Effect, error) {
+	payload, err := s.payload(ev)
+	if err != nil {
+		return handlers.Effect{}, handlers.Permanent(fmt.Errorf("sql %s: encode event: %w", s.function, err))
+	}
+	return handlers.Effect{Kind: "sql", Method: "SELECT", Target: s.query, Body: string(payload)}, nil
 }
 
 func (s *SQL) payload(ev *event.Event) ([]byte, error) {

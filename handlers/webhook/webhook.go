@@ -26,6 +26,7 @@ import (
 type Webhook struct {
 	method   string
 	url      string             // the literal URL, when urlTmpl is nil
+	urlEnv   string             // the variable url came from, if any
 	urlTmpl  *handlers.Template // the URL template, if the URL has actions
 	static   http.Header        // literal headers, canonical names
 	headers  []header           // templated headers
@@ -45,8 +46,9 @@ type header struct {
 }
 
 var (
-	_ handlers.Action = (*Webhook)(nil)
-	_ io.Closer       = (*Webhook)(nil)
+	_ handlers.Action   = (*Webhook)(nil)
+	_ io.Closer         = (*Webhook)(nil)
+	_ handlers.Renderer = (*Webhook)(nil)
 )
 
 // Register adds the "webhook" type to r.
@@ -69,7 +71,7 @@ func New(_ context.Context, c Config, deps handlers.Deps) (handlers.Action, erro
 		if err := checkURL(u); err != nil {
 			return nil, fmt.Errorf("url_env: the value of %s %w", c.URLEnv, err)
 		}
-		w.url = u
+		w.url, w.urlEnv = u, c.URLEnv
 	case isTemplate(c.URL):
 		t, err := handlers.CompileTemplate("url", c.URL)
 		if err != nil {
@@ -184,14 +186,58 @@ func Key(eventID, actionHash string) string {
 // *handlers.RetryAfterError); any other answer, a refused destination or
 // an event the templates cannot render is permanent.
 func (w *Webhook) Execute(ctx context.Context, ev *event.Event) error {
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	req, _, err := w.request(ctx, ev, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := Do(w.tr, req); err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	return nil
+}
+
+// Render returns the request Execute would send for ev, signed with the
+// event's own timestamp as the send time (now when it has none), so that
+// the same event renders the same request. A URL read from url_env shows
+// only its endpoint; credentials in the URL's query and in headers such
+// as Authorization are masked, as `millrace config` masks them.
+func (w *Webhook) Render(ctx context.Context, ev *event.Event) (handlers.Effect, error) {
+	now := ev.Timestamp
+	if now.IsZero() {
+		now = time.Now()
+	}
+	req, body, err := w.request(ctx, ev, now)
+	if err != nil {
+		return handlers.Effect{}, err
+	}
+	e := handlers.Effect{Kind: "webhook", Method: req.Method, Target: config.MaskURL(req.URL.String()), Body: string(body),
+		Headers: make(map[string]string, len(req.Header))}
+	if w.urlEnv != "" {
+		e.Target = handlers.URLEndpoint(w.url) + "/… (" + w.urlEnv + ")"
+	}
+	for k, v := range req.Header {
+		if k != "Webhook-Signature" && config.SecretHeader(k) {
+			e.Headers[k] = config.Masked
+			continue
+		}
+		e.Headers[k] = strings.Join(v, ", ")
+	}
+	return e, nil
+}
+
+// request builds the signed request for ev, sent at now, and returns it
+// with its body. Every error is permanent.
+func (w *Webhook) request(ctx context.Context, ev *event.Event, now time.Time) (*http.Request, []byte, error) {
 	target := w.url
 	if w.urlTmpl != nil {
 		s, err := w.urlTmpl.Render(ev)
 		if err != nil {
-			return handlers.Permanent(fmt.Errorf("webhook: render url: %w", err))
+			return nil, nil, handlers.Permanent(fmt.Errorf("webhook: render url: %w", err))
 		}
 		if err := checkURL(s); err != nil {
-			return handlers.Permanent(fmt.Errorf("webhook: the rendered url %w", err))
+			return nil, nil, handlers.Permanent(fmt.Errorf("webhook: the rendered url %w", err))
 		}
 		target = s
 	}
@@ -200,13 +246,13 @@ func (w *Webhook) Execute(ctx context.Context, ev *event.Event) error {
 	case w.body != nil:
 		var b bytes.Buffer
 		if err := w.body.Execute(&b, ev); err != nil {
-			return handlers.Permanent(fmt.Errorf("webhook: render body: %w", err))
+			return nil, nil, handlers.Permanent(fmt.Errorf("webhook: render body: %w", err))
 		}
 		body = b.Bytes()
 	case w.envelope:
 		b, err := event.Encode(ev)
 		if err != nil {
-			return handlers.Permanent(fmt.Errorf("webhook: encode event: %w", err))
+			return nil, nil, handlers.Permanent(fmt.Errorf("webhook: encode event: %w", err))
 		}
 		body = b
 	}
@@ -214,12 +260,10 @@ func (w *Webhook) Execute(ctx context.Context, ev *event.Event) error {
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	ctx, cancel := context.WithTimeout(ctx, w.timeout)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, w.method, target, rd)
 	if err != nil {
 		// The parse error would quote the URL, which may hold a token.
-		return handlers.Permanent(fmt.Errorf("webhook: %s: the url is not valid", w.method))
+		return nil, nil, handlers.Permanent(fmt.Errorf("webhook: %s: the url is not valid", w.method))
 	}
 	h := make(http.Header, len(w.static)+len(w.headers)+4)
 	for k, v := range w.static {
@@ -228,15 +272,15 @@ func (w *Webhook) Execute(ctx context.Context, ev *event.Event) error {
 	for _, x := range w.headers {
 		v, err := x.t.Render(ev)
 		if err != nil {
-			return handlers.Permanent(fmt.Errorf("webhook: render header %s: %w", x.name, err))
+			return nil, nil, handlers.Permanent(fmt.Errorf("webhook: render header %s: %w", x.name, err))
 		}
 		if !validHeaderValue(v) {
-			return handlers.Permanent(fmt.Errorf("webhook: header %s renders control characters (CR, LF or NUL)", x.name))
+			return nil, nil, handlers.Permanent(fmt.Errorf("webhook: header %s renders control characters (CR, LF or NUL)", x.name))
 		}
 		h[x.name] = []string{v}
 	}
 	key := Key(ev.ID, w.hash)
-	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	ts := strconv.FormatInt(now.Unix(), 10)
 	h["Webhook-Id"] = []string{key}
 	h["Webhook-Timestamp"] = []string{ts}
 	h["Idempotency-Key"] = []string{key}
@@ -244,10 +288,7 @@ func (w *Webhook) Execute(ctx context.Context, ev *event.Event) error {
 		h["Webhook-Signature"] = []string{w.sign(key, ts, body)}
 	}
 	req.Header = h
-	if err := Do(w.tr, req); err != nil {
-		return fmt.Errorf("webhook: %w", err)
-	}
-	return nil
+	return req, body, nil
 }
 
 // setSecret keys the signatures; MACs are pooled because hmac.New costs

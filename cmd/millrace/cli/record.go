@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	natsgo "github.com/nats-io/nats.go"
+	njs "github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/millrace/millrace/bus/capture"
+	"github.com/millrace/millrace/bus/jetstream"
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/topologies"
+	redistopo "github.com/millrace/millrace/topologies/redis"
+)
+
+// recordSpan is which part of the bus `millrace record` reads.
+type recordSpan struct {
+	since   time.Time
+	fromSeq int64
+	limit   int
+}
+
+func recordCmd(o Options, stdout, stderr io.Writer) *cobra.Command {
+	var path, out string
+	var since time.Duration
+	var span recordSpan
+	cmd := &cobra.Command{
+		Use:   "record -c FILE --out EVENTS.jsonl [--since DURATION | --from-seq N] [--limit N]",
+		Short: "Write the events on the bus to a file, one envelope per line, without disturbing consumers",
+		Long: `Write the events on the config's bus to a file, one JSON envelope per
+line (--out - writes to stdout), for millrace try. The bus is read as it
+is, without a consumer group or acks: consumers and their pending
+events are not disturbed.
+
+  nats, multidb  an ordered (ephemeral) consumer on the stream's events
+                 subjects; --from-seq N starts after stream sequence N
+  redis          XRANGE on the events stream (every partition stream,
+                 merged in time order); --from-seq is not supported
+  postgres       SELECTs on each source's change log, in position
+                 order; --from-seq is a change-log position
+
+The embedded topology keeps its bus inside the running process and
+cannot be recorded from outside.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if since > 0 && span.fromSeq > 0 {
+				return &exitError{code: ExitInvalid, err: errors.New("--since and --from-seq cannot be used together")}
+			}
+			if since > 0 {
+				span.since = time.Now().Add(-since)
+			}
+			cfg, err := load(o, path)
+			if err != nil {
+				return err
+			}
+			var w io.Writer = stdout
+			if out != "-" {
+				f, err := os.Create(out)
+				if err != nil {
+					return &exitError{code: ExitInvalid, err: fmt.Errorf("--out: %w", err)}
+				}
+				defer f.Close()
+				w = f
+			}
+			bw := bufio.NewWriter(w)
+			n := 0
+			write := func(envelope []byte) error {
+				n++
+				if _, err := bw.Write(envelope); err != nil {
+					return err
+				}
+				return bw.WriteByte('\n')
+			}
+			if err := record(cmd.Context(), cfg, span, write); err != nil {
+				return err
+			}
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
+			fmt.Fprintf(stderr, "recorded %d event(s) from the %s topology\n", n, cfg.Topology)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (TOML)")
+	cmd.Flags().StringVar(&out, "out", "", "file to write the envelopes to (- for stdout)")
+	cmd.Flags().DurationVar(&since, "since", 0, "only events added within this duration (e.g. 1h)")
+	cmd.Flags().Int64Var(&span.fromSeq, "from-seq", 0, "start after this bus position: a stream sequence (nats, multidb) or a change-log position (postgres)")
+	cmd.Flags().IntVar(&span.limit, "limit", 0, "at most this many events (0: all)")
+	_ = cmd.MarkFlagRequired("config")
+	_ = cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+// record reads the bus of cfg's topology and calls write with each
+// envelope, oldest first.
+func record(ctx context.Context, cfg *config.Config, span recordSpan, write func([]byte) error) error {
+	switch cfg.Topology {
+	case "nats", "multidb":
+		nc, err := natsgo.Connect(cfg.NATS.URL, natsgo.Name("millrace record"), natsgo.Timeout(10*time.Second))
+		if err != nil {
+			return &exitError{code: ExitInvalid, err: fmt.Errorf("nats.url: %w", err)}
+		}
+		defer nc.Close()
+		js, err := njs.New(nc)
+		if err != nil {
+			return fmt.Errorf("nats: %w", err)
+		}
+		return jetstream.Export(ctx, js, topologies.JetStreamConfig(cfg), cfg.Router.Topic, uint64(max(span.fromSeq, 0)),
+			span.since, span.limit, func(_ uint64, p []byte) error { return write(p) })
+	case "redis":
+		if span.fromSeq > 0 {
+			return &exitError{code: ExitInvalid, err: errors.New("--from-seq: the redis topology's positions are entry ids; use --since")}
+		}
+		client, err := topologies.NewRedisClient(cfg.Redis)
+		if err != nil {
+			return &exitError{code: ExitInvalid, err: err}
+		}
+		if client == nil {
+			return &exitError{code: ExitInvalid, err: errors.New("redis.url: not set")}
+		}
+		defer client.Close()
+		return redistopo.BusConfig(cfg).Export(ctx, client, cfg.Router.Topic, span.since, span.limit,
+			func(_ string, p []byte) error { return write(p) })
+	case "postgres":
+		return recordChangeLogs(ctx, cfg, span, write)
+	}
+	return &exitError{code: ExitInvalid, err: fmt.Errorf("topology: %q cannot be recorded from outside its process", cfg.Topology)}
+}
+
+// recordChangeLogs exports the change log of each trigger source, one
+// after another (postgres.url's own when there is no source); with
+// several sources the file holds each source's changes in order, not
+// one order across sources.
+func recordChangeLogs(ctx context.Context, cfg *config.Config, span recordSpan, write func([]byte) error) error {
+	type log struct {
+		key, url string
+		capture  capture.Config
+	}
+	var logs []log
+	for i, s := range cfg.Sources {
+		if s.Capture == config.CaptureWAL {
+			continue // its change log stays empty
+		}
+		url, err := config.Secret(s.PostgresURL, s.PostgresURLEnv)
+		if err != nil {
+			return &exitError{code: ExitInvalid, err: fmt.Errorf("%s.postgres_url_env: %w", config.Index("sources", i), err)}
+		}
+		logs = append(logs, log{config.Index("sources", i), url, topologies.CaptureConfig(cfg, s)})
+	}
+	if len(cfg.Sources) == 0 {
+		url, err := config.Secret(cfg.Postgres.URL, cfg.Postgres.URLEnv)
+		if err != nil {
+			return &exitError{code: ExitInvalid, err: fmt.Errorf("postgres.url_env: %w", err)}
+		}
+		logs = append(logs, log{"postgres.url", url, capture.Config{Source: "postgres", Schema: cfg.Postgres.Schema}})
+	}
+	left := span.limit
+	for _, l := range logs {
+		pool, err := pgxpool.New(ctx, l.url)
+		if err != nil {
+			return &exitError{code: ExitInvalid, err: fmt.Errorf("%s: %w", l.key, err)}
+		}
+		n := 0
+		err = l.capture.Export(ctx, pool, span.fromSeq, span.since, left, func(_ int64, p []byte) error {
+			n++
+			return write(p)
+		})
+		pool.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", l.key, err)
+		}
+		if span.limit > 0 {
+			if left -= n; left <= 0 {
+				return nil
+			}
+		}
+	}
+	return nil
+}

@@ -237,3 +237,37 @@ func TestPartitionsNeedTheFeature(t *testing.T) {
 		t.Errorf("Check(single) = %v; want the nats.partitions error", err)
 	}
 }
+
+// bus.driver = "watermill" is refused, naming the key, on a topology
+// without an upstream driver, and refuses partitions, naming theirs.
+func TestWatermillDriverNeedsTheTopology(t *testing.T) {
+	r := builtins(t)
+	cfg := func(topology string, nats, redis int) *config.Config {
+		c := config.Default()
+		c.Topology = topology
+		c.Bus.Driver = config.DriverWatermill
+		c.Postgres.URL, c.Redis.URL = "postgres://x", "redis://x"
+		c.NATS.Partitions, c.Redis.Partitions = nats, redis
+		return c
+	}
+	for _, tt := range []struct {
+		topology    string
+		nats, redis int
+		want        string
+	}{
+		{"postgres", 0, 0, `bus.driver: "watermill": the postgres topology has no Watermill driver (use "millrace")`},
+		{"nats", 4, 0, `nats.partitions: is 4, but bus.driver "watermill" has no partitions (leave it 0, or use the "millrace" driver)`},
+		{"redis", 0, 8, `redis.partitions: is 8, but bus.driver "watermill" has no partitions (leave it 0, or use the "millrace" driver)`},
+		{"embedded", 0, 0, ""},
+		{"nats", 0, 0, ""},
+		{"redis", 0, 0, ""},
+	} {
+		var got []string
+		for _, e := range config.Errors(r.Check(cfg(tt.topology, tt.nats, tt.redis))) {
+			got = append(got, e.Error())
+		}
+		if strings.Join(got, "\n") != tt.want {
+			t.Errorf("%s: Check() =\n%s\nwant\n%s", tt.topology, strings.Join(got, "\n"), tt.want)
+		}
+	}
+}

@@ -83,7 +83,11 @@ func (p prefixed) Publish(topic string, msgs ...*message.Message) error {
 	return p.pub.Publish(p.c.Stream(topic), msgs...)
 }
 
-func (p prefixed) Close() error { return p.pub.Close() }
+// Close leaves the publisher open: the router closes the publisher of
+// each capture handler as it stops, and they share this one with
+// ingest; all the upstream Close does besides is close the shared
+// client, which the topology does.
+func (p prefixed) Close() error { return nil }
 
 // fanIn subscribes every upstream subscriber to the topic's stream and
 // merges what they hand out. Each message is passed on as it is, so

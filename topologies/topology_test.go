@@ -271,3 +271,28 @@ func TestWatermillDriverNeedsTheTopology(t *testing.T) {
 		}
 	}
 }
+
+// WithBus keeps the base's checks and features but partitions, and
+// refuses bus.driver = "watermill", naming the key.
+func TestWithBus(t *testing.T) {
+	base := topologies.Topology{Name: "base", Build: noBuild, Features: config.Features{Topics: true, Partitions: true},
+		Validate: func(*config.Config) error { return config.Errorf("base.key", "base check") }}
+	custom := topologies.WithBus("custom", base, nil)
+	if custom.Features != (config.Features{Topics: true}) {
+		t.Errorf("features %+v, want the base's without partitions", custom.Features)
+	}
+	r := topologies.NewRegistry()
+	r.MustRegister(custom)
+	cfg := config.Default()
+	cfg.Topology = "custom"
+	cfg.Bus.Driver = config.DriverWatermill
+	var got []string
+	for _, e := range config.Errors(r.Check(cfg)) {
+		got = append(got, e.Error())
+	}
+	want := []string{"base.key: base check",
+		`bus.driver: "watermill": the custom topology has no Watermill driver (use "millrace")`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Check() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

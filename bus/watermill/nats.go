@@ -1,9 +1,11 @@
 package watermill
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -23,25 +25,19 @@ const NackDelay = time.Second
 // NewNATS returns watermill-nats/v2's JetStream publisher, on nc, and
 // subscriber, on subConn, for the stream of c, which the caller ensures
 // (jetstream.EnsureStream): the same subjects, message ids and headers
-// as bus/jetstream (jetstream.WireFormat). The subscriber is a push
-// consumer, durable as c.Consumer+"_"+topic with a deliver group of the
-// same name, consumed by c.MaxInFlight subscriptions (each handles one
+// as bus/jetstream (jetstream.WireFormat). The subscriber reads a
+// durable push consumer, c.Consumer+"_"+topic, with a deliver group of
+// the same name, through c.MaxInFlight subscriptions (each handles one
 // message at a time), at most c.MaxBuffered unacked (the consumer's
 // MaxAckPending). c.Partitions must be 0. The publisher's Close leaves
 // nc open, as the topology shares it; subConn belongs to the
 // subscriber, whose Close drains it, as upstream does.
-func NewNATS(nc, subConn *nats.Conn, c jetstream.Config, logger *slog.Logger) (message.Publisher, *wmnats.Subscriber, error) {
+func NewNATS(nc, subConn *nats.Conn, c jetstream.Config, logger *slog.Logger) (message.Publisher, message.Subscriber, error) {
 	if c.Partitions != 0 {
 		return nil, nil, fmt.Errorf("watermill-nats: partitions are not supported (got %d)", c.Partitions)
 	}
 	wl := watermill.NewSlogLogger(logger)
 	wire := jetstream.WireFormat{Config: c}
-	// Upstream passes the subscription's subject, not the topic, to
-	// the durable's name: the topic is taken back out of it.
-	durable := func(_, subject string) string {
-		topic := strings.TrimSuffix(strings.TrimPrefix(subject, c.SubjectPrefix+"."), ".>")
-		return c.Consumer + "_" + topic
-	}
 	pub, err := wmnats.NewPublisherWithNatsConn(nc, wmnats.PublisherPublishConfig{
 		Marshaler:         wire,
 		SubjectCalculator: subjects(c),
@@ -52,46 +48,118 @@ func NewNATS(nc, subConn *nats.Conn, c jetstream.Config, logger *slog.Logger) (m
 	if err != nil {
 		return nil, nil, fmt.Errorf("watermill-nats: publisher: %w", err)
 	}
-	maxInFlight := max(c.MaxInFlight, 1)
-	maxPending := c.MaxBuffered
-	if maxPending <= 0 {
-		maxPending = 16 * maxInFlight
-	}
-	opts := []nats.SubOpt{
-		nats.BindStream(c.Stream),
-		nats.DeliverAll(),
-		nats.AckExplicit(),
-		// The subscriber acks or naks once the router settled the
-		// message; nats.go must not ack when the callback returns.
-		nats.ManualAck(),
-		nats.AckWait(c.AckWait),
-		nats.MaxAckPending(maxPending),
-	}
-	if c.MaxDeliver != 0 {
-		opts = append(opts, nats.MaxDeliver(c.MaxDeliver))
-	}
-	sub, err := wmnats.NewSubscriberWithNatsConn(subConn, wmnats.SubscriberSubscriptionConfig{
-		Unmarshaler:       wire,
-		SubscribersCount:  maxInFlight,
-		AckWaitTimeout:    c.AckWait,
-		CloseTimeout:      c.DrainTimeout,
-		SubjectCalculator: subjects(c),
-		NakDelay:          wmnats.NewStaticDelay(NackDelay),
-		QueueGroupPrefix:  c.Consumer,
-		JetStream: wmnats.JetStreamConfig{
-			SubscribeOptions:  opts,
-			DurableCalculator: durable,
-			DurablePrefix:     c.Consumer,
-			// An ack that is lost is a redelivery, which the dedup
-			// ledger recognises; waiting for the server's confirmation
-			// of each would cost a round trip per message.
-			AckAsync: true,
-		},
-	}, wl)
+	js, err := subConn.JetStream()
 	if err != nil {
-		return nil, nil, fmt.Errorf("watermill-nats: subscriber: %w", err)
+		return nil, nil, fmt.Errorf("watermill-nats: jetstream: %w", err)
 	}
-	return keepConn{pub}, sub, nil
+	s := &natsSubscriber{js: js, c: c, build: func(durable string) (*wmnats.Subscriber, error) {
+		return wmnats.NewSubscriberWithNatsConn(subConn, wmnats.SubscriberSubscriptionConfig{
+			Unmarshaler:       wire,
+			SubscribersCount:  max(c.MaxInFlight, 1),
+			AckWaitTimeout:    c.AckWait,
+			CloseTimeout:      c.DrainTimeout,
+			SubjectCalculator: subjects(c),
+			NakDelay:          wmnats.NewStaticDelay(NackDelay),
+			QueueGroupPrefix:  c.Consumer,
+			JetStream: wmnats.JetStreamConfig{
+				SubscribeOptions: []nats.SubOpt{
+					// Bound, not created by the subscription: nats.go
+					// deletes a consumer it created when the
+					// subscription ends, and the next start would read
+					// the stream again from its first event.
+					nats.Bind(c.Stream, durable),
+					// The subscriber acks or naks once the router
+					// settled the message; nats.go must not ack when
+					// the callback returns.
+					nats.ManualAck(),
+				},
+				DurableCalculator: func(string, string) string { return durable },
+				// An ack that is lost is a redelivery, which the dedup
+				// ledger recognises; waiting for the server's
+				// confirmation of each would cost a round trip per
+				// message.
+				AckAsync: true,
+			},
+		}, wl)
+	}}
+	return keepConn{pub}, s, nil
+}
+
+// natsSubscriber ensures a topic's durable push consumer, then reads it
+// through an upstream subscriber bound to it.
+type natsSubscriber struct {
+	js    nats.JetStreamContext
+	c     jetstream.Config
+	build func(durable string) (*wmnats.Subscriber, error)
+
+	mu   sync.Mutex
+	subs []*wmnats.Subscriber
+}
+
+func (s *natsSubscriber) String() string { return "watermill-nats.Subscriber" }
+
+func (s *natsSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	durable := s.c.Consumer + "_" + topic
+	if err := s.ensureConsumer(durable, topic); err != nil {
+		return nil, err
+	}
+	sub, err := s.build(durable)
+	if err != nil {
+		return nil, fmt.Errorf("watermill-nats: subscriber: %w", err)
+	}
+	s.mu.Lock()
+	s.subs = append(s.subs, sub)
+	s.mu.Unlock()
+	return sub.Subscribe(ctx, topic)
+}
+
+// ensureConsumer creates the durable push consumer of topic, or updates
+// it to c's settings. A pull consumer of that name (millrace's driver)
+// is an error that says so: the two drivers cannot share it.
+func (s *natsSubscriber) ensureConsumer(durable, topic string) error {
+	maxPending := s.c.MaxBuffered
+	if maxPending <= 0 {
+		maxPending = 16 * max(s.c.MaxInFlight, 1)
+	}
+	cc := &nats.ConsumerConfig{
+		Durable: durable, DeliverGroup: durable,
+		// Outside the stream's "<prefix>.>", and the same at every
+		// start, so that an update keeps it.
+		DeliverSubject: s.c.SubjectPrefix + "_deliver." + durable,
+		DeliverPolicy:  nats.DeliverAllPolicy,
+		AckPolicy:      nats.AckExplicitPolicy,
+		AckWait:        s.c.AckWait,
+		MaxDeliver:     s.c.MaxDeliver,
+		MaxAckPending:  maxPending,
+		FilterSubject:  s.c.SubjectPrefix + "." + topic + ".>",
+	}
+	info, err := s.js.ConsumerInfo(s.c.Stream, durable)
+	switch {
+	case errors.Is(err, nats.ErrConsumerNotFound):
+		_, err = s.js.AddConsumer(s.c.Stream, cc)
+	case err != nil:
+	case info.Config.DeliverSubject == "":
+		return fmt.Errorf("watermill-nats: consumer %s of stream %s is a pull consumer (bus.driver \"millrace\"'s): remove it or set another nats.consumer (docs/drivers.md)",
+			durable, s.c.Stream)
+	default:
+		_, err = s.js.UpdateConsumer(s.c.Stream, cc)
+	}
+	if err != nil {
+		return fmt.Errorf("watermill-nats: consumer %s of stream %s: %w", durable, s.c.Stream, err)
+	}
+	return nil
+}
+
+// Close closes the upstream subscribers; each drains the connection.
+func (s *natsSubscriber) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, sub := range s.subs {
+		errs = append(errs, sub.Close())
+	}
+	s.subs = nil
+	return errors.Join(errs...)
 }
 
 // subjects maps a topic to the subjects bus/jetstream uses: the

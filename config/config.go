@@ -24,6 +24,7 @@ type Config struct {
 	Log       Log                 `koanf:"log"`
 	HTTP      HTTP                `koanf:"http"`
 	Router    Router              `koanf:"router"`
+	Bus       Bus                 `koanf:"bus"`
 	Embedded  Embedded            `koanf:"embedded"`
 	Sources   []Source            `koanf:"sources"`
 	Postgres  Postgres            `koanf:"postgres"`
@@ -123,6 +124,24 @@ type Router struct {
 	// Default 0: 16 × max_in_flight.
 	MaxBuffered int `koanf:"max_buffered"`
 }
+
+// Bus picks the implementation of the topology's bus.
+type Bus struct {
+	// Driver is "millrace" (default), the topology's own bus (per-entity
+	// lanes, delayed redelivery, partitions), or "watermill", the
+	// upstream Watermill Pub/Sub of the same broker built from the same
+	// keys: watermill-nats/v2 on the embedded, nats and multidb
+	// topologies, watermill-redisstream on the redis topology. The
+	// topology refuses a driver it has not. docs/drivers.md lists what
+	// each keeps.
+	Driver string `koanf:"driver"`
+}
+
+// Bus drivers (bus.driver).
+const (
+	DriverMillrace  = "millrace"
+	DriverWatermill = "watermill"
+)
 
 // Embedded configures the in-process NATS JetStream server.
 type Embedded struct {

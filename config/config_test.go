@@ -117,6 +117,29 @@ func TestEnvOverride(t *testing.T) {
 	}
 }
 
+// bus.driver defaults to millrace's buses, and MILLRACE_BUS__DRIVER
+// picks the upstream ones, or names the key when its value is not one.
+func TestBusDriver(t *testing.T) {
+	cfg, err := config.Parse(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Bus.Driver != config.DriverMillrace {
+		t.Errorf("default bus.driver = %q, want %q", cfg.Bus.Driver, config.DriverMillrace)
+	}
+	cfg, err = config.Parse(nil, []string{"MILLRACE_BUS__DRIVER=watermill"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Bus.Driver != config.DriverWatermill {
+		t.Errorf("bus.driver = %q from MILLRACE_BUS__DRIVER, want %q", cfg.Bus.Driver, config.DriverWatermill)
+	}
+	_, err = config.Parse([]byte("[bus]\ndriver = \"sarama\"\n"), nil)
+	if err == nil || !strings.HasPrefix(err.Error(), "bus.driver: ") {
+		t.Errorf("bus.driver = sarama: %v, want an error naming bus.driver", err)
+	}
+}
+
 func TestUnknownKeys(t *testing.T) {
 	tests := []struct {
 		name, toml string
@@ -186,6 +209,7 @@ func TestValidate(t *testing.T) {
 		{"role", func(c *config.Config) { c.Role = "both" }, "role"},
 		{"log level", func(c *config.Config) { c.Log.Level = "loud" }, "log.level"},
 		{"log format", func(c *config.Config) { c.Log.Format = "xml" }, "log.format"},
+		{"bus driver", func(c *config.Config) { c.Bus.Driver = "kafka" }, "bus.driver"},
 		{"http addr", func(c *config.Config) { c.HTTP.Addr = "8080" }, "http.addr"},
 		{"max body", func(c *config.Config) { c.HTTP.MaxBodyBytes = 0 }, "http.max_body_bytes"},
 		{"open ingest beyond loopback", func(c *config.Config) { c.HTTP.Addr = "0.0.0.0:8080" }, "http.ingest_tokens"},

@@ -100,6 +100,7 @@ func (c *Config) Validate() error {
 	oneOf("role", c.Role, "all", "capture", "observe")
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "auto", "text", "json")
+	oneOf("bus.driver", c.Bus.Driver, DriverMillrace, DriverWatermill)
 
 	c.validateHTTP(add)
 	if c.HTTP.MaxBodyBytes <= 0 {

@@ -15,6 +15,7 @@ import (
 	njs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/bus/jetstream"
+	"github.com/millrace/millrace/bus/watermill"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/stores"
 )
@@ -106,8 +107,18 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		logger.Warn("nats: redis.url is not set: dedup and the result cache are per process")
 	}
 
-	b.Publisher = jetstream.NewPublisher(js, jc)
-	b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
+	if cfg.Bus.Driver == config.DriverWatermill {
+		subConn, err := connectNATS(cfg, logger, busMetrics)
+		if err != nil {
+			return nil, err
+		}
+		if err := UpstreamNATS(b, nc, subConn, jc, logger); err != nil {
+			return nil, err
+		}
+	} else {
+		b.Publisher = jetstream.NewPublisher(js, jc)
+		b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
+	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
 	// Redis holds only the stores here, which fail open: while it is
 	// down events still flow, so it does not make the process unready.
@@ -129,9 +140,26 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		busReady := b.Ready
 		b.Ready = func(ctx context.Context) error { return errors.Join(busReady(ctx), srcs.Ready(ctx)) }
 	}
-	logger.Info("nats topology: JetStream bus", "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
+	logger.Info("nats topology: JetStream bus", "driver", cfg.Bus.Driver, "url", nc.ConnectedUrlRedacted(), "stream", jc.Stream,
 		"subjects", jc.StreamSubjects(), "consumer", jc.Consumer, "partitions", jc.Partitions, "sources", len(b.Captures))
 	return b, nil
+}
+
+// UpstreamNATS sets b's bus to watermill-nats/v2's JetStream Pub/Sub
+// (bus.driver = "watermill", package bus/watermill) on the stream of
+// jc: the publisher on nc, the subscriber on subConn, which it owns and
+// b closes (the upstream subscriber drains it).
+func UpstreamNATS(b *Backend, nc, subConn *natsgo.Conn, jc jetstream.Config, logger *slog.Logger) error {
+	pub, sub, err := watermill.NewNATS(nc, subConn, jc, logger.With("component", "bus"))
+	if err != nil {
+		subConn.Close()
+		return err
+	}
+	b.Publisher, b.Subscriber = pub, sub
+	// The router closes the subscriber when it ran; a backend closed
+	// without running closes it here (Close is idempotent).
+	b.Closers = append(b.Closers, func() error { subConn.Close(); return nil }, sub.Close)
+	return nil
 }
 
 // connectNATS connects to nats.url for the bus, reconnecting forever

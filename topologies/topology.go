@@ -116,6 +116,10 @@ type Topology struct {
 	// Features is what the topology provides; actions check it at
 	// validate time (handlers.ConfigChecker).
 	Features config.Features
+	// Watermill says that Build also builds the bus from the upstream
+	// Watermill Pub/Sub of its broker when bus.driver is "watermill";
+	// Check refuses that driver on a topology without it.
+	Watermill bool
 }
 
 // Registry maps topology names to their entries. It is a value: cmd/
@@ -183,14 +187,24 @@ func (r *Registry) Check(cfg *config.Config) error {
 	if t.Validate != nil {
 		errs = append(errs, t.Validate(cfg))
 	}
-	if !t.Features.Partitions {
+	upstream := cfg.Bus.Driver == config.DriverWatermill
+	if upstream && !t.Watermill {
+		errs = append(errs, config.Errorf("bus.driver", "%q: the %s topology has no Watermill driver (use %q)",
+			cfg.Bus.Driver, cfg.Topology, config.DriverMillrace))
+	}
+	if !t.Features.Partitions || upstream {
 		// Ignored, they would promise an order across worker processes
 		// that the topology does not keep.
 		for _, p := range []struct {
 			key string
 			n   int
 		}{{"nats.partitions", cfg.NATS.Partitions}, {"redis.partitions", cfg.Redis.Partitions}} {
-			if p.n != 0 {
+			switch {
+			case p.n == 0:
+			case upstream && t.Features.Partitions:
+				errs = append(errs, config.Errorf(p.key, "is %d, but bus.driver %q has no partitions (leave it 0, or use the %q driver)",
+					p.n, cfg.Bus.Driver, config.DriverMillrace))
+			default:
 				errs = append(errs, config.Errorf(p.key, "is %d, but the %s topology has no partitions (leave it 0)", p.n, cfg.Topology))
 			}
 		}

@@ -237,3 +237,62 @@ func TestPartitionsNeedTheFeature(t *testing.T) {
 		t.Errorf("Check(single) = %v; want the nats.partitions error", err)
 	}
 }
+
+// bus.driver = "watermill" is refused, naming the key, on a topology
+// without an upstream driver, and refuses partitions, naming theirs.
+func TestWatermillDriverNeedsTheTopology(t *testing.T) {
+	r := builtins(t)
+	cfg := func(topology string, nats, redis int) *config.Config {
+		c := config.Default()
+		c.Topology = topology
+		c.Bus.Driver = config.DriverWatermill
+		c.Postgres.URL, c.Redis.URL = "postgres://x", "redis://x"
+		c.NATS.Partitions, c.Redis.Partitions = nats, redis
+		return c
+	}
+	for _, tt := range []struct {
+		topology    string
+		nats, redis int
+		want        string
+	}{
+		{"postgres", 0, 0, `bus.driver: "watermill": the postgres topology has no Watermill driver (use "millrace")`},
+		{"nats", 4, 0, `nats.partitions: is 4, but bus.driver "watermill" has no partitions (leave it 0, or use the "millrace" driver)`},
+		{"redis", 0, 8, `redis.partitions: is 8, but bus.driver "watermill" has no partitions (leave it 0, or use the "millrace" driver)`},
+		{"embedded", 0, 0, ""},
+		{"nats", 0, 0, ""},
+		{"redis", 0, 0, ""},
+	} {
+		var got []string
+		for _, e := range config.Errors(r.Check(cfg(tt.topology, tt.nats, tt.redis))) {
+			got = append(got, e.Error())
+		}
+		if strings.Join(got, "\n") != tt.want {
+			t.Errorf("%s: Check() =\n%s\nwant\n%s", tt.topology, strings.Join(got, "\n"), tt.want)
+		}
+	}
+}
+
+// WithBus keeps the base's checks and features but partitions, and
+// refuses bus.driver = "watermill", naming the key.
+func TestWithBus(t *testing.T) {
+	base := topologies.Topology{Name: "base", Build: noBuild, Features: config.Features{Topics: true, Partitions: true},
+		Validate: func(*config.Config) error { return config.Errorf("base.key", "base check") }}
+	custom := topologies.WithBus("custom", base, nil)
+	if custom.Features != (config.Features{Topics: true}) {
+		t.Errorf("features %+v, want the base's without partitions", custom.Features)
+	}
+	r := topologies.NewRegistry()
+	r.MustRegister(custom)
+	cfg := config.Default()
+	cfg.Topology = "custom"
+	cfg.Bus.Driver = config.DriverWatermill
+	var got []string
+	for _, e := range config.Errors(r.Check(cfg)) {
+		got = append(got, e.Error())
+	}
+	want := []string{"base.key: base check",
+		`bus.driver: "watermill": the custom topology has no Watermill driver (use "millrace")`}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Check() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

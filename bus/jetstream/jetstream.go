@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -149,21 +148,7 @@ func NewPublisher(js jetstream.JetStream, cfg Config) *Publisher {
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
 	for _, m := range msgs {
-		nm := nats.NewMsg(p.cfg.PartitionSubject(topic, bus.PartitionKey(m), m.Metadata.Get(bus.SubjectMetadata)))
-		nm.Data = m.Payload
-		// The duplicate window is stream-wide; the topic in the id keeps
-		// the same message on two topics from being dropped as one.
-		nm.Header.Set(jetstream.MsgIDHeader, topic+":"+m.UUID)
-		nm.Header.Set(uuidHeader, m.UUID)
-		for k, v := range m.Metadata {
-			switch k {
-			case bus.KeyMetadata:
-				nm.Header.Set(keyHeader, v)
-			case bus.SubjectMetadata, bus.RetryDelayMetadata:
-			default:
-				nm.Header[metaPrefix+k] = []string{v}
-			}
-		}
+		nm := p.cfg.natsMsg(topic, m)
 		f, err := p.js.PublishMsgAsync(nm)
 		if err != nil {
 			return fmt.Errorf("jetstream: publish %s: %w", m.UUID, err)
@@ -437,14 +422,7 @@ func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Mess
 		}
 	}
 	msg.Metadata.Set(bus.KeyMetadata, key)
-	for k, v := range h {
-		if strings.HasPrefix(k, metaPrefix) && len(v) > 0 {
-			msg.Metadata.Set(k[len(metaPrefix):], v[0])
-		}
-	}
-	if md, err := nm.Metadata(); err == nil {
-		msg.Metadata.Set(bus.DeliveryMetadata, strconv.FormatUint(md.NumDelivered, 10))
-	}
+	setMetadata(msg, nm)
 	return msg, key, cancel
 }
 

@@ -71,9 +71,16 @@ func Runs() []string {
 	return append(Topologies(), "nats"+WALRun, "redis"+WALRun, "multidb"+WALRun)
 }
 
+// WatermillRun is the suffix of a run on the topology's upstream
+// Watermill bus driver (bus.driver = "watermill", with the example's
+// partitions off, as that driver has none, and router.max_in_flight =
+// 1): "nats+watermill".
+const WatermillRun = "+watermill"
+
 // SplitRun returns the topology of a run and its capture, "trigger" or
 // "wal".
 func SplitRun(run string) (topology, capture string) {
+	run = strings.TrimSuffix(run, WatermillRun)
 	if t, ok := strings.CutSuffix(run, WALRun); ok {
 		return t, "wal"
 	}
@@ -260,6 +267,12 @@ func NewRig(t *testing.T, run string, opts Options) *Rig {
 		"MILLRACE_HTTP__ADDR=" + r.Addr,
 		"MILLRACE_LOG__FORMAT=json",
 		"MILLRACE_LOG__LEVEL=" + or(opts.LogLevel, "info"),
+	}
+	if strings.HasSuffix(run, WatermillRun) {
+		// One event at a time: the setting under which the upstream
+		// subscribers keep the order per entity (docs/drivers.md).
+		env = append(env, "MILLRACE_BUS__DRIVER=watermill", "MILLRACE_NATS__PARTITIONS=0", "MILLRACE_REDIS__PARTITIONS=0",
+			"MILLRACE_ROUTER__MAX_IN_FLIGHT=1")
 	}
 	set := func(section, key, value string) {
 		env = append(env, "MILLRACE_"+strings.ToUpper(section)+"__"+strings.ToUpper(key)+"="+value)

@@ -123,8 +123,19 @@ func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	}
 	b.Closers = append(b.Closers, closeLedger)
 	b.Dedup, b.Cache = ledger, ledger
-	b.Publisher = jetstream.NewPublisher(js, jc)
-	b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
+	if cfg.Bus.Driver == config.DriverWatermill {
+		subConn, err := nats.Connect(ns.ClientURL(), append([]nats.Option{nats.InProcessServer(ns), nats.Name("millrace subscriber")},
+			jetstream.ConnHandlers(logger, busMetrics)...)...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("embedded: connect: %w", err)
+		}
+		if err := topologies.UpstreamNATS(b, nc, subConn, jc, logger); err != nil {
+			return nil, nil, fmt.Errorf("embedded: %w", err)
+		}
+	} else {
+		b.Publisher = jetstream.NewPublisher(js, jc)
+		b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
+	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
 	b.Ready = func(context.Context) error {
 		if !nc.IsConnected() {
@@ -132,7 +143,7 @@ func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		}
 		return nil
 	}
-	logger.Info("embedded NATS JetStream started", "url", ns.ClientURL(), "data_dir", cfg.Embedded.DataDir,
+	logger.Info("embedded NATS JetStream started", "driver", cfg.Bus.Driver, "url", ns.ClientURL(), "data_dir", cfg.Embedded.DataDir,
 		"sync", syncSetting(ns.JetStreamConfig()))
 	return b, ns, nil
 }

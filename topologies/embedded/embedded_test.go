@@ -2,14 +2,18 @@ package embedded
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/internal/testenv"
 )
@@ -82,5 +86,48 @@ func TestAsyncErrorsMetric(t *testing.T) {
 	n, err := testutil.GatherAndCount(reg, "millrace_bus_async_errors_total")
 	if err != nil || n != 2 {
 		t.Errorf("millrace_bus_async_errors_total: %d series (%v); want 2 (slow_consumer, other)", n, err)
+	}
+}
+
+// With bus.driver = "watermill" the embedded server carries events
+// through watermill-nats: one published message is delivered with its
+// ordering key, and acked.
+func TestWatermillDriver(t *testing.T) {
+	cfg := config.Default()
+	cfg.Embedded.DataDir = t.TempDir()
+	cfg.Bus.Driver = config.DriverWatermill
+	cfg.Router.ShutdownTimeout = config.Duration(time.Second)
+	b, err := Build(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	if name := fmt.Sprint(b.Subscriber); name != "watermill-nats.Subscriber" {
+		t.Errorf("subscriber is %s, want watermill-nats's", name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	msgs, err := b.Subscriber.Subscribe(ctx, cfg.Router.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := message.NewMessage(watermill.NewUUID(), []byte(`{}`))
+	bus.Route(m, "shop", "Order", "1", "", "INSERT")
+	if err := b.Publisher.Publish(cfg.Router.Topic, m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-msgs:
+		got.Ack()
+		if got.UUID != m.UUID || got.Metadata.Get(bus.KeyMetadata) != m.Metadata.Get(bus.KeyMetadata) {
+			t.Errorf("received %s with key %q, want %s with key %q", got.UUID, got.Metadata.Get(bus.KeyMetadata),
+				m.UUID, m.Metadata.Get(bus.KeyMetadata))
+		}
+	case <-ctx.Done():
+		t.Fatal("no message within 20s")
 	}
 }

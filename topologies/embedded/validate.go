@@ -13,7 +13,7 @@ import (
 func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "embedded", Build: Build, Validate: Validate,
-		Features: config.Features{Topics: true, DurableDeadLetters: true},
+		Features: config.Features{Topics: true, DurableDeadLetters: true}, Watermill: true,
 	}
 }
 

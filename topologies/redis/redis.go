@@ -8,6 +8,7 @@ import (
 	"github.com/millrace/millrace/stores"
 
 	"github.com/millrace/millrace/bus/redisstream"
+	"github.com/millrace/millrace/bus/watermill"
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
 )
@@ -51,10 +52,21 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	b.DeadLetters = dlq
 
 	bc := BusConfig(cfg)
-	b.Publisher = redisstream.NewPublisher(client, bc)
-	sub := redisstream.NewSubscriber(client, bc, logger.With("component", "bus"))
-	b.Subscriber = sub
-	b.Closers = append(b.Closers, sub.Close)
+	sc := bc // as the bus completes it, for the log
+	sc.SetDefaults()
+	if cfg.Bus.Driver == config.DriverWatermill {
+		pub, sub, err := watermill.NewRedis(client, bc, logger.With("component", "bus"))
+		if err != nil {
+			return nil, err
+		}
+		b.Publisher, b.Subscriber = pub, sub
+		b.Closers = append(b.Closers, sub.Close)
+	} else {
+		sub := redisstream.NewSubscriber(client, bc, logger.With("component", "bus"))
+		b.Publisher, b.Subscriber = redisstream.NewPublisher(client, bc), sub
+		b.Closers = append(b.Closers, sub.Close)
+		sc = sub.Config()
+	}
 	b.Ready = redisReady
 	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
 		srcs, err := topologies.OpenSources(ctx, cfg, logger)
@@ -71,8 +83,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		// lost as much as the bus.
 		b.Ready = func(ctx context.Context) error { return errors.Join(redisReady(ctx), srcs.Ready(ctx)) }
 	}
-	sc := sub.Config()
-	logger.Info("redis topology: Redis Streams bus", "stream", sc.Stream(cfg.Router.Topic), "group", sc.Group,
+	logger.Info("redis topology: Redis Streams bus", "driver", cfg.Bus.Driver, "stream", sc.Stream(cfg.Router.Topic), "group", sc.Group,
 		"consumer", sc.Consumer, "partitions", sc.Partitions, "sources", len(b.Captures))
 	return b, nil
 }

@@ -12,7 +12,7 @@ import (
 func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "redis", Build: Build, Validate: Validate,
-		Features: config.Features{Topics: true, Partitions: true, DurableDeadLetters: true},
+		Features: config.Features{Topics: true, Partitions: true, DurableDeadLetters: true}, Watermill: true,
 	}
 }
 

@@ -1,0 +1,87 @@
+package jetstream
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/millrace/millrace/bus"
+)
+
+// WireFormat writes and reads messages as this bus does (docs/bus.md):
+// subject "<prefix>.<topic>[.<partition>].<suffix>", Nats-Msg-Id
+// "<topic>:<uuid>", Millrace-Uuid, Millrace-Key and Millrace-Md-<name>
+// headers. It has the methods of watermill-nats's Marshaler and
+// Unmarshaler, so that another Watermill Pub/Sub on the same stream
+// (bus.driver = "watermill") writes and reads what this bus does, and a
+// producer that follows docs/bus.md works with either.
+type WireFormat struct{ Config Config }
+
+// Marshal is the message of m on topic.
+func (w WireFormat) Marshal(topic string, m *message.Message) (*nats.Msg, error) {
+	return w.Config.natsMsg(topic, m), nil
+}
+
+// Unmarshal is the message of nm. It never fails: a message without
+// Millrace-Uuid takes its Nats-Msg-Id, or a new UUID, and a payload
+// that is not an event reaches the handler, which dead-letters it.
+// Without Millrace-Key the key comes from the envelope, as for the
+// millrace driver, or is the subject.
+func (WireFormat) Unmarshal(nm *nats.Msg) (*message.Message, error) {
+	id := nm.Header.Get(uuidHeader)
+	if id == "" {
+		id = nm.Header.Get(jetstream.MsgIDHeader)
+	}
+	if id == "" {
+		id = watermill.NewUUID()
+	}
+	msg := message.NewMessage(id, nm.Data)
+	key := nm.Header.Get(keyHeader)
+	if key == "" {
+		var ok bool
+		if key, ok = bus.KeyFromPayload(nm.Data); !ok {
+			key = nm.Subject
+		}
+	}
+	msg.Metadata.Set(bus.KeyMetadata, key)
+	setMetadata(msg, nm)
+	return msg, nil
+}
+
+// natsMsg is the message of m on topic: subject, headers and payload.
+func (c Config) natsMsg(topic string, m *message.Message) *nats.Msg {
+	nm := nats.NewMsg(c.PartitionSubject(topic, bus.PartitionKey(m), m.Metadata.Get(bus.SubjectMetadata)))
+	nm.Data = m.Payload
+	// The duplicate window is stream-wide; the topic in the id keeps
+	// the same message on two topics from being dropped as one.
+	nm.Header.Set(jetstream.MsgIDHeader, topic+":"+m.UUID)
+	nm.Header.Set(uuidHeader, m.UUID)
+	for k, v := range m.Metadata {
+		switch k {
+		case bus.KeyMetadata:
+			nm.Header.Set(keyHeader, v)
+		case bus.SubjectMetadata, bus.RetryDelayMetadata:
+		default:
+			nm.Header[metaPrefix+k] = []string{v}
+		}
+	}
+	return nm
+}
+
+// setMetadata copies the Millrace-Md- headers of nm onto msg, and the
+// number of this delivery (bus.DeliveryMetadata) when nm came from a
+// consumer.
+func setMetadata(msg *message.Message, nm *nats.Msg) {
+	for k, v := range nm.Header {
+		if strings.HasPrefix(k, metaPrefix) && len(v) > 0 {
+			msg.Metadata.Set(k[len(metaPrefix):], v[0])
+		}
+	}
+	if md, err := nm.Metadata(); err == nil {
+		msg.Metadata.Set(bus.DeliveryMetadata, strconv.FormatUint(md.NumDelivered, 10))
+	}
+}

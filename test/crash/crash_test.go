@@ -38,6 +38,17 @@ func TestCrash(t *testing.T) {
 	}
 }
 
+// TestCrashUpstreamDrivers is TestCrash on the topologies' upstream
+// Watermill bus drivers (bus.driver = "watermill", docs/drivers.md).
+func TestCrashUpstreamDrivers(t *testing.T) {
+	for _, topology := range []string{"nats" + e2e.WatermillRun, "redis" + e2e.WatermillRun} {
+		t.Run(topology, func(t *testing.T) {
+			t.Parallel()
+			crash(t, topology)
+		})
+	}
+}
+
 func crash(t *testing.T, topology string) {
 	recv := e2e.NewReceiver(t)
 	r := e2e.NewRig(t, topology, e2e.Options{

@@ -94,6 +94,10 @@ type Options struct {
 	// millrace's config) or the interval of the server's background
 	// fsync, e.g. "2m", NATS's own default.
 	EmbeddedSync string
+	// BusDriver is bus.driver of the runs on the topologies that have an
+	// upstream Watermill driver: "millrace" (the default) or "watermill"
+	// (docs/drivers.md), whose runs have no partitions.
+	BusDriver string
 	// CPUProfile writes a CPU profile of each topology's no-op run to
 	// OutDir/profiles and puts its top entries in the results.
 	CPUProfile bool
@@ -134,6 +138,7 @@ func (o *Options) setDefaults() {
 	o.Rate = cmp.Or(o.Rate, DefaultRate)
 	o.OutDir = cmp.Or(o.OutDir, DefaultOutDir)
 	o.EmbeddedSync = cmp.Or(o.EmbeddedSync, config.SyncAlways)
+	o.BusDriver = cmp.Or(o.BusDriver, config.DriverMillrace)
 	o.PostgresURL = cmp.Or(o.PostgresURL, os.Getenv(PostgresURLEnv), DefaultPostgresURL)
 	o.RedisURL = cmp.Or(o.RedisURL, os.Getenv(RedisURLEnv), DefaultRedisURL)
 	o.NATSURL = cmp.Or(o.NATSURL, os.Getenv(NATSURLEnv), DefaultNATSURL)
@@ -174,6 +179,9 @@ func (o Options) validate() error {
 	}
 	if _, _, err := config.ParseSync(o.EmbeddedSync); err != nil {
 		errs = append(errs, fmt.Errorf("bench: embedded sync: %w", err))
+	}
+	if o.BusDriver != config.DriverMillrace && o.BusDriver != config.DriverWatermill {
+		errs = append(errs, fmt.Errorf("bench: bus driver must be %q or %q, got %q", config.DriverMillrace, config.DriverWatermill, o.BusDriver))
 	}
 	return errors.Join(errs...)
 }

@@ -197,7 +197,11 @@ func (s *suite) config(spec topoSpec, env *runEnv, action config.Action, sc scen
 	cfg.Embedded.DataDir = env.dataDir
 	cfg.Embedded.Sync = s.opts.EmbeddedSync
 	cfg.NATS.URL = s.opts.NATSURL
-	if s.opts.Registry.Features(spec.name).Partitions {
+	upstream := false
+	if t, ok := s.opts.Registry.Lookup(spec.name); ok && t.Watermill && s.opts.BusDriver == config.DriverWatermill {
+		cfg.Bus.Driver, upstream = config.DriverWatermill, true
+	}
+	if s.opts.Registry.Features(spec.name).Partitions && !upstream {
 		// The others refuse the keys: they have no partitions to set.
 		n := s.opts.Partitions
 		if sc.partitions != nil {

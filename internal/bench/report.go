@@ -67,6 +67,9 @@ func (r *Results) Markdown() string {
 		p("- `embedded.sync` = %q on the embedded runs and their ceiling: the server forces its writes to disk every %s, not before each acknowledgement.\n",
 			r.Settings.EmbeddedSync, r.Settings.EmbeddedSync)
 	}
+	if r.Settings.BusDriver == config.DriverWatermill {
+		p("- `bus.driver` = \"watermill\" on the topologies that have one: the upstream Watermill Pub/Sub as the bus (docs/drivers.md), without partitions.\n")
+	}
 	if r.Settings.BudgetS > 0 {
 		p("- Budget: %s s for the whole suite; a saturated run that used up its share reports the events delivered until then (time-boxed).\n", dec(r.Settings.BudgetS))
 	}

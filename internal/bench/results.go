@@ -62,6 +62,9 @@ type Settings struct {
 	// EmbeddedSync is embedded.sync of the embedded runs and their
 	// ceiling.
 	EmbeddedSync string `json:"embedded_sync"`
+	// BusDriver is bus.driver of the runs on topologies with an upstream
+	// Watermill driver.
+	BusDriver string `json:"bus_driver"`
 	// Scenarios are the runs asked for (Options.Scenarios).
 	Scenarios []string `json:"scenarios"`
 }
@@ -228,7 +231,7 @@ func newResults(o Options) *Results {
 			Arch: runtime.GOARCH, LoadStart: loadAverage()},
 		Settings: Settings{Events: o.events(), SteadyEvents: o.steadyEvents(), PayloadBytes: o.PayloadBytes,
 			Rate: o.Rate, BatchSize: batchSize, Quick: o.Quick, CPUProfile: o.CPUProfile, BudgetS: o.Budget.Seconds(),
-			Partitions: o.Partitions, EmbeddedSync: o.EmbeddedSync, Scenarios: o.Scenarios},
+			Partitions: o.Partitions, EmbeddedSync: o.EmbeddedSync, BusDriver: o.BusDriver, Scenarios: o.Scenarios},
 		Topologies: []*Topology{},
 		Targets:    []Target{},
 	}

@@ -29,18 +29,10 @@ func (c Config) Export(ctx context.Context, pool *pgxpool.Pool, from int64, sinc
 		}
 		var all []row
 		for rows.Next() {
-			var (
-				h  string
-				rw row
-				id *string
-			)
-			if err := rows.Scan(&h, &rw.pos, &id, &rw.op, &rw.entity, &rw.entityID, &rw.after, &rw.before,
-				&rw.changes, &rw.userID, &rw.tenantID, &rw.createdAt, &rw.source, &rw.seq, &rw.metadata); err != nil {
+			rw, _, err := scanRow(rows)
+			if err != nil {
 				rows.Close()
 				return fmt.Errorf("capture: export: %w", err)
-			}
-			if id != nil {
-				rw.id = *id
 			}
 			all = append(all, rw)
 		}

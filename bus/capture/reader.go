@@ -138,22 +138,14 @@ func (r *reader) read(ctx context.Context, conn *pgx.Conn, n int) (out []row, mo
 	var horizon uint64
 	var all []row
 	for rows.Next() {
-		var (
-			h  string
-			rw row
-			id *string
-		)
-		if err := rows.Scan(&h, &rw.pos, &id, &rw.op, &rw.entity, &rw.entityID, &rw.after, &rw.before,
-			&rw.changes, &rw.userID, &rw.tenantID, &rw.createdAt, &rw.source, &rw.seq, &rw.metadata); err != nil {
+		rw, h, err := scanRow(rows)
+		if err != nil {
 			rows.Close()
 			return nil, false, fmt.Errorf("read change log: %w", err)
 		}
 		if horizon, err = strconv.ParseUint(h, 10, 64); err != nil {
 			rows.Close()
 			return nil, false, fmt.Errorf("read change log: snapshot xmin %q: %w", h, err)
-		}
-		if id != nil {
-			rw.id = *id
 		}
 		all = append(all, rw)
 	}
@@ -236,4 +228,16 @@ func (r *reader) noteBlocked(pos int64) (first bool) {
 			"waiting", time.Since(r.blockedSince).Round(time.Second))
 	}
 	return false
+}
+
+// scanRow reads one row of the change-log query (reader's and export's)
+// and the snapshot horizon that comes first in it.
+func scanRow(rows pgx.Rows) (rw row, horizon string, err error) {
+	var id *string
+	err = rows.Scan(&horizon, &rw.pos, &id, &rw.op, &rw.entity, &rw.entityID, &rw.after, &rw.before,
+		&rw.changes, &rw.userID, &rw.tenantID, &rw.createdAt, &rw.source, &rw.seq, &rw.metadata)
+	if id != nil {
+		rw.id = *id
+	}
+	return rw, horizon, err
 }

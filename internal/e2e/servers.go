@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/internal/testenv"
 )
@@ -280,5 +281,104 @@ func (s *Server) Signal(sig syscall.Signal) {
 	defer s.mu.Unlock()
 	if s.cmd != nil {
 		_ = s.cmd.Process.Signal(sig)
+	}
+}
+
+// Sentinel is a Redis primary with one replica watched by three
+// sentinels, private to a test, for the tests that kill the primary.
+type Sentinel struct {
+	// Primary and Replica are the data servers as started; after a
+	// failover the replica is the master.
+	Primary, Replica *Server
+	// Sentinels are the three sentinels.
+	Sentinels []*Server
+	// Master is the name the sentinels monitor.
+	Master string
+	t      testing.TB
+}
+
+// StartRedisSentinel starts a primary and a replica (append-only, fsync
+// always) and three sentinels with a quorum of two, which declare the
+// primary down after 1 s without an answer, and waits until the replica
+// is in sync and every sentinel knows it.
+func StartRedisSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("e2e: redis-server is not installed (%v); test/services.sh installs it", err)
+	}
+	x := &Sentinel{t: t, Master: "millrace"}
+	x.Primary = StartRedisServer(t)
+	x.Replica = StartRedisServer(t)
+	x.Replica.args = append(x.Replica.args, "--replicaof", "127.0.0.1", strconv.Itoa(x.Primary.port))
+	x.Replica.Stop(syscall.SIGKILL)
+	x.Replica.Start()
+	for range 3 {
+		s := &Server{t: t, name: "redis-sentinel", port: testenv.FreePort(t), dir: t.TempDir()}
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+			"sentinel monitor %s 127.0.0.1 %d 2\n"+
+			"sentinel down-after-milliseconds %s 1000\n"+
+			"sentinel failover-timeout %s 10000\n",
+			s.port, s.dir, x.Master, x.Primary.port, x.Master, x.Master)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.args = []string{bin, conf, "--sentinel"}
+		t.Cleanup(func() { s.Stop(syscall.SIGKILL) })
+		s.Start()
+		x.Sentinels = append(x.Sentinels, s)
+	}
+	x.waitReplicas(1, 30*time.Second)
+	return x
+}
+
+// URL is the redis.url of the master through the sentinels
+// (go-redis's failover URL).
+func (x *Sentinel) URL() string {
+	u := "redis://" + x.Sentinels[0].Addr() + "/0?master_name=" + x.Master
+	for _, s := range x.Sentinels[1:] {
+		u += "&addr=" + s.Addr()
+	}
+	return u
+}
+
+// MasterAddr asks a sentinel for the current master's address.
+func (x *Sentinel) MasterAddr() (string, error) {
+	var last error
+	for _, s := range x.Sentinels {
+		c := redis.NewSentinelClient(&redis.Options{Addr: s.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second})
+		addr, err := c.GetMasterAddrByName(context.Background(), x.Master).Result()
+		_ = c.Close()
+		if err == nil && len(addr) == 2 {
+			return addr[0] + ":" + addr[1], nil
+		}
+		last = err
+	}
+	return "", fmt.Errorf("no sentinel names the master of %s: %v", x.Master, last)
+}
+
+// waitReplicas waits until every sentinel sees n replicas of the master.
+func (x *Sentinel) waitReplicas(n int, timeout time.Duration) {
+	x.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok := true
+		for _, s := range x.Sentinels {
+			c := redis.NewSentinelClient(&redis.Options{Addr: s.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second})
+			reps, err := c.Replicas(context.Background(), x.Master).Result()
+			_ = c.Close()
+			if err != nil || len(reps) < n {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			x.t.Fatalf("e2e: the sentinels do not see %d replica(s) of %s after %s", n, x.Master, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -230,15 +231,18 @@ func (s consoleSource) Breakers() []console.Breaker {
 // buses' and captures' own, and the handlers' message counts.
 var busSeries = []string{"millrace_bus_", "millrace_capture_", "subscriber_messages_received_total", "millrace_events_total", "millrace_dlq_size"}
 
-// notShown says, per topology, what the bus page cannot show: no
-// backend reports its consumers' pending counts or its capture position
-// yet (topologies.Backend has no hook for it).
+// notShown says, per topology, what the bus page cannot show.
 var notShown = map[string][]string{
-	"embedded": {"Lag per consumer and partition: the embedded JetStream server's consumer pending counts are not exported."},
-	"nats":     {"Lag per consumer and partition: JetStream consumer pending counts are not exported; read them with `nats consumer report`.", "Capture position vs head for trigger capture: the change log's read position is not exported; WAL capture shows the slot's retained WAL below."},
-	"multidb":  {"Lag per consumer and partition: JetStream consumer pending counts are not exported; read them with `nats consumer report`.", "Capture position vs head for trigger capture: not exported per source; WAL capture shows each slot's retained WAL below."},
-	"redis":    {"Lag per consumer group and partition: the stream groups' lag (XINFO GROUPS) is not exported.", "Capture position vs head for trigger capture: not exported; WAL capture shows the slot's retained WAL below."},
-	"postgres": {"Lag per consumer group: the change log's consumer group offsets are not exported.", "Capture position vs head: the change log is the bus, so there is no separate capture position."},
+	"embedded": {"Capture position vs head: HTTP ingest publishes straight to the bus; there is no capture to be behind."},
+	"nats": {"Capture position vs head for trigger capture: the change log's read position is not exported; " +
+		"WAL capture shows the slot's retained WAL (millrace_capture_wal_retained_bytes) below."},
+	"multidb": {"Capture position vs head for trigger capture: not exported per source; " +
+		"WAL capture shows each slot's retained WAL (millrace_capture_wal_retained_bytes) below."},
+	"redis": {"Capture position vs head for trigger capture: not exported; " +
+		"WAL capture shows the slot's retained WAL (millrace_capture_wal_retained_bytes) below.",
+		"Lag per group needs Redis 7 or later (XINFO GROUPS lag); older servers show -1."},
+	"postgres": {"Lag per consumer group: the change log's consumer-group offsets (watermill-sql) are not exported.",
+		"Capture position vs head: the change log is the bus, so there is no separate capture position."},
 }
 
 // Bus reports readiness and the bus's series.
@@ -250,6 +254,22 @@ func (s consoleSource) Bus(ctx context.Context) console.BusHealth {
 		h.Ready = errors.New("starting: " + why)
 	case b.Ready != nil:
 		h.Ready = b.Ready(ctx)
+	}
+	if b != nil && b.Lag != nil {
+		lags, err := b.Lag(ctx)
+		if err != nil {
+			h.LagError = err.Error()
+		}
+		for _, l := range lags {
+			cl := console.Lag{Consumer: l.Consumer, Pending: l.Pending, AckPending: l.AckPending,
+				Position: l.PositionID, Head: l.HeadID}
+			if cl.Position == "" && cl.Head == "" {
+				cl.Position, cl.Head = strconv.FormatUint(l.Position, 10), strconv.FormatUint(l.Head, 10)
+			}
+			h.Lags = append(h.Lags, cl)
+		}
+	} else if b != nil {
+		h.LagError = "topology " + s.r.cfg.Topology + " does not report its consumers' lag"
 	}
 	fams := s.families()
 	names := make([]string, 0, len(fams))

@@ -214,6 +214,9 @@ func TestConsoleDeadLetterFlow(t *testing.T) {
 	if body := get("/console/observers"); !strings.Contains(body, "breakers") || !strings.Contains(body, "p99") {
 		t.Errorf("observers page: %.2000s", body)
 	}
+	if body := get("/console/bus"); !strings.Contains(body, "<tr><td><code>millrace_events</code></td><td class=\"n\">0</td>") || !strings.Contains(body, `<span class="state closed">ready</span>`) {
+		t.Errorf("bus health does not show the embedded consumer ready: %.3000s", body)
+	}
 	if body := get("/console/deliveries"); !strings.Contains(body, "dead_lettered") {
 		t.Errorf("recent deliveries do not show the dead-lettered delivery: %.2000s", body)
 	}

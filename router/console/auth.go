@@ -97,16 +97,18 @@ func (c *Console) authenticated(req *http.Request) bool {
 }
 
 // sameOrigin refuses a state-changing request sent from another site's
-// page: browsers send Origin on every POST, and Sec-Fetch-Site where
-// they know it. A request with neither (curl with a bearer token) is
-// not a browser's and has no ambient credentials to abuse.
+// page. Browsers send Sec-Fetch-Site on every request, and it is what
+// decides; older ones send Origin on a POST (with Referrer-Policy
+// no-referrer it would be "null", hence same-origin below). A request
+// with neither (curl with a bearer token) is not a browser's and has no
+// ambient credentials to abuse.
 func sameOrigin(req *http.Request) bool {
-	if site := req.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
-		return false
+	if site := req.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin" || site == "none"
 	}
 	origin := req.Header.Get("Origin")
-	if origin == "" || origin == "null" {
-		return origin == ""
+	if origin == "" {
+		return true
 	}
 	u, err := url.Parse(origin)
 	return err == nil && u.Host == req.Host

@@ -99,7 +99,7 @@ func (c *Console) headers(h http.Handler) http.Handler {
 		hd := w.Header()
 		hd.Set("Content-Security-Policy", csp)
 		hd.Set("X-Content-Type-Options", "nosniff")
-		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Referrer-Policy", "same-origin")
 		hd.Set("X-Frame-Options", "DENY")
 		if !strings.HasPrefix(req.URL.Path, Prefix+"static/") {
 			hd.Set("Cache-Control", "no-store")

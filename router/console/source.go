@@ -42,7 +42,7 @@ type Observer struct {
 	// Matched counts events that matched the observer; the others
 	// split it by outcome.
 	Matched, Succeeded, SkippedCondition, Duplicate, DeadLettered, Logged, Dropped, Redelivered uint64
-	Actions                                                                                  []Action
+	Actions                                                                                     []Action
 }
 
 // Ran counts the events whose actions ran (not skipped by the
@@ -93,6 +93,10 @@ type BusHealth struct {
 	Topology string
 	// Ready is nil when the services the process needs answer.
 	Ready error
+	// Lags are the bus consumers' distances from the head; LagError
+	// says why they could not be read.
+	Lags     []Lag
+	LagError string
 	// Metrics are the bus's and the capture's own series.
 	Metrics []Metric
 	// Unavailable says, per topology, what the process cannot show.
@@ -105,4 +109,14 @@ type Metric struct {
 	Labels string
 	Value  float64
 	Help   string
+}
+
+// Lag is one bus consumer's distance from the head of the bus.
+type Lag struct {
+	Consumer string
+	// Pending counts messages not delivered yet (-1: unknown);
+	// AckPending those delivered and not acked.
+	Pending, AckPending int64
+	// Position and Head: the last position delivered and the bus's last.
+	Position, Head string
 }

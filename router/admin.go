@@ -181,6 +181,9 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("POST /v1/dlq/replay", auth(r.dlqReplay))
 	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
+	if r.cfg.HTTP.Console {
+		r.mountConsole(mux, token)
+	}
 }
 
 func errorBody(msg string) map[string]string { return map[string]string{"error": msg} }

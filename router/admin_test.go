@@ -70,6 +70,13 @@ func (rec *dlqRecorder) wait(t *testing.T, observer, id string) {
 // serves.
 func dlqTestRouter(t *testing.T, tokenEnv, observers string) (*Router, string, *dlqRecorder) {
 	t.Helper()
+	return dlqTestRouterEnv(t, tokenEnv, observers, nil)
+}
+
+// dlqTestRouterEnv is dlqTestRouter with config overrides given as
+// MILLRACE_* variables (e.g. "MILLRACE_HTTP__CONSOLE=true").
+func dlqTestRouterEnv(t *testing.T, tokenEnv, observers string, env []string) (*Router, string, *dlqRecorder) {
+	t.Helper()
 	rec := &dlqRecorder{seen: map[string][]string{}, ch: make(chan string, 1000)}
 	reg := handlers.NewRegistry()
 	handlers.MustRegister(reg, "dlqrecord", func(_ context.Context, c dlqRecordConfig, _ handlers.Deps) (handlers.Action, error) {
@@ -97,7 +104,7 @@ data_dir = %q
 [router]
 shutdown_timeout = "5s"
 %s
-`, tokenEnv, t.TempDir(), observers), nil)
+`, tokenEnv, t.TempDir(), observers), env)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -145,6 +145,7 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
 	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
+	b.Lag = JetStreamLag(js, jc.Stream)
 	// Redis holds only the stores here, which fail open: while it is
 	// down events still flow, so it does not make the process unready.
 	b.Ready = func(context.Context) error {

@@ -47,6 +47,10 @@ type Backend struct {
 	// Collectors are the backend's own metrics (the WAL captures'
 	// retained WAL); the router registers them beside its own.
 	Collectors []prometheus.Collector
+	// Lag, when set, reports how far each consumer of the bus is behind
+	// its head (the console's bus health page); nil when the topology
+	// cannot tell.
+	Lag func(ctx context.Context) ([]Lag, error)
 }
 
 // Close runs the closers in reverse order and joins their errors.

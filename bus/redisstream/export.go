@@ -19,10 +19,7 @@ import (
 // counts are not touched.
 func (c Config) Export(ctx context.Context, client redis.UniversalClient, topic string, since time.Time, limit int,
 	fn func(id string, payload []byte) error) error {
-	streams := []string{c.Stream(topic)}
-	for p := range max(c.Partitions, 0) {
-		streams = append(streams, c.partitionStream(topic, p))
-	}
+	streams := c.Streams(topic)
 	start := "-"
 	if !since.IsZero() {
 		start = strconv.FormatInt(since.UnixMilli(), 10)

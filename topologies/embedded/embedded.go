@@ -137,6 +137,7 @@ func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
 	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
+	b.Lag = topologies.JetStreamLag(js, jc.Stream)
 	b.Ready = func(context.Context) error {
 		if !nc.IsConnected() {
 			return errors.New("not connected to the embedded NATS server")

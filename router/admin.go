@@ -35,6 +35,8 @@ import (
 //	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}; "dry_run"
 //	DELETE /v1/dlq/{id}                     drop one entry
 //	DELETE /v1/dlq                          purge
+//	GET    /v1/dlq/export?observer=&since=  the dead letters' events as JSON lines (record.go)
+//	GET    /v1/record?since=&from_seq=&limit=  the events on the bus as JSON lines (record.go)
 
 // DeadLetterList is the body of GET /v1/dlq.
 type DeadLetterList struct {
@@ -163,7 +165,7 @@ func (r *Router) countDeadLetters(b *topologies.Backend) {
 	b.DeadLetters = stores.NewCountingDeadLetters(b.DeadLetters, r.dlqMetrics().written)
 }
 
-// mountAdmin adds the dead-letter routes to mux when an admin token is
+// mountAdmin adds the dead-letter and record routes to mux when an admin token is
 // configured, and the dead-letter metrics in any case.
 func (r *Router) mountAdmin(mux *http.ServeMux) {
 	r.dlqMetrics()
@@ -181,6 +183,8 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("POST /v1/dlq/replay", auth(r.dlqReplay))
 	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
+	mux.Handle("GET /v1/dlq/export", auth(r.dlqExport))
+	mux.Handle("GET /v1/record", auth(r.record))
 }
 
 func errorBody(msg string) map[string]string { return map[string]string{"error": msg} }

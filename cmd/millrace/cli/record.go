@@ -2,11 +2,16 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,6 +22,7 @@ import (
 	"github.com/millrace/millrace/bus/capture"
 	"github.com/millrace/millrace/bus/jetstream"
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/router"
 	"github.com/millrace/millrace/topologies"
 	redistopo "github.com/millrace/millrace/topologies/redis"
 )
@@ -26,6 +32,9 @@ type recordSpan struct {
 	since   time.Time
 	fromSeq int64
 	limit   int
+	// admin reaches the admin API of the running process whose bus is
+	// inside it (embedded); addr and tokenEnv default to the config's.
+	admin dlqClient
 }
 
 func recordCmd(o Options, stdout, stderr io.Writer) *cobra.Command {
@@ -47,8 +56,11 @@ events are not disturbed.
   postgres       SELECTs on each source's change log, in position
                  order; --from-seq is a change-log position
 
-The embedded topology keeps its bus inside the running process and
-cannot be recorded from outside.`,
+  embedded       the bus lives inside the running process: record asks
+                 its admin API (GET /v1/record, an ordered consumer
+                 there) at http.addr, or --addr, with the token in the
+                 variable http.admin_token_env names, or --token-env;
+                 --from-seq N starts after stream sequence N`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if since > 0 && span.fromSeq > 0 {
@@ -94,6 +106,8 @@ cannot be recorded from outside.`,
 	cmd.Flags().DurationVar(&since, "since", 0, "only events added within this duration (e.g. 1h)")
 	cmd.Flags().Int64Var(&span.fromSeq, "from-seq", 0, "start after this bus position: a stream sequence (nats, multidb) or a change-log position (postgres)")
 	cmd.Flags().IntVar(&span.limit, "limit", 0, "at most this many events (0: all)")
+	cmd.Flags().StringVar(&span.admin.addr, "addr", "", "embedded: address of the running millrace (default: the config's http.addr)")
+	cmd.Flags().StringVar(&span.admin.tokenEnv, "token-env", "", "embedded: variable holding the admin token (default: the config's http.admin_token_env)")
 	_ = cmd.MarkFlagRequired("config")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
@@ -131,6 +145,8 @@ func record(ctx context.Context, cfg *config.Config, span recordSpan, write func
 			func(_ string, p []byte) error { return write(p) })
 	case "postgres":
 		return recordChangeLogs(ctx, cfg, span, write)
+	case "embedded":
+		return recordAdmin(ctx, cfg, span, write)
 	}
 	return &exitError{code: ExitInvalid, err: fmt.Errorf("topology: %q cannot be recorded from outside its process", cfg.Topology)}
 }
@@ -184,4 +200,74 @@ func recordChangeLogs(ctx context.Context, cfg *config.Config, span recordSpan, 
 		}
 	}
 	return nil
+}
+
+// recordAdmin reads the bus of the running process through its admin
+// API, GET /v1/record, which streams one envelope per line and says in a
+// trailer when it stopped early.
+func recordAdmin(ctx context.Context, cfg *config.Config, span recordSpan, write func([]byte) error) error {
+	c := span.admin
+	c.name = "record"
+	if c.addr == "" {
+		c.addr = localAddr(cfg.HTTP.Addr)
+	}
+	if c.tokenEnv == "" {
+		c.tokenEnv = cfg.HTTP.AdminTokenEnv
+	}
+	if c.tokenEnv == "" {
+		return usageError("http.admin_token_env: not set; the %s topology is recorded through the admin API of the running process, which needs it (or give --token-env)", cfg.Topology)
+	}
+	q := url.Values{}
+	if span.fromSeq > 0 {
+		q.Set("from_seq", strconv.FormatInt(span.fromSeq, 10))
+	}
+	if !span.since.IsZero() {
+		q.Set("since", span.since.UTC().Format(time.RFC3339Nano))
+	}
+	if span.limit > 0 {
+		q.Set("limit", strconv.Itoa(span.limit))
+	}
+	resp, err := c.send(ctx, http.MethodGet, "/v1/record?"+q.Encode(), nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	n := 0
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			n++
+			if err := write(bytes.TrimRight(line, "\r\n")); err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("record: read after %d event(s): %w", n, err)
+		}
+	}
+	// Trailers are in once the body has been read to its end.
+	if msg := resp.Trailer.Get(router.RecordErrorHeader); msg != "" {
+		return fmt.Errorf("record: the server stopped after %d event(s): %s", n, msg)
+	}
+	return nil
+}
+
+// localAddr is the address to reach a process listening on addr from
+// the same host: a wildcard or empty host becomes loopback.
+func localAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -37,6 +37,7 @@ import (
 //	DELETE /v1/dlq                          purge
 //	GET    /v1/dlq/export?observer=&since=  the dead letters' events as JSON lines (record.go)
 //	GET    /v1/record?since=&from_seq=&limit=  the events on the bus as JSON lines (record.go)
+//	POST   /v1/try                          {"config", "against", "events"}: the try report (try.go)
 
 // DeadLetterList is the body of GET /v1/dlq.
 type DeadLetterList struct {
@@ -185,6 +186,7 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
 	mux.Handle("GET /v1/dlq/export", auth(r.dlqExport))
 	mux.Handle("GET /v1/record", auth(r.record))
+	mux.Handle("POST /v1/try", auth(r.tryConfigs))
 }
 
 func errorBody(msg string) map[string]string { return map[string]string{"error": msg} }

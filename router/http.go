@@ -25,6 +25,7 @@ import (
 //	GET  /metrics    Prometheus (behind http.metrics_token_env when set)
 //	/v1/dlq...       the dead-letter admin API (admin.go)
 //	/v1/record       the events on the bus, for millrace record (record.go)
+//	/v1/try          millrace try over HTTP (try.go)
 func (r *Router) Handler() http.Handler {
 	mux := http.NewServeMux()
 	if r.cfg.HTTP.Ingest {

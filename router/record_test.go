@@ -57,7 +57,7 @@ func ingestEvents(t *testing.T, addr string, n int) []*event.Event {
 	evs := make([]*event.Event, n)
 	var raws []json.RawMessage
 	for i := range evs {
-		ev, b := testEvent(t, "Order")
+		ev, _ := testEvent(t, "Order")
 		ev.EntityID = strconv.Itoa(i)
 		b, err := event.Encode(ev)
 		if err != nil {

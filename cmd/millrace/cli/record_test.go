@@ -529,3 +529,88 @@ actions = [{ type = "seen" }]
 		})
 	}
 }
+
+// TestRecordCapturedThenTry: 1000 changes captured from a watched table
+// (trigger → change log, and on nats and redis the capture of a running
+// millrace → the bus) are recorded from each bus, and try on the
+// recording shows exactly the effects TestTryDiff expects, sending
+// nothing.
+func TestRecordCapturedThenTry(t *testing.T) {
+	t.Setenv("TRY_TEST_SECRET", "whsec_"+"c2VjcmV0LWtleS0xMjM0NTY3OA==")
+	for name, section := range map[string]func(t *testing.T) string{
+		"nats": func(t *testing.T) string {
+			_, _, prefix := testenv.NATS(t)
+			_, redisPrefix := testenv.Redis(t)
+			return fmt.Sprintf(`topology = "nats"
+role = "capture"
+[nats]
+url = %q
+stream = %q
+subject_prefix = %q
+[redis]
+url = %q
+key_prefix = "%s:"
+`, testenv.NATSURL(), strings.ToUpper(prefix)+"_EVENTS", prefix, testenv.RedisURL(), redisPrefix)
+		},
+		"redis": func(t *testing.T) string {
+			_, prefix := testenv.Redis(t)
+			return fmt.Sprintf("topology = \"redis\"\nrole = \"capture\"\n[redis]\nurl = %q\nkey_prefix = \"%s:\"\n", testenv.RedisURL(), prefix)
+		},
+		// The change log is the bus: no process is needed between them.
+		"postgres": func(*testing.T) string { return "topology = \"postgres\"\n" },
+		// The embedded topology has no capture of [[sources]] (it takes
+		// HTTP ingest only); TestRecordThenTry records it.
+	} {
+		t.Run(name, func(t *testing.T) {
+			pool, schema := testenv.Postgres(t)
+			ctx := context.Background()
+			if _, err := pool.Exec(ctx, `CREATE TABLE orders (id int PRIMARY KEY, status text, total bigint);
+				INSERT INTO orders SELECT x, 'new', 0 FROM generate_series(0, 999) x`); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("MILLRACE_TEST_CAPTURED_DB", testenv.PostgresSchemaURL(t, schema))
+			cfgText := section(t) + fmt.Sprintf(`
+[[sources]]
+name = "shop"
+postgres_url_env = "MILLRACE_TEST_CAPTURED_DB"
+schema = %q
+tables = ["%s.orders"]
+entities = { "%s.orders" = "Order" }
+[http]
+addr = "127.0.0.1:0"
+[router]
+shutdown_timeout = "5s"
+`, schema, schema, schema)
+			path := writeConfig(t, cfgText)
+			if code, out, stderr := runCLI(t, "watch", "-c", path, schema+".orders"); code != ExitOK {
+				t.Fatalf("watch: exit %d: %s%s", code, out, stderr)
+			}
+			stop := func() {}
+			if name != "postgres" {
+				cfg, err := config.Load(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				o := Defaults()
+				_, stop = routertest.Start(t, cfg, router.Options{Actions: o.Actions, Topologies: o.Topologies})
+			}
+			if _, err := pool.Exec(ctx, `UPDATE orders SET total = id,
+				status = CASE WHEN id % 2 = 0 THEN 'shipped' ELSE 'pending' END`); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "events.jsonl")
+			waitFor(t, "1000 changes on the bus", func() bool {
+				code, _, stderr := runCLI(t, "record", "-c", path, "--out", out)
+				if code != ExitOK {
+					t.Fatalf("record: exit %d: %s", code, stderr)
+				}
+				return len(readIDs(t, out)) >= 1000
+			})
+			stop()
+			if got := readIDs(t, out); len(got) != 1000 {
+				t.Fatalf("recorded %d changes; want 1000", len(got))
+			}
+			assertTryDiff(t, out)
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -220,11 +221,17 @@ func parseSince(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("since %q: want an RFC 3339 time or a duration such as 1h", s)
 }
 
+// deadLetterFilter reads the observer and since parameters that the
+// list and the export of dead letters share.
+func deadLetterFilter(q url.Values) (stores.DeadLetterFilter, error) {
+	since, err := parseSince(q.Get("since"))
+	return stores.DeadLetterFilter{Observer: q.Get("observer"), Since: since}, err
+}
+
 func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	f := stores.DeadLetterFilter{Observer: q.Get("observer")}
-	var err error
-	if f.Since, err = parseSince(q.Get("since")); err != nil {
+	f, err := deadLetterFilter(q)
+	if err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
 		return
 	}

@@ -9,7 +9,6 @@ import (
 	"strconv"
 
 	"github.com/millrace/millrace/event"
-	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/topologies"
 )
 
@@ -107,10 +106,8 @@ func (r *Router) record(w http.ResponseWriter, req *http.Request) {
 // dead-lettered for two observers is one line. Payloads that are not
 // events are skipped and counted in a header.
 func (r *Router) dlqExport(w http.ResponseWriter, req *http.Request) {
-	q := req.URL.Query()
-	f := stores.DeadLetterFilter{Observer: q.Get("observer")}
-	var err error
-	if f.Since, err = parseSince(q.Get("since")); err != nil {
+	f, err := deadLetterFilter(req.URL.Query())
+	if err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
 		return
 	}

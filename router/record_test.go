@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -114,7 +115,7 @@ func TestAdminRecord(t *testing.T) {
 			t.Errorf("GET /v1/record%s = %d", c.query, code)
 			continue
 		}
-		if !equalIDs(got, c.want) {
+		if !slices.Equal(got, c.want) {
 			t.Errorf("GET /v1/record%s: %d events %v; want %d %v", c.query, len(got), got, len(c.want), c.want)
 		}
 		if resp.Header.Get("Content-Type") != ndjson || resp.Trailer.Get(RecordEventsHeader) != strconv.Itoa(len(c.want)) ||
@@ -148,21 +149,9 @@ func TestAdminRecord(t *testing.T) {
 			t.Errorf("event %s reached observer a %d and b %d times; want once each", ev.ID, na, nb)
 		}
 	}
-	if _, got, _ := getLines(t, addr+"/v1/record", token); !equalIDs(got, ids(append(evs, more...))) {
+	if _, got, _ := getLines(t, addr+"/v1/record", token); !slices.Equal(got, ids(append(evs, more...))) {
 		t.Errorf("GET /v1/record after the traffic: %d events; want the %d ingested, in order", len(got), len(evs)+len(more))
 	}
-}
-
-func equalIDs(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestAdminDeadLetterExport: GET /v1/dlq/export writes each dead-lettered
@@ -203,7 +192,7 @@ func TestAdminDeadLetterExport(t *testing.T) {
 		{"?since=1h", []string{ev1.ID, ev2.ID}, "1", "0"},
 	} {
 		code, got, resp := getLines(t, addr+"/v1/dlq/export"+c.query, token)
-		if code != http.StatusOK || !equalIDs(got, c.want) {
+		if code != http.StatusOK || !slices.Equal(got, c.want) {
 			t.Errorf("GET /v1/dlq/export%s = %d %v; want %v", c.query, code, got, c.want)
 			continue
 		}

@@ -76,13 +76,7 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 			if limit < 0 {
 				return usageError("--limit must not be negative")
 			}
-			q := url.Values{}
-			if observer != "" {
-				q.Set("observer", observer)
-			}
-			if since != "" {
-				q.Set("since", since)
-			}
+			q := filterQuery(observer, since)
 			if limit > 0 {
 				q.Set("limit", strconv.Itoa(limit))
 			}
@@ -97,6 +91,19 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&since, "since", "", "only entries that failed last at or after this time (RFC 3339) or this long ago (1h)")
 	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many entries (default 100)")
 	return cmd
+}
+
+// filterQuery is the query of the entries of observer that failed last
+// since since, as list and export send it; empty values are left out.
+func filterQuery(observer, since string) url.Values {
+	q := url.Values{}
+	if observer != "" {
+		q.Set("observer", observer)
+	}
+	if since != "" {
+		q.Set("since", since)
+	}
+	return q
 }
 
 func printDeadLetters(w io.Writer, l router.DeadLetterList) error {
@@ -279,13 +286,7 @@ stderr says how many. The store is not changed.`,
 			if out == "" {
 				return usageError("dlq export: --out is required (- for stdout)")
 			}
-			q := url.Values{}
-			if observer != "" {
-				q.Set("observer", observer)
-			}
-			if since != "" {
-				q.Set("since", since)
-			}
+			q := filterQuery(observer, since)
 			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 			defer cancel()
 			resp, err := c.send(ctx, http.MethodGet, "/v1/dlq/export?"+q.Encode(), nil, nil)

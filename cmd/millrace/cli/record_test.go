@@ -374,6 +374,30 @@ func TestRecordEmbeddedNeedsToken(t *testing.T) {
 	}
 }
 
+// natsSection is the start of a config on the nats topology, over a
+// stream, subjects, a consumer and Redis keys of the test's own.
+func natsSection(t *testing.T) string {
+	_, _, prefix := testenv.NATS(t)
+	_, redisPrefix := testenv.Redis(t)
+	return fmt.Sprintf(`topology = "nats"
+[nats]
+url = %q
+stream = %q
+subject_prefix = %q
+consumer = %q
+[redis]
+url = %q
+key_prefix = "%s:"
+`, testenv.NATSURL(), strings.ToUpper(prefix)+"_EVENTS", prefix, prefix, testenv.RedisURL(), redisPrefix)
+}
+
+// redisSection is the start of a config on the redis topology, over
+// keys of the test's own.
+func redisSection(t *testing.T) string {
+	_, prefix := testenv.Redis(t)
+	return fmt.Sprintf("topology = \"redis\"\n[redis]\nurl = %q\nkey_prefix = \"%s:\"\n", testenv.RedisURL(), prefix)
+}
+
 // seenAction counts the runs of each event; it is the receiver of the
 // router consumer in TestRecordDuringTraffic.
 type seenAction struct {
@@ -406,24 +430,8 @@ func (a *seenAction) distinct() int {
 func TestRecordDuringTraffic(t *testing.T) {
 	const token = "traffic-token"
 	for name, section := range map[string]func(t *testing.T) string{
-		"nats": func(t *testing.T) string {
-			_, _, prefix := testenv.NATS(t)
-			_, redisPrefix := testenv.Redis(t)
-			return fmt.Sprintf(`topology = "nats"
-[nats]
-url = %q
-stream = %q
-subject_prefix = %q
-consumer = %q
-[redis]
-url = %q
-key_prefix = "%s:"
-`, testenv.NATSURL(), strings.ToUpper(prefix)+"_EVENTS", prefix, prefix, testenv.RedisURL(), redisPrefix)
-		},
-		"redis": func(t *testing.T) string {
-			_, prefix := testenv.Redis(t)
-			return fmt.Sprintf("topology = \"redis\"\n[redis]\nurl = %q\nkey_prefix = \"%s:\"\n", testenv.RedisURL(), prefix)
-		},
+		"nats":  natsSection,
+		"redis": redisSection,
 		"postgres": func(t *testing.T) string {
 			_, schema := testenv.Postgres(t)
 			return fmt.Sprintf("topology = \"postgres\"\n[postgres]\nurl = %q\nschema = %q\n", testenv.PostgresSchemaURL(t, schema), schema)
@@ -538,24 +546,9 @@ actions = [{ type = "seen" }]
 func TestRecordCapturedThenTry(t *testing.T) {
 	t.Setenv("TRY_TEST_SECRET", "whsec_"+"c2VjcmV0LWtleS0xMjM0NTY3OA==")
 	for name, section := range map[string]func(t *testing.T) string{
-		"nats": func(t *testing.T) string {
-			_, _, prefix := testenv.NATS(t)
-			_, redisPrefix := testenv.Redis(t)
-			return fmt.Sprintf(`topology = "nats"
-role = "capture"
-[nats]
-url = %q
-stream = %q
-subject_prefix = %q
-[redis]
-url = %q
-key_prefix = "%s:"
-`, testenv.NATSURL(), strings.ToUpper(prefix)+"_EVENTS", prefix, testenv.RedisURL(), redisPrefix)
-		},
-		"redis": func(t *testing.T) string {
-			_, prefix := testenv.Redis(t)
-			return fmt.Sprintf("topology = \"redis\"\nrole = \"capture\"\n[redis]\nurl = %q\nkey_prefix = \"%s:\"\n", testenv.RedisURL(), prefix)
-		},
+		// A process that only captures bridges the change log to the bus.
+		"nats":  func(t *testing.T) string { return "role = \"capture\"\n" + natsSection(t) },
+		"redis": func(t *testing.T) string { return "role = \"capture\"\n" + redisSection(t) },
 		// The change log is the bus: no process is needed between them.
 		"postgres": func(*testing.T) string { return "topology = \"postgres\"\n" },
 		// The embedded topology has no capture of [[sources]] (it takes

@@ -21,17 +21,7 @@ import (
 // the body's lines, and the answer (its body read, its trailers in).
 func getLines(t *testing.T, url, token string) (int, []string, *http.Response) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := adminDo(t, http.MethodGet, url, token, nil)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/topologies"
@@ -16,7 +17,7 @@ import (
 // line, the input of `millrace try`. Both need the admin token, as the
 // /v1/dlq routes do (admin.go).
 //
-//	GET /v1/record?since=&from_seq=&limit=  the events on the bus (topologies whose bus is in the process)
+//	GET /v1/record?since=&from_seq=&limit=&follow=  the events on the bus (topologies whose bus is in the process)
 //	GET /v1/dlq/export?observer=&since=     the events of the dead letters
 const (
 	// RecordEventsHeader is the trailer of GET /v1/record with the number
@@ -36,6 +37,10 @@ const (
 
 // ndjson is the content type of the JSON-lines answers.
 const ndjson = "application/x-ndjson"
+
+// maxFollow bounds the tap of GET /v1/record?follow=: a request holds a
+// consumer on the bus while it lasts.
+const maxFollow = 24 * time.Hour
 
 // record streams the events on the bus, oldest first. Errors before the
 // first event get a status (400, 501, 502, 503); an error after it ends
@@ -64,6 +69,14 @@ func (r *Router) record(w http.ResponseWriter, req *http.Request) {
 			writeJSON(w, http.StatusBadRequest, errorBody(fmt.Sprintf("limit %q: want 0 (all) or more", s)))
 			return
 		}
+	}
+	if s := q.Get("follow"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 || d > maxFollow {
+			writeJSON(w, http.StatusBadRequest, errorBody(fmt.Sprintf("follow %q: want a duration up to %s", s, maxFollow)))
+			return
+		}
+		span.Until = time.Now().Add(d)
 	}
 	b, why := r.builtBackend()
 	if b == nil {

@@ -114,7 +114,7 @@ func TestAdminRecord(t *testing.T) {
 				c.query, resp.Header.Get("Content-Type"), resp.Trailer, ndjson, len(c.want))
 		}
 	}
-	for _, q := range []string{"?since=1h&from_seq=3", "?from_seq=-1", "?limit=x", "?since=yesterday"} {
+	for _, q := range []string{"?since=1h&from_seq=3", "?from_seq=-1", "?limit=x", "?since=yesterday", "?follow=x", "?follow=25h", "?follow=-1s"} {
 		if code, _, _ := getLines(t, addr+"/v1/record"+q, token); code != http.StatusBadRequest {
 			t.Errorf("GET /v1/record%s = %d; want 400", q, code)
 		}

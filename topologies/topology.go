@@ -64,8 +64,11 @@ type RecordSpan struct {
 	FromSeq uint64
 	Since   time.Time
 	// Limit caps the events read; 0 reads up to those that were last
-	// when the read began.
+	// when the read began (and those tapped until Until).
 	Limit int
+	// Until, when after now, keeps the read going once it reached the
+	// end: the events that arrive are read too, until that time.
+	Until time.Time
 }
 
 // Close runs the closers in reverse order and joins their errors.

@@ -140,7 +140,7 @@ func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 	// /v1/record): an ordered consumer, ephemeral and without acks,
 	// beside the router's durable one.
 	b.Record = func(ctx context.Context, span topologies.RecordSpan, fn func([]byte) error) error {
-		return jetstream.Export(ctx, js, jc, cfg.Router.Topic, span.FromSeq, span.Since, span.Limit,
+		return jetstream.Export(ctx, js, jc, cfg.Router.Topic, span.FromSeq, span.Since, span.Until, span.Limit,
 			func(_ uint64, p []byte) error { return fn(p) })
 	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)

@@ -427,6 +427,7 @@ func (a *seenAction) distinct() int {
 // again; the router's action runs every event exactly once (dedup is
 // off, so a redelivery would show), each recording holds distinct
 // posted events, and a recording after the traffic holds them all.
+// record --follow then holds those and the events posted while it taps.
 func TestRecordDuringTraffic(t *testing.T) {
 	const token = "traffic-token"
 	for name, section := range map[string]func(t *testing.T) string{
@@ -507,18 +508,22 @@ actions = [{ type = "seen" }]
 				t.Errorf("record ran %d times during the traffic; want at least 2 for the test to mean something", records)
 			}
 
-			waitFor(t, "the consumer to run every event", func() bool { return seen.distinct() == len(evs) })
-			time.Sleep(time.Second) // room for a redelivery to show
-			seen.mu.Lock()
-			for _, ev := range evs {
-				if n := seen.runs[ev.ID]; n != 1 {
-					t.Errorf("event %s ran %d times; want once", ev.ID, n)
+			ranOnce := func(evs []*event.Event) {
+				t.Helper()
+				waitFor(t, "the consumer to run every event", func() bool { return seen.distinct() == len(evs) })
+				time.Sleep(time.Second) // room for a redelivery to show
+				seen.mu.Lock()
+				defer seen.mu.Unlock()
+				for _, ev := range evs {
+					if n := seen.runs[ev.ID]; n != 1 {
+						t.Errorf("event %s ran %d times; want once", ev.ID, n)
+					}
+				}
+				if len(seen.runs) != len(evs) {
+					t.Errorf("the consumer ran %d distinct events; want the %d posted", len(seen.runs), len(evs))
 				}
 			}
-			if len(seen.runs) != len(evs) {
-				t.Errorf("the consumer ran %d distinct events; want the %d posted", len(seen.runs), len(evs))
-			}
-			seen.mu.Unlock()
+			ranOnce(evs)
 
 			code, _, stderr := runCLIWith(t, o, "record", "-c", path, "--out", out)
 			if code != ExitOK {
@@ -534,6 +539,31 @@ actions = [{ type = "seen" }]
 				}
 			}
 			t.Logf("%s: %d recordings during the traffic", name, records)
+
+			// --follow: what the bus holds, then what arrives for a while.
+			later := orderEvents(1100)[1000:]
+			tapped := make(chan []string)
+			go func() {
+				tap := filepath.Join(t.TempDir(), "tap.jsonl")
+				code, _, stderr := runCLIWith(t, o, "record", "-c", path, "--out", tap, "--follow", "3s")
+				if code != ExitOK {
+					t.Errorf("record --follow: exit %d: %s", code, stderr)
+				}
+				tapped <- readIDs(t, tap)
+			}()
+			time.Sleep(time.Second)
+			postEvents(t, addr, later)
+			got = <-tapped
+			all := append(evs, later...)
+			if len(got) != len(all) {
+				t.Fatalf("record --follow 3s: %d events; want the %d held and the %d posted meanwhile", len(got), len(evs), len(later))
+			}
+			for i, ev := range all {
+				if got[i] != ev.ID {
+					t.Fatalf("record --follow, line %d: event %s, want %s", i+1, got[i], ev.ID)
+				}
+			}
+			ranOnce(all)
 		})
 	}
 }

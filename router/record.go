@@ -92,9 +92,21 @@ func (r *Router) record(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Trailer", RecordEventsHeader+", "+RecordErrorHeader)
 	bw := bufio.NewWriter(w)
 	n := 0
+	rc := http.NewResponseController(w)
 	err = b.Record(req.Context(), span, func(p []byte) error {
 		n++
-		return writeLine(bw, p)
+		if err := writeLine(bw, p); err != nil {
+			return err
+		}
+		if span.Until.IsZero() {
+			return nil
+		}
+		// A tap sends each event as it comes, so that a client (or a
+		// proxy's idle timeout) sees the traffic while it lasts.
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return rc.Flush()
 	})
 	if err != nil && n == 0 {
 		w.Header().Del("Trailer")

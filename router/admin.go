@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -35,6 +36,9 @@ import (
 //	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}; "dry_run"
 //	DELETE /v1/dlq/{id}                     drop one entry
 //	DELETE /v1/dlq                          purge
+//	GET    /v1/dlq/export?observer=&since=  the dead letters' events as JSON lines (record.go)
+//	GET    /v1/record?since=&from_seq=&limit=  the events on the bus as JSON lines (record.go)
+//	POST   /v1/try                          {"config", "against", "events"}: the try report (try.go)
 
 // DeadLetterList is the body of GET /v1/dlq.
 type DeadLetterList struct {
@@ -163,7 +167,7 @@ func (r *Router) countDeadLetters(b *topologies.Backend) {
 	b.DeadLetters = stores.NewCountingDeadLetters(b.DeadLetters, r.dlqMetrics().written)
 }
 
-// mountAdmin adds the dead-letter routes to mux when an admin token is
+// mountAdmin adds the dead-letter and record routes to mux when an admin token is
 // configured, and the dead-letter metrics in any case.
 func (r *Router) mountAdmin(mux *http.ServeMux) {
 	r.dlqMetrics()
@@ -181,6 +185,9 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("POST /v1/dlq/replay", auth(r.dlqReplay))
 	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
+	mux.Handle("GET /v1/dlq/export", auth(r.dlqExport))
+	mux.Handle("GET /v1/record", auth(r.record))
+	mux.Handle("POST /v1/try", auth(r.tryConfigs))
 	if r.cfg.HTTP.Console {
 		r.mountConsole(mux, token)
 	}
@@ -217,11 +224,17 @@ func parseSince(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("since %q: want an RFC 3339 time or a duration such as 1h", s)
 }
 
+// deadLetterFilter reads the observer and since parameters that the
+// list and the export of dead letters share.
+func deadLetterFilter(q url.Values) (stores.DeadLetterFilter, error) {
+	since, err := parseSince(q.Get("since"))
+	return stores.DeadLetterFilter{Observer: q.Get("observer"), Since: since}, err
+}
+
 func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	f := stores.DeadLetterFilter{Observer: q.Get("observer")}
-	var err error
-	if f.Since, err = parseSince(q.Get("since")); err != nil {
+	f, err := deadLetterFilter(q)
+	if err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
 		return
 	}

@@ -147,6 +147,21 @@ func adminTokenEnv(t *testing.T, token string) string {
 
 func adminCall(t *testing.T, method, url, token string, body any, out any) int {
 	t.Helper()
+	resp := adminDo(t, method, url, token, body)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %s: %v", method, url, resp.StatusCode, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// adminDo sends body as JSON (none when nil) with token as the bearer
+// (none when empty) and returns the answer, its body to be closed.
+func adminDo(t *testing.T, method, url, token string, body any) *http.Response {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -166,14 +181,7 @@ func adminCall(t *testing.T, method, url, token string, body any, out any) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && len(b) > 0 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %d %s: %v", method, url, resp.StatusCode, b, err)
-		}
-	}
-	return resp.StatusCode
+	return resp
 }
 
 func testEvent(t *testing.T, entity string) (*event.Event, []byte) {

@@ -72,6 +72,29 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		}
 		b.Closers = append(b.Closers, srcs.Close)
 	}
+	// The dedup ledger and the result cache: shared by every worker in
+	// Redis; without Redis, each process remembers what it handled, and
+	// a redelivery to another worker is not recognised as a duplicate.
+	// Redis is reached before the streams are set up: a PING answers at
+	// once, and a Redis that does not is named as the reason even when
+	// the stream requests after it would have taken the rest of the
+	// start's time.
+	rc, _, err := ConnectRedis(ctx, cfg.Redis)
+	switch {
+	case err != nil:
+		return nil, err
+	case rc != nil:
+		b.Closers = append(b.Closers, rc.Close)
+		store, closeStore, err := stores.Open(ctx, "redis", stores.OpenConfig{Redis: rc, KeyPrefix: cfg.Redis.KeyPrefix})
+		if err != nil {
+			return nil, err
+		}
+		b.Closers = append(b.Closers, closeStore)
+		b.Dedup, b.Cache = store, store
+	case cfg.Role != "capture":
+		logger.Warn("nats: redis.url is not set: dedup and the result cache are per process")
+	}
+
 	busMetrics := jetstream.NewMetrics()
 	nc, err := connectNATS(cfg, logger, busMetrics)
 	if err != nil {
@@ -113,25 +136,6 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		return nil, fmt.Errorf("nats: %w", err)
 	}
 	b.DeadLetters = dlq
-	// The dedup ledger and the result cache: shared by every worker in
-	// Redis; without Redis, each process remembers what it handled, and
-	// a redelivery to another worker is not recognised as a duplicate.
-	rc, _, err := ConnectRedis(ctx, cfg.Redis)
-	switch {
-	case err != nil:
-		return nil, err
-	case rc != nil:
-		b.Closers = append(b.Closers, rc.Close)
-		store, closeStore, err := stores.Open(ctx, "redis", stores.OpenConfig{Redis: rc, KeyPrefix: cfg.Redis.KeyPrefix})
-		if err != nil {
-			return nil, err
-		}
-		b.Closers = append(b.Closers, closeStore)
-		b.Dedup, b.Cache = store, store
-	case cfg.Role != "capture":
-		logger.Warn("nats: redis.url is not set: dedup and the result cache are per process")
-	}
-
 	if cfg.Bus.Driver == config.DriverWatermill {
 		subConn, err := connectNATS(cfg, logger, busMetrics)
 		if err != nil {

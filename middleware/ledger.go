@@ -91,6 +91,20 @@ type Ledger struct {
 	logger *slog.Logger
 
 	dedupWarn, cacheWarn warnLimiter
+
+	// renewing holds the claims whose lease is renewed (every Lease/3,
+	// by one goroutine for all of them, see renew).
+	renewing renewals
+}
+
+// renewals is the set of open claims of a ledger, renewed by one sweep.
+// A timer per claim cost an allocation or two and a timer-heap insert
+// and delete per event, for a renewal that almost never runs: most
+// claims end within milliseconds, long before their first renewal.
+type renewals struct {
+	mu      sync.Mutex
+	claims  map[*Claim]time.Time // claim → when it was taken
+	running bool                 // the sweep goroutine runs
 }
 
 // NewLedger returns a ledger over the stores. When dedup and cache are
@@ -147,7 +161,6 @@ type Claim struct {
 	hits      []bool
 
 	mu    sync.Mutex // held during a lease renewal, so that end waits for it
-	timer *time.Timer
 	ended bool
 	// deferred is the action whose success was not stored yet (see
 	// Succeeded); -1 when none.
@@ -356,35 +369,91 @@ func (c *Claim) end() bool {
 		return false
 	}
 	c.ended = true
-	if c.timer != nil {
-		c.timer.Stop()
+	if c.held {
+		c.stopRenewal()
 	}
 	return true
 }
 
 func (c *Claim) startRenewal() {
-	every := c.l.cfg.Lease / 3
+	r := &c.l.renewing
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.claims == nil {
+		r.claims = map[*Claim]time.Time{}
+	}
+	r.claims[c] = time.Now()
+	if !r.running {
+		r.running = true
+		go c.l.renew()
+	}
+}
+
+func (c *Claim) stopRenewal() {
+	r := &c.l.renewing
+	r.mu.Lock()
+	delete(r.claims, c)
+	r.mu.Unlock()
+}
+
+// renew extends, every Lease/3, the lease of each claim held for half
+// that or longer, until no claim is open.
+func (l *Ledger) renew() {
+	every := l.cfg.Lease / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var due []*Claim
+	for range t.C {
+		r := &l.renewing
+		r.mu.Lock()
+		if len(r.claims) == 0 {
+			r.running = false
+			r.mu.Unlock()
+			return
+		}
+		// Held for half a period: renewed at most 1.5 periods (half the
+		// lease) after it was taken, as the lease still has time to run.
+		before := time.Now().Add(-every / 2)
+		for c, since := range r.claims {
+			if since.Before(before) {
+				due = append(due, c)
+			}
+		}
+		r.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, c := range due {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.extend()
+			}()
+		}
+		wg.Wait()
+		clear(due)
+		due = due[:0]
+	}
+}
+
+// extend renews the claim's lease unless it ended meanwhile; end waits
+// for a renewal in progress.
+func (c *Claim) extend() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.timer = time.AfterFunc(every, func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.ended {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.l.cfg.StoreTimeout)
-		err := c.l.dedup.Extend(ctx, c.key, c.owner, c.l.cfg.Lease)
-		cancel()
-		switch {
-		case errors.Is(err, stores.ErrLeaseLost):
-			c.l.logger.Warn("dedup: lost the claim of a running observer; another delivery may run it too",
-				"observer", c.observer, "key", c.key)
-			return
-		case err != nil:
-			c.l.dedupFailed(err)
-		}
-		c.timer.Reset(every)
-	})
+	if c.ended {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.l.cfg.StoreTimeout)
+	err := c.l.dedup.Extend(ctx, c.key, c.owner, c.l.cfg.Lease)
+	cancel()
+	switch {
+	case errors.Is(err, stores.ErrLeaseLost):
+		c.l.logger.Warn("dedup: lost the claim of a running observer; another delivery may run it too",
+			"observer", c.observer, "key", c.key)
+		c.stopRenewal() // nothing left to renew; Commit will say so again
+
+	case err != nil:
+		c.l.dedupFailed(err)
+	}
 }
 
 func (l *Ledger) dedupFailed(err error) {

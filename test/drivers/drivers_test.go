@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/e2e"
 	"github.com/millrace/millrace/internal/routertest"
 	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/router"
@@ -124,37 +124,31 @@ func TestUpstreamDriverEndToEnd(t *testing.T) {
 					}
 				}
 				post(t, addr, evs)
-				rec.wait(t, len(evs))
+				rec.Wait(t, len(evs))
 				post(t, addr, evs) // the same events again
 				time.Sleep(time.Second)
 
-				rec.mu.Lock()
-				defer rec.mu.Unlock()
-				if rec.n != len(evs) {
-					t.Errorf("the action ran %d times for %d events posted twice, want %d", rec.n, len(evs), len(evs))
+				got := rec.Snapshot()
+				if got.Runs != len(evs) {
+					t.Errorf("the action ran %d times for %d events posted twice, want %d", got.Runs, len(evs), len(evs))
 				}
-				for id, n := range rec.runs {
+				for id, n := range got.ByEvent {
 					if n != 1 {
 						t.Errorf("event %s ran %d times, want once", id, n)
 					}
 				}
 				switch {
-				case inFlight == 1 && rec.maxInFlight != 1:
-					t.Errorf("max_in_flight = 1: %d events ran at once, want one at a time", rec.maxInFlight)
+				case inFlight == 1 && got.MaxInFlight != 1:
+					t.Errorf("max_in_flight = 1: %d events ran at once, want one at a time", got.MaxInFlight)
 				case inFlight == 1:
-					for id, versions := range rec.versions {
-						for i, v := range versions {
-							if v != i {
-								t.Errorf("max_in_flight = 1: entity %s ran versions %v, want 0..%d in order", id, versions, perEntity-1)
-								break
-							}
-						}
+					for _, bad := range got.InOrder() {
+						t.Errorf("max_in_flight = 1: %s, want 0..%d in order", bad, perEntity-1)
 					}
-				case rec.maxInFlight < 2:
-					t.Errorf("max_in_flight = %d: at most %d event ran at once, want several subscriptions at work", inFlight, rec.maxInFlight)
+				case got.MaxInFlight < 2:
+					t.Errorf("max_in_flight = %d: at most %d event ran at once, want several subscriptions at work", inFlight, got.MaxInFlight)
 				}
 				d.check(t, inFlight)
-				t.Logf("%s: %d events, at most %d at once", name, len(evs), rec.maxInFlight)
+				t.Logf("%s: %d events, at most %d at once", name, len(evs), got.MaxInFlight)
 			})
 		}
 	}
@@ -163,9 +157,9 @@ func TestUpstreamDriverEndToEnd(t *testing.T) {
 // start runs a router on the topology's upstream driver, picked by
 // MILLRACE_BUS__DRIVER as a deployment would, with one observer whose
 // action is rec and dedup and the result cache on.
-func start(t *testing.T, topology, section string, maxInFlight int) (*recorder, string) {
+func start(t *testing.T, topology, section string, maxInFlight int) (*e2e.Recorder, string) {
 	t.Helper()
-	rec := &recorder{runs: map[string]int{}, versions: map[string][]int{}, done: make(chan struct{})}
+	rec := e2e.NewRecorder(work)
 	actions := handlers.NewRegistry()
 	handlers.MustRegister(actions, "record", func(context.Context, recordConfig, handlers.Deps) (handlers.Action, error) {
 		return rec, nil
@@ -221,57 +215,6 @@ func post(t *testing.T, addr string, evs []*event.Event) {
 // recorder is the observer's action: it counts the runs of each event,
 // notes each entity's versions in the order they ran, and how many ran
 // at once.
-type recorder struct {
-	mu          sync.Mutex
-	runs        map[string]int
-	versions    map[string][]int
-	inFlight    int
-	maxInFlight int
-	n           int
-	want        int
-	done        chan struct{}
-}
-
-func (r *recorder) Execute(_ context.Context, ev *event.Event) error {
-	r.mu.Lock()
-	r.inFlight++
-	r.maxInFlight = max(r.maxInFlight, r.inFlight)
-	r.mu.Unlock()
-	time.Sleep(work)
-	v, err := strconv.Atoi(fmt.Sprint(ev.Data["version"]))
-	if err != nil {
-		v = -1 // reported as out of order
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.inFlight--
-	r.runs[ev.ID]++
-	r.versions[ev.EntityID] = append(r.versions[ev.EntityID], v)
-	r.n++
-	if r.n == r.want {
-		close(r.done)
-	}
-	return nil
-}
-
-func (r *recorder) wait(t *testing.T, n int) {
-	t.Helper()
-	r.mu.Lock()
-	r.want = n
-	if r.n >= n {
-		r.mu.Unlock()
-		return
-	}
-	r.mu.Unlock()
-	select {
-	case <-r.done:
-	case <-time.After(time.Minute):
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		t.Fatalf("%d of %d events ran within a minute", r.n, n)
-	}
-}
-
 type recordConfig struct{}
 
 func (recordConfig) Validate() error { return nil }

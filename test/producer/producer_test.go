@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/e2e"
 	"github.com/millrace/millrace/internal/routertest"
 	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/router"
@@ -99,26 +99,20 @@ func TestProducerFromTheDocs(t *testing.T) {
 				}
 				start := time.Now()
 				producers[name](t, js, prefix, partitions, evs)
-				rec.wait(t, len(evs))
+				rec.Wait(t, len(evs))
 				took := time.Since(start)
 
-				rec.mu.Lock()
-				defer rec.mu.Unlock()
-				for id, versions := range rec.versions {
-					for i, v := range versions {
-						if v != i {
-							t.Errorf("entity %s ran versions %v, want 0..%d in order", id, versions, perEntity-1)
-							break
-						}
-					}
+				got := rec.Snapshot()
+				for _, bad := range got.InOrder() {
+					t.Errorf("%s, want 0..%d in order", bad, perEntity-1)
 				}
 				// One after another the events would need entities ×
 				// perEntity × work; per entity in parallel, about
 				// perEntity × work.
-				if rec.maxInFlight < entities/2 {
-					t.Errorf("at most %d events ran at once, want at least %d (of %d entities): the entities were serialised", rec.maxInFlight, entities/2, entities)
+				if got.MaxInFlight < entities/2 {
+					t.Errorf("at most %d events ran at once, want at least %d (of %d entities): the entities were serialised", got.MaxInFlight, entities/2, entities)
 				}
-				t.Logf("%d events of %d entities in %s, at most %d at once", len(evs), entities, took.Round(time.Millisecond), rec.maxInFlight)
+				t.Logf("%d events of %d entities in %s, at most %d at once", len(evs), entities, took.Round(time.Millisecond), got.MaxInFlight)
 			})
 		}
 	}
@@ -126,64 +120,15 @@ func TestProducerFromTheDocs(t *testing.T) {
 
 // recorder is the observer's action: it notes each entity's versions in
 // the order they ran, and how many ran at once.
-type recorder struct {
-	mu          sync.Mutex
-	versions    map[string][]int
-	inFlight    int
-	maxInFlight int
-	n           int
-	done        chan struct{}
-	want        int
-}
-
-func (r *recorder) Execute(ctx context.Context, ev *event.Event) error {
-	r.mu.Lock()
-	r.inFlight++
-	r.maxInFlight = max(r.maxInFlight, r.inFlight)
-	r.mu.Unlock()
-	time.Sleep(work)
-	v, err := strconv.Atoi(fmt.Sprint(ev.Data["version"]))
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.inFlight--
-	if err != nil {
-		v = -1 // reported as out of order
-	}
-	r.versions[ev.EntityID] = append(r.versions[ev.EntityID], v)
-	r.n++
-	if r.n == r.want {
-		close(r.done)
-	}
-	return nil
-}
-
-func (r *recorder) wait(t *testing.T, n int) {
-	t.Helper()
-	r.mu.Lock()
-	r.want = n
-	if r.n >= n {
-		r.mu.Unlock()
-		return
-	}
-	r.mu.Unlock()
-	select {
-	case <-r.done:
-	case <-time.After(time.Minute):
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		t.Fatalf("%d of %d events ran within a minute", r.n, n)
-	}
-}
-
 type recordConfig struct{}
 
 func (recordConfig) Validate() error { return nil }
 
 // startMillrace runs millrace's nats topology in the test's process on
 // the test's stream, with one observer of Order events.
-func startMillrace(t *testing.T, prefix string, partitions int) *recorder {
+func startMillrace(t *testing.T, prefix string, partitions int) *e2e.Recorder {
 	t.Helper()
-	rec := &recorder{versions: map[string][]int{}, done: make(chan struct{})}
+	rec := e2e.NewRecorder(work)
 	actions := handlers.NewRegistry()
 	handlers.MustRegister(actions, "record", func(context.Context, recordConfig, handlers.Deps) (handlers.Action, error) {
 		return rec, nil

@@ -33,6 +33,13 @@ const (
 	// observer again: the result cache's record of earlier successes is
 	// ignored too (millrace dlq replay --all-actions).
 	AllActionsMetadata = "millrace_all_actions"
+	// ParkMetadata goes with ObserverMetadata on the message that
+	// releases a parked entity: "replay" runs the entity's parked group
+	// for the observer, in order; "skip" first takes the head out of it.
+	// The message carries the head's event, and so the entity's ordering
+	// key: the bus hands it to the worker that runs the entity, after the
+	// entity's events published before it (docs/adr/0014-park-the-key.md).
+	ParkMetadata = "millrace_park"
 	// DeliveryMetadata is set by a bus on the messages it hands out: the
 	// number of this delivery of the message, 1 for the first. Dead
 	// letters and logs report it.

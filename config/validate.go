@@ -250,7 +250,7 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
-		oneOf(p+".on_failure", o.OnFailure, "dlq", "log", "drop")
+		oneOf(p+".on_failure", o.OnFailure, "dlq", "park", "log", "drop")
 		if o.Concurrency < 1 {
 			add(p+".concurrency", "must be at least 1")
 		}

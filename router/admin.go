@@ -32,7 +32,10 @@ import (
 //
 //	GET    /v1/dlq?observer=&since=&limit=  list entries, oldest first, without payloads
 //	GET    /v1/dlq/{id}                     one entry with its payload
-//	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}; "dry_run"
+//	GET    /v1/dlq?entity=&parked=true      the parked groups of an entity (on_failure = "park")
+//	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}
+//	                                        or {"entity": KEY, "observer": ""}: a parked group, in order; "dry_run"
+//	POST   /v1/dlq/skip                     {"entity": KEY, "observer": ""}: drop a parked group's head, replay the rest
 //	DELETE /v1/dlq/{id}                     drop one entry
 //	DELETE /v1/dlq                          purge
 
@@ -50,11 +53,18 @@ type DeadLetterList struct {
 }
 
 // ReplayRequest is the body of POST /v1/dlq/replay: either IDs, or All
-// with an optional Observer.
+// with an optional Observer, or Entity with an optional Observer. It is
+// the body of POST /v1/dlq/skip too, with Entity.
 type ReplayRequest struct {
 	IDs      []string `json:"ids,omitempty"`
 	All      bool     `json:"all,omitempty"`
 	Observer string   `json:"observer,omitempty"`
+	// Entity names a parked entity, "source/entity_type/entity_id" as
+	// stores.ParkKey writes it: the worker that runs the entity replays
+	// its parked group (of Observer, or of every observer) in order,
+	// after the request returned. The entries leave the store as they
+	// succeed; the entity runs again once its group is empty.
+	Entity string `json:"entity,omitempty"`
 	// AllActions runs every action of the observer again; without it the
 	// actions an entry records as succeeded are skipped.
 	AllActions bool `json:"all_actions,omitempty"`
@@ -65,8 +75,12 @@ type ReplayRequest struct {
 // ReplayResponse is the answer of POST /v1/dlq/replay.
 type ReplayResponse struct {
 	DryRun bool `json:"dry_run,omitempty"`
-	// Replayed counts the entries published again (or that would be).
+	// Replayed counts the entries published again (or that would be);
+	// for an entity, the entries of its parked groups, whose replay was
+	// requested.
 	Replayed int `json:"replayed"`
+	// Groups counts the parked groups whose replay was requested.
+	Groups int `json:"groups,omitempty"`
 	// IDs are the entries replayed (or that would be).
 	IDs []string `json:"ids"`
 	// Failed are the entries that could not be replayed; they stay in
@@ -179,6 +193,7 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("GET /v1/dlq", auth(r.dlqList))
 	mux.Handle("GET /v1/dlq/{id}", auth(r.dlqShow))
 	mux.Handle("POST /v1/dlq/replay", auth(r.dlqReplay))
+	mux.Handle("POST /v1/dlq/skip", auth(r.dlqSkip))
 	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
 }
@@ -216,7 +231,7 @@ func parseSince(s string) (time.Time, error) {
 
 func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	f := stores.DeadLetterFilter{Observer: q.Get("observer")}
+	f := stores.DeadLetterFilter{Observer: q.Get("observer"), Key: q.Get("entity"), Parked: q.Get("parked") == "true"}
 	var err error
 	if f.Since, err = parseSince(q.Get("since")); err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
@@ -317,6 +332,12 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	switch {
+	case rr.Entity != "" && (rr.All || len(rr.IDs) > 0):
+		writeJSON(w, http.StatusBadRequest, errorBody(`give "entity" alone or with "observer", not with "ids" or "all"`))
+		return
+	case rr.Entity != "":
+		r.releaseEntity(w, req, rr, false)
+		return
 	case rr.All && len(rr.IDs) > 0:
 		writeJSON(w, http.StatusBadRequest, errorBody(`give either "ids" or "all", not both`))
 		return
@@ -344,6 +365,53 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 			status = http.StatusInternalServerError
 			break
 		}
+	}
+	writeJSON(w, status, res)
+}
+
+// dlqSkip takes the head out of an entity's parked groups (it stays in
+// the store as an ordinary dead letter) and replays the rest in order.
+func (r *Router) dlqSkip(w http.ResponseWriter, req *http.Request) {
+	var rr ReplayRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rr); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody("body: "+err.Error()))
+		return
+	}
+	if rr.Entity == "" || rr.All || len(rr.IDs) > 0 || rr.AllActions {
+		writeJSON(w, http.StatusBadRequest, errorBody(`give "entity", and optionally "observer" and "dry_run"`))
+		return
+	}
+	r.releaseEntity(w, req, rr, true)
+}
+
+// releaseEntity answers a replay or skip of an entity's parked groups:
+// 202 once their release messages are on the bus, 404 when the entity
+// has no parked group, 500 when a release could not be published.
+func (r *Router) releaseEntity(w http.ResponseWriter, req *http.Request, rr ReplayRequest, skip bool) {
+	if rr.AllActions {
+		writeJSON(w, http.StatusBadRequest, errorBody(`"all_actions" does not go with "entity"`))
+		return
+	}
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	res, err := r.requestRelease(req.Context(), store, rr.Entity, rr.Observer, skip, rr.DryRun)
+	if err != nil {
+		r.storeError(w, req, "replay", err)
+		return
+	}
+	r.logger.InfoContext(req.Context(), "parked groups released", "entity", rr.Entity, "observer", rr.Observer,
+		"skip", skip, "groups", res.Groups, "entries", res.Replayed, "dry_run", rr.DryRun)
+	status := http.StatusAccepted
+	switch {
+	case len(res.Failed) > 0:
+		status = http.StatusInternalServerError
+	case res.Groups == 0:
+		status = http.StatusNotFound
+		res.Failed = append(res.Failed, ReplayFailure{Error: fmt.Sprintf("entity %q has no parked group", rr.Entity)})
 	}
 	writeJSON(w, status, res)
 }
@@ -381,6 +449,11 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 				res.Failed = append(res.Failed, ReplayFailure{ID: id, Error: err.Error()})
 				continue
 			}
+			if dl.Parked {
+				res.Failed = append(res.Failed, ReplayFailure{ID: id,
+					Error: fmt.Sprintf("entry of a parked group: replay it with its group (entity %q)", dl.Key)})
+				continue
+			}
 			do(dl)
 		}
 		return res, nil
@@ -407,7 +480,8 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 				continue
 			}
 			seen[dl.ID], progress = true, true
-			if dl.LastFailure.After(start) {
+			// Parked groups are replayed by entity, in order.
+			if dl.LastFailure.After(start) || dl.Parked {
 				kept++
 				continue
 			}

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 
@@ -109,4 +110,24 @@ func PartitionKey(m *message.Message) string {
 		return key
 	}
 	return m.UUID
+}
+
+// AcquireHook runs when a subscriber that leases partitions (ADR 12) has
+// taken partition p of n, before it consumes it.
+type AcquireHook func(ctx context.Context, p, n int) error
+
+// Bind returns h for a subscriber of n partitions, in the form
+// partition.Config.Acquired takes; nil when h is nil.
+func (h AcquireHook) Bind(n int) func(ctx context.Context, p int) error {
+	if h == nil {
+		return nil
+	}
+	return func(ctx context.Context, p int) error { return h(ctx, p, n) }
+}
+
+// PartitionWatcher is a subscriber that leases partitions and runs a
+// hook on each it takes, before consuming it. Set the hook before
+// Subscribe.
+type PartitionWatcher interface {
+	OnAcquire(hook AcquireHook)
 }

@@ -30,7 +30,7 @@ func BenchmarkStack(b *testing.B) {
 // check builds the event's key and looks it up in the in-process set.
 func BenchmarkStackParked(b *testing.B) {
 	parks := middleware.NewParks()
-	parks.Park("bench", stores.ParkKey("", "Order", "2"), time.Now())
+	parks.Park("bench", stores.ParkKey("", "Order", "2"), event.KeyOf("", "Order", "2"), time.Now())
 	benchStack(b, "on_failure = \"park\"\n", parks)
 }
 

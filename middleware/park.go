@@ -46,6 +46,7 @@ var _ prometheus.Collector = (*Parks)(nil)
 type parkID struct{ observer, key string }
 
 type parkGroup struct {
+	order  string // the entity's ordering key
 	events int
 	since  time.Time // the head's first failure
 }
@@ -63,15 +64,46 @@ func NewParks() *Parks {
 	}
 }
 
-// Load adds the parked groups of store, for the processes that start
+// Load reads the parked groups of store, for the processes that start
 // while entities are parked.
 func (p *Parks) Load(ctx context.Context, store stores.DeadLetters) error {
+	return p.Reload(ctx, store, nil)
+}
+
+// Reload replaces the groups of the entities whose ordering key (event
+// Key) in accepts with those store holds; nil accepts every entity. A
+// worker calls it for a partition it has just taken and not consumed
+// yet: the previous owner may have parked or released its entities.
+func (p *Parks) Reload(ctx context.Context, store stores.DeadLetters, in func(order string) bool) error {
 	dls, err := store.List(ctx, stores.DeadLetterFilter{Parked: true, Limit: loadLimit})
 	if err != nil {
 		return fmt.Errorf("parks: load: %w", err)
 	}
+	type entry struct {
+		observer, key, order string
+		since                time.Time
+	}
+	fresh := make([]entry, 0, len(dls))
 	for _, dl := range dls {
-		p.Park(dl.Observer, dl.Key, dl.FirstFailure)
+		ev, err := event.Decode(dl.Payload)
+		if err != nil {
+			continue // only events are parked
+		}
+		order := ev.Key()
+		if in == nil || in(order) {
+			fresh = append(fresh, entry{dl.Observer, dl.Key, order, dl.FirstFailure})
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, g := range p.groups {
+		if in == nil || in(g.order) {
+			delete(p.groups, id)
+			p.n.Add(-1)
+		}
+	}
+	for _, e := range fresh {
+		p.parkLocked(e.observer, e.key, e.order, e.since)
 	}
 	return nil
 }
@@ -90,17 +122,22 @@ func (p *Parks) Parked(observer string, ev *event.Event) bool {
 }
 
 // Park adds one event to the group of (observer, key), creating it with
-// since as its age when it is new.
-func (p *Parks) Park(observer, key string, since time.Time) {
+// since as its age when it is new; order is the entity's ordering key
+// (event Key), which places it in a partition.
+func (p *Parks) Park(observer, key, order string, since time.Time) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.parkLocked(observer, key, order, since)
+}
+
+func (p *Parks) parkLocked(observer, key, order string, since time.Time) {
 	id := parkID{observer, key}
 	g, ok := p.groups[id]
 	if !ok {
-		g = &parkGroup{since: since}
+		g = &parkGroup{order: order, since: since}
 		p.groups[id] = g
 		p.n.Add(1)
 	}

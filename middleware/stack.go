@@ -223,7 +223,7 @@ func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 				return nil, fmt.Errorf("observer %q: dead-letter write failed: %w", o.Name, err)
 			}
 			if park {
-				p.Parks.Park(o.Name, dl.Key, dl.FirstFailure)
+				p.Parks.Park(o.Name, dl.Key, ev.Key(), dl.FirstFailure)
 				d.Outcome = OutcomeParked
 				p.Logger.WarnContext(ctx, "observer failed; event dead-lettered and its entity parked",
 					append(attrs, "dead_letter", id, "entity", dl.Key)...)
@@ -254,7 +254,7 @@ func (p *Policy) parkBehind(ctx context.Context, d *Delivery) error {
 			"observer", o.Name, "event_id", ev.ID, "entity", key, "dlq_err", err)
 		return fmt.Errorf("observer %q: park: dead-letter write failed: %w", o.Name, err)
 	}
-	p.Parks.Park(o.Name, key, now)
+	p.Parks.Park(o.Name, key, ev.Key(), now)
 	d.Outcome = OutcomeParked
 	p.Logger.InfoContext(ctx, "entity parked; event added to its group", "observer", o.Name, "event_id", ev.ID,
 		"entity", key, "dead_letter", id)

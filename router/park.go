@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/bus/partition"
 	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/middleware"
@@ -47,11 +48,28 @@ func (r *Router) loadParks(ctx context.Context) error {
 	if r.policy.DeadLetters == nil || !r.parking() {
 		return nil
 	}
+	if pw, ok := r.backend.Subscriber.(bus.PartitionWatcher); ok {
+		// With partitions, an entity may have been parked or released by
+		// the partition's previous owner since this process loaded.
+		pw.OnAcquire(r.reloadParks)
+	}
 	lctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := parks.Load(lctx, r.policy.DeadLetters); err != nil {
 		r.metrics.Registry.Unregister(parks)
 		return fmt.Errorf("router: %w", err)
+	}
+	return nil
+}
+
+// reloadParks reads afresh the parked groups of partition p of n, which
+// this process has just taken and does not consume yet.
+func (r *Router) reloadParks(ctx context.Context, p, n int) error {
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err := r.policy.Parks.Reload(lctx, r.policy.DeadLetters, func(order string) bool { return partition.Of(order, n) == p })
+	if err != nil {
+		return fmt.Errorf("router: partition %d: %w", p, err)
 	}
 	return nil
 }

@@ -324,11 +324,8 @@ func (r *Router) storeError(w http.ResponseWriter, req *http.Request, op string,
 // the failures is more than an unknown id, 500 otherwise; the body says
 // which entries failed in every case.
 func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
-	var rr ReplayRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rr); err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody("body: "+err.Error()))
+	rr, ok := decodeReplayRequest(w, req)
+	if !ok {
 		return
 	}
 	switch {
@@ -369,14 +366,23 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, status, res)
 }
 
-// dlqSkip takes the head out of an entity's parked groups (it stays in
-// the store as an ordinary dead letter) and replays the rest in order.
-func (r *Router) dlqSkip(w http.ResponseWriter, req *http.Request) {
-	var rr ReplayRequest
+// decodeReplayRequest reads a replay or skip body strictly; on an error
+// it answers 400 and ok is false.
+func decodeReplayRequest(w http.ResponseWriter, req *http.Request) (rr ReplayRequest, ok bool) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rr); err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody("body: "+err.Error()))
+		return rr, false
+	}
+	return rr, true
+}
+
+// dlqSkip takes the head out of an entity's parked groups (it stays in
+// the store as an ordinary dead letter) and replays the rest in order.
+func (r *Router) dlqSkip(w http.ResponseWriter, req *http.Request) {
+	rr, ok := decodeReplayRequest(w, req)
+	if !ok {
 		return
 	}
 	if rr.Entity == "" || rr.All || len(rr.IDs) > 0 || rr.AllActions {

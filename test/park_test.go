@@ -86,13 +86,7 @@ func parkAcrossWorkers(t *testing.T, topology string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	tried := 0
-	for _, d := range recv.Requests("ordered") {
-		if isParked(d) {
-			tried++
-		}
-	}
-	if tried != 1 {
+	if tried := len(e2e.OfEntity(recv.Requests("ordered"), strconv.Itoa(parked))); tried != 1 {
 		t.Fatalf("the parked entity's endpoint got %d requests, want 1: the new owner must not run its next event", tried)
 	}
 	broken.Store(false)
@@ -101,13 +95,7 @@ func parkAcrossWorkers(t *testing.T, topology string) {
 	if code, out, errOut := r.CLI(t, "dlq", "replay", "--entity", key, "--wait", "60s"); code != 0 {
 		t.Fatalf("dlq replay --entity: exit %d: %s %s", code, out, errOut)
 	}
-	var ns []int64
-	for _, d := range recv.Delivered("ordered") {
-		if isParked(d) {
-			ns = append(ns, d.Event.Data["n"].(int64))
-		}
-	}
-	if !slices.Equal(ns, []int64{0, 1}) {
+	if ns := e2e.Ns(e2e.OfEntity(recv.Delivered("ordered"), strconv.Itoa(parked))); !slices.Equal(ns, []int64{0, 1}) {
 		t.Errorf("parked entity delivered n=%v, want [0 1]", ns)
 	}
 	t.Logf("%s parked the entity, stopped; %s took its partition over and kept the park", owner.name, survivor.name)

@@ -596,13 +596,7 @@ func testPark(t *testing.T, topology string) {
 	if tl := e2e.Count(othersMade, othersGot); tl.Problems() != "" || tl.Duplicates != 0 {
 		t.Errorf("other entities: %s; %d duplicates", tl.Problems(), tl.Duplicates)
 	}
-	tried := 0
-	for _, d := range recv.Requests("ordered") {
-		if isParked(d) {
-			tried++
-		}
-	}
-	if tried != 1 {
+	if tried := len(e2e.OfEntity(recv.Requests("ordered"), strconv.Itoa(parked))); tried != 1 {
 		t.Errorf("the parked entity's endpoint got %d requests, want 1: its later events must wait", tried)
 	}
 	key := dls[0].Key
@@ -637,21 +631,10 @@ func testPark(t *testing.T, topology string) {
 		t.Fatalf("millrace dlq replay --entity --wait: exit %d: %s %s", code, out, errOut)
 	}
 	recv.Wait(t, wait, "the parked entity's deliveries", func() bool {
-		n := 0
-		for _, d := range recv.Delivered("ordered") {
-			if isParked(d) {
-				n++
-			}
-		}
-		return n >= later+1+during
+		return len(e2e.OfEntity(recv.Delivered("ordered"), strconv.Itoa(parked))) >= later+1+during
 	})
 	time.Sleep(settle)
-	var ns []int64
-	for _, d := range recv.Delivered("ordered") {
-		if isParked(d) {
-			ns = append(ns, d.Event.Data["n"].(int64))
-		}
-	}
+	ns := e2e.Ns(e2e.OfEntity(recv.Delivered("ordered"), strconv.Itoa(parked)))
 	want := make([]int64, later+1+during)
 	for i := range want {
 		want[i] = int64(i)

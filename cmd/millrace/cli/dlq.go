@@ -249,13 +249,7 @@ duration given, until the groups are gone.`,
 			if res.DryRun {
 				verb = "would replay"
 			}
-			fmt.Fprintf(stdout, "%s %d\n", verb, res.Replayed)
-			for _, id := range res.IDs {
-				fmt.Fprintf(stdout, "  %s\n", id)
-			}
-			for _, f := range res.Failed {
-				fmt.Fprintf(stdout, "failed %s: %s\n", f.ID, f.Error)
-			}
+			printReplay(stdout, fmt.Sprintf("%s %d", verb, res.Replayed), res)
 			if err != nil {
 				return &exitError{code: ExitFailure, err: err}
 			}
@@ -301,6 +295,18 @@ the rest of the group is replayed in order as dlq replay --entity does.`,
 	return cmd
 }
 
+// printReplay prints a replay's answer: head, then the ids, then one
+// line per failure.
+func printReplay(w io.Writer, head string, res router.ReplayResponse) {
+	fmt.Fprintln(w, head)
+	for _, id := range res.IDs {
+		fmt.Fprintf(w, "  %s\n", id)
+	}
+	for _, f := range res.Failed {
+		fmt.Fprintf(w, "failed %s: %s\n", f.ID, f.Error)
+	}
+}
+
 // release asks for the replay (or skip) of an entity's parked groups
 // and, with wait, polls until none is left.
 func (c *dlqClient) release(ctx context.Context, stdout io.Writer, path string, rr router.ReplayRequest, wait time.Duration) error {
@@ -313,13 +319,7 @@ func (c *dlqClient) release(ctx context.Context, stdout io.Writer, path string, 
 	if res.DryRun {
 		verb = "would replay"
 	}
-	fmt.Fprintf(stdout, "%s %d parked group(s), %d event(s), in order:\n", verb, res.Groups, res.Replayed)
-	for _, id := range res.IDs {
-		fmt.Fprintf(stdout, "  %s\n", id)
-	}
-	for _, f := range res.Failed {
-		fmt.Fprintf(stdout, "failed %s: %s\n", f.ID, f.Error)
-	}
+	printReplay(stdout, fmt.Sprintf("%s %d parked group(s), %d event(s), in order:", verb, res.Groups, res.Replayed), res)
 	if err != nil {
 		return &exitError{code: ExitFailure, err: err}
 	}

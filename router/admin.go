@@ -99,6 +99,10 @@ type PurgeResponse struct {
 	Purged int `json:"purged"`
 }
 
+// parkedEntryError starts the failure of a replay by id that names an
+// entry of a parked group: those replay with their group, by entity.
+const parkedEntryError = "entry of a parked group"
+
 // replayPage is how many entries a replay of "all" reads at once.
 const replayPage = 500
 
@@ -321,8 +325,9 @@ func (r *Router) storeError(w http.ResponseWriter, req *http.Request, op string,
 
 // dlqReplay publishes entries again and deletes each once it is on the
 // bus. The answer is 200 when every entry was replayed, 404 when none of
-// the failures is more than an unknown id, 500 otherwise; the body says
-// which entries failed in every case.
+// the failures is more than an unknown id, 409 when the worst is an
+// entry of a parked group, 500 otherwise; the body says which entries
+// failed in every case.
 func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 	rr, ok := decodeReplayRequest(w, req)
 	if !ok {
@@ -355,12 +360,17 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.logger.InfoContext(req.Context(), "dead letters replayed", "replayed", res.Replayed, "failed", len(res.Failed), "dry_run", rr.DryRun)
+	// The worst failure decides: one that is no client error (500), an
+	// entry of a parked group (409), an unknown id (404).
 	status := http.StatusOK
 	for _, f := range res.Failed {
-		status = http.StatusNotFound
-		if !strings.Contains(f.Error, stores.ErrNotFound.Error()) {
+		switch {
+		case strings.HasPrefix(f.Error, parkedEntryError):
+			status = max(status, http.StatusConflict)
+		case strings.Contains(f.Error, stores.ErrNotFound.Error()):
+			status = max(status, http.StatusNotFound)
+		default:
 			status = http.StatusInternalServerError
-			break
 		}
 	}
 	writeJSON(w, status, res)
@@ -457,7 +467,7 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 			}
 			if dl.Parked {
 				res.Failed = append(res.Failed, ReplayFailure{ID: id,
-					Error: fmt.Sprintf("entry of a parked group: replay it with its group (entity %q)", dl.Key)})
+					Error: fmt.Sprintf("%s: replay it with its group (entity %q)", parkedEntryError, dl.Key)})
 				continue
 			}
 			do(dl)

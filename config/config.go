@@ -70,6 +70,10 @@ type HTTP struct {
 	// token that GET /metrics asks for. Unset: /metrics is open, like
 	// /healthz and /readyz.
 	MetricsTokenEnv string `koanf:"metrics_token_env"`
+	// Console serves the admin console, a web UI, under /console/. It
+	// asks for the admin token (AdminTokenEnv), so it needs that key.
+	// Default false: the routes do not exist.
+	Console bool `koanf:"console"`
 }
 
 // IngestToken is one producer's credential for POST /v1/events: a bearer

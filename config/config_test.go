@@ -705,3 +705,19 @@ breaker = { open_interval = "5s", half_open_probes = 3 }
 		t.Errorf("BreakerFor(actions[1]) = %+v, %v; want %+v", got, err, own)
 	}
 }
+
+// The console asks for the admin token: turning it on without
+// http.admin_token_env is an error at http.console.
+func TestConsoleNeedsAdminToken(t *testing.T) {
+	_, err := config.Parse([]byte(valid), []string{"MILLRACE_HTTP__CONSOLE=true"})
+	if e := find(err, "http.console"); e == nil || !strings.Contains(e.Msg, "http.admin_token_env") {
+		t.Fatalf("console without admin_token_env: want an error at http.console naming http.admin_token_env, got %v", err)
+	}
+	cfg, err := config.Parse([]byte(valid), []string{"MILLRACE_HTTP__CONSOLE=true", "MILLRACE_HTTP__ADMIN_TOKEN_ENV=TOKEN"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.HTTP.Console {
+		t.Fatal("http.console = true did not reach the config")
+	}
+}

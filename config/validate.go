@@ -401,6 +401,10 @@ func (c *Config) validateHTTP(add func(path, format string, args ...any)) {
 		add("http.ingest_tokens", "http.addr %q is not a loopback address and POST /v1/events has no credentials: "+
 			"add [[http.ingest_tokens]] entries, or turn ingest off with http.ingest = false", h.Addr)
 	}
+	if h.Console && h.AdminTokenEnv == "" {
+		add("http.console", "is true but http.admin_token_env is not set: the console asks for the admin token; "+
+			"set http.admin_token_env or turn the console off")
+	}
 	names := map[string]bool{}
 	for i, t := range h.IngestTokens {
 		p := Index("http.ingest_tokens", i)

@@ -330,8 +330,20 @@ func (p *parser) array() (any, bool) {
 
 // skipNumber passes over a number as the JSON grammar has it.
 func (p *parser) skipNumber() bool {
-	b, start := p.b, p.i
-	i := start
+	end := numberEnd(p.b, p.i)
+	if end < 0 {
+		return false
+	}
+	p.i = end
+	return true
+}
+
+// IsNumber reports whether b is exactly one JSON number.
+func IsNumber(b []byte) bool { return numberEnd(b, 0) == len(b) }
+
+// numberEnd returns where the JSON number that starts at b[i] ends, or
+// -1 when none starts there.
+func numberEnd(b []byte, i int) int {
 	if i < len(b) && b[i] == '-' {
 		i++
 	}
@@ -339,20 +351,15 @@ func (p *parser) skipNumber() bool {
 	case i < len(b) && b[i] == '0':
 		i++
 	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
+		i = digits(b, i)
 	default:
-		return false
+		return -1
 	}
 	if i < len(b) && b[i] == '.' {
-		i++
-		d := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == d {
-			return false
+		if d := digits(b, i+1); d > i+1 {
+			i = d
+		} else {
+			return -1
 		}
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
@@ -360,16 +367,21 @@ func (p *parser) skipNumber() bool {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		d := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == d {
-			return false
+		if d := digits(b, i); d > i {
+			i = d
+		} else {
+			return -1
 		}
 	}
-	p.i = i
-	return true
+	return i
+}
+
+// digits returns the end of the run of decimal digits at b[i].
+func digits(b []byte, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // numberValue is normalize's rule for one number: int64 when it is an

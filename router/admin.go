@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -38,6 +39,9 @@ import (
 //	POST   /v1/dlq/skip                     {"entity": KEY, "observer": ""}: drop a parked group's head, replay the rest
 //	DELETE /v1/dlq/{id}                     drop one entry
 //	DELETE /v1/dlq                          purge
+//	GET    /v1/dlq/export?observer=&since=  the dead letters' events as JSON lines (record.go)
+//	GET    /v1/record?since=&from_seq=&limit=  the events on the bus as JSON lines (record.go)
+//	POST   /v1/try                          {"config", "against", "events"}: the try report (try.go)
 
 // DeadLetterList is the body of GET /v1/dlq.
 type DeadLetterList struct {
@@ -181,7 +185,7 @@ func (r *Router) countDeadLetters(b *topologies.Backend) {
 	b.DeadLetters = stores.NewCountingDeadLetters(b.DeadLetters, r.dlqMetrics().written)
 }
 
-// mountAdmin adds the dead-letter routes to mux when an admin token is
+// mountAdmin adds the dead-letter and record routes to mux when an admin token is
 // configured, and the dead-letter metrics in any case.
 func (r *Router) mountAdmin(mux *http.ServeMux) {
 	r.dlqMetrics()
@@ -200,6 +204,12 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("POST /v1/dlq/skip", auth(r.dlqSkip))
 	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
+	mux.Handle("GET /v1/dlq/export", auth(r.dlqExport))
+	mux.Handle("GET /v1/record", auth(r.record))
+	mux.Handle("POST /v1/try", auth(r.tryConfigs))
+	if r.cfg.HTTP.Console {
+		r.mountConsole(mux, token)
+	}
 }
 
 func errorBody(msg string) map[string]string { return map[string]string{"error": msg} }
@@ -233,14 +243,21 @@ func parseSince(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("since %q: want an RFC 3339 time or a duration such as 1h", s)
 }
 
+// deadLetterFilter reads the observer and since parameters that the
+// list and the export of dead letters share.
+func deadLetterFilter(q url.Values) (stores.DeadLetterFilter, error) {
+	since, err := parseSince(q.Get("since"))
+	return stores.DeadLetterFilter{Observer: q.Get("observer"), Since: since}, err
+}
+
 func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
-	f := stores.DeadLetterFilter{Observer: q.Get("observer"), Key: q.Get("entity"), Parked: q.Get("parked") == "true"}
-	var err error
-	if f.Since, err = parseSince(q.Get("since")); err != nil {
+	f, err := deadLetterFilter(q)
+	if err != nil {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
 		return
 	}
+	f.Key, f.Parked = q.Get("entity"), q.Get("parked") == "true"
 	if s := q.Get("limit"); s != "" {
 		if f.Limit, err = strconv.Atoi(s); err != nil || f.Limit < 1 {
 			writeJSON(w, http.StatusBadRequest, errorBody(fmt.Sprintf("limit %q: want a positive integer", s)))

@@ -70,6 +70,13 @@ func (rec *dlqRecorder) wait(t *testing.T, observer, id string) {
 // serves.
 func dlqTestRouter(t *testing.T, tokenEnv, observers string) (*Router, string, *dlqRecorder) {
 	t.Helper()
+	return dlqTestRouterEnv(t, tokenEnv, observers, nil)
+}
+
+// dlqTestRouterEnv is dlqTestRouter with config overrides given as
+// MILLRACE_* variables (e.g. "MILLRACE_HTTP__CONSOLE=true").
+func dlqTestRouterEnv(t *testing.T, tokenEnv, observers string, env []string) (*Router, string, *dlqRecorder) {
+	t.Helper()
 	rec := &dlqRecorder{seen: map[string][]string{}, ch: make(chan string, 1000)}
 	reg := handlers.NewRegistry()
 	handlers.MustRegister(reg, "dlqrecord", func(_ context.Context, c dlqRecordConfig, _ handlers.Deps) (handlers.Action, error) {
@@ -97,7 +104,7 @@ data_dir = %q
 [router]
 shutdown_timeout = "5s"
 %s
-`, tokenEnv, t.TempDir(), observers), nil)
+`, tokenEnv, t.TempDir(), observers), env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +147,21 @@ func adminTokenEnv(t *testing.T, token string) string {
 
 func adminCall(t *testing.T, method, url, token string, body any, out any) int {
 	t.Helper()
+	resp := adminDo(t, method, url, token, body)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %s: %v", method, url, resp.StatusCode, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// adminDo sends body as JSON (none when nil) with token as the bearer
+// (none when empty) and returns the answer, its body to be closed.
+func adminDo(t *testing.T, method, url, token string, body any) *http.Response {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -159,14 +181,7 @@ func adminCall(t *testing.T, method, url, token string, body any, out any) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && len(b) > 0 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %d %s: %v", method, url, resp.StatusCode, b, err)
-		}
-	}
-	return resp.StatusCode
+	return resp
 }
 
 func testEvent(t *testing.T, entity string) (*event.Event, []byte) {

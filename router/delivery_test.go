@@ -184,6 +184,13 @@ func startDelivery(t *testing.T, p *deliveryProbe, node, cfgText string) *delive
 // startDeliveryWith is startDelivery with the action registry reg.
 func startDeliveryWith(t *testing.T, reg *handlers.Registry, node, cfgText string) *deliveryNode {
 	t.Helper()
+	return startDeliveryEmbedded(t, reg, node, "", cfgText)
+}
+
+// startDeliveryEmbedded is startDeliveryWith with more keys of the
+// [embedded] table (embedded, TOML lines).
+func startDeliveryEmbedded(t *testing.T, reg *handlers.Registry, node, embeddedKeys, cfgText string) *deliveryNode {
+	t.Helper()
 	n := &deliveryNode{logs: &testenv.LogBuffer{}}
 	topo := topologies.NewRegistry()
 	spy := embedded.Topology()
@@ -195,8 +202,8 @@ func startDeliveryWith(t *testing.T, reg *handlers.Registry, node, cfgText strin
 	if err := topo.Register(spy); err != nil {
 		t.Fatal(err)
 	}
-	full := fmt.Sprintf("http = { addr = \"127.0.0.1:0\" }\n[embedded]\ndata_dir = %q\n[router]\nshutdown_timeout = \"5s\"\n%s",
-		t.TempDir(), cfgText)
+	full := fmt.Sprintf("http = { addr = \"127.0.0.1:0\" }\n[embedded]\ndata_dir = %q\n%s[router]\nshutdown_timeout = \"5s\"\n%s",
+		t.TempDir(), embeddedKeys, cfgText)
 	cfg, err := config.Parse([]byte(full), nil)
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, full)

@@ -24,6 +24,8 @@ import (
 //	GET  /readyz     the services it needs answer; else 503 and which one does not
 //	GET  /metrics    Prometheus (behind http.metrics_token_env when set)
 //	/v1/dlq...       the dead-letter admin API (admin.go)
+//	/v1/record       the events on the bus, for millrace record (record.go)
+//	/v1/try          millrace try over HTTP (try.go)
 func (r *Router) Handler() http.Handler {
 	mux := http.NewServeMux()
 	if r.cfg.HTTP.Ingest {
@@ -42,7 +44,7 @@ func (r *Router) Handler() http.Handler {
 		metrics = requireBearer(os.Getenv(env), "millrace metrics", metrics)
 	}
 	mux.Handle("GET /metrics", metrics)
-	r.mountAdmin(mux) // /v1/dlq, see admin.go
+	r.mountAdmin(mux) // /v1/dlq and /v1/record, see admin.go
 	return mux
 }
 

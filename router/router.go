@@ -64,6 +64,9 @@ type Router struct {
 	http      *http.Server
 	listener  net.Listener
 	auth      *ingestAuth
+	// recent keeps the last deliveries of each observer for the
+	// console; nil when http.console is off.
+	recent *recentDeliveries
 
 	// started is closed once backend is set: the HTTP server runs before
 	// (see Run), and its handlers use backend only after this.
@@ -87,7 +90,11 @@ func New(cfg *config.Config, opts Options) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth, started: make(chan struct{})}, nil
+	r := &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth, started: make(chan struct{})}
+	if cfg.HTTP.Console {
+		r.recent = newRecentDeliveries()
+	}
+	return r, nil
 }
 
 // Metrics returns the router's metrics.
@@ -637,7 +644,13 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 			}
 			ds[i].RunAll = msg.Metadata.Get(bus.AllActionsMetadata) == "true"
 		}
+		if r.recent == nil {
+			errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
+			return
+		}
+		start := time.Now()
 		errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
+		r.recent.record(ev, ds[i], start)
 	}
 	if len(obs) == 1 {
 		run(0)

@@ -50,7 +50,7 @@ func parkAcrossWorkers(t *testing.T, topology string) {
 	// Worker b: the same config, its own HTTP port and consumer name.
 	workers := []*proc{{Process: r.Proc, name: "worker a", addr: r.Addr},
 		start(t, "worker b", r.Config, append(slices.Clone(r.Env), "MILLRACE_REDIS__CONSUMER=worker-b"))}
-	waitDealt(t, r.Partitions, workers)
+	waitDealt(t, r.Partitions, workers...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -74,7 +74,7 @@ func parkAcrossWorkers(t *testing.T, topology string) {
 	// The owner stops cleanly: its partitions move to the survivor,
 	// which started before the park.
 	owner.stop(t)
-	waitDealt(t, r.Partitions, []*proc{survivor})
+	waitDealt(t, r.Partitions, survivor)
 	if err := r.Update(ctx, []int{parked}, "next"); err != nil {
 		t.Fatal(err)
 	}

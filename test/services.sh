@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the services that the integration tests use: PostgreSQL on
 # 127.0.0.1:5432, Redis on 127.0.0.1:6379 and NATS with JetStream on
-# 127.0.0.1:4222.
+# 127.0.0.1:4222; and installs Chromium, which the console's browser test
+# (test/console) drives headless.
 #
 # For each service:
 #   - if its MILLRACE_TEST_*_URL variable is set, the service is left alone
@@ -307,13 +308,34 @@ start_nats() {
 	log nats "started on 127.0.0.1:$NATS_PORT (JetStream enabled)"
 }
 
+# ------------------------------------------------------------------ Chromium
+
+# start_chromium installs Debian's chromium (and a font, so that the
+# console's screenshots have readable text) when no Chromium is on PATH.
+# Nothing runs: the browser test starts its own headless browser.
+start_chromium() {
+	local bin
+	for bin in chromium chromium-browser google-chrome; do
+		if command -v "$bin" >/dev/null 2>&1; then
+			log chromium "already installed ($(command -v "$bin"))"
+			return 0
+		fi
+	done
+	install_packages chromium chromium fonts-dejavu-core
+	if ! command -v chromium >/dev/null 2>&1; then
+		log chromium "the chromium package installed no chromium binary" >&2
+		return 1
+	fi
+	log chromium "installed ($(command -v chromium))"
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
 	local svc rc failed=()
 	apt_stamp=$(mktemp -u "${TMPDIR:-/tmp}/millrace-apt-updated.XXXXXX")
 	trap 'rm -f "$apt_stamp"' EXIT
-	for svc in postgres redis nats; do
+	for svc in postgres redis nats chromium; do
 		# Each service runs in its own subshell with errexit, so that a failure
 		# stops that service's steps without hiding the state of the others.
 		# (errexit would be ignored inside `if ! (...)`, hence the explicit form.)

@@ -325,7 +325,7 @@ func TestNATSOneBridgeThreeWorkers(t *testing.T) {
 	// The example's 12 partitions are dealt 4 to each worker, but the
 	// first worker holds all 12 until the others joined and it gave
 	// theirs up: changes made before that all go to it.
-	waitDealt(t, 12, workers)
+	waitDealt(t, 12, workers...)
 
 	const rows, perTx = 300, 10
 	for i := 0; i < rows; i += perTx {
@@ -371,36 +371,14 @@ func TestNATSOneBridgeThreeWorkers(t *testing.T) {
 	bridge.stop(t)
 }
 
-// waitDealt waits until each of workers holds its share of the
-// partitions (partitions / len(workers)), as their logs tell.
-func waitDealt(t *testing.T, partitions int, workers []*proc) {
+// waitDealt waits until the workers hold equal shares of the partitions.
+func waitDealt(t *testing.T, partitions int, workers ...*proc) {
 	t.Helper()
-	share := partitions / len(workers)
-	deadline := time.Now().Add(30 * time.Second)
-	for _, w := range workers {
-		for held(w) != share {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s holds %d partitions after 30s, want %d", w.name, held(w), share)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+	ps := make([]*e2e.Process, len(workers))
+	for i, w := range workers {
+		ps[i] = w.Process
 	}
-}
-
-// held is the number of partitions w holds: those it acquired, less
-// those it released or stopped (a lost lease).
-func held(w *proc) int {
-	n := 0
-	for _, l := range w.Logs() {
-		switch l.Msg {
-		case "partition: acquired":
-			n++
-		case "partition: released", "partition: lease lost to another worker; stopping the partition",
-			"partition: cannot renew the lease; stopping the partition":
-			n--
-		}
-	}
-	return n
+	e2e.WaitDealt(t, partitions, 30*time.Second, ps...)
 }
 
 // TestPartitionedWorkersKeepEntityOrder: with partitions set (12 in the
@@ -431,7 +409,7 @@ func partitionedWorkers(t *testing.T, db database, cfg string, env []string) {
 	}
 	// The first worker takes every partition; wait until it has dealt
 	// them out (12 over 3 workers), so that all three run events at once.
-	waitDealt(t, 12, workers)
+	waitDealt(t, 12, workers...)
 
 	const rows, rounds = 40, 12
 	db.exec(t, "INSERT INTO orders (id, status, total) SELECT g, 's0', 0 FROM generate_series(1, $1::bigint) g", rows)

@@ -30,6 +30,21 @@ func JetStreamFeatures() config.Features {
 // connectTimeout bounds the first connection to NATS.
 const connectTimeout = 10 * time.Second
 
+// A server that stops answering without closing the connection (frozen,
+// or cut off by a network partition) is left after pingInterval ×
+// (maxPingsOut + 1) at most, for another server of the cluster: with
+// nats.go's defaults (2 minutes, 2) a worker connected to it would wait
+// up to 6 minutes.
+const (
+	pingInterval = 5 * time.Second
+	maxPingsOut  = 2
+)
+
+// setupTimeout bounds each JetStream request of the start (the streams):
+// one sent to a server that stopped answering fails in time for the
+// start to try again on a fresh connection, to another server.
+const setupTimeout = 15 * time.Second
+
 // BuildJetStream builds a backend on a NATS JetStream bus, for the nats
 // and multidb topologies: it connects to NATS ([nats]), ensures the
 // stream, opens the stores (dead letters in a stream of their own, the
@@ -57,40 +72,13 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		}
 		b.Closers = append(b.Closers, srcs.Close)
 	}
-	busMetrics := jetstream.NewMetrics()
-	nc, err := connectNATS(cfg, logger, busMetrics)
-	if err != nil {
-		return nil, err
-	}
-	b.Closers = append(b.Closers, func() error { nc.Close(); return nil })
-	js, err := njs.New(nc)
-	if err != nil {
-		return nil, fmt.Errorf("nats: jetstream: %w", err)
-	}
-	jc := JetStreamConfig(cfg)
-	if _, err := jetstream.EnsureStream(ctx, js, jc); err != nil {
-		// Operators may provision the stream themselves and not let
-		// millrace change it: an existing stream is used as it is.
-		s, serr := js.Stream(ctx, jc.Stream)
-		if serr != nil {
-			return nil, err
-		}
-		logger.Warn("nats: cannot create or update the stream; using it as it is", "stream", jc.Stream, "err", err,
-			"subjects", s.CachedInfo().Config.Subjects)
-	}
-	// Dead letters get a stream of their own; "<prefix>_dlq" is outside
-	// the event stream's "<prefix>.>".
-	dlq, err := stores.NewJetStreamDeadLetters(ctx, js, stores.JetStreamDeadLettersConfig{
-		Stream: cfg.NATS.Stream + "_DLQ", Subject: cfg.NATS.SubjectPrefix + "_dlq",
-		MaxEntries: cfg.DLQ.MaxEntries, Replicas: cfg.NATS.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("nats: %w", err)
-	}
-	b.DeadLetters = dlq
 	// The dedup ledger and the result cache: shared by every worker in
 	// Redis; without Redis, each process remembers what it handled, and
 	// a redelivery to another worker is not recognised as a duplicate.
+	// Redis is reached before the streams are set up: a PING answers at
+	// once, and a Redis that does not is named as the reason even when
+	// the stream requests after it would have taken the rest of the
+	// start's time.
 	rc, _, err := ConnectRedis(ctx, cfg.Redis)
 	switch {
 	case err != nil:
@@ -107,6 +95,47 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		logger.Warn("nats: redis.url is not set: dedup and the result cache are per process")
 	}
 
+	busMetrics := jetstream.NewMetrics()
+	nc, err := connectNATS(cfg, logger, busMetrics)
+	if err != nil {
+		return nil, err
+	}
+	b.Closers = append(b.Closers, func() error { nc.Close(); return nil })
+	js, err := njs.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("nats: jetstream: %w", err)
+	}
+	jc := JetStreamConfig(cfg)
+	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	if _, err := jetstream.EnsureStream(sctx, js, jc); err != nil {
+		// Operators may provision the stream themselves and not let
+		// millrace change it: an existing stream is used as it is.
+		s, serr := js.Stream(sctx, jc.Stream)
+		if serr != nil {
+			if jetstream.Unavailable(err) {
+				// No answer (a cluster electing a leader): wait for it.
+				return nil, Unreachable("nats", "ensure stream", "nats.url", cfg.NATS.URL, err)
+			}
+			return nil, err
+		}
+		logger.Warn("nats: cannot create or update the stream; using it as it is", "stream", jc.Stream, "err", err,
+			"subjects", s.CachedInfo().Config.Subjects)
+	}
+	// Dead letters get a stream of their own; "<prefix>_dlq" is outside
+	// the event stream's "<prefix>.>".
+	dctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	dlq, err := stores.NewJetStreamDeadLetters(dctx, js, stores.JetStreamDeadLettersConfig{
+		Stream: cfg.NATS.Stream + "_DLQ", Subject: cfg.NATS.SubjectPrefix + "_dlq",
+		MaxEntries: cfg.DLQ.MaxEntries, Replicas: cfg.NATS.Replicas,
+	})
+	if jetstream.Unavailable(err) {
+		return nil, Unreachable("nats", "dead-letter stream", "nats.url", cfg.NATS.URL, err)
+	} else if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	b.DeadLetters = dlq
 	if cfg.Bus.Driver == config.DriverWatermill {
 		subConn, err := connectNATS(cfg, logger, busMetrics)
 		if err != nil {
@@ -120,6 +149,7 @@ func BuildJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger
 		b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
 	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
+	b.Lag = JetStreamLag(js, jc.Stream)
 	// Redis holds only the stores here, which fail open: while it is
 	// down events still flow, so it does not make the process unready.
 	b.Ready = func(context.Context) error {
@@ -173,6 +203,8 @@ func connectNATS(cfg *config.Config, logger *slog.Logger, m *jetstream.Metrics) 
 		natsgo.Timeout(connectTimeout),
 		natsgo.SetCustomDialer(d),
 		natsgo.MaxReconnects(-1),
+		natsgo.PingInterval(pingInterval),
+		natsgo.MaxPingsOutstanding(maxPingsOut),
 	}, jetstream.ConnHandlers(logger, m)...)
 	nc, err := natsgo.Connect(cfg.NATS.URL, opts...)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"runtime"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -28,6 +29,16 @@ func NewRedisClient(c config.Redis) (*goredis.Client, error) {
 	if url == "" {
 		return nil, nil
 	}
+	if isSentinelURL(url) {
+		opts, err := goredis.ParseFailoverURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("redis.url (Sentinel): %w", err)
+		}
+		if opts.PoolSize == 0 && c.Partitions > 0 {
+			opts.PoolSize = 10*runtime.GOMAXPROCS(0) + c.Partitions
+		}
+		return goredis.NewFailoverClient(opts), nil
+	}
 	opts, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis.url: %w", err)
@@ -36,6 +47,15 @@ func NewRedisClient(c config.Redis) (*goredis.Client, error) {
 		opts.PoolSize = 10*runtime.GOMAXPROCS(0) + c.Partitions
 	}
 	return goredis.NewClient(opts), nil
+}
+
+// isSentinelURL reports whether url names a master through Sentinel:
+// redis://sentinel-1:26379/0?master_name=mymaster&addr=sentinel-2:26379
+// (go-redis's ParseFailoverURL form). The client then asks the sentinels
+// for the master, and again after a failover.
+func isSentinelURL(url string) bool {
+	u, err := neturl.Parse(url)
+	return err == nil && u.Query().Has("master_name")
 }
 
 // ConnectRedis is NewRedisClient followed by a PING, so that a Redis that does not

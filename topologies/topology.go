@@ -44,9 +44,35 @@ type Backend struct {
 	Cache stores.ResultCache
 	// Closers run in reverse order at shutdown, after the router stopped.
 	Closers []func() error
+	// Record reads the events already on the bus, oldest first, and
+	// calls fn with each payload, without disturbing the consumers: no
+	// consumer group, no acks, no checkpoint. GET /v1/record serves it
+	// for a bus that lives inside the process (embedded), which
+	// `millrace record` cannot reach otherwise. nil: the topology's bus
+	// is recorded from outside.
+	Record func(ctx context.Context, span RecordSpan, fn func(payload []byte) error) error
 	// Collectors are the backend's own metrics (the WAL captures'
 	// retained WAL); the router registers them beside its own.
 	Collectors []prometheus.Collector
+	// Lag, when set, reports how far each consumer of the bus is behind
+	// its head (the console's bus health page); nil when the topology
+	// cannot tell.
+	Lag func(ctx context.Context) ([]Lag, error)
+}
+
+// RecordSpan is the part of the bus Backend.Record reads.
+type RecordSpan struct {
+	// FromSeq, when above 0, starts after this bus position (a stream
+	// sequence); else Since, when not zero, starts at the first event
+	// that reached the bus then or later; else the first event.
+	FromSeq uint64
+	Since   time.Time
+	// Limit caps the events read; 0 reads up to those that were last
+	// when the read began (and those tapped until Until).
+	Limit int
+	// Until, when after now, keeps the read going once it reached the
+	// end: the events that arrive are read too, until that time.
+	Until time.Time
 }
 
 // Close runs the closers in reverse order and joins their errors.

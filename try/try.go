@@ -58,7 +58,12 @@ func Build(ctx context.Context, cfg *config.Config, reg *handlers.Registry) (*Se
 			}
 			opts, err := redis.ParseURL(url)
 			if err != nil {
-				return nil, fmt.Errorf("redis.url: %w", err)
+				// A Sentinel URL (master_name=...): the client never
+				// dials, so the master's address does not matter.
+				if _, ferr := redis.ParseFailoverURL(url); ferr != nil {
+					return nil, fmt.Errorf("redis.url: %w", err)
+				}
+				opts = &redis.Options{}
 			}
 			opts.MaxRetries = -1
 			opts.Dialer = func(context.Context, string, string) (net.Conn, error) { return nil, errDisabled }

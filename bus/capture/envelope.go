@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/millrace/millrace/bus"
 
@@ -25,31 +23,9 @@ const EventIDMetadata = "millrace_event_id"
 // that a replayed row keeps its id.
 var idNamespace = uuid.MustParse("5d0b7f8e-3c1a-4e63-9a57-6f2b1f0c9e41")
 
-// envelope is event.Event as it is encoded (the same JSON names), with
-// data and changes kept as raw JSON: the images come out of PostgreSQL as
-// JSON already, and decoding them into maps only to encode them again
-// was most of the reader's CPU time. TestEnvelopeMatchesEventEncode keeps
-// the two in step.
-type envelope struct {
-	ID        string          `json:"id"`
-	Type      event.Type      `json:"event_type"`
-	Entity    string          `json:"entity_type"`
-	EntityID  string          `json:"entity_id"`
-	Data      json.RawMessage `json:"data"`
-	Changes   json.RawMessage `json:"changes,omitempty"`
-	UserID    string          `json:"user_id,omitempty"`
-	TenantID  string          `json:"tenant_id,omitempty"`
-	Timestamp time.Time       `json:"timestamp"`
-	Seq       int64           `json:"seq,omitempty"`
-	Source    string          `json:"source,omitempty"`
-}
-
-// Key mirrors event.Event.Key.
-func (e *envelope) Key() string { return event.KeyOf(e.Source, e.Entity, e.EntityID) }
-
 // toEnvelope turns a change-log row into the event envelope.
-func (c *Config) toEnvelope(r *row) (*envelope, error) {
-	ev := &envelope{
+func (c *Config) toEnvelope(r *row) (*event.Envelope, error) {
+	ev := &event.Envelope{
 		ID:        r.id,
 		Type:      event.Type(strings.ToUpper(r.op)),
 		Entity:    r.entity,
@@ -120,69 +96,13 @@ func (c *Config) toMessage(r *row) (*message.Message, error) {
 		ev.ID = id // a replayed event: the row's id is the message's
 		delete(md, EventIDMetadata)
 	}
-	msg := message.NewMessage(msgID, ev.appendJSON(make([]byte, 0, 256+len(ev.Data)+len(ev.Changes))))
+	msg := message.NewMessage(msgID, ev.AppendJSON(make([]byte, 0, 256+len(ev.Data)+len(ev.Changes))))
 	for k, v := range md {
 		msg.Metadata.Set(k, v)
 	}
 	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.TenantID, ev.Type)
 	delete(msg.Metadata, bus.RetryDelayMetadata)
 	return msg, nil
-}
-
-// appendJSON appends e encoded as encoding/json encodes it, but with
-// data and changes copied as they are: they come from jsonb columns,
-// valid JSON already, and encoding/json's check and compaction of them
-// was most of the cost of building a message.
-func (e *envelope) appendJSON(b []byte) []byte {
-	b = append(b, `{"id":`...)
-	b = appendString(b, e.ID)
-	b = append(b, `,"event_type":`...)
-	b = appendString(b, string(e.Type))
-	b = append(b, `,"entity_type":`...)
-	b = appendString(b, e.Entity)
-	b = append(b, `,"entity_id":`...)
-	b = appendString(b, e.EntityID)
-	b = append(b, `,"data":`...)
-	b = append(b, e.Data...)
-	if len(e.Changes) > 0 {
-		b = append(b, `,"changes":`...)
-		b = append(b, e.Changes...)
-	}
-	if e.UserID != "" {
-		b = append(b, `,"user_id":`...)
-		b = appendString(b, e.UserID)
-	}
-	if e.TenantID != "" {
-		b = append(b, `,"tenant_id":`...)
-		b = appendString(b, e.TenantID)
-	}
-	b = append(b, `,"timestamp":"`...)
-	b = e.Timestamp.AppendFormat(b, time.RFC3339Nano)
-	b = append(b, '"')
-	if e.Seq != 0 {
-		b = append(b, `,"seq":`...)
-		b = strconv.AppendInt(b, e.Seq, 10)
-	}
-	if e.Source != "" {
-		b = append(b, `,"source":`...)
-		b = appendString(b, e.Source)
-	}
-	return append(b, '}')
-}
-
-// appendString appends s as a JSON string. Printable ASCII without a
-// quote, backslash or HTML character is copied; anything else goes
-// through encoding/json, escaping as it does.
-func appendString(b []byte, s string) []byte {
-	for i := range len(s) {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string always encodes
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }
 
 // key is the ordering key of a row's event (event.Event.Key) without

@@ -16,7 +16,10 @@ import (
 //
 // Unlike capture, it does not wait at holes: a change whose transaction
 // commits after Export read past its position is not exported.
-func (c Config) Export(ctx context.Context, pool *pgxpool.Pool, from int64, since time.Time, limit int,
+//
+// With until after now it then taps the changes appended meanwhile,
+// polling every PollInterval, until that time.
+func (c Config) Export(ctx context.Context, pool *pgxpool.Pool, from int64, since, until time.Time, limit int,
 	fn func(pos int64, envelope []byte) error) error {
 	c.setDefaults()
 	r := newReader(c, from, nil)
@@ -57,7 +60,16 @@ func (c Config) Export(ctx context.Context, pool *pgxpool.Pool, from int64, sinc
 			}
 		}
 		if len(all) < batch {
-			return nil
+			// The end of the log: done, or wait for more while tapping.
+			wait := min(time.Until(until), c.PollInterval)
+			if wait <= 0 {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
 		}
 	}
 }

@@ -1,10 +1,12 @@
 package jetstream
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ConnHandlers are the options that make a NATS connection of the bus
@@ -46,4 +48,28 @@ func ConnHandlers(logger *slog.Logger, m *Metrics) []nats.Option {
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { logger.Info("nats: reconnected") }),
 	}
+}
+
+// jsClusterNotAvailable is JetStream's "JetStream system temporarily
+// unavailable", answered while a cluster has no meta leader.
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
+
+// Unavailable reports whether err says that JetStream did not answer
+// (yet) rather than that it refused: a request that timed out or found
+// no responder, or a cluster electing a leader. These pass once the
+// servers are back or a leader is elected, so a caller waits and asks
+// again instead of giving up.
+func Unavailable(err error) bool {
+	var api *jetstream.APIError
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected):
+		return true
+	case errors.As(err, &api):
+		return api.ErrorCode == jsClusterNotAvailable
+	}
+	return false
 }

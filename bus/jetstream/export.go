@@ -15,8 +15,9 @@ import (
 // from (when above 0), else at since (when not zero), else at the first
 // message; it calls fn with each message's stream sequence and payload
 // until it reaches the messages that were last when it started, or
-// limit of them (0: no limit).
-func Export(ctx context.Context, js jetstream.JetStream, c Config, topic string, from uint64, since time.Time, limit int,
+// limit of them (0: no limit). With until after now it then keeps
+// going, taps the messages that arrive, until that time.
+func Export(ctx context.Context, js jetstream.JetStream, c Config, topic string, from uint64, since, until time.Time, limit int,
 	fn func(seq uint64, payload []byte) error) error {
 	cc := jetstream.OrderedConsumerConfig{FilterSubjects: []string{c.Subject(topic, ">")}, DeliverPolicy: jetstream.DeliverAllPolicy}
 	switch {
@@ -35,8 +36,17 @@ func Export(ctx context.Context, js jetstream.JetStream, c Config, topic string,
 	}
 	pending := info.NumPending
 	n := 0
-	for pending > 0 && (limit <= 0 || n < limit) {
-		batch, err := cons.Fetch(int(min(pending, 500)), jetstream.FetchMaxWait(5*time.Second))
+	for limit <= 0 || n < limit {
+		// What the stream held is read; then new messages until until.
+		tapping := pending == 0
+		size, wait := int(min(pending, 500)), 5*time.Second
+		if tapping {
+			if wait = min(time.Until(until), time.Second); wait <= 0 {
+				return nil
+			}
+			size, wait = 500, max(wait, 100*time.Millisecond)
+		}
+		batch, err := cons.Fetch(size, jetstream.FetchMaxWait(wait))
 		if err != nil {
 			return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
 		}
@@ -50,17 +60,20 @@ func Export(ctx context.Context, js jetstream.JetStream, c Config, topic string,
 			if err := fn(md.Sequence.Stream, m.Data()); err != nil {
 				return err
 			}
-			pending--
-			if n++; (limit > 0 && n >= limit) || pending == 0 {
+			pending = max(pending, 1) - 1
+			if n++; (limit > 0 && n >= limit) || (pending == 0 && !tapping) {
 				break
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
 			return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
 		}
-		if got == 0 {
+		if got == 0 && !tapping {
 			// The stream lost the rest to its limits meanwhile.
-			return nil
+			pending = 0
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 	}
 	return nil

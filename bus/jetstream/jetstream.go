@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -252,9 +253,26 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 	if ttl <= 0 {
 		ttl = 10 * time.Second
 	}
-	leases, err := partition.NewKVLeases(ctx, s.js, bus.Token(s.cfg.Stream+"_"+s.ConsumerName(topic))+"_partitions", ttl, s.cfg.Replicas)
-	if err != nil {
-		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	bucket := bus.Token(s.cfg.Stream+"_"+s.ConsumerName(topic)) + "_partitions"
+	var leases *partition.KVLeases
+	// A cluster electing a leader (a node just died) answers nothing for
+	// a few seconds: the worker waits for it rather than exit.
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		l, err := partition.NewKVLeases(ctx, s.js, bucket, ttl, s.cfg.Replicas)
+		if err == nil {
+			leases = l
+			break
+		}
+		if !Unavailable(err) || ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("jetstream: %w", err)
+		}
+		s.logger.Warn("jetstream: the partition leases' bucket does not answer; waiting for it", "bucket", bucket,
+			"retry_in", wait.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("jetstream: partition leases: %w", ctx.Err())
+		case <-time.After(wait):
+		}
 	}
 	member := s.cfg.Member
 	if member == "" {
@@ -332,13 +350,37 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		MaxInFlight: maxInFlight, MaxBuffered: cc.MaxAckPending, TouchEvery: s.cfg.AckWait / 3,
 		Redeliver: redeliverDelay, Slots: sh.Slots, Buffered: sh.Buffered,
 	})
+	cur := &current{pl: pl}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		var last uint64 // the consumer sequence of the last delivery
 		for {
 			nm, err := pl.next()
 			if err != nil {
 				return // stopped
+			}
+			// Only a consumer read by this process alone (a leased
+			// partition) can tell a lost delivery from one that went to
+			// another reader.
+			if seq := consumerSeq(nm.Reply); reset && seq > 0 {
+				if last > 0 && seq > last+1 {
+					// Deliveries last+1..seq-1 never came (a server died
+					// with them on the wire, or the connection dropped
+					// them): the server would redeliver them after
+					// ack_wait, behind later events of their entities.
+					// Reading again from the ack floor brings them back
+					// first; what was acked since comes again and the
+					// dedup ledger skips it.
+					s.logger.Warn("jetstream: deliveries were lost on the way; restarting the consumer at its ack floor to keep each entity's order",
+						"consumer", cc.Durable, "lost_from", last+1, "lost_to", seq-1)
+					if pl = s.restartAtAckFloor(lctx, cc, sh.ReadAhead, cur); pl == nil {
+						return // stopped
+					}
+					last = 0
+					continue
+				}
+				last = seq
 			}
 			msg, key, cancelMsg := s.toMessage(lctx, nm)
 			settleMsg := settle(pl, nm, msg, s.logger)
@@ -350,7 +392,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		}
 	}()
 	stop := func() {
-		pl.stop()
+		cur.stop()
 		<-done
 		l.Drain()
 		if !l.Wait(s.cfg.DrainTimeout) {
@@ -360,6 +402,89 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		l.Close()
 	}
 	return l.Out(), stop, nil
+}
+
+// current is the puller a consume loop reads, which a restart at the ack
+// floor replaces while stop may be called.
+type current struct {
+	mu      sync.Mutex
+	pl      *puller
+	stopped bool
+}
+
+func (c *current) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopped {
+		c.stopped = true
+		c.pl.stop()
+	}
+}
+
+// swap installs pl in place of the current puller, which it stops; false
+// (and pl stopped) when the loop was stopped meanwhile.
+func (c *current) swap(pl *puller) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		pl.stop()
+		return false
+	}
+	c.pl.stop()
+	c.pl = pl
+	return true
+}
+
+// restartAtAckFloor recreates cc's consumer at its ack floor and returns
+// a puller on it, retrying until it succeeds or the loop is stopped (nil).
+func (s *Subscriber) restartAtAckFloor(ctx context.Context, cc jetstream.ConsumerConfig, readAhead int, cur *current) *puller {
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		cons, err := s.ensureConsumer(ctx, cc, true)
+		var pl *puller
+		if err == nil {
+			pl, err = newPuller(s.js, s.cfg.Stream, cc.Durable, readAhead, int64(cons.CachedInfo().NumPending), s.metrics, s.logger)
+		}
+		if err == nil {
+			if !cur.swap(pl) {
+				return nil
+			}
+			return pl
+		}
+		s.logger.Warn("jetstream: cannot restart the consumer at its ack floor; trying again", "consumer", cc.Durable,
+			"retry_in", wait.String(), "err", err)
+		cur.mu.Lock()
+		stopped := cur.stopped
+		cur.mu.Unlock()
+		if stopped || ctx.Err() != nil {
+			return nil
+		}
+		time.Sleep(wait)
+	}
+}
+
+// consumerSeq is the consumer sequence of a delivery from its ack
+// subject ($JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.
+// <pending>, or with <domain>.<account hash> after ACK and a last token
+// on newer servers); 0 when reply is not one.
+func consumerSeq(reply string) uint64 {
+	const v1Tokens = 9
+	n := strings.Count(reply, ".") + 1
+	if !strings.HasPrefix(reply, "$JS.ACK.") || n < v1Tokens || (n > v1Tokens && n < 11) {
+		return 0
+	}
+	pos := 6 // v1
+	if n > v1Tokens {
+		pos = 8
+	}
+	for range pos {
+		_, reply, _ = strings.Cut(reply, ".")
+	}
+	tok, _, _ := strings.Cut(reply, ".")
+	seq, err := strconv.ParseUint(tok, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return seq
 }
 
 func (s *Subscriber) maxBuffered() int {

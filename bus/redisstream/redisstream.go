@@ -139,6 +139,17 @@ func (c Config) PartitionStream(topic, key string) string {
 	return c.partitionStream(topic, partition.Of(key, c.Partitions))
 }
 
+// Streams returns every stream that may hold messages of topic:
+// Stream(topic) and, when Partitions is set, each partition's stream
+// (the unpartitioned one keeps what was published before partitioning).
+func (c Config) Streams(topic string) []string {
+	streams := []string{c.Stream(topic)}
+	for p := range max(c.Partitions, 0) {
+		streams = append(streams, c.partitionStream(topic, p))
+	}
+	return streams
+}
+
 func (c Config) partitionStream(topic string, p int) string {
 	return c.Stream(topic) + ":p" + strconv.Itoa(p)
 }

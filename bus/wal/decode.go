@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,20 +28,6 @@ const BackfillPrefix = backfill.MessagePrefix
 // idNamespace derives the event ids from (source, LSN, position), so a
 // change decoded again after a crash has the id of its first delivery.
 var idNamespace = uuid.MustParse("0f6a53b8-58a4-4d7e-8c55-2c3c8f4a6d11")
-
-// envelope is event.Event as it is encoded, with data and changes kept as
-// raw JSON (as bus/capture builds it).
-type envelope struct {
-	ID        string          `json:"id"`
-	Type      event.Type      `json:"event_type"`
-	Entity    string          `json:"entity_type"`
-	EntityID  string          `json:"entity_id"`
-	Data      json.RawMessage `json:"data"`
-	Changes   json.RawMessage `json:"changes,omitempty"`
-	Timestamp time.Time       `json:"timestamp"`
-	Seq       int64           `json:"seq,omitempty"`
-	Source    string          `json:"source,omitempty"`
-}
 
 // relation is a published table as the stream last described it.
 type relation struct {
@@ -124,11 +111,18 @@ type field struct {
 }
 
 // image converts a tuple; unchanged TOAST values ('u') are taken from old
-// when it has them (REPLICA IDENTITY FULL), and left out otherwise.
+// when it has them (REPLICA IDENTITY FULL), and left out otherwise. The
+// values share one buffer: each field's value is a capped slice of it,
+// which stays valid when a later append moves the buffer.
 func image(r *relation, t *pglogrepl.TupleData, old []field) []field {
 	if t == nil {
 		return nil
 	}
+	size := 0
+	for _, c := range t.Columns {
+		size += len(c.Data) + 8
+	}
+	buf := make([]byte, 0, size)
 	out := make([]field, 0, len(t.Columns))
 	for i, c := range t.Columns {
 		if i >= len(r.cols) {
@@ -137,9 +131,11 @@ func image(r *relation, t *pglogrepl.TupleData, old []field) []field {
 		col := r.cols[i]
 		switch c.DataType {
 		case pglogrepl.TupleDataTypeNull:
-			out = append(out, field{col.Name, []byte("null")})
+			out = append(out, field{col.Name, null})
 		case pglogrepl.TupleDataTypeText:
-			out = append(out, field{col.Name, appendValue(nil, col.DataType, c.Data)})
+			start := len(buf)
+			buf = appendValue(buf, col.DataType, c.Data)
+			out = append(out, field{col.Name, buf[start:len(buf):len(buf)]})
 		case pglogrepl.TupleDataTypeToast:
 			if i < len(old) && old[i].name == col.Name && old[i].value != nil {
 				out = append(out, old[i])
@@ -148,6 +144,8 @@ func image(r *relation, t *pglogrepl.TupleData, old []field) []field {
 	}
 	return out
 }
+
+var null = []byte("null")
 
 // indexed returns fields by column position (nil where a column is
 // missing), for image's TOAST lookup.
@@ -163,20 +161,68 @@ func indexed(r *relation, fs []field) []field {
 	return out
 }
 
+// object encodes fields as a JSON object, in column order.
 func object(fs []field) json.RawMessage {
-	var b bytes.Buffer
-	b.WriteByte('{')
+	size := 2
+	for _, f := range fs {
+		size += len(f.name) + len(f.value) + 4
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '{')
 	for i, f := range fs {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		k, _ := json.Marshal(f.name)
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(f.value)
+		b = event.AppendString(b, f.name)
+		b = append(b, ':')
+		b = append(b, f.value...)
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	return append(b, '}')
+}
+
+// changes encodes the changed, added (old null) and removed (new null)
+// fields of an UPDATE as {field: {old, new}}, ordered by name, values
+// compared as the trigger capture compares them (capture.SameJSON); nil
+// when nothing changed.
+func changes(before, after []field) json.RawMessage {
+	type change struct{ name, old, new []byte }
+	var out []change
+	find := func(fs []field, name string) ([]byte, bool) {
+		for _, f := range fs {
+			if f.name == name {
+				return f.value, true
+			}
+		}
+		return nil, false
+	}
+	for _, a := range after {
+		o, ok := find(before, a.name)
+		switch {
+		case !ok:
+			out = append(out, change{[]byte(a.name), null, a.value})
+		case !capture.SameJSON(o, a.value):
+			out = append(out, change{[]byte(a.name), o, a.value})
+		}
+	}
+	for _, o := range before {
+		if _, ok := find(after, o.name); !ok {
+			out = append(out, change{[]byte(o.name), o.value, null})
+		}
+	}
+	slices.SortFunc(out, func(x, y change) int { return bytes.Compare(x.name, y.name) })
+	b := []byte{'{'}
+	for i, c := range out {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = event.AppendString(b, string(c.name))
+		b = append(b, `:{"old":`...)
+		b = append(b, c.old...)
+		b = append(b, `,"new":`...)
+		b = append(b, c.new...)
+		b = append(b, '}')
+	}
+	return append(b, '}')
 }
 
 // entityID joins the primary-key values as `img ->> column` gives them
@@ -189,15 +235,30 @@ func entityID(r *relation, fs []field) string {
 			if f.name != name {
 				continue
 			}
-			var s string
-			if len(f.value) > 0 && f.value[0] == '"' && json.Unmarshal(f.value, &s) == nil {
+			if s, ok := keyText(f.value); ok {
 				parts = append(parts, s)
-			} else if string(f.value) != "null" {
-				parts = append(parts, string(f.value))
 			}
 		}
 	}
 	return strings.Join(parts, ":")
+}
+
+// keyText is a key column's JSON value as `->>` gives it: a string
+// unquoted, any other value as written; ok is false for null or none.
+func keyText(v []byte) (string, bool) {
+	if len(v) == 0 || string(v) == "null" {
+		return "", false
+	}
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		if inner := v[1 : len(v)-1]; bytes.IndexByte(inner, '\\') < 0 {
+			return string(inner), true
+		}
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			return s, true
+		}
+	}
+	return string(v), true
 }
 
 // id is the event id of the change at index in the transaction that
@@ -215,7 +276,7 @@ func (d *decoder) change(typ event.Type, relID uint32, oldType uint8, oldT, newT
 	index := d.index
 	d.index++
 	old := image(r, oldT, nil)
-	ev := &envelope{
+	ev := &event.Envelope{
 		ID: d.id("change", d.commitLSN, index), Type: typ, Entity: r.entity,
 		Timestamp: d.commitTime.UTC(), Seq: int64(d.commitLSN), Source: d.cfg.Source,
 	}
@@ -226,27 +287,19 @@ func (d *decoder) change(typ event.Type, relID uint32, oldType uint8, oldT, newT
 		after := image(r, newT, indexed(r, old))
 		ev.Data, ev.EntityID = object(after), entityID(r, after)
 		if typ == event.Update && oldType == 'O' {
-			ch, err := capture.Diff(object(old), ev.Data)
-			if err != nil {
-				return nil, fmt.Errorf("changes of %s: %w", r.table, err)
-			}
-			ev.Changes = ch
+			ev.Changes = changes(old, after)
 		}
 	}
-	return d.message(ev, "")
+	return d.message(ev, ""), nil
 }
 
-func (d *decoder) message(ev *envelope, observer string) (*message.Message, error) {
-	payload, err := json.Marshal(ev)
-	if err != nil {
-		return nil, err
-	}
-	msg := message.NewMessage(ev.ID, payload)
+func (d *decoder) message(ev *event.Envelope, observer string) *message.Message {
+	msg := message.NewMessage(ev.ID, ev.AppendJSON(make([]byte, 0, 256+len(ev.Data)+len(ev.Changes))))
 	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, "", ev.Type)
 	if observer != "" {
 		msg.Metadata.Set(bus.ObserverMetadata, observer)
 	}
-	return msg, nil
+	return msg
 }
 
 // backfill builds the READ events of a BackfillPrefix message, one per
@@ -276,23 +329,15 @@ func (d *decoder) backfill(ctx context.Context, m *pglogrepl.LogicalDecodingMess
 		}
 		var parts []string
 		for _, k := range key {
-			v := cols[k]
-			var s string
-			if len(v) > 0 && v[0] == '"' && json.Unmarshal(v, &s) == nil {
+			if s, ok := keyText(cols[k]); ok {
 				parts = append(parts, s)
-			} else if len(v) > 0 && string(v) != "null" {
-				parts = append(parts, string(v))
 			}
 		}
-		ev := &envelope{
+		ev := &event.Envelope{
 			ID: d.id("read", m.LSN, i), Type: event.Read, Entity: entity, EntityID: strings.Join(parts, ":"),
 			Data: row, Timestamp: ts.UTC(), Seq: seq, Source: d.cfg.Source,
 		}
-		msg, err := d.message(ev, c.Observer)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, msg)
+		out = append(out, d.message(ev, c.Observer))
 	}
 	return out, nil
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/millrace/millrace/event"
 )
 
 // types knows the element type of PostgreSQL's built-in array types.
@@ -39,7 +41,7 @@ const (
 func appendValue(dst []byte, oid uint32, text []byte) []byte {
 	switch oid {
 	case oidInt2, oidInt4, oidInt8, oidOID, oidFloat4, oidFloat8, oidNumeric:
-		if isNumber(text) {
+		if event.IsNumber(text) { // numeric prints NaN and the infinities too
 			return append(dst, text...)
 		}
 		return appendString(dst, string(text)) // NaN, Infinity
@@ -49,9 +51,9 @@ func appendValue(dst []byte, oid uint32, text []byte) []byte {
 		}
 		return append(dst, "false"...)
 	case oidJSON, oidJSONB:
-		var b bytes.Buffer
-		if err := json.Compact(&b, text); err == nil {
-			return append(dst, b.Bytes()...)
+		b := bytes.NewBuffer(dst)
+		if err := json.Compact(b, text); err == nil {
+			return b.Bytes()
 		}
 		return appendString(dst, string(text))
 	case oidTimestamp, oidTimestamptz:
@@ -69,20 +71,7 @@ func appendValue(dst []byte, oid uint32, text []byte) []byte {
 	return appendString(dst, string(text))
 }
 
-func appendString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s) // a string always marshals
-	return append(dst, b...)
-}
-
-// isNumber reports whether s is a JSON number (numeric's output always
-// is, except NaN and the infinities).
-func isNumber(s []byte) bool {
-	if len(s) == 0 {
-		return false
-	}
-	var v json.Number
-	return json.Unmarshal(s, &v) == nil && !bytes.ContainsAny(s, "\" ")
-}
+func appendString(dst []byte, s string) []byte { return event.AppendString(dst, s) }
 
 // isoTimestamp turns "2024-01-02 03:04:05.5+01" (DateStyle ISO) into
 // "2024-01-02T03:04:05.5+01:00", as to_jsonb writes it.

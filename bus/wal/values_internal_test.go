@@ -37,9 +37,23 @@ func TestAppendValue(t *testing.T) {
 		{1009, `{"a,b","q\"x",NULL,plain}`, `["a,b","q\"x",null,"plain"]`},
 		{1009, `{}`, `[]`},
 		{25, "text", `"text"`},
+		{oidFloat8, "1e+20", `1e+20`},
+		{oidFloat8, "-1.5E-07", `-1.5E-07`},
+		{oidInt8, "-0", `-0`},
+		{oidJSONB, `{"a": [1, 2], "b": {"c": null}}`, `{"a":[1,2],"b":{"c":null}}`},
+		{oidJSON, `{"a": 1`, `"{\"a\": 1"`},
 	} {
 		if got := string(appendValue(nil, c.oid, []byte(c.text))); got != c.want {
 			t.Errorf("appendValue(%d, %q) = %s, want %s", c.oid, c.text, got, c.want)
 		}
+	}
+}
+
+// Values are appended after what dst holds, json and jsonb included.
+func TestAppendValueAppends(t *testing.T) {
+	got := appendValue([]byte(`{"x":`), oidJSONB, []byte(`{"a": 1}`))
+	got = appendValue(append(got, `,"y":`...), oidNumeric, []byte("2.50"))
+	if string(got) != `{"x":{"a":1},"y":2.50` {
+		t.Errorf("got %s", got)
 	}
 }

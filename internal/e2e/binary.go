@@ -54,7 +54,7 @@ func Binary(t testing.TB) string {
 			return
 		}
 		build.path = filepath.Join(build.dir, "millrace")
-		build.err = goBuild(build.path)
+		build.err = goBuild(build.path, "./cmd/millrace", os.Getenv(RaceEnv) == "1")
 		build.took = time.Since(start)
 	})
 	if build.err != nil {
@@ -63,7 +63,33 @@ func Binary(t testing.TB) string {
 	return build.path
 }
 
-func goBuild(out string) error {
+// natsServer is the nats-server built by NATSServerBinary.
+var natsServer struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// NATSServerBinary returns the path of a nats-server built from the
+// module version millrace embeds (go.mod), once per test binary: the
+// cluster tests run the server users are told to deploy, not whichever
+// the distribution packages. It lives beside the millrace binary and is
+// removed with it by [Main].
+func NATSServerBinary(t testing.TB) string {
+	t.Helper()
+	Binary(t) // for build.dir
+	natsServer.once.Do(func() {
+		natsServer.path = filepath.Join(build.dir, "nats-server")
+		natsServer.err = goBuild(natsServer.path, "github.com/nats-io/nats-server/v2", false)
+	})
+	if natsServer.err != nil {
+		t.Fatalf("e2e: build nats-server: %v", natsServer.err)
+	}
+	return natsServer.path
+}
+
+// goBuild builds pkg into out, one build at a time across test binaries.
+func goBuild(out, pkg string, race bool) error {
 	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "millrace-e2e-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return err
@@ -74,10 +100,10 @@ func goBuild(out string) error {
 	}
 	defer func() { _ = syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) }()
 	args := []string{"build", "-o", out}
-	if os.Getenv(RaceEnv) == "1" {
+	if race {
 		args = append(args, "-race")
 	}
-	args = append(args, "./cmd/millrace")
+	args = append(args, pkg)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = ModuleRoot()
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -3,7 +3,6 @@ package crash_test
 import (
 	"context"
 	"math/rand/v2"
-	"strconv"
 	"testing"
 	"time"
 
@@ -64,7 +63,7 @@ func crash(t *testing.T, topology string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	produced := make(chan error, 1)
-	go func() { produced <- produce(ctx, r) }()
+	go func() { produced <- r.Flow(ctx, rows, 1+updates, batch, pause) }()
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
 	kills := 0
@@ -105,29 +104,4 @@ func crash(t *testing.T, topology string) {
 	t.Logf("%s; took %s", r.Describe(), time.Since(start).Round(time.Second))
 	// The last line is the run's result.
 	t.Logf("crash %s: changes=%d kills=%d lost=%d duplicates=%d", topology, tl.Changes, kills, len(tl.Lost), tl.Duplicates)
-}
-
-// produce makes the run's changes in batches: every row inserted, then
-// updated updates times.
-func produce(ctx context.Context, r *e2e.Rig) error {
-	for round := range 1 + updates {
-		for from := 1; from <= rows; from += batch {
-			ids := e2e.Range(from, min(from+batch, rows+1))
-			var err error
-			if round == 0 {
-				err = r.Insert(ctx, ids, "new")
-			} else {
-				err = r.Update(ctx, ids, "u"+strconv.Itoa(round))
-			}
-			if err != nil {
-				return err
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(pause):
-			}
-		}
-	}
-	return nil
 }

@@ -58,8 +58,9 @@ type topology struct {
 	name  string
 	guide string
 	// backing are the services millrace connects to, by host name, with
-	// their image.
-	backing map[string]string
+	// their image; composeBacking, when set, replaces them in the compose
+	// file (where a cluster's servers are services of their own).
+	backing, composeBacking map[string]string
 	// k8s are the millrace Deployments of deploy/k8s/<name>, by name;
 	// compose the millrace services of deploy/compose/<name>.yml.
 	k8s, compose map[string]workload
@@ -81,8 +82,10 @@ var topologies = []topology{
 	{
 		name: "nats", guide: "03-nats-distributed.md",
 		backing: map[string]string{"postgres": postgresImage, "redis": redisImage, "nats": natsImage},
-		k8s:     map[string]workload{"millrace-capture": {"capture", 1}, "millrace-worker": {"observe", 3}},
-		compose: map[string]workload{"capture": {"capture", 1}, "worker": {"observe", 3}},
+		composeBacking: map[string]string{"postgres": postgresImage, "redis": redisImage,
+			"nats-1": natsImage, "nats-2": natsImage, "nats-3": natsImage},
+		k8s:     map[string]workload{"millrace-capture": {"capture", 2}, "millrace-worker": {"observe", 3}},
+		compose: map[string]workload{"capture": {"capture", 1}, "capture-standby": {"capture", 1}, "worker": {"observe", 3}},
 	},
 	{
 		name: "multidb", guide: "04-multi-database.md",
@@ -209,7 +212,13 @@ func endpoints(cfg *config.Config, e env, p *problems) []endpoint {
 		add("redis.url", "redis", cfg.Redis.URL, cfg.Redis.URLEnv)
 	}
 	if cfg.Topology == "nats" || cfg.Topology == "multidb" {
-		add("nats.url", "nats", cfg.NATS.URL, "")
+		// A cluster's servers, comma-separated.
+		for _, u := range strings.Split(e.values["MILLRACE_NATS__URL"], ",") {
+			if u == "" {
+				u = cfg.NATS.URL
+			}
+			add("nats.url", "nats", u, "")
+		}
 	}
 	return out
 }
@@ -445,10 +454,14 @@ func checkCompose(tp topology, f *composeFile, dir string) problems {
 	if got, want := sortedKeys(millrace), sortedKeys(tp.compose); !slices.Equal(got, want) {
 		p.add("compose: millrace services (image %s) = %v, want %v", millraceImage, got, want)
 	}
-	if got, want := sortedKeys(backing), sortedKeys(tp.backing); !slices.Equal(got, want) {
+	want := tp.backing
+	if tp.composeBacking != nil {
+		want = tp.composeBacking
+	}
+	if got, want := sortedKeys(backing), sortedKeys(want); !slices.Equal(got, want) {
 		p.add("compose: other services = %v, want %v", got, want)
 	}
-	for name, img := range tp.backing {
+	for name, img := range want {
 		if s, ok := backing[name]; ok && s.Image != img {
 			p.add("compose: service %s: image %q, want %q (the guide's)", name, s.Image, img)
 		}
@@ -623,7 +636,10 @@ type workloadObject struct {
 	Spec       struct {
 		Replicas    *int   `yaml:"replicas"`
 		ServiceName string `yaml:"serviceName"`
-		Selector    struct {
+		// PodManagementPolicy: Parallel for a cluster whose members
+		// must start together.
+		PodManagementPolicy string `yaml:"podManagementPolicy"`
+		Selector            struct {
 			MatchLabels map[string]string `yaml:"matchLabels"`
 		} `yaml:"selector"`
 		Strategy map[string]any `yaml:"strategy"`
@@ -724,10 +740,13 @@ type serviceObject struct {
 	Kind       string     `yaml:"kind"`
 	Metadata   objectMeta `yaml:"metadata"`
 	Spec       struct {
-		Type      string            `yaml:"type"`
-		ClusterIP string            `yaml:"clusterIP"`
-		Selector  map[string]string `yaml:"selector"`
-		Ports     []struct {
+		Type      string `yaml:"type"`
+		ClusterIP string `yaml:"clusterIP"`
+		// PublishNotReadyAddresses: a headless Service of a cluster's
+		// routes, resolvable before its members are ready.
+		PublishNotReadyAddresses bool              `yaml:"publishNotReadyAddresses"`
+		Selector                 map[string]string `yaml:"selector"`
+		Ports                    []struct {
 			Name       string      `yaml:"name"`
 			Port       int         `yaml:"port"`
 			TargetPort intOrString `yaml:"targetPort"`
@@ -1213,9 +1232,9 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"worker role", `args ["run" "-c" "/etc/millrace/millrace.toml" "--role" "all"]`, func(m *manifests) {
 			worker(m).Args[4] = "all"
 		}},
-		{"two bridges", "millrace-capture: replicas: 2, want 1", func(m *manifests) {
-			two := 2
-			m.workloads["millrace-capture"].Spec.Replicas = &two
+		{"no standby bridge", "millrace-capture: replicas: 1, want 2", func(m *manifests) {
+			one := 1
+			m.workloads["millrace-capture"].Spec.Replicas = &one
 		}},
 		{"readiness path", `readinessProbe path "/healthz", want "/readyz"`, func(m *manifests) {
 			worker(m).ReadinessProbe.HTTPGet.Path = "/healthz"

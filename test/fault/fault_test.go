@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -23,30 +22,7 @@ func TestMain(m *testing.M) { e2e.Main(m) }
 // every pause; the channel gets its error.
 func flow(ctx context.Context, r *e2e.Rig, rows, rounds, batch int, pause time.Duration) <-chan error {
 	done := make(chan error, 1)
-	go func() {
-		done <- func() error {
-			for round := range rounds {
-				for from := 1; from <= rows; from += batch {
-					ids := e2e.Range(from, min(from+batch, rows+1))
-					var err error
-					if round == 0 {
-						err = r.Insert(ctx, ids, "new")
-					} else {
-						err = r.Update(ctx, ids, "r"+strconv.Itoa(round))
-					}
-					if err != nil {
-						return err
-					}
-					select {
-					case <-ctx.Done():
-						return ctx.Err()
-					case <-time.After(pause):
-					}
-				}
-			}
-			return nil
-		}()
-	}()
+	go func() { done <- r.Flow(ctx, rows, rounds, batch, pause) }()
 	return done
 }
 

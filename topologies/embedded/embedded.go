@@ -136,7 +136,15 @@ func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		b.Publisher = jetstream.NewPublisher(js, jc)
 		b.Subscriber = jetstream.NewSubscriber(js, jc, busMetrics, logger.With("component", "bus"))
 	}
+	// The bus is inside this process, so recording goes through it (GET
+	// /v1/record): an ordered consumer, ephemeral and without acks,
+	// beside the router's durable one.
+	b.Record = func(ctx context.Context, span topologies.RecordSpan, fn func([]byte) error) error {
+		return jetstream.Export(ctx, js, jc, cfg.Router.Topic, span.FromSeq, span.Since, span.Until, span.Limit,
+			func(_ uint64, p []byte) error { return fn(p) })
+	}
 	b.Collectors = append(b.Collectors, busMetrics.Collectors()...)
+	b.Lag = topologies.JetStreamLag(js, jc.Stream)
 	b.Ready = func(context.Context) error {
 		if !nc.IsConnected() {
 			return errors.New("not connected to the embedded NATS server")

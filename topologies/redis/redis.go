@@ -68,6 +68,7 @@ func Build(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		sc = sub.Config()
 	}
 	b.Ready = redisReady
+	b.Lag = topologies.RedisLag(client, sc, cfg.Router.Topic)
 	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
 		srcs, err := topologies.OpenSources(ctx, cfg, logger)
 		if err != nil {

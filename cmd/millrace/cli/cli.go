@@ -88,7 +88,7 @@ func newRoot(o Options, stdout, stderr io.Writer) *cobra.Command {
 		}
 		return NewLogger(stderr, level, format)
 	}
-	root.AddCommand(runCmd(o, logger), validateCmd(o, stdout), configCmd(o, stdout), emitCmd(stdout), versionCmd(stdout), dlqCmd(stdout), migrateCmd(o, stdout), watchCmd(o, stdout), unwatchCmd(o, stdout),
+	root.AddCommand(runCmd(o, logger), validateCmd(o, stdout), configCmd(o, stdout), emitCmd(stdout), versionCmd(stdout), dlqCmd(stdout, stderr), migrateCmd(o, stdout), watchCmd(o, stdout), unwatchCmd(o, stdout),
 		backfillCmd(o, stdout, logger), tryCmd(o, stdout), recordCmd(o, stdout, stderr))
 	return root
 }

@@ -31,16 +31,18 @@ const DefaultAdminTokenEnv = "MILLRACE_ADMIN_TOKEN"
 type dlqClient struct {
 	addr, tokenEnv string
 	timeout        time.Duration
+	// name names the client in its errors; "" is "dlq".
+	name string
 }
 
 func usageError(format string, args ...any) error {
 	return &exitError{code: ExitInvalid, err: fmt.Errorf(format, args...)}
 }
 
-func dlqCmd(stdout io.Writer) *cobra.Command {
+func dlqCmd(stdout, stderr io.Writer) *cobra.Command {
 	c := &dlqClient{}
 	cmd := &cobra.Command{
-		Use:   "dlq list|show|replay|skip|purge",
+		Use:   "dlq list|show|replay|skip|purge|export",
 		Short: "Inspect, replay and purge the dead letters of a running millrace (admin API /v1/dlq)",
 		Long: `The dlq commands are clients of the admin API of a running millrace
 (http.admin_token_env must be set in its config). The bearer token is read
@@ -49,7 +51,7 @@ from $` + DefaultAdminTokenEnv + `, or from the variable --token-env names.
 Exit codes: 0 done, 1 failed, 2 bad usage.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageError("dlq: missing subcommand (list, show, replay, skip or purge)")
+			return usageError("dlq: missing subcommand (list, show, replay, skip, purge or export)")
 		},
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
@@ -57,7 +59,8 @@ Exit codes: 0 done, 1 failed, 2 bad usage.`,
 	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address of the running millrace")
 	f.StringVar(&c.tokenEnv, "token-env", DefaultAdminTokenEnv, "variable holding the admin token")
 	f.DurationVar(&c.timeout, "timeout", time.Minute, "request timeout")
-	cmd.AddCommand(dlqListCmd(c, stdout), dlqShowCmd(c, stdout), dlqReplayCmd(c, stdout), dlqSkipCmd(c, stdout), dlqPurgeCmd(c, stdout))
+	cmd.AddCommand(dlqListCmd(c, stdout), dlqShowCmd(c, stdout), dlqReplayCmd(c, stdout), dlqSkipCmd(c, stdout), dlqPurgeCmd(c, stdout),
+		dlqExportCmd(c, stdout, stderr))
 	return cmd
 }
 
@@ -74,13 +77,7 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 			if limit < 0 {
 				return usageError("--limit must not be negative")
 			}
-			q := url.Values{}
-			if observer != "" {
-				q.Set("observer", observer)
-			}
-			if since != "" {
-				q.Set("since", since)
-			}
+			q := filterQuery(observer, since)
 			if entity != "" {
 				q.Set("entity", entity)
 			}
@@ -99,6 +96,19 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&since, "since", "", "only entries that failed last at or after this time (RFC 3339) or this long ago (1h)")
 	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many entries (default 100)")
 	return cmd
+}
+
+// filterQuery is the query of the entries of observer that failed last
+// since since, as list and export send it; empty values are left out.
+func filterQuery(observer, since string) url.Values {
+	q := url.Values{}
+	if observer != "" {
+		q.Set("observer", observer)
+	}
+	if since != "" {
+		q.Set("since", since)
+	}
+	return q
 }
 
 func printDeadLetters(w io.Writer, l router.DeadLetterList) error {
@@ -374,6 +384,70 @@ func dlqPurgeCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
+func dlqExportCmd(c *dlqClient, stdout, stderr io.Writer) *cobra.Command {
+	var out, observer, since string
+	cmd := &cobra.Command{
+		Use:   "export --out FILE.jsonl [--observer NAME] [--since 1h|RFC3339]",
+		Short: "Write the events of the dead letters to a file, one envelope per line, for millrace try",
+		Long: `export writes the event of each dead letter, oldest first, one JSON
+envelope per line (--out - writes to stdout): the input of millrace try.
+An event dead-lettered for several observers is written once. Entries
+whose payload is not an event (reason "undecodable") are skipped, and
+stderr says how many. The store is not changed.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageError("dlq export: --out is required (- for stdout)")
+			}
+			q := filterQuery(observer, since)
+			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+			defer cancel()
+			resp, err := c.send(ctx, http.MethodGet, "/v1/dlq/export?"+q.Encode(), nil, nil)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if err := writeOut(out, stdout, resp.Body); err != nil {
+				return err
+			}
+			h := resp.Header
+			fmt.Fprintf(stderr, "exported %s event(s)", h.Get(router.RecordEventsHeader))
+			if n := h.Get(router.ExportUndecodableHeader); n != "" && n != "0" {
+				fmt.Fprintf(stderr, "; skipped %s dead letter(s) whose payload is not an event", n)
+			}
+			if n := h.Get(router.ExportRepeatedHeader); n != "" && n != "0" {
+				fmt.Fprintf(stderr, "; skipped %s dead letter(s) of an event already written", n)
+			}
+			fmt.Fprintln(stderr)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "file to write the envelopes to (- for stdout)")
+	cmd.Flags().StringVar(&observer, "observer", "", "only this observer's entries")
+	cmd.Flags().StringVar(&since, "since", "", "only entries that failed last at or after this time (RFC 3339) or this long ago (1h)")
+	return cmd
+}
+
+// writeOut copies r to the file path names, or to stdout for "-".
+func writeOut(path string, stdout io.Writer, r io.Reader) error {
+	if path == "-" {
+		_, err := io.Copy(stdout, r)
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return usageError("--out: %v", err)
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("--out: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	return nil
+}
+
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
 		return usageError("%s: unexpected argument %q", cmd.CommandPath(), args[0])
@@ -386,9 +460,45 @@ func noArgs(cmd *cobra.Command, args []string) error {
 // returns the status (0 when no answer came) and an error for any status
 // from 300 up.
 func (c *dlqClient) do(ctx context.Context, method, path string, in, out any) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.send(ctx, method, path, in, out)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		return status, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return 0, fmt.Errorf("%s: read answer: %w", c.what(), err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("%s: answer: %w", c.what(), err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// what names the client in its errors: "dlq", or the command's name.
+func (c *dlqClient) what() string {
+	if c.name == "" {
+		return "dlq"
+	}
+	return c.name
+}
+
+// send sends one request. It returns the answer, its body to be read and
+// closed, when the status is below 300; for a higher status it reads the
+// body, decodes it into out when it fits (out may be nil) and returns
+// the answer (body closed) with an error that says what went wrong.
+func (c *dlqClient) send(ctx context.Context, method, path string, in, out any) (*http.Response, error) {
 	token := os.Getenv(c.tokenEnv)
 	if token == "" {
-		return 0, usageError("no admin token: set %s (or name another variable with --token-env)", c.tokenEnv)
+		return nil, usageError("no admin token: set %s (or name another variable with --token-env)", c.tokenEnv)
 	}
 	base := strings.TrimSuffix(c.addr, "/")
 	if !strings.Contains(base, "://") {
@@ -398,15 +508,13 @@ func (c *dlqClient) do(ctx context.Context, method, path string, in, out any) (i
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
-		return 0, usageError("dlq: %v", err)
+		return nil, usageError("%s: %v", c.what(), err)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	if in != nil {
@@ -414,36 +522,33 @@ func (c *dlqClient) do(ctx context.Context, method, path string, in, out any) (i
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("dlq: %w", err)
+		return nil, fmt.Errorf("%s: %w", c.what(), err)
+	}
+	if resp.StatusCode < 300 {
+		return resp, nil
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
-		return 0, fmt.Errorf("dlq: read answer: %w", err)
+		return resp, fmt.Errorf("%s: %s: read answer: %w", c.what(), resp.Status, err)
 	}
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		_ = json.Unmarshal(raw, out)
-		msg := strings.TrimSpace(string(raw))
-		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		switch resp.StatusCode {
-		case http.StatusNotFound:
-			if strings.HasPrefix(msg, "404 page not found") {
-				msg = "no admin API at " + base + " (is http.admin_token_env set in its config?)"
-			}
-		case http.StatusUnauthorized:
-			msg += " (check $" + c.tokenEnv + ")"
-		}
-		return resp.StatusCode, errors.New("dlq: " + resp.Status + ": " + msg)
+	var e struct {
+		Error string `json:"error"`
 	}
 	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return resp.StatusCode, fmt.Errorf("dlq: answer: %w", err)
-		}
+		_ = json.Unmarshal(raw, out)
 	}
-	return resp.StatusCode, nil
+	msg := strings.TrimSpace(string(raw))
+	if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		if strings.HasPrefix(msg, "404 page not found") {
+			msg = "no admin API at " + base + " (is http.admin_token_env set in its config?)"
+		}
+	case http.StatusUnauthorized:
+		msg += " (check $" + c.tokenEnv + ")"
+	}
+	return resp, errors.New(c.what() + ": " + resp.Status + ": " + msg)
 }

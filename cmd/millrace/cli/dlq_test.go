@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -399,5 +400,74 @@ func TestDLQReplayAllActionsFlag(t *testing.T) {
 	defer mu.Unlock()
 	if len(reqs) != 2 || reqs[0].AllActions || !reqs[1].AllActions {
 		t.Errorf("replay requests = %+v; want all_actions only with --all-actions", reqs)
+	}
+}
+
+// TestDLQExportFeedsTry: the events of 1000 real dead letters, exported
+// with dlq export, are a file millrace try runs whole; an entry whose
+// payload is not an event and a second entry of one event are skipped
+// and counted on stderr.
+func TestDLQExportFeedsTry(t *testing.T) {
+	const token = "export-token"
+	t.Setenv("TRY_TEST_SECRET", "whsec_"+"c2VjcmV0LWtleS0xMjM0NTY3OA==")
+	evs := orderEvents(1000)
+	first, err := event.Encode(evs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The topology's store gets the two odd entries before any event.
+	top := embedded.Topology()
+	build := top.Build
+	top.Build = func(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*topologies.Backend, error) {
+		b, err := build(ctx, cfg, logger)
+		if err != nil {
+			return nil, err
+		}
+		for _, dl := range []stores.DeadLetter{
+			{Reason: stores.ReasonUndecodable, Error: "invalid event", Topic: "events", Payload: []byte("not an event")},
+			{EventID: evs[0].ID, Observer: "other", Reason: stores.ReasonPermanent, Topic: "events", Payload: first},
+		} {
+			if _, err := b.DeadLetters.Put(ctx, dl); err != nil {
+				return nil, errors.Join(err, b.Close())
+			}
+		}
+		return b, nil
+	}
+	// The endpoint refuses every event for good (400): a dead letter each.
+	refuse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+	}))
+	t.Cleanup(refuse.Close)
+	addr, _ := startMillraceOn(t, adminConfig(t, token)+fmt.Sprintf(`
+[router]
+shutdown_timeout = "5s"
+[observers.failing]
+entity = "Order"
+actions = [{ type = "webhook", url = "%s/hook", allow_private = true, timeout = "5s" }]
+`, refuse.URL), top)
+	postEvents(t, addr, evs)
+	waitFor(t, "1002 dead letters", func() bool { return listDLQ(t, addr, token).Total == 1002 })
+
+	out := filepath.Join(t.TempDir(), "dead.jsonl")
+	code, _, stderr := runCLI(t, "dlq", "export", "--addr", addr, "--out", out)
+	if code != ExitOK || !strings.Contains(stderr, "exported 1000 event(s)") ||
+		!strings.Contains(stderr, "skipped 1 dead letter(s) whose payload is not an event") ||
+		!strings.Contains(stderr, "skipped 1 dead letter(s) of an event already written") {
+		t.Fatalf("dlq export: exit %d: %s", code, stderr)
+	}
+	if got := readIDs(t, out); len(got) != 1000 {
+		t.Fatalf("the export holds %d events; want 1000", len(got))
+	}
+	assertTryDiff(t, out)
+
+	code, _, stderr = runCLI(t, "dlq", "export", "--addr", addr, "--out", out, "--observer", "other", "--since", "1h")
+	if got := readIDs(t, out); code != ExitOK || len(got) != 1 || got[0] != evs[0].ID {
+		t.Errorf("dlq export --observer other: exit %d %s, %v; want the one event %s", code, stderr, got, evs[0].ID)
+	}
+	if code, _, stderr := runCLI(t, "dlq", "export", "--addr", addr); code != ExitInvalid || !strings.Contains(stderr, "--out") {
+		t.Errorf("dlq export without --out: exit %d %s; want %d", code, stderr, ExitInvalid)
+	}
+	if l := listDLQ(t, addr, token); l.Total != 1002 {
+		t.Errorf("after the exports the store holds %d entries; want the 1002, untouched", l.Total)
 	}
 }

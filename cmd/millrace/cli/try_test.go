@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -59,13 +60,17 @@ func writeEvents(t *testing.T, evs []*event.Event) string {
 }
 
 // tryRig is a config whose actions would reach real services: a webhook
-// receiver, Redis keys, a SQL function that inserts into a table.
+// receiver, a Slack endpoint, an SMTP server, Redis keys, a SQL function
+// that inserts into a table.
 type tryRig struct {
-	hits   atomic.Int64
-	url    string
-	prefix string
-	schema string
-	check  func(t *testing.T) // fails the test when anything was touched
+	hits      atomic.Int64 // webhook requests
+	slackHits atomic.Int64
+	smtpConns atomic.Int64
+	url       string
+	smtpPort  int
+	prefix    string
+	schema    string
+	check     func(t *testing.T) // fails the test when anything was touched
 }
 
 func newTryRig(t *testing.T) *tryRig {
@@ -73,6 +78,27 @@ func newTryRig(t *testing.T) *tryRig {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { r.hits.Add(1) }))
 	t.Cleanup(srv.Close)
 	r.url = srv.URL
+	slackSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { r.slackHits.Add(1) }))
+	t.Cleanup(slackSrv.Close)
+	t.Setenv("TRY_TEST_SLACK_URL", slackSrv.URL+"/services/T000/B000/XXXX")
+	// An SMTP server only needs to be reached to count: every connection
+	// is a send attempt.
+	smtp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = smtp.Close() })
+	r.smtpPort = smtp.Addr().(*net.TCPAddr).Port
+	go func() {
+		for {
+			c, err := smtp.Accept()
+			if err != nil {
+				return
+			}
+			r.smtpConns.Add(1)
+			_ = c.Close()
+		}
+	}()
 	rc, prefix := testenv.Redis(t)
 	pool, schema := testenv.Postgres(t)
 	r.prefix, r.schema = prefix, schema
@@ -90,6 +116,12 @@ func newTryRig(t *testing.T) *tryRig {
 		t.Helper()
 		if n := r.hits.Load(); n != 0 {
 			t.Errorf("the webhook receiver got %d request(s)", n)
+		}
+		if n := r.slackHits.Load(); n != 0 {
+			t.Errorf("the Slack endpoint got %d request(s)", n)
+		}
+		if n := r.smtpConns.Load(); n != 0 {
+			t.Errorf("the SMTP server got %d connection(s)", n)
 		}
 		n, err := rc.Exists(ctx, prefix+"order:0", prefix+"order:500", prefix+"order:999").Result()
 		if err != nil || n != 3 {
@@ -111,6 +143,11 @@ func (r *tryRig) config(t *testing.T, condition, publishBody string) string {
 url = %q
 [databases.main]
 url = %q
+[smtp]
+host = "127.0.0.1"
+port = %d
+tls = "none"
+from = "millrace@example.com"
 
 [observers.order_shipped]
 event = "UPDATE"
@@ -145,7 +182,21 @@ entity = "Order"
 type = "publish"
 topic = "orders_out"
 body = '%s'
-`, testenv.RedisURL(), testenv.PostgresSchemaURL(t, r.schema), condition, r.url, r.prefix, publishBody))
+
+[observers.order_big]
+event = "UPDATE"
+entity = "Order"
+condition = "data.total >= 990"
+[[observers.order_big.actions]]
+type = "slack"
+url_env = "TRY_TEST_SLACK_URL"
+allow_private = true
+text = "big order {{ .entity_id }}"
+[[observers.order_big.actions]]
+type = "email"
+to = ["sales@example.com"]
+body = "order {{ .entity_id }}: {{ .data.total }}"
+`, testenv.RedisURL(), testenv.PostgresSchemaURL(t, r.schema), r.smtpPort, condition, r.url, r.prefix, publishBody))
 }
 
 const (
@@ -195,6 +246,8 @@ func assertTryDiff(t *testing.T, events string) {
 		"order_cache":   {Observer: "order_cache", MatchedOld: 1000, MatchedNew: 1000, ActionsOld: 1000, ActionsNew: 1000},
 		"order_sql":     {Observer: "order_sql", MatchedOld: 1000, MatchedNew: 1000, ActionsOld: 1000, ActionsNew: 1000},
 		"order_publish": {Observer: "order_publish", MatchedOld: 1000, MatchedNew: 1000, ActionsOld: 1000, ActionsNew: 1000},
+		// Unchanged between the configs: effects, but no changes.
+		"order_big": {Observer: "order_big", MatchedOld: 10, MatchedNew: 10, ActionsOld: 20, ActionsNew: 20},
 	}
 	if len(rep.Observers) != len(want) {
 		t.Errorf("observers: %+v", rep.Observers)
@@ -273,10 +326,18 @@ func assertTryDiff(t *testing.T, events string) {
 				}
 			case "webhook":
 				checkSigned(t, e.Effect)
+			case "slack":
+				if e.Effect.Method != "POST" || !strings.Contains(e.Effect.Body, "big order "+res.EntityID) {
+					t.Errorf("slack effect %+v", e.Effect)
+				}
+			case "email":
+				if e.Effect.Headers["To"] != "<sales@example.com>" || !strings.Contains(e.Effect.Body, "order "+res.EntityID+": ") {
+					t.Errorf("email effect %+v", e.Effect)
+				}
 			}
 		}
 	}
-	if fmt.Sprint(byType) != fmt.Sprint(map[string]int{"cache_invalidate": 1000, "publish": 1000, "sql": 1000, "webhook": 300}) {
+	if fmt.Sprint(byType) != fmt.Sprint(map[string]int{"cache_invalidate": 1000, "email": 10, "publish": 1000, "slack": 10, "sql": 1000, "webhook": 300}) {
 		t.Errorf("effects by type %v", byType)
 	}
 	r.check(t)

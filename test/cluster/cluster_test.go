@@ -1,0 +1,273 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/testenv"
+)
+
+func TestMain(m *testing.M) { e2e.Main(m) }
+
+const (
+	// rows × (1 insert + updates) changes, batch at a time, every pause.
+	rows    = 2000
+	updates = 4
+	changes = rows * (1 + updates)
+	batch   = 100
+	pause   = 150 * time.Millisecond
+	workers = 3
+)
+
+// TestJetStreamClusterFailover runs 10,000 captured changes through one
+// capture process and three partitioned workers on a three-node
+// JetStream cluster with streams replicated three times and, while they
+// flow, kills the stream's leader with SIGKILL (and restarts it), kills a
+// worker (and restarts it), and freezes another node for 10 s (SIGSTOP,
+// then SIGCONT: to its peers and clients it is cut off, as in a network
+// partition). Every change must be delivered, duplicates only under
+// their first delivery's idempotency key, each entity's changes in
+// commit order. The result line gives the longest pause in deliveries.
+func TestJetStreamClusterFailover(t *testing.T) {
+	cl := e2e.StartNATSCluster(t, 3)
+	recv := e2e.NewReceiver(t)
+	r := e2e.NewRig(t, "nats", e2e.Options{
+		Receiver: recv,
+		NATSURL:  cl.URL(),
+		Observers: map[string]e2e.Observer{
+			"cluster": {Actions: []map[string]any{recv.Action("cluster", nil)}},
+		},
+		Env: []string{"MILLRACE_NATS__REPLICAS=3", "MILLRACE_NATS__ACK_WAIT=5s"},
+	})
+	if r.Partitions == 0 {
+		t.Fatal("the nats example config sets no partitions; the workers would not share the stream in order")
+	}
+	capture := start(t, r, "capture", "--role", "capture")
+	var ws []*e2e.Process
+	for i := range workers {
+		ws = append(ws, start(t, r, "worker "+strconv.Itoa(i), "--role", "observe"))
+	}
+
+	e2e.WaitDealt(t, r.Partitions, time.Minute, ws...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	produced := make(chan error, 1)
+	begin := time.Now()
+	go func() { produced <- r.Flow(ctx, rows, 1+updates, batch, pause) }()
+	recv.Wait(t, time.Minute, "a first delivery", func() bool { return recv.Count("cluster") > 0 })
+
+	// The stream's leader dies and comes back.
+	sleep(t, ctx, 2*time.Second)
+	leader, err := cl.StreamLeader(r.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaderKilled := time.Now()
+	cl.Servers[leader].Stop(syscall.SIGKILL)
+	t.Logf("%s: killed the stream leader %s", since(begin), cl.Name(leader))
+	sleep(t, ctx, 5*time.Second)
+	cl.Servers[leader].Start()
+	t.Logf("%s: restarted %s", since(begin), cl.Name(leader))
+
+	// A worker dies without draining and comes back.
+	sleep(t, ctx, 2*time.Second)
+	ws[0].Kill()
+	t.Logf("%s: killed worker 0", since(begin))
+	sleep(t, ctx, 2*time.Second)
+	ws[0].Start()
+	t.Logf("%s: restarted worker 0", since(begin))
+
+	// Another node is cut off for 10 s.
+	cut := (leader + 1) % len(cl.Servers)
+	cl.Servers[cut].Signal(syscall.SIGSTOP)
+	t.Logf("%s: froze %s for 10s", since(begin), cl.Name(cut))
+	sleep(t, ctx, 10*time.Second)
+	cl.Servers[cut].Signal(syscall.SIGCONT)
+	t.Logf("%s: thawed %s", since(begin), cl.Name(cut))
+
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
+	if made := len(r.Produced()); made != changes {
+		t.Fatalf("made %d changes, want %d", made, changes)
+	}
+	recv.Wait(t, 3*time.Minute, "every change delivered", func() bool {
+		return e2e.Count(r.Produced(), recv.Requests("cluster")).Delivered == changes
+	})
+	// Late redeliveries of messages held at a kill still count.
+	time.Sleep(3 * time.Second)
+	reqs := recv.Requests("cluster")
+	tl := e2e.Count(r.Produced(), reqs)
+	if p := tl.Problems(); p != "" {
+		t.Errorf("%s", p)
+	}
+	reordered := outOfOrder(t, reqs)
+	gap, at := longestPause(reqs, leaderKilled)
+	restarts := 0
+	for _, p := range append([]*e2e.Process{capture}, ws...) {
+		if !p.Running() {
+			t.Errorf("a millrace process exited during the run")
+		}
+		restarts += p.CountLogs(func(l e2e.LogLine) bool {
+			return l.Msg == "jetstream: deliveries were lost on the way; restarting the consumer at its ack floor to keep each entity's order"
+		})
+	}
+	t.Logf("%s; took %s", r.Describe(), since(begin))
+	// The last line is the run's result.
+	t.Logf("cluster nats: changes=%d lost=%d duplicates=%d reordered=%d longest_pause=%s (at +%s from the leader's kill) consumer_restarts=%d",
+		tl.Changes, len(tl.Lost), tl.Duplicates, reordered, gap.Round(10*time.Millisecond), at.Round(100*time.Millisecond), restarts)
+}
+
+// start runs one process of the rig's config with its own HTTP port and
+// waits until it is ready.
+func start(t *testing.T, r *e2e.Rig, name string, args ...string) *e2e.Process {
+	t.Helper()
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	env := append(append([]string{}, r.Env...), "MILLRACE_HTTP__ADDR="+addr)
+	p := e2e.NewProcess(t, name, e2e.Binary(t), append([]string{"run", "-c", r.Config}, args...), env)
+	p.Start()
+	p.WaitReady("http://"+addr+"/readyz", 60*time.Second)
+	return p
+}
+
+// outOfOrder counts the changes first accepted after a later change of
+// the same entity was, and reports each.
+func outOfOrder(t *testing.T, reqs []*e2e.Delivery) int {
+	type first struct {
+		n  int64
+		at time.Time
+	}
+	seen := map[string]bool{}
+	byEntity := map[string][]first{}
+	for _, d := range reqs {
+		k := e2e.DeliveryKey(d)
+		if k == "" || !d.OK() || seen[k] {
+			continue
+		}
+		seen[k] = true
+		n, _ := d.Event.Data["n"].(int64)
+		byEntity[d.Event.EntityID] = append(byEntity[d.Event.EntityID], first{n, d.At})
+	}
+	bad := 0
+	for id, fs := range byEntity {
+		sort.SliceStable(fs, func(i, j int) bool { return fs[i].at.Before(fs[j].at) })
+		for i := 1; i < len(fs); i++ {
+			if fs[i].n < fs[i-1].n {
+				bad++
+				if bad <= 10 {
+					t.Errorf("order %s: change n=%d first delivered after n=%d", id, fs[i].n, fs[i-1].n)
+				}
+			}
+		}
+	}
+	return bad
+}
+
+// longestPause is the longest time without an accepted delivery from
+// the first one on, and when it began, from ref.
+func longestPause(reqs []*e2e.Delivery, ref time.Time) (gap, at time.Duration) {
+	var times []time.Time
+	for _, d := range reqs {
+		if d.OK() {
+			times = append(times, d.At)
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	for i := 1; i < len(times); i++ {
+		if g := times[i].Sub(times[i-1]); g > gap {
+			gap, at = g, times[i-1].Sub(ref)
+		}
+	}
+	return gap, at
+}
+
+func sleep(t *testing.T, ctx context.Context, d time.Duration) {
+	t.Helper()
+	select {
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	case <-time.After(d):
+	}
+}
+
+func since(t time.Time) string { return fmt.Sprint(time.Since(t).Round(100 * time.Millisecond)) }
+
+// TestRedisSentinelFailover runs 5,000 captured changes on the nats
+// topology with its dedup ledger and result cache in Redis reached
+// through Sentinel, and kills the Redis primary with SIGKILL while they
+// flow. The sentinels promote the replica; meanwhile the ledger fails
+// open (events run without dedup, counted in millrace_dedup_errors_total)
+// and afterwards the client follows the new master. Nothing may be lost.
+func TestRedisSentinelFailover(t *testing.T) {
+	sen := e2e.StartRedisSentinel(t)
+	recv := e2e.NewReceiver(t)
+	r := e2e.NewRig(t, "nats", e2e.Options{
+		Receiver: recv,
+		RedisURL: sen.URL(),
+		Observers: map[string]e2e.Observer{
+			"sentinel": {Actions: []map[string]any{recv.Action("sentinel", nil)}},
+		},
+		Env: []string{"MILLRACE_NATS__ACK_WAIT=5s"},
+	})
+	r.Start()
+	const rows, rounds = 1000, 5
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	produced := make(chan error, 1)
+	begin := time.Now()
+	go func() { produced <- r.Flow(ctx, rows, rounds, batch, 100*time.Millisecond) }()
+	recv.Wait(t, time.Minute, "a first delivery", func() bool { return recv.Count("sentinel") > 0 })
+
+	sleep(t, ctx, 2*time.Second)
+	old := sen.Primary.Addr()
+	sen.Primary.Stop(syscall.SIGKILL)
+	killed := time.Now()
+	t.Logf("%s: killed the Redis primary %s", since(begin), old)
+	var promoted time.Duration
+	for {
+		if addr, err := sen.MasterAddr(); err == nil && addr != old {
+			promoted = time.Since(killed)
+			t.Logf("%s: the sentinels promoted %s", since(begin), addr)
+			break
+		}
+		if time.Since(killed) > time.Minute {
+			t.Fatal("the sentinels promoted no replica within a minute")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
+	want := rows * rounds
+	recv.Wait(t, 3*time.Minute, "every change delivered", func() bool {
+		return e2e.Count(r.Produced(), recv.Requests("sentinel")).Delivered == want
+	})
+	time.Sleep(2 * time.Second)
+	tl := e2e.Count(r.Produced(), recv.Requests("sentinel"))
+	if p := tl.Problems(); p != "" {
+		t.Errorf("%s", p)
+	}
+	dedupErrors := r.Metric(t, "millrace_dedup_errors_total")
+	if dedupErrors == 0 {
+		t.Errorf("millrace_dedup_errors_total is 0: the ledger never failed open, so the primary's loss was not felt")
+	}
+	// A change made after the failover runs once: the client follows the
+	// new master.
+	tail := recv.Count("sentinel")
+	if err := r.Update(ctx, e2e.Range(1, 2), "after"); err != nil {
+		t.Fatal(err)
+	}
+	recv.Wait(t, 30*time.Second, "the change after the failover", func() bool { return recv.Count("sentinel") > tail })
+	t.Logf("%s; took %s", r.Describe(), since(begin))
+	// The last line is the run's result.
+	t.Logf("sentinel nats: changes=%d lost=%d duplicates=%d failover=%s dedup_errors=%.0f",
+		tl.Changes, len(tl.Lost), tl.Duplicates, promoted.Round(100*time.Millisecond), dedupErrors)
+}

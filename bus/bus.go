@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 
@@ -33,6 +34,13 @@ const (
 	// observer again: the result cache's record of earlier successes is
 	// ignored too (millrace dlq replay --all-actions).
 	AllActionsMetadata = "millrace_all_actions"
+	// ParkMetadata goes with ObserverMetadata on the message that
+	// releases a parked entity: "replay" runs the entity's parked group
+	// for the observer, in order; "skip" first takes the head out of it.
+	// The message carries the head's event, and so the entity's ordering
+	// key: the bus hands it to the worker that runs the entity, after the
+	// entity's events published before it (docs/adr/0014-park-the-key.md).
+	ParkMetadata = "millrace_park"
 	// DeliveryMetadata is set by a bus on the messages it hands out: the
 	// number of this delivery of the message, 1 for the first. Dead
 	// letters and logs report it.
@@ -102,4 +110,24 @@ func PartitionKey(m *message.Message) string {
 		return key
 	}
 	return m.UUID
+}
+
+// AcquireHook runs when a subscriber that leases partitions (ADR 12) has
+// taken partition p of n, before it consumes it.
+type AcquireHook func(ctx context.Context, p, n int) error
+
+// Bind returns h for a subscriber of n partitions, in the form
+// partition.Config.Acquired takes; nil when h is nil.
+func (h AcquireHook) Bind(n int) func(ctx context.Context, p int) error {
+	if h == nil {
+		return nil
+	}
+	return func(ctx context.Context, p int) error { return h(ctx, p, n) }
+}
+
+// PartitionWatcher is a subscriber that leases partitions and runs a
+// hook on each it takes, before consuming it. Set the hook before
+// Subscribe.
+type PartitionWatcher interface {
+	OnAcquire(hook AcquireHook)
 }

@@ -535,7 +535,10 @@ type Observer struct {
 	// Retry is the retry policy for transient failures.
 	Retry Retry `koanf:"retry"`
 	// OnFailure is what happens after a permanent failure or the last
-	// attempt: dlq (default), log or drop.
+	// attempt: dlq (default), park, log or drop. "park" dead-letters the
+	// event and parks its entity for the observer: the entity's later
+	// events wait behind it in the dead-letter store, in order, until
+	// `millrace dlq replay --entity` (docs/dead-letters.md).
 	OnFailure string `koanf:"on_failure"`
 	// Concurrency bounds the actions of one event run at once. Default 4.
 	Concurrency int `koanf:"concurrency"`

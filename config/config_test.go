@@ -318,6 +318,12 @@ func TestValidate(t *testing.T) {
 		{"observer actions", obs(func(o *config.Observer) { o.Actions = nil }), "observers.o.actions"},
 		{"action type", obs(func(o *config.Observer) { o.Actions = []config.Action{{"url": "x"}} }), "observers.o.actions[0].type"},
 		{"on_failure", obs(func(o *config.Observer) { o.OnFailure = "alert" }), "observers.o.on_failure"},
+		{"park with a capped dlq", func(c *config.Config) {
+			o := c.Observers["o"]
+			o.OnFailure = "park"
+			c.Observers["o"] = o
+			c.DLQ.MaxEntries = 10
+		}, "observers.o.on_failure"},
 		{"concurrency", obs(func(o *config.Observer) { o.Concurrency = 0 }), "observers.o.concurrency"},
 		{"timeout", obs(func(o *config.Observer) { o.Timeout = 0 }), "observers.o.timeout"},
 		{"retry attempts", obs(func(o *config.Observer) { o.Retry.MaxAttempts = 0 }), "observers.o.retry.max_attempts"},

@@ -250,7 +250,12 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
-		oneOf(p+".on_failure", o.OnFailure, "dlq", "log", "drop")
+		oneOf(p+".on_failure", o.OnFailure, "dlq", "park", "log", "drop")
+		if o.OnFailure == "park" && c.DLQ.MaxEntries > 0 {
+			// The cap drops the oldest entries, which a parked group's
+			// head is: its events would be lost without a trace.
+			add(p+".on_failure", `"park" needs dlq.max_entries = 0 (now %d): the cap would drop parked events`, c.DLQ.MaxEntries)
+		}
 		if o.Concurrency < 1 {
 			add(p+".concurrency", "must be at least 1")
 		}

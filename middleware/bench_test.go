@@ -22,11 +22,24 @@ import (
 // memory store, retry, one no-op action), as the router does for each
 // event: what the stack itself costs per event.
 func BenchmarkStack(b *testing.B) {
+	benchStack(b, "", nil)
+}
+
+// BenchmarkStackParked is BenchmarkStack for an observer with
+// on_failure = "park" while another entity is parked: the per-event
+// check builds the event's key and looks it up in the in-process set.
+func BenchmarkStackParked(b *testing.B) {
+	parks := middleware.NewParks()
+	parks.Park("bench", stores.ParkKey("", "Order", "2"), event.KeyOf("", "Order", "2"), time.Now())
+	benchStack(b, "on_failure = \"park\"\n", parks)
+}
+
+func benchStack(b *testing.B, extra string, parks *middleware.Parks) {
 	reg := handlers.NewRegistry()
 	handlers.MustRegister(reg, "noop", func(context.Context, noConfig, handlers.Deps) (handlers.Action, error) {
 		return handlers.ActionFunc(func(context.Context, *event.Event) error { return nil }), nil
 	})
-	cfg, err := config.Parse([]byte("[observers.bench]\nactions = [{ type = \"noop\" }]\n"), nil)
+	cfg, err := config.Parse([]byte("[observers.bench]\n"+extra+"actions = [{ type = \"noop\" }]\n"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -45,6 +58,7 @@ func BenchmarkStack(b *testing.B) {
 		Config: cfg, Metrics: metrics, Logger: slog.New(slog.DiscardHandler),
 		Ledger:   middleware.NewLedger(store, store, middleware.LedgerConfig{}, metrics, nil),
 		Breakers: middleware.NewBreakers(middleware.BreakerConfig{}, middleware.BreakerFailure),
+		Parks:    parks,
 	}
 	stack := p.Stack(o)
 	ev := &event.Event{Type: event.Insert, Entity: "Order", EntityID: "1", Data: map[string]any{"n": int64(1)}, Timestamp: time.Now()}

@@ -41,6 +41,11 @@ type Delivery struct {
 	// Claim is the ledger's claim on (event, observer); nil when dedup
 	// and the result cache are both off.
 	Claim *Claim
+	// ParkReplay is set when the event is an entry of a parked group run
+	// by `millrace dlq replay --entity`: it is not parked again, and a
+	// final failure is returned (a *Failure) for the group to stay as it
+	// is instead of being written to the store once more.
+	ParkReplay bool
 	// RunAll is set on a replay asked to run every action again: the
 	// result cache's hits are ignored.
 	RunAll bool

@@ -59,6 +59,7 @@ func Plan(cfg *config.Config, o config.Observer) []Layer {
 		"dlq":  "dlq: a final failure goes to the dead-letter store",
 		"log":  "log: a final failure is logged and the event dropped",
 		"drop": "drop: a final failure drops the event",
+		"park": "park: a final failure parks the entity: its later events wait with it in the dead-letter store",
 	}[o.OnFailure]}}
 	if o.Condition != "" {
 		layers = append(layers, Layer{LayerCondition, o.Condition})
@@ -143,8 +144,10 @@ type Policy struct {
 	// limits.
 	Limits      *Limits
 	DeadLetters stores.DeadLetters
-	Metrics     *Metrics
-	Logger      *slog.Logger
+	// Parks are the parked entities (on_failure = "park"); nil: none.
+	Parks   *Parks
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Stack returns o's delivery as one message.HandlerFunc: the layers of
@@ -174,42 +177,88 @@ func (p *Policy) Stack(o *engine.Observer) message.HandlerFunc {
 
 // failurePolicy applies the observer's on_failure to a final failure
 // (a *Failure from the layers inside). Only a dead-letter write that
-// fails leaves the message for a redelivery.
+// fails leaves the message for a redelivery. With "park", an event of
+// an entity that is parked for the observer does not run: it joins the
+// group (docs/adr/0014-park-the-key.md).
 func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
+		o, ev := d.Observer, d.Event
+		park := o.Config.OnFailure == "park"
+		if park && !d.ParkReplay && p.Parks.Parked(o.Name, ev) {
+			return nil, p.parkBehind(ctx, d)
+		}
 		out, err := next(msg)
 		var f *Failure
 		if !errors.As(err, &f) {
 			return out, err
 		}
-		ctx, d := msg.Context(), DeliveryFrom(msg.Context())
-		o, ev := d.Observer, d.Event
 		attrs := []any{"observer", o.Name, "event_id", ev.ID, "action", f.Action, "reason", f.Reason,
 			"attempts", f.Attempts, "err", f.Err}
-		switch o.Config.OnFailure {
-		case "log":
+		switch {
+		case d.ParkReplay:
+			// The entry stays the head of its group, in its place.
+			d.Outcome = OutcomeParked
+			return nil, f
+		case o.Config.OnFailure == "log":
 			d.Outcome = OutcomeLogged
 			p.Logger.ErrorContext(ctx, "observer failed; event dropped (on_failure = log)", attrs...)
-		case "drop":
+		case o.Config.OnFailure == "drop":
 			d.Outcome = OutcomeDropped
 			p.Logger.DebugContext(ctx, "observer failed; event dropped (on_failure = drop)", attrs...)
 		default:
-			id, err := p.PutDeadLetter(ctx, stores.DeadLetter{
+			dl := stores.DeadLetter{
 				EventID: ev.ID, Observer: o.Name, Action: f.Action, Reason: f.Reason, Error: f.Err.Error(),
 				Attempts: f.Attempts, FirstFailure: f.First, LastFailure: f.Last, Topic: d.Topic, Payload: d.Payload,
 				Succeeded: d.succeeded(),
-			})
+			}
+			if park {
+				dl.Key, dl.Parked = stores.ParkKey(ev.Source, ev.Entity, ev.EntityID), true
+			}
+			id, err := p.PutDeadLetter(ctx, dl)
 			if err != nil {
 				d.Outcome, d.RetryDelay = OutcomeRedeliver, DeadLetterRetryDelay
 				p.Logger.ErrorContext(ctx, "observer failed and its dead letter could not be written; the event will be redelivered",
 					append(attrs, "dlq_err", err)...)
 				return nil, fmt.Errorf("observer %q: dead-letter write failed: %w", o.Name, err)
 			}
+			if park {
+				p.Parks.Park(o.Name, dl.Key, ev.Key(), dl.FirstFailure)
+				d.Outcome = OutcomeParked
+				p.Logger.WarnContext(ctx, "observer failed; event dead-lettered and its entity parked",
+					append(attrs, "dead_letter", id, "entity", dl.Key)...)
+				return nil, nil
+			}
 			d.Outcome = OutcomeDeadLettered
 			p.Logger.WarnContext(ctx, "observer failed; event dead-lettered", append(attrs, "dead_letter", id)...)
 		}
 		return nil, nil
 	}
+}
+
+// parkBehind adds d's event to its entity's parked group without
+// running it; a store that refuses the entry leaves the message for a
+// redelivery, which finds the entity still parked.
+func (p *Policy) parkBehind(ctx context.Context, d *Delivery) error {
+	o, ev := d.Observer, d.Event
+	key := stores.ParkKey(ev.Source, ev.Entity, ev.EntityID)
+	now := time.Now()
+	id, err := p.PutDeadLetter(ctx, stores.DeadLetter{
+		EventID: ev.ID, Observer: o.Name, Reason: stores.ReasonParked, FirstFailure: now, LastFailure: now,
+		Error: "not run: an earlier event of the entity failed for the observer; `millrace dlq replay --entity` runs the group in order",
+		Topic: d.Topic, Payload: d.Payload, Succeeded: d.succeeded(), Key: key, Parked: true,
+	})
+	if err != nil {
+		d.Outcome, d.RetryDelay = OutcomeRedeliver, DeadLetterRetryDelay
+		p.Logger.ErrorContext(ctx, "event of a parked entity could not be added to its group; it will be redelivered",
+			"observer", o.Name, "event_id", ev.ID, "entity", key, "dlq_err", err)
+		return fmt.Errorf("observer %q: park: dead-letter write failed: %w", o.Name, err)
+	}
+	p.Parks.Park(o.Name, key, ev.Key(), now)
+	d.Outcome = OutcomeParked
+	p.Logger.InfoContext(ctx, "entity parked; event added to its group", "observer", o.Name, "event_id", ev.ID,
+		"entity", key, "dead_letter", id)
+	return nil
 }
 
 // PutDeadLetter writes an entry even when ctx was cancelled meanwhile

@@ -195,3 +195,59 @@ actions = [{ type = "ok" }]
 		t.Errorf("dead letters by observer = %v; want failing: permanent, erring: condition", reasons)
 	}
 }
+
+// TestStackParks: with on_failure = "park", a final failure parks the
+// entity: its next event is added to the group without running, another
+// entity and another observer still run, and an entry replayed from the
+// group that fails again is handed back without a new entry.
+func TestStackParks(t *testing.T) {
+	p, obs, dlq, calls := stackRig(t, `
+[observers.strict]
+on_failure = "park"
+actions = [{ type = "broken" }]
+[observers.loose]
+on_failure = "park"
+actions = [{ type = "ok" }]
+`)
+	p.Parks = middleware.NewParks()
+	ctx := context.Background()
+	evOf := func(entityID string) *event.Event {
+		return &event.Event{ID: uuid.NewString(), Type: event.Update, Source: "db", Entity: "Order", EntityID: entityID,
+			Data: map[string]any{}, Timestamp: time.Now()}
+	}
+	key := stores.ParkKey("db", "Order", "1")
+	if d, err := deliver(p, obs["strict"], evOf("1")); err != nil || d.Outcome != middleware.OutcomeParked {
+		t.Fatalf("head: outcome %q err %v; want parked", d.Outcome, err)
+	}
+	if !p.Parks.Parked("strict", evOf("1")) || p.Parks.Parked("loose", evOf("1")) || p.Parks.Parked("strict", evOf("2")) {
+		t.Fatal("the park must hold for (strict, entity 1) only")
+	}
+	next := evOf("1")
+	if d, err := deliver(p, obs["strict"], next); err != nil || d.Outcome != middleware.OutcomeParked || calls["broken"].Load() != 1 {
+		t.Errorf("next event: outcome %q err %v, action calls %d; want parked without running (1 call)", d.Outcome, err, calls["broken"].Load())
+	}
+	if d, err := deliver(p, obs["loose"], evOf("1")); err != nil || d.Outcome != middleware.OutcomeSucceeded {
+		t.Errorf("another observer: outcome %q err %v; want succeeded", d.Outcome, err)
+	}
+	if d, _ := deliver(p, obs["strict"], evOf("2")); d.Outcome != middleware.OutcomeParked || calls["broken"].Load() != 2 {
+		t.Errorf("another entity: outcome %q, calls %d; want it run (and parked on its own failure)", d.Outcome, calls["broken"].Load())
+	}
+	group, err := dlq.List(ctx, stores.DeadLetterFilter{Observer: "strict", Key: key, Parked: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(group) != 2 || group[0].Reason != stores.ReasonPermanent || group[1].Reason != stores.ReasonParked || group[1].EventID != next.ID {
+		t.Fatalf("group = %+v; want the permanent head, then the parked event", group)
+	}
+	// A replay of the group's head that fails again: a *Failure, no entry.
+	payload, _ := event.Encode(evOf("1"))
+	d := &middleware.Delivery{Event: evOf("1"), Observer: obs["strict"], Payload: payload, ParkReplay: true,
+		Actions: make([]middleware.ActionState, 1)}
+	var f *middleware.Failure
+	if err := middleware.Run(message.NewMessage(d.Event.ID, payload), d, p.Stack(obs["strict"])); !errors.As(err, &f) || d.Outcome != middleware.OutcomeParked {
+		t.Errorf("replayed head failing again: outcome %q err %v; want parked with a *Failure", d.Outcome, err)
+	}
+	if n, _ := dlq.Count(ctx); n != 3 {
+		t.Errorf("%d entries after the failed replay, want 3 (no new one)", n)
+	}
+}

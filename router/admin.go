@@ -33,7 +33,10 @@ import (
 //
 //	GET    /v1/dlq?observer=&since=&limit=  list entries, oldest first, without payloads
 //	GET    /v1/dlq/{id}                     one entry with its payload
-//	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}; "dry_run"
+//	GET    /v1/dlq?entity=&parked=true      the parked groups of an entity (on_failure = "park")
+//	POST   /v1/dlq/replay                   {"ids": [...]} or {"all": true, "observer": ""}
+//	                                        or {"entity": KEY, "observer": ""}: a parked group, in order; "dry_run"
+//	POST   /v1/dlq/skip                     {"entity": KEY, "observer": ""}: drop a parked group's head, replay the rest
 //	DELETE /v1/dlq/{id}                     drop one entry
 //	DELETE /v1/dlq                          purge
 //	GET    /v1/dlq/export?observer=&since=  the dead letters' events as JSON lines (record.go)
@@ -54,11 +57,18 @@ type DeadLetterList struct {
 }
 
 // ReplayRequest is the body of POST /v1/dlq/replay: either IDs, or All
-// with an optional Observer.
+// with an optional Observer, or Entity with an optional Observer. It is
+// the body of POST /v1/dlq/skip too, with Entity.
 type ReplayRequest struct {
 	IDs      []string `json:"ids,omitempty"`
 	All      bool     `json:"all,omitempty"`
 	Observer string   `json:"observer,omitempty"`
+	// Entity names a parked entity, "source/entity_type/entity_id" as
+	// stores.ParkKey writes it: the worker that runs the entity replays
+	// its parked group (of Observer, or of every observer) in order,
+	// after the request returned. The entries leave the store as they
+	// succeed; the entity runs again once its group is empty.
+	Entity string `json:"entity,omitempty"`
 	// AllActions runs every action of the observer again; without it the
 	// actions an entry records as succeeded are skipped.
 	AllActions bool `json:"all_actions,omitempty"`
@@ -69,8 +79,12 @@ type ReplayRequest struct {
 // ReplayResponse is the answer of POST /v1/dlq/replay.
 type ReplayResponse struct {
 	DryRun bool `json:"dry_run,omitempty"`
-	// Replayed counts the entries published again (or that would be).
+	// Replayed counts the entries published again (or that would be);
+	// for an entity, the entries of its parked groups, whose replay was
+	// requested.
 	Replayed int `json:"replayed"`
+	// Groups counts the parked groups whose replay was requested.
+	Groups int `json:"groups,omitempty"`
 	// IDs are the entries replayed (or that would be).
 	IDs []string `json:"ids"`
 	// Failed are the entries that could not be replayed; they stay in
@@ -88,6 +102,10 @@ type ReplayFailure struct {
 type PurgeResponse struct {
 	Purged int `json:"purged"`
 }
+
+// parkedEntryError starts the failure of a replay by id that names an
+// entry of a parked group: those replay with their group, by entity.
+const parkedEntryError = "entry of a parked group"
 
 // replayPage is how many entries a replay of "all" reads at once.
 const replayPage = 500
@@ -183,6 +201,7 @@ func (r *Router) mountAdmin(mux *http.ServeMux) {
 	mux.Handle("GET /v1/dlq", auth(r.dlqList))
 	mux.Handle("GET /v1/dlq/{id}", auth(r.dlqShow))
 	mux.Handle("POST /v1/dlq/replay", auth(r.dlqReplay))
+	mux.Handle("POST /v1/dlq/skip", auth(r.dlqSkip))
 	mux.Handle("DELETE /v1/dlq/{id}", auth(r.dlqDelete))
 	mux.Handle("DELETE /v1/dlq", auth(r.dlqPurge))
 	mux.Handle("GET /v1/dlq/export", auth(r.dlqExport))
@@ -238,6 +257,7 @@ func (r *Router) dlqList(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody(err.Error()))
 		return
 	}
+	f.Key, f.Parked = q.Get("entity"), q.Get("parked") == "true"
 	if s := q.Get("limit"); s != "" {
 		if f.Limit, err = strconv.Atoi(s); err != nil || f.Limit < 1 {
 			writeJSON(w, http.StatusBadRequest, errorBody(fmt.Sprintf("limit %q: want a positive integer", s)))
@@ -322,17 +342,21 @@ func (r *Router) storeError(w http.ResponseWriter, req *http.Request, op string,
 
 // dlqReplay publishes entries again and deletes each once it is on the
 // bus. The answer is 200 when every entry was replayed, 404 when none of
-// the failures is more than an unknown id, 500 otherwise; the body says
-// which entries failed in every case.
+// the failures is more than an unknown id, 409 when the worst is an
+// entry of a parked group, 500 otherwise; the body says which entries
+// failed in every case.
 func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
-	var rr ReplayRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rr); err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody("body: "+err.Error()))
+	rr, ok := decodeReplayRequest(w, req)
+	if !ok {
 		return
 	}
 	switch {
+	case rr.Entity != "" && (rr.All || len(rr.IDs) > 0):
+		writeJSON(w, http.StatusBadRequest, errorBody(`give "entity" alone or with "observer", not with "ids" or "all"`))
+		return
+	case rr.Entity != "":
+		r.releaseEntity(w, req, rr, false)
+		return
 	case rr.All && len(rr.IDs) > 0:
 		writeJSON(w, http.StatusBadRequest, errorBody(`give either "ids" or "all", not both`))
 		return
@@ -353,13 +377,74 @@ func (r *Router) dlqReplay(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.logger.InfoContext(req.Context(), "dead letters replayed", "replayed", res.Replayed, "failed", len(res.Failed), "dry_run", rr.DryRun)
+	// The worst failure decides: one that is no client error (500), an
+	// entry of a parked group (409), an unknown id (404).
 	status := http.StatusOK
 	for _, f := range res.Failed {
-		status = http.StatusNotFound
-		if !strings.Contains(f.Error, stores.ErrNotFound.Error()) {
+		switch {
+		case strings.HasPrefix(f.Error, parkedEntryError):
+			status = max(status, http.StatusConflict)
+		case strings.Contains(f.Error, stores.ErrNotFound.Error()):
+			status = max(status, http.StatusNotFound)
+		default:
 			status = http.StatusInternalServerError
-			break
 		}
+	}
+	writeJSON(w, status, res)
+}
+
+// decodeReplayRequest reads a replay or skip body strictly; on an error
+// it answers 400 and ok is false.
+func decodeReplayRequest(w http.ResponseWriter, req *http.Request) (rr ReplayRequest, ok bool) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rr); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody("body: "+err.Error()))
+		return rr, false
+	}
+	return rr, true
+}
+
+// dlqSkip takes the head out of an entity's parked groups (it stays in
+// the store as an ordinary dead letter) and replays the rest in order.
+func (r *Router) dlqSkip(w http.ResponseWriter, req *http.Request) {
+	rr, ok := decodeReplayRequest(w, req)
+	if !ok {
+		return
+	}
+	if rr.Entity == "" || rr.All || len(rr.IDs) > 0 || rr.AllActions {
+		writeJSON(w, http.StatusBadRequest, errorBody(`give "entity", and optionally "observer" and "dry_run"`))
+		return
+	}
+	r.releaseEntity(w, req, rr, true)
+}
+
+// releaseEntity answers a replay or skip of an entity's parked groups:
+// 202 once their release messages are on the bus, 404 when the entity
+// has no parked group, 500 when a release could not be published.
+func (r *Router) releaseEntity(w http.ResponseWriter, req *http.Request, rr ReplayRequest, skip bool) {
+	if rr.AllActions {
+		writeJSON(w, http.StatusBadRequest, errorBody(`"all_actions" does not go with "entity"`))
+		return
+	}
+	store := r.store(w)
+	if store == nil {
+		return
+	}
+	res, err := r.requestRelease(req.Context(), store, rr.Entity, rr.Observer, skip, rr.DryRun)
+	if err != nil {
+		r.storeError(w, req, "replay", err)
+		return
+	}
+	r.logger.InfoContext(req.Context(), "parked groups released", "entity", rr.Entity, "observer", rr.Observer,
+		"skip", skip, "groups", res.Groups, "entries", res.Replayed, "dry_run", rr.DryRun)
+	status := http.StatusAccepted
+	switch {
+	case len(res.Failed) > 0:
+		status = http.StatusInternalServerError
+	case res.Groups == 0:
+		status = http.StatusNotFound
+		res.Failed = append(res.Failed, ReplayFailure{Error: fmt.Sprintf("entity %q has no parked group", rr.Entity)})
 	}
 	writeJSON(w, status, res)
 }
@@ -397,6 +482,11 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 				res.Failed = append(res.Failed, ReplayFailure{ID: id, Error: err.Error()})
 				continue
 			}
+			if dl.Parked {
+				res.Failed = append(res.Failed, ReplayFailure{ID: id,
+					Error: fmt.Sprintf("%s: replay it with its group (entity %q)", parkedEntryError, dl.Key)})
+				continue
+			}
 			do(dl)
 		}
 		return res, nil
@@ -423,7 +513,8 @@ func (r *Router) replay(ctx context.Context, store stores.DeadLetters, rr Replay
 				continue
 			}
 			seen[dl.ID], progress = true, true
-			if dl.LastFailure.After(start) {
+			// Parked groups are replayed by entity, in order.
+			if dl.LastFailure.After(start) || dl.Parked {
 				kept++
 				continue
 			}

@@ -49,7 +49,7 @@ func NewMetrics() *Metrics {
 
 // outcomes are the results of millrace_observer_runs_total.
 var outcomes = []string{middleware.OutcomeSucceeded, middleware.OutcomeSkipped, middleware.OutcomeDuplicate,
-	middleware.OutcomeDeadLettered, middleware.OutcomeLogged, middleware.OutcomeDropped, middleware.OutcomeRedeliver}
+	middleware.OutcomeDeadLettered, middleware.OutcomeLogged, middleware.OutcomeDropped, middleware.OutcomeRedeliver, middleware.OutcomeParked}
 
 // observerRuns returns observer's run counters by result, resolved once:
 // WithLabelValues hashes and checks its labels on every call.

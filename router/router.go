@@ -162,6 +162,10 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery,
 		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfigOf(cfg.Breaker), middleware.BreakerFailure),
 		Limits: middleware.NewLimits(limitConfig(cfg.Delivery))}
+	if err := r.loadParks(ctx); err != nil {
+		return err
+	}
+	defer r.metrics.Registry.Unregister(r.policy.Parks)
 	if cfg.Dedup.Enabled || cfg.Cache.Enabled {
 		r.policy.Ledger = middleware.NewLedger(dedup, cache, middleware.LedgerConfig{Window: cfg.Dedup.Window.D(), TTL: cfg.Cache.TTL.D(), Lease: cfg.Dedup.Lease.D()},
 			r.metrics.Delivery, r.logger.With("component", "ledger"))
@@ -531,6 +535,9 @@ func (r *Router) observe(msg *message.Message) error {
 			return nil
 		}
 		obs = []*engine.Observer{o}
+		if op := msg.Metadata.Get(bus.ParkMetadata); op != "" {
+			return r.releasePark(msg, ev, o, op)
+		}
 	}
 	sum := r.handle(msg, ev, obs)
 	if !ev.Timestamp.IsZero() {

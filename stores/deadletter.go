@@ -12,6 +12,10 @@ const (
 	ReasonExhausted   = "exhausted"   // the last attempt failed
 	ReasonUndecodable = "undecodable" // the message is not a valid event
 	ReasonCondition   = "condition"   // the observer's condition failed to evaluate
+	// ReasonParked: the event did not run, because an earlier event of
+	// its entity failed for the observer (on_failure = "park") and the
+	// entity is parked.
+	ReasonParked = "parked"
 )
 
 // DeadLetter is one entry of the dead-letter store.
@@ -42,6 +46,23 @@ type DeadLetter struct {
 	// event when it failed: a replay skips them, however long after,
 	// unless it asks to run every action again.
 	Succeeded []SucceededAction `json:"succeeded,omitempty"`
+	// Key is the event's entity, "source/entity_type/entity_id"
+	// (ParkKey); set on the entries of an observer whose on_failure is
+	// "park".
+	Key string `json:"key,omitempty"`
+	// Parked marks an entry of a parked group: the events of one
+	// (Observer, Key), the failed head first, kept in the store's order
+	// until `millrace dlq replay --entity` runs them in that order
+	// (docs/adr/0014-park-the-key.md).
+	Parked bool `json:"parked,omitempty"`
+}
+
+// ParkKey is the entity key of a parked group: the event's ordering key
+// (event.KeyOf) written "source/entity_type/entity_id", the form `millrace
+// dlq list` shows and `--entity` takes. The source is empty for a
+// single-database deployment: "/Order/42".
+func ParkKey(source, entity, entityID string) string {
+	return source + "/" + entity + "/" + entityID
 }
 
 // SucceededAction is an action of a dead letter's observer that had
@@ -59,6 +80,10 @@ type SucceededAction struct {
 type DeadLetterFilter struct {
 	Observer string
 	Since    time.Time
+	// Key keeps the entries of this entity (DeadLetter.Key).
+	Key string
+	// Parked keeps only the entries of parked groups.
+	Parked bool
 	// Limit caps the result; 0 means 100.
 	Limit int
 }

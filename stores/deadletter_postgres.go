@@ -52,6 +52,9 @@ type PostgresDeadLetters struct {
 	cfg   PostgresDeadLettersConfig
 	table string // quoted
 	index string // quoted, unqualified
+	// parkIndex finds the parked groups (a partial index: most entries
+	// are not parked).
+	parkIndex string
 }
 
 var _ DeadLetters = (*PostgresDeadLetters)(nil)
@@ -65,8 +68,9 @@ func NewPostgresDeadLetters(pool *pgxpool.Pool, cfg PostgresDeadLettersConfig) (
 	parts := strings.Split(cfg.Table, ".")
 	return &PostgresDeadLetters{
 		pool: pool, cfg: cfg,
-		table: pgx.Identifier(parts).Sanitize(),
-		index: pgx.Identifier{parts[len(parts)-1] + "_observer_last_failure"}.Sanitize(),
+		table:     pgx.Identifier(parts).Sanitize(),
+		index:     pgx.Identifier{parts[len(parts)-1] + "_observer_last_failure"}.Sanitize(),
+		parkIndex: pgx.Identifier{parts[len(parts)-1] + "_parked"}.Sanitize(),
 	}, nil
 }
 
@@ -98,6 +102,9 @@ func (s *PostgresDeadLetters) Migrate(ctx context.Context) error {
 	succeeded     jsonb NOT NULL DEFAULT '[]'
 );
 ALTER TABLE ` + s.table + ` ADD COLUMN IF NOT EXISTS succeeded jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE ` + s.table + ` ADD COLUMN IF NOT EXISTS entity_key text NOT NULL DEFAULT '';
+ALTER TABLE ` + s.table + ` ADD COLUMN IF NOT EXISTS parked boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS ` + s.parkIndex + ` ON ` + s.table + ` (observer, entity_key, id) WHERE parked;
 CREATE INDEX IF NOT EXISTS ` + s.index + ` ON ` + s.table + ` (observer, last_failure);`
 	if _, err := tx.Exec(ctx, ddl); err != nil {
 		return fmt.Errorf("postgres dead letters: migrate: %w", err)
@@ -108,7 +115,7 @@ CREATE INDEX IF NOT EXISTS ` + s.index + ` ON ` + s.table + ` (observer, last_fa
 	return nil
 }
 
-const pgColumns = `id, event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload, succeeded`
+const pgColumns = `id, event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload, succeeded, entity_key, parked`
 
 // Put inserts dl and returns its id.
 func (s *PostgresDeadLetters) Put(ctx context.Context, dl DeadLetter) (string, error) {
@@ -122,10 +129,10 @@ func (s *PostgresDeadLetters) Put(ctx context.Context, dl DeadLetter) (string, e
 	}
 	var id int64
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO `+s.table+` (event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload, succeeded)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb) RETURNING id`,
+		err := tx.QueryRow(ctx, `INSERT INTO `+s.table+` (event_id, observer, action, reason, error, attempts, first_failure, last_failure, topic, payload, succeeded, entity_key, parked)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13) RETURNING id`,
 			dl.EventID, dl.Observer, dl.Action, dl.Reason, dl.Error, dl.Attempts, dl.FirstFailure, dl.LastFailure, dl.Topic, dl.Payload,
-			string(succeeded)).Scan(&id)
+			string(succeeded), dl.Key, dl.Parked).Scan(&id)
 		if err != nil || s.cfg.MaxEntries == 0 {
 			return err
 		}
@@ -146,7 +153,7 @@ func scanPG(row pgx.Row) (DeadLetter, error) {
 		succeeded []byte
 	)
 	err := row.Scan(&id, &dl.EventID, &dl.Observer, &dl.Action, &dl.Reason, &dl.Error, &dl.Attempts,
-		&dl.FirstFailure, &dl.LastFailure, &dl.Topic, &dl.Payload, &succeeded)
+		&dl.FirstFailure, &dl.LastFailure, &dl.Topic, &dl.Payload, &succeeded, &dl.Key, &dl.Parked)
 	if err != nil {
 		return DeadLetter{}, err
 	}
@@ -193,6 +200,13 @@ func (s *PostgresDeadLetters) List(ctx context.Context, f DeadLetterFilter) ([]D
 	if f.Observer != "" {
 		args = append(args, f.Observer)
 		where = append(where, "observer = $"+strconv.Itoa(len(args)))
+	}
+	if f.Key != "" {
+		args = append(args, f.Key)
+		where = append(where, "entity_key = $"+strconv.Itoa(len(args)))
+	}
+	if f.Parked {
+		where = append(where, "parked")
 	}
 	if !f.Since.IsZero() {
 		args = append(args, f.Since.Truncate(time.Microsecond))

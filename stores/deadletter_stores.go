@@ -51,6 +51,9 @@ func matches(dl DeadLetter, f DeadLetterFilter) bool {
 	if f.Observer != "" && dl.Observer != f.Observer {
 		return false
 	}
+	if (f.Key != "" && dl.Key != f.Key) || (f.Parked && !dl.Parked) {
+		return false
+	}
 	return f.Since.IsZero() || !dl.LastFailure.Before(f.Since)
 }
 

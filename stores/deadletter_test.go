@@ -69,6 +69,50 @@ func testDeadLetters(t *testing.T, newStore func(t *testing.T) stores.DeadLetter
 		assertEntry(t, got, want)
 	})
 
+	// A parked group is found by observer and key, in the order it was
+	// written, and its fields come back; other entries stay out.
+	t.Run("ParkedGroup", func(t *testing.T) {
+		s := newStore(t)
+		key := stores.ParkKey("db1", "Order", "4/2")
+		var want []string
+		for i := range 6 {
+			dl := entry(i, "o")
+			switch i % 3 {
+			case 0: // the group
+				dl.Key, dl.Parked = key, true
+				if i > 0 {
+					dl.Reason = stores.ReasonParked
+				}
+			case 1: // another entity's group
+				dl.Key, dl.Parked = stores.ParkKey("db1", "Order", "5"), true
+			case 2: // same entity, not parked
+				dl.Key = key
+			}
+			id := put(t, s, dl)
+			if i%3 == 0 {
+				want = append(want, id)
+			}
+		}
+		put(t, s, stores.DeadLetter{Observer: "other", Key: key, Parked: true, Reason: stores.ReasonPermanent, Payload: []byte("{}")})
+		got, err := s.List(ctx, stores.DeadLetterFilter{Observer: "o", Key: key, Parked: true})
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if !reflect.DeepEqual(ids(got), want) {
+			t.Fatalf("parked group = %v, want %v in order", ids(got), want)
+		}
+		if !got[0].Parked || got[0].Key != key || got[1].Reason != stores.ReasonParked {
+			t.Errorf("head %+v: want parked, key %q; second reason %q, want parked", got[0], key, got[1].Reason)
+		}
+		all, err := s.List(ctx, stores.DeadLetterFilter{Parked: true, Limit: 100})
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		if len(all) != 5 {
+			t.Errorf("List(parked) = %d entries, want 5", len(all))
+		}
+	})
+
 	t.Run("RawPayload", func(t *testing.T) {
 		s := newStore(t)
 		for _, p := range [][]byte{

@@ -186,6 +186,9 @@ type Subscriber struct {
 	logger  *slog.Logger
 	metrics *Metrics
 
+	// acquired runs on each partition taken (OnAcquire).
+	acquired bus.AcquireHook
+
 	mu     sync.Mutex
 	closed bool
 	stops  []func()
@@ -281,7 +284,8 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 	out, stop, _ := partition.FanIn(ctx, leases, partition.FanInConfig{
 		Config: partition.Config{
 			Partitions: s.cfg.Partitions, Member: member, TTL: ttl,
-			Logger: s.logger.With("topic", topic),
+			Logger:   s.logger.With("topic", topic),
+			Acquired: s.acquired.Bind(s.cfg.Partitions),
 		},
 		MaxInFlight: maxInFlight, MaxBuffered: s.maxBuffered(), ReadAhead: 4 * maxInFlight,
 	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
@@ -578,3 +582,8 @@ func (s *Subscriber) Close() error {
 	}
 	return nil
 }
+
+// OnAcquire sets the hook run on each partition this subscriber takes,
+// before it consumes it (bus.PartitionWatcher). Call it before
+// Subscribe.
+func (s *Subscriber) OnAcquire(hook bus.AcquireHook) { s.acquired = hook }

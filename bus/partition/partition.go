@@ -50,6 +50,12 @@ type Config struct {
 	TTL time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// Acquired, when set, runs once a partition's lease is taken and
+	// before the partition is consumed: no process consumes it then, so
+	// state kept per partition (the router's parked entities) can be
+	// read fresh from its store. An error gives the lease up; a later
+	// round tries again.
+	Acquired func(ctx context.Context, p int) error
 }
 
 // opTimeout bounds one store call of a round.
@@ -189,6 +195,15 @@ func (r *runner) take(ctx context.Context, p int, now time.Time) {
 	}
 	if !ok {
 		return // its owner gives it up, or its lease runs out, soon
+	}
+	if r.c.Acquired != nil {
+		if err := r.c.Acquired(ctx, p); err != nil {
+			r.logger.Warn("partition: acquired, but its hook failed; releasing it", "partition", p, "err", err)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+			defer cancel()
+			_ = r.l.Release(rctx, p, r.c.Member)
+			return
+		}
 	}
 	stop, err := r.consume(p)
 	if err != nil {

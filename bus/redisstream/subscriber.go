@@ -46,6 +46,9 @@ type Subscriber struct {
 	// restarts and its pending entries are this process's to read back.
 	readBack bool
 
+	// acquired runs on each partition taken (OnAcquire).
+	acquired bus.AcquireHook
+
 	mu     sync.Mutex
 	closed bool
 	stops  []func() // one per Subscribe, each safe to call twice
@@ -179,6 +182,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 			Member:     s.cfg.Consumer,
 			TTL:        s.cfg.PartitionTTL,
 			Logger:     s.logger.With("stream", s.cfg.Stream(topic), "group", s.cfg.Group, "consumer", s.cfg.Consumer),
+			Acquired:   s.acquired.Bind(s.cfg.Partitions),
 		},
 		MaxInFlight: s.cfg.MaxInFlight,
 		MaxBuffered: s.cfg.maxBuffered(),
@@ -789,3 +793,8 @@ func (sub *subscription) claim() {
 		start = next
 	}
 }
+
+// OnAcquire sets the hook run on each partition this subscriber takes,
+// before it consumes it (bus.PartitionWatcher). Call it before
+// Subscribe.
+func (s *Subscriber) OnAcquire(hook bus.AcquireHook) { s.acquired = hook }

@@ -117,7 +117,13 @@ func (r *Rig) CLI(t testing.TB, args ...string) (code int, stdout, stderr string
 // label sets, read from /metrics; 0 when it is absent.
 func (r *Rig) Metric(t testing.TB, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(r.URL("/metrics"))
+	return MetricAt(t, r.Addr, name)
+}
+
+// MetricAt is Rig.Metric for the millrace process at addr (host:port).
+func MetricAt(t testing.TB, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatalf("e2e: metrics: %v", err)
 	}

@@ -235,3 +235,28 @@ func (r *Receiver) Summary() string {
 	}
 	return strings.TrimSuffix(b.String(), "; ")
 }
+
+// OfEntity keeps the deliveries of one entity id, in their order.
+func OfEntity(ds []*Delivery, entityID string) []*Delivery {
+	var out []*Delivery
+	for _, d := range ds {
+		if d.Event != nil && d.Event.EntityID == entityID {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Ns returns the data.n of each delivery (-1 where it has none).
+func Ns(ds []*Delivery) []int64 {
+	out := make([]int64, len(ds))
+	for i, d := range ds {
+		out[i] = -1
+		if d.Event != nil {
+			if n, ok := d.Event.Data["n"].(int64); ok {
+				out[i] = n
+			}
+		}
+	}
+	return out
+}

@@ -201,7 +201,8 @@ type Rig struct {
 	JS            jetstream.JetStream
 	Stream        string
 	SubjectPrefix string
-	// Partitions is nats.partitions of the config (0: off).
+	// Partitions is nats.partitions (redis.partitions on the Redis bus)
+	// of the config (0: off).
 	Partitions int
 	// EmbeddedURL is the embedded NATS server's URL (embedded topology).
 	EmbeddedURL string
@@ -368,6 +369,9 @@ func NewRig(t *testing.T, run string, opts Options) *Rig {
 		// pending entries back at once.
 		set("redis", "consumer", "worker")
 		set("redis", "partition_ttl", "2s")
+		if n, ok := lookup(tree, "redis", "partitions").(int64); ok && bus == BusRedis {
+			r.Partitions = int(n)
+		}
 	}
 
 	observers := map[string]any{}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ var scenarios = []scenario{
 	{"condition", testCondition},
 	{"retries", testRetries},
 	{"dead_letter_replay", testDeadLetterReplay},
+	{"park", testPark},
 	{"ordering", testOrdering},
 	{"graceful_shutdown", testGracefulShutdown},
 }
@@ -540,6 +542,114 @@ func testDeadLetterReplay(t *testing.T, topology string) {
 		t.Errorf("the observer that succeeded ran %d times, want 3: a replay runs only the failed observer", n)
 	}
 	proved(t, r, "2 exhausted and 1 permanent failure were dead-lettered with their reasons, survived a restart, and `millrace dlq replay` delivered each once")
+}
+
+// testPark: with on_failure = "park", an entity whose event failed
+// for good waits: its later events join a parked group while 1,000
+// other entities flow; the group survives a restart; once the endpoint
+// is fixed, `millrace dlq replay --entity` delivers the group in order,
+// each event once, and the entity flows again.
+func testPark(t *testing.T, topology string) {
+	const others, later = 1000, 10
+	const parked = others + 1 // the entity id that fails
+	recv := e2e.NewReceiver(t)
+	var broken atomic.Bool
+	broken.Store(true)
+	recv.Handle("ordered", func(d *e2e.Delivery) (int, time.Duration) {
+		if d.Event != nil && d.Event.EntityID == strconv.Itoa(parked) {
+			if broken.Load() {
+				return http.StatusBadRequest, 0 // permanent, for this entity only
+			}
+			// Slow, so that the events made right after the replay
+			// request reach the worker while the group is replayed.
+			return http.StatusNoContent, 30 * time.Millisecond
+		}
+		return http.StatusNoContent, 0
+	})
+	r := e2e.NewRig(t, topology, e2e.Options{Receiver: recv, Observers: map[string]e2e.Observer{
+		"ordered": {OnFailure: "park", Retry: map[string]any{"max_attempts": 2, "initial": "50ms"},
+			Actions: []map[string]any{recv.Action("ordered", nil)}},
+	}})
+	r.Start()
+	ctx := ctxFor(t, 4*time.Minute)
+	must(t, r.Insert(ctx, e2e.Range(1, parked+1), "new"))
+	for u := range later {
+		must(t, r.Update(ctx, []int{parked}, "s"+strconv.Itoa(u)))
+		must(t, r.Update(ctx, e2e.Range(1+u*others/later, 1+(u+1)*others/later), "s"))
+	}
+	isParked := func(d *e2e.Delivery) bool { return d.Event != nil && d.Event.EntityID == strconv.Itoa(parked) }
+	recv.Wait(t, 2*wait, "the other entities' 2,000 events", func() bool { return recv.Count("ordered") >= 2*others })
+	dls := r.WaitDeadLetters(t, wait, "11 parked events", func(d []e2e.DeadLetter) bool { return len(d) >= later+1 })
+	time.Sleep(settle)
+	var othersGot []*e2e.Delivery
+	for _, d := range recv.Delivered("ordered") {
+		if !isParked(d) {
+			othersGot = append(othersGot, d)
+		}
+	}
+	var othersMade []e2e.Change
+	for _, c := range r.Produced() {
+		if c.EntityID != parked {
+			othersMade = append(othersMade, c)
+		}
+	}
+	if tl := e2e.Count(othersMade, othersGot); tl.Problems() != "" || tl.Duplicates != 0 {
+		t.Errorf("other entities: %s; %d duplicates", tl.Problems(), tl.Duplicates)
+	}
+	if tried := len(e2e.OfEntity(recv.Requests("ordered"), strconv.Itoa(parked))); tried != 1 {
+		t.Errorf("the parked entity's endpoint got %d requests, want 1: its later events must wait", tried)
+	}
+	key := dls[0].Key
+	if len(dls) != later+1 || key == "" {
+		t.Fatalf("%d dead letters (head key %q), want %d parked for one entity", len(dls), key, later+1)
+	}
+	for i, d := range dls {
+		if !d.Parked || d.Key != key || d.Observer != "ordered" || (i == 0) != (d.Reason == "permanent") || (i > 0) != (d.Reason == "parked") {
+			t.Errorf("dead letter %d: %+v: want parked for %s, the head permanent, the rest parked", i, d, key)
+		}
+	}
+	if n, e := r.Metric(t, "millrace_parked_entities"), r.Metric(t, "millrace_parked_events"); n != 1 || e != later+1 {
+		t.Errorf("metrics: parked entities %g, events %g; want 1, %d", n, e, later+1)
+	}
+	// The park is durable: a restarted process knows it.
+	r.Restart()
+	if n, e := r.Metric(t, "millrace_parked_entities"), r.Metric(t, "millrace_parked_events"); n != 1 || e != later+1 {
+		t.Errorf("after a restart: parked entities %g, events %g; want 1, %d", n, e, later+1)
+	}
+	broken.Store(false)
+	code, out, errOut := r.CLI(t, "dlq", "replay", "--entity", key)
+	if code != 0 {
+		t.Fatalf("millrace dlq replay --entity: exit %d: %s %s", code, out, errOut)
+	}
+	// Events made during the replay neither overtake the group nor stay
+	// parked behind it once it is released.
+	const during = 3
+	for u := range during {
+		must(t, r.Update(ctx, []int{parked}, "after"+strconv.Itoa(u)))
+	}
+	if code, out, errOut := r.CLI(t, "dlq", "replay", "--entity", key, "--wait", "60s"); code != 0 && !strings.Contains(out+errOut, "no parked group") {
+		t.Fatalf("millrace dlq replay --entity --wait: exit %d: %s %s", code, out, errOut)
+	}
+	recv.Wait(t, wait, "the parked entity's deliveries", func() bool {
+		return len(e2e.OfEntity(recv.Delivered("ordered"), strconv.Itoa(parked))) >= later+1+during
+	})
+	time.Sleep(settle)
+	ns := e2e.Ns(e2e.OfEntity(recv.Delivered("ordered"), strconv.Itoa(parked)))
+	want := make([]int64, later+1+during)
+	for i := range want {
+		want[i] = int64(i)
+	}
+	if !slices.Equal(ns, want) {
+		t.Errorf("parked entity delivered n=%v, want %v: the group in order, each once, then the events made during its replay", ns, want)
+	}
+	if n := len(r.DeadLetters(t)); n != 0 {
+		t.Errorf("%d dead letters after the replay, want 0", n)
+	}
+	if n := r.Metric(t, "millrace_parked_entities"); n != 0 {
+		t.Errorf("parked entities after the replay: %g, want 0", n)
+	}
+	proved(t, r, "1 entity parked after a 400 while %d others delivered all %d events; its %d later events waited, survived a restart, and `dlq replay --entity` delivered all %d in order, each once, then the %d made during the replay",
+		others, len(othersGot), later, later+1, during)
 }
 
 // testOrdering: under parallel load, each entity's events reach the

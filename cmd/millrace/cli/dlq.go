@@ -42,7 +42,7 @@ func usageError(format string, args ...any) error {
 func dlqCmd(stdout, stderr io.Writer) *cobra.Command {
 	c := &dlqClient{}
 	cmd := &cobra.Command{
-		Use:   "dlq list|show|replay|purge|export",
+		Use:   "dlq list|show|replay|skip|purge|export",
 		Short: "Inspect, replay and purge the dead letters of a running millrace (admin API /v1/dlq)",
 		Long: `The dlq commands are clients of the admin API of a running millrace
 (http.admin_token_env must be set in its config). The bearer token is read
@@ -51,7 +51,7 @@ from $` + DefaultAdminTokenEnv + `, or from the variable --token-env names.
 Exit codes: 0 done, 1 failed, 2 bad usage.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageError("dlq: missing subcommand (list, show, replay, purge or export)")
+			return usageError("dlq: missing subcommand (list, show, replay, skip, purge or export)")
 		},
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
@@ -59,17 +59,18 @@ Exit codes: 0 done, 1 failed, 2 bad usage.`,
 	f.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address of the running millrace")
 	f.StringVar(&c.tokenEnv, "token-env", DefaultAdminTokenEnv, "variable holding the admin token")
 	f.DurationVar(&c.timeout, "timeout", time.Minute, "request timeout")
-	cmd.AddCommand(dlqListCmd(c, stdout), dlqShowCmd(c, stdout), dlqReplayCmd(c, stdout), dlqPurgeCmd(c, stdout), dlqExportCmd(c, stdout, stderr))
+	cmd.AddCommand(dlqListCmd(c, stdout), dlqShowCmd(c, stdout), dlqReplayCmd(c, stdout), dlqSkipCmd(c, stdout), dlqPurgeCmd(c, stdout),
+		dlqExportCmd(c, stdout, stderr))
 	return cmd
 }
 
 func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 	var (
-		observer, since string
-		limit           int
+		observer, since, entity string
+		limit                   int
 	)
 	cmd := &cobra.Command{
-		Use:   "list [--observer NAME] [--since 1h|RFC3339] [--limit N]",
+		Use:   "list [--observer NAME] [--entity KEY] [--since 1h|RFC3339] [--limit N]",
 		Short: "List dead letters, oldest first",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -77,6 +78,9 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 				return usageError("--limit must not be negative")
 			}
 			q := filterQuery(observer, since)
+			if entity != "" {
+				q.Set("entity", entity)
+			}
 			if limit > 0 {
 				q.Set("limit", strconv.Itoa(limit))
 			}
@@ -88,6 +92,7 @@ func dlqListCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&observer, "observer", "", "only this observer's entries")
+	cmd.Flags().StringVar(&entity, "entity", "", "only this entity's entries (source/entity_type/entity_id, as the parked entries show it)")
 	cmd.Flags().StringVar(&since, "since", "", "only entries that failed last at or after this time (RFC 3339) or this long ago (1h)")
 	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many entries (default 100)")
 	return cmd
@@ -120,7 +125,11 @@ func printDeadLetters(w io.Writer, l router.DeadLetterList) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tOBSERVER\tACTION\tREASON\tATTEMPTS\tLAST FAILURE\tEVENT\tERROR")
 	for _, e := range l.Entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, dash(e.Observer), dash(e.Action), e.Reason, e.Attempts,
+		reason := e.Reason
+		if e.Parked {
+			reason += " [parked " + e.Key + "]"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, dash(e.Observer), dash(e.Action), reason, e.Attempts,
 			e.LastFailure.Local().Format(time.DateTime), dash(e.EventID), oneLine(e.Error, 80))
 	}
 	if err := tw.Flush(); err != nil {
@@ -194,10 +203,11 @@ func showView(dl stores.DeadLetter) shownDeadLetter {
 func dlqReplayCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
 	var (
 		all, dryRun, allActions bool
-		observer                string
+		observer, entity        string
+		wait                    time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "replay ID... | --all [--observer NAME] [--all-actions] [--dry-run]",
+		Use:   "replay ID... | --all [--observer NAME] [--all-actions] [--dry-run] | --entity KEY [--observer NAME] [--wait 1m]",
 		Short: "Publish dead letters again through the normal path, then delete them",
 		Long: `replay publishes each entry's event again on its topic, for the observer
 that failed only. The observer's actions that had succeeded before the
@@ -206,19 +216,39 @@ ago that was; --all-actions runs every action again. Dedup and the result
 cache apply as to any delivery. An entry is deleted once its event is
 back on the bus. With --all, the entries in the store when the replay
 starts are replayed (those of one observer with --observer); --dry-run
-lists them and changes nothing.`,
+lists them and changes nothing.
+
+With --entity, the parked groups of that entity (observers with
+on_failure = "park"; of one observer with --observer) are replayed in
+order, head first, each once, by the worker that runs the entity; the
+entity runs again once its whole group succeeded. If an event fails
+again, it stays the head and the group stays parked. The request returns
+when the replay was handed to that worker; --wait waits, up to the
+duration given, until the groups are gone.`,
 		Args: func(_ *cobra.Command, args []string) error {
 			switch {
+			case entity != "" && (all || len(args) > 0):
+				return usageError("dlq replay: give IDs, --all or --entity, one of them")
+			case entity != "":
+				if allActions {
+					return usageError("dlq replay: --all-actions does not go with --entity")
+				}
+				return nil
+			case wait != 0:
+				return usageError("dlq replay: --wait goes with --entity")
 			case all && len(args) > 0:
 				return usageError("dlq replay: give IDs or --all, not both")
 			case !all && len(args) == 0:
 				return usageError("dlq replay: give IDs or --all")
 			case !all && observer != "":
-				return usageError("dlq replay: --observer goes with --all")
+				return usageError("dlq replay: --observer goes with --all or --entity")
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, ids []string) error {
+			if entity != "" {
+				return c.release(cmd.Context(), stdout, "/v1/dlq/replay", router.ReplayRequest{Entity: entity, Observer: observer, DryRun: dryRun}, wait)
+			}
 			var res router.ReplayResponse
 			status, err := c.do(cmd.Context(), http.MethodPost, "/v1/dlq/replay",
 				router.ReplayRequest{IDs: ids, All: all, Observer: observer, AllActions: allActions, DryRun: dryRun}, &res)
@@ -229,13 +259,7 @@ lists them and changes nothing.`,
 			if res.DryRun {
 				verb = "would replay"
 			}
-			fmt.Fprintf(stdout, "%s %d\n", verb, res.Replayed)
-			for _, id := range res.IDs {
-				fmt.Fprintf(stdout, "  %s\n", id)
-			}
-			for _, f := range res.Failed {
-				fmt.Fprintf(stdout, "failed %s: %s\n", f.ID, f.Error)
-			}
+			printReplay(stdout, fmt.Sprintf("%s %d", verb, res.Replayed), res)
 			if err != nil {
 				return &exitError{code: ExitFailure, err: err}
 			}
@@ -243,10 +267,99 @@ lists them and changes nothing.`,
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "replay every entry (of --observer, when given)")
-	cmd.Flags().StringVar(&observer, "observer", "", "with --all, only this observer's entries")
+	cmd.Flags().StringVar(&observer, "observer", "", "with --all or --entity, only this observer's entries")
+	cmd.Flags().StringVar(&entity, "entity", "", "replay this entity's parked groups in order (source/entity_type/entity_id, as dlq list shows it)")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "with --entity, wait up to this long for the groups to be replayed")
 	cmd.Flags().BoolVar(&allActions, "all-actions", false, "run every action of the observer again, those that had succeeded too")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be replayed; change nothing")
 	return cmd
+}
+
+func dlqSkipCmd(c *dlqClient, stdout io.Writer) *cobra.Command {
+	var (
+		observer, entity string
+		dryRun           bool
+		wait             time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "skip --entity KEY [--observer NAME] [--wait 1m] [--dry-run]",
+		Short: "Take the failed head out of an entity's parked groups and replay the rest in order",
+		Long: `skip is for a parked entity whose head will never succeed: the head
+leaves its group and stays in the store as an ordinary dead letter (a new
+entry, which dlq list, show, replay and purge handle like any other), and
+the rest of the group is replayed in order as dlq replay --entity does.`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 || entity == "" {
+				return usageError("dlq skip: give --entity and no arguments")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.release(cmd.Context(), stdout, "/v1/dlq/skip", router.ReplayRequest{Entity: entity, Observer: observer, DryRun: dryRun}, wait)
+		},
+	}
+	cmd.Flags().StringVar(&entity, "entity", "", "the parked entity (source/entity_type/entity_id, as dlq list shows it)")
+	cmd.Flags().StringVar(&observer, "observer", "", "only this observer's group")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the groups to be replayed")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "list the groups' entries; change nothing")
+	return cmd
+}
+
+// printReplay prints a replay's answer: head, then the ids, then one
+// line per failure.
+func printReplay(w io.Writer, head string, res router.ReplayResponse) {
+	fmt.Fprintln(w, head)
+	for _, id := range res.IDs {
+		fmt.Fprintf(w, "  %s\n", id)
+	}
+	for _, f := range res.Failed {
+		fmt.Fprintf(w, "failed %s: %s\n", f.ID, f.Error)
+	}
+}
+
+// release asks for the replay (or skip) of an entity's parked groups
+// and, with wait, polls until none is left.
+func (c *dlqClient) release(ctx context.Context, stdout io.Writer, path string, rr router.ReplayRequest, wait time.Duration) error {
+	var res router.ReplayResponse
+	status, err := c.do(ctx, http.MethodPost, path, rr, &res)
+	if err != nil && (status == 0 || status == http.StatusNotFound || len(res.Failed) == 0) {
+		return err
+	}
+	verb := "requested the replay of"
+	if res.DryRun {
+		verb = "would replay"
+	}
+	printReplay(stdout, fmt.Sprintf("%s %d parked group(s), %d event(s), in order:", verb, res.Groups, res.Replayed), res)
+	if err != nil {
+		return &exitError{code: ExitFailure, err: err}
+	}
+	if wait <= 0 || res.DryRun {
+		return nil
+	}
+	q := url.Values{"entity": {rr.Entity}, "parked": {"true"}}
+	if rr.Observer != "" {
+		q.Set("observer", rr.Observer)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		var l router.DeadLetterList
+		if _, err := c.do(ctx, http.MethodGet, "/v1/dlq?"+q.Encode(), nil, &l); err != nil {
+			return err
+		}
+		if len(l.Entries) == 0 {
+			_, err := fmt.Fprintf(stdout, "entity %s released: its parked groups were replayed\n", rr.Entity)
+			return err
+		}
+		if time.Now().After(deadline) {
+			return &exitError{code: ExitFailure, err: fmt.Errorf("dlq: entity %s still has %d parked event(s) after %s; its head: %s",
+				rr.Entity, len(l.Entries), wait, oneLine(l.Entries[0].Error, 200))}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 func dlqPurgeCmd(c *dlqClient, stdout io.Writer) *cobra.Command {

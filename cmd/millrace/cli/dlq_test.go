@@ -78,6 +78,12 @@ func TestDLQUsage(t *testing.T) {
 		{"dlq", "replay", addr},
 		{"dlq", "replay", "--all", "7", addr},
 		{"dlq", "replay", "--observer", "a", "7", addr},
+		{"dlq", "replay", "--entity", "/Order/1", "7", addr},
+		{"dlq", "replay", "--entity", "/Order/1", "--all", addr},
+		{"dlq", "replay", "--entity", "/Order/1", "--all-actions", addr},
+		{"dlq", "replay", "--all", "--wait", "1s", addr},
+		{"dlq", "skip", addr},
+		{"dlq", "skip", "--entity", "/Order/1", "7", addr},
 		{"dlq", "purge", addr},
 		{"dlq", "list", addr, "--token-env", "MILLRACE_TEST_NO_SUCH_VARIABLE"},
 	} {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/internal/e2e"
 	"github.com/millrace/millrace/internal/testenv"
@@ -197,6 +198,11 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 			killed, captures := 0, 0
 			for range 3 {
 				time.Sleep(2 * time.Second)
+				// The capture reconnects with a backoff (with WAL capture,
+				// while the server still counts the slot active for the
+				// killed walsender): wait for it, so that each round kills
+				// a capture connection.
+				waitCaptureConnection(ctx, t, r, admin, 30*time.Second)
 				// The process's connections, found by their client ports:
 				// application_name cannot tell them from another test's.
 				ports, err := e2e.LocalPorts(r.Proc.PID())
@@ -226,6 +232,32 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 			t.Logf("fault postgres-terminate %s: changes=%d terminations=3 connections_killed=%d (capture %d) checkpoints=%s lost=%d duplicates=%d",
 				topology, tl.Changes, killed, captures, caughtUp, len(tl.Lost), tl.Duplicates)
 		})
+	}
+}
+
+// waitCaptureConnection waits until the process of r holds a capture
+// connection to PostgreSQL.
+func waitCaptureConnection(ctx context.Context, t *testing.T, r *e2e.Rig, admin *pgxpool.Pool, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ports, err := e2e.LocalPorts(r.Proc.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c int
+		if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE client_addr = '127.0.0.1' AND client_port = ANY($1) AND application_name LIKE 'millrace capture%'`,
+			ports).Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		if c > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the process has no capture connection to PostgreSQL after %s", timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -297,6 +297,36 @@ func TestNATSTopology(t *testing.T) {
 	p.stop(t)
 }
 
+// TestEmbeddedTopologyCaptures: [[sources]] on the embedded topology are
+// captured into its in-process stream, as the nats example's are into a
+// server's. The config is the nats example's with the embedded bus in
+// place of [nats] and [redis].
+func TestEmbeddedTopologyCaptures(t *testing.T) {
+	t.Parallel()
+	db := newDatabase(t, "orders")
+	b, err := os.ReadFile(exampleCopy(t, "nats", db.schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	cut := func(from, to string) {
+		i, j := strings.Index(text, from), strings.Index(text, to)
+		if i < 0 || j < i {
+			t.Fatalf("the nats example has no %q before %q", from, to)
+		}
+		text = text[:i] + text[j:]
+	}
+	cut("[nats]", "[http]")
+	text = strings.Replace(text, `topology = "nats"`, fmt.Sprintf("topology = \"embedded\"\n\n[embedded]\ndata_dir = %q\nport = %d", t.TempDir(), testenv.FreePort(t)), 1)
+	cfg := filepath.Join(t.TempDir(), "embedded.toml")
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "embedded", cfg, []string{"ORDERS_DB_URL=" + db.url})
+	crud(t, db, "orders", "Order", "orders_db", 1, p)
+	p.stop(t)
+}
+
 func TestMultiDBTopology(t *testing.T) {
 	t.Parallel()
 	orders := newDatabase(t, "orders")

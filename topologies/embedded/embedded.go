@@ -151,8 +151,25 @@ func start(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *top
 		}
 		return nil
 	}
+	// [[sources]]: the process captures their changes (triggers or the
+	// write-ahead log) into its own stream, as the nats topology's bridge
+	// does into a server's.
+	if cfg.Role != "observe" && len(cfg.Sources) > 0 {
+		srcs, err := topologies.OpenSources(ctx, cfg, logger)
+		if err != nil {
+			return nil, nil, err
+		}
+		b.Closers = append(b.Closers, srcs.Close)
+		b.Captures = srcs.Captures(topologies.BridgeGroup)
+		for _, c := range b.Captures {
+			b.Closers = append(b.Closers, c.Close)
+		}
+		b.Collectors = append(b.Collectors, srcs.WALMetrics.Collectors()...)
+		busReady := b.Ready
+		b.Ready = func(ctx context.Context) error { return errors.Join(busReady(ctx), srcs.Ready(ctx)) }
+	}
 	logger.Info("embedded NATS JetStream started", "driver", cfg.Bus.Driver, "url", ns.ClientURL(), "data_dir", cfg.Embedded.DataDir,
-		"sync", syncSetting(ns.JetStreamConfig()))
+		"sync", syncSetting(ns.JetStreamConfig()), "sources", len(b.Captures))
 	return b, ns, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Tally compares the changes a test made with the requests a path got.
@@ -122,4 +123,35 @@ func Range(from, to int) []int {
 		out = append(out, i)
 	}
 	return out
+}
+
+// OutOfOrder lists the changes first accepted after a later change of the
+// same entity (by data.n) was first accepted.
+func OutOfOrder(reqs []*Delivery) []string {
+	type first struct {
+		n  int64
+		at time.Time
+	}
+	seen := map[string]bool{}
+	byEntity := map[string][]first{}
+	for _, d := range reqs {
+		k := DeliveryKey(d)
+		if k == "" || !d.OK() || seen[k] {
+			continue
+		}
+		seen[k] = true
+		n, _ := d.Event.Data["n"].(int64)
+		byEntity[d.Event.EntityID] = append(byEntity[d.Event.EntityID], first{n, d.At})
+	}
+	var bad []string
+	for id, fs := range byEntity {
+		sort.SliceStable(fs, func(i, j int) bool { return fs[i].at.Before(fs[j].at) })
+		for i := 1; i < len(fs); i++ {
+			if fs[i].n < fs[i-1].n {
+				bad = append(bad, fmt.Sprintf("entity %s: change n=%d first delivered after n=%d", id, fs[i].n, fs[i-1].n))
+			}
+		}
+	}
+	sort.Strings(bad)
+	return bad
 }

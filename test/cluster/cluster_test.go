@@ -108,7 +108,10 @@ func TestJetStreamClusterFailover(t *testing.T) {
 	if p := tl.Problems(); p != "" {
 		t.Errorf("%s", p)
 	}
-	reordered := outOfOrder(t, reqs)
+	reordered := e2e.OutOfOrder(reqs)
+	for _, r := range reordered[:min(10, len(reordered))] {
+		t.Errorf("%s", r)
+	}
 	gap, at := longestPause(reqs, leaderKilled)
 	restarts := 0
 	for _, p := range append([]*e2e.Process{capture}, ws...) {
@@ -122,7 +125,7 @@ func TestJetStreamClusterFailover(t *testing.T) {
 	t.Logf("%s; took %s", r.Describe(), since(begin))
 	// The last line is the run's result.
 	t.Logf("cluster nats: changes=%d lost=%d duplicates=%d reordered=%d longest_pause=%s (at +%s from the leader's kill) consumer_restarts=%d",
-		tl.Changes, len(tl.Lost), tl.Duplicates, reordered, gap.Round(10*time.Millisecond), at.Round(100*time.Millisecond), restarts)
+		tl.Changes, len(tl.Lost), tl.Duplicates, len(reordered), gap.Round(10*time.Millisecond), at.Round(100*time.Millisecond), restarts)
 }
 
 // start runs one process of the rig's config with its own HTTP port and
@@ -135,39 +138,6 @@ func start(t *testing.T, r *e2e.Rig, name string, args ...string) *e2e.Process {
 	p.Start()
 	p.WaitReady("http://"+addr+"/readyz", 60*time.Second)
 	return p
-}
-
-// outOfOrder counts the changes first accepted after a later change of
-// the same entity was, and reports each.
-func outOfOrder(t *testing.T, reqs []*e2e.Delivery) int {
-	type first struct {
-		n  int64
-		at time.Time
-	}
-	seen := map[string]bool{}
-	byEntity := map[string][]first{}
-	for _, d := range reqs {
-		k := e2e.DeliveryKey(d)
-		if k == "" || !d.OK() || seen[k] {
-			continue
-		}
-		seen[k] = true
-		n, _ := d.Event.Data["n"].(int64)
-		byEntity[d.Event.EntityID] = append(byEntity[d.Event.EntityID], first{n, d.At})
-	}
-	bad := 0
-	for id, fs := range byEntity {
-		sort.SliceStable(fs, func(i, j int) bool { return fs[i].at.Before(fs[j].at) })
-		for i := 1; i < len(fs); i++ {
-			if fs[i].n < fs[i-1].n {
-				bad++
-				if bad <= 10 {
-					t.Errorf("order %s: change n=%d first delivered after n=%d", id, fs[i].n, fs[i-1].n)
-				}
-			}
-		}
-	}
-	return bad
 }
 
 // longestPause is the longest time without an accepted delivery from

@@ -49,6 +49,9 @@ const (
 	// when it has one. The lanes share their in-flight slots between
 	// tenants in turn, and the delivery limits share each endpoint.
 	TenantMetadata = "millrace_tenant"
+	// XIDMetadata is the id of the PostgreSQL transaction that wrote a
+	// captured change (trigger capture), for traces and logs.
+	XIDMetadata = "millrace_xid"
 )
 
 // SetRouting sets the ordering key, subject and tenant of ev on m.

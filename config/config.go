@@ -37,7 +37,28 @@ type Config struct {
 	Breaker   Breaker             `koanf:"breaker"`
 	Databases map[string]Database `koanf:"databases"`
 	SMTP      SMTP                `koanf:"smtp"`
+	Tracing   Tracing             `koanf:"tracing"`
 	Observers map[string]Observer `koanf:"observers"`
+}
+
+// Tracing sends OpenTelemetry spans of each event's way (capture, bus,
+// observers, actions) to an OTLP/HTTP collector. Off by default, and
+// then it costs nothing: no span is made.
+type Tracing struct {
+	// Enabled turns tracing on. Default false.
+	Enabled bool `koanf:"enabled"`
+	// Endpoint is the collector's OTLP/HTTP traces URL, e.g.
+	// "http://127.0.0.1:4318/v1/traces". Empty: the SDK's default
+	// (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT,
+	// else http://localhost:4318/v1/traces).
+	Endpoint string `koanf:"endpoint"`
+	// SampleRatio is the share of new traces kept, from 0 to 1. A trace
+	// started upstream (an incoming traceparent) keeps its own decision.
+	// Default 1.
+	SampleRatio float64 `koanf:"sample_ratio"`
+	// ServiceName is the service.name resource attribute. Default
+	// "millrace".
+	ServiceName string `koanf:"service_name"`
 }
 
 // Log sets up logging.

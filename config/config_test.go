@@ -721,3 +721,30 @@ func TestConsoleNeedsAdminToken(t *testing.T) {
 		t.Fatal("http.console = true did not reach the config")
 	}
 }
+
+// [tracing] is off by default; a bad ratio, an empty service name and an
+// endpoint that is not an http(s) URL each name their key.
+func TestTracingSection(t *testing.T) {
+	cfg, err := config.Parse([]byte(valid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Tracing.Enabled || cfg.Tracing.SampleRatio != 1 || cfg.Tracing.ServiceName != "millrace" {
+		t.Fatalf("tracing defaults: got %+v", cfg.Tracing)
+	}
+	_, err = config.Parse([]byte(valid), []string{"MILLRACE_TRACING__ENABLED=true", "MILLRACE_TRACING__SAMPLE_RATIO=1.5",
+		"MILLRACE_TRACING__SERVICE_NAME=", "MILLRACE_TRACING__ENDPOINT=collector:4318"})
+	for _, key := range []string{"tracing.sample_ratio", "tracing.service_name", "tracing.endpoint"} {
+		if find(err, key) == nil {
+			t.Errorf("want an error at %s, got %v", key, err)
+		}
+	}
+	cfg, err = config.Parse([]byte(valid), []string{"MILLRACE_TRACING__ENABLED=true", "MILLRACE_TRACING__SAMPLE_RATIO=0.25",
+		"MILLRACE_TRACING__ENDPOINT=http://127.0.0.1:4318/v1/traces"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Tracing.Enabled || cfg.Tracing.SampleRatio != 0.25 || cfg.Tracing.Endpoint != "http://127.0.0.1:4318/v1/traces" {
+		t.Fatalf("tracing keys did not reach the config: %+v", cfg.Tracing)
+	}
+}

@@ -18,6 +18,7 @@ func (c *Config) SetDefaults() {
 	c.HTTP = HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1 << 20, ReadTimeout: Duration(10 * time.Second), Ingest: true}
 	c.Router = Router{ShutdownTimeout: Duration(30 * time.Second), StartupTimeout: Duration(60 * time.Second), Topic: "events", MaxInFlight: 64}
 	c.Bus = Bus{Driver: DriverMillrace}
+	c.Tracing = Tracing{SampleRatio: 1, ServiceName: "millrace"}
 	c.Embedded = Embedded{DataDir: "data/embedded", MaxAge: Duration(168 * time.Hour), Sync: SyncAlways}
 	c.NATS = NATS{
 		URL: "nats://127.0.0.1:4222", Stream: "MILLRACE", SubjectPrefix: "millrace", Consumer: "millrace",

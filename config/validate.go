@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -103,6 +104,7 @@ func (c *Config) Validate() error {
 	oneOf("bus.driver", c.Bus.Driver, DriverMillrace, DriverWatermill)
 
 	c.validateHTTP(add)
+	c.validateTracing(add)
 	if c.HTTP.MaxBodyBytes <= 0 {
 		add("http.max_body_bytes", "must be greater than zero")
 	}
@@ -386,6 +388,24 @@ func Secret(inline, envName string) (string, error) {
 		return "", fmt.Errorf("environment variable %s is not set", envName)
 	}
 	return v, nil
+}
+
+// validateTracing checks [tracing] whether or not it is on, so that
+// turning it on later does not reveal an old mistake.
+func (c *Config) validateTracing(add func(path, format string, args ...any)) {
+	t := c.Tracing
+	if t.SampleRatio < 0 || t.SampleRatio > 1 {
+		add("tracing.sample_ratio", "must be between 0 and 1, got %g", t.SampleRatio)
+	}
+	if t.ServiceName == "" {
+		add("tracing.service_name", "must not be empty")
+	}
+	if t.Endpoint != "" {
+		u, err := url.Parse(t.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("tracing.endpoint", "%q is not an http(s) URL such as \"http://127.0.0.1:4318/v1/traces\"", t.Endpoint)
+		}
+	}
 }
 
 // validateHTTP checks the server's address and ingest credentials. An

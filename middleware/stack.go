@@ -16,6 +16,7 @@ import (
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
 	"github.com/millrace/millrace/stores"
+	"github.com/millrace/millrace/tracing"
 )
 
 // Delays the bus waits before redelivering a message the stack could not
@@ -148,6 +149,9 @@ type Policy struct {
 	Parks   *Parks
 	Metrics *Metrics
 	Logger  *slog.Logger
+	// Tracer makes a span per observer run and per action execution;
+	// nil (tracing off): none, and no layer for it in the stack.
+	Tracer *tracing.Tracer
 }
 
 // Stack returns o's delivery as one message.HandlerFunc: the layers of
@@ -171,6 +175,9 @@ func (p *Policy) Stack(o *engine.Observer) message.HandlerFunc {
 			continue // the innermost handler
 		}
 		h = mw(h)
+	}
+	if p.Tracer != nil {
+		h = p.traceObserver(o)(h)
 	}
 	return h
 }
@@ -456,6 +463,13 @@ func (p *Policy) actionMetrics(o *engine.Observer) []actionMetrics {
 // breaker, and records the outcome in st; a success goes to the result
 // cache at once.
 func (p *Policy) execAction(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState, m *actionMetrics) error {
+	if p.Tracer != nil {
+		return p.execActionTraced(ctx, d, b, st, m)
+	}
+	return p.execActionOnce(ctx, d, b, st, m)
+}
+
+func (p *Policy) execActionOnce(ctx context.Context, d *Delivery, b *engine.Bound, st *ActionState, m *actionMetrics) error {
 	var ticket Ticket
 	if m.limit != nil {
 		t, err := m.limit.Acquire(ctx, d.Event.TenantID)

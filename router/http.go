@@ -29,7 +29,11 @@ import (
 func (r *Router) Handler() http.Handler {
 	mux := http.NewServeMux()
 	if r.cfg.HTTP.Ingest {
-		mux.HandleFunc("POST /v1/events", r.ingest)
+		ingest := http.HandlerFunc(r.ingest)
+		if r.tracer != nil {
+			ingest = r.tracedIngest
+		}
+		mux.Handle("POST /v1/events", ingest)
 	} else {
 		mux.HandleFunc("POST /v1/events", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusNotFound, IngestResponse{Error: "ingest is off on this process (http.ingest = false)"})

@@ -16,6 +16,7 @@ import (
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/millrace/millrace/bus"
@@ -26,6 +27,7 @@ import (
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/stores"
 	"github.com/millrace/millrace/topologies"
+	"github.com/millrace/millrace/tracing"
 )
 
 // Options are the parts of a Router that do not come from the config.
@@ -43,6 +45,9 @@ type Options struct {
 	// soon as it listens, before the backend is built: /healthz and
 	// /readyz answer from then on (`millrace run --addr-file`).
 	Listening func(addr string) error
+	// TracerProvider, when set and tracing.enabled is true, receives the
+	// spans instead of an OTLP exporter (tests record them in process).
+	TracerProvider trace.TracerProvider
 }
 
 // Router is one millrace process: bus, observers and HTTP server.
@@ -67,6 +72,9 @@ type Router struct {
 	// recent keeps the last deliveries of each observer for the
 	// console; nil when http.console is off.
 	recent *recentDeliveries
+	// tracer makes the spans of each event; nil when tracing is off,
+	// and then no span and no context is made (see package tracing).
+	tracer *tracing.Tracer
 
 	// started is closed once backend is set: the HTTP server runs before
 	// (see Run), and its handlers use backend only after this.
@@ -108,6 +116,19 @@ func (r *Router) Metrics() *Metrics { return r.metrics }
 // *topologies.DependencyError when a service did not answer in time.
 func (r *Router) Run(ctx context.Context) (err error) {
 	cfg := r.cfg
+	tracer, shutdownTracing, err := tracing.Setup(ctx, cfg.Tracing, r.opts.TracerProvider)
+	if err != nil {
+		return err
+	}
+	r.tracer = tracer
+	defer func() {
+		// Flushes the spans still batched, within the drain's bound.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Router.ShutdownTimeout.D())
+		defer cancel()
+		if err := shutdownTracing(sctx); err != nil {
+			r.logger.Warn("tracing: spans not exported at shutdown", "err", err)
+		}
+	}()
 	// The HTTP server comes first, so that /healthz and /readyz answer
 	// while the backend waits for its services (an orchestrator must not
 	// kill a process that waits, nor send it traffic).
@@ -145,6 +166,11 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	r.countDeadLetters(backend)
+	if r.tracer != nil {
+		// Every publish, captured changes, ingest, replays and publish
+		// actions alike, carries the trace context across the bus.
+		backend.Publisher = r.tracer.Publisher(backend.Publisher)
+	}
 	r.backend = backend
 	close(r.started)
 	defer func() { err = errors.Join(err, backend.Close()) }()
@@ -159,7 +185,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, closeStores()) }()
-	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery,
+	r.policy = &middleware.Policy{Config: cfg, DeadLetters: backend.DeadLetters, Metrics: r.metrics.Delivery, Tracer: r.tracer,
 		Logger: r.logger, Breakers: middleware.NewBreakers(middleware.BreakerConfigOf(cfg.Breaker), middleware.BreakerFailure),
 		Limits: middleware.NewLimits(limitConfig(cfg.Delivery))}
 	if err := r.loadParks(ctx); err != nil {
@@ -216,6 +242,9 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		for name, sub := range backend.Captures {
 			h := wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
 			h.AddMiddleware(hm.middleware("capture_"+name, sub))
+			if r.tracer != nil {
+				h.AddMiddleware(r.tracer.Capture(name, r.walSource(name)))
+			}
 		}
 	}
 	if cfg.Role != "capture" {
@@ -518,6 +547,22 @@ func (r *Router) publishRaw(ctx context.Context, topic, id string, payload []byt
 // so a wait holds back only the entity whose event it is, which
 // per-entity order requires anyway.
 func (r *Router) observe(msg *message.Message) error {
+	if r.tracer != nil {
+		return r.observeTraced(msg)
+	}
+	return r.observeMessage(msg)
+}
+
+// observeTraced is observe inside a consume span: a separate path, so
+// that observe without tracing makes no span and no context.
+func (r *Router) observeTraced(msg *message.Message) error {
+	span := r.tracer.Consume(msg, r.topicOf(msg.Context()))
+	err := r.observeMessage(msg)
+	tracing.End(span, err)
+	return err
+}
+
+func (r *Router) observeMessage(msg *message.Message) error {
 	ctx := msg.Context()
 	ev, err := event.Decode(msg.Payload)
 	if err != nil {

@@ -102,6 +102,9 @@ func (c *Config) toMessage(r *row) (*message.Message, error) {
 	}
 	bus.Route(msg, ev.Source, ev.Entity, ev.EntityID, ev.TenantID, ev.Type)
 	delete(msg.Metadata, bus.RetryDelayMetadata)
+	if r.xid != nil {
+		msg.Metadata.Set(bus.XIDMetadata, *r.xid)
+	}
 	return msg, nil
 }
 

@@ -61,6 +61,7 @@ type row struct {
 	source    *string
 	seq       *int64
 	metadata  []byte
+	xid       *string // of the writing transaction; none in a FraiseQL change log
 }
 
 // barrier makes holes below `below` final once a snapshot's xmin reaches n0.
@@ -105,7 +106,7 @@ func newReader(cfg Config, cursor int64, logger *slog.Logger) *reader {
 
 func millraceQuery(schema string) string {
 	return `SELECT h.horizon, c.position, c.id::text, c.op, c.entity_type, c.entity_id, c.after_image, c.before_image,
-	c.changes, c.user_id, c.tenant_id, c.created_at, c.source, c.seq, c.metadata
+	c.changes, c.user_id, c.tenant_id, c.created_at, c.source, c.seq, c.metadata, c.xid::text
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon) h
 CROSS JOIN LATERAL (
 	SELECT * FROM ` + ident(schema) + `.change_log WHERE position > $1 ORDER BY position LIMIT $2
@@ -115,14 +116,14 @@ CROSS JOIN LATERAL (
 // fraiseqlQuery maps core.tb_entity_change_log onto the change-log row.
 func fraiseqlQuery(table string) string {
 	return `SELECT h.horizon, c.position, c.id, c.op, c.entity_type, c.entity_id, c.after_image, c.before_image,
-	c.changes, c.user_id, c.tenant_id, c.created_at, c.source, c.seq, c.metadata
+	c.changes, c.user_id, c.tenant_id, c.created_at, c.source, c.seq, c.metadata, c.xid
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon) h
 CROSS JOIN LATERAL (
 	SELECT pk_entity_change_log AS position, coalesce(id::text, '') AS id, upper(modification_type) AS op,
 		object_type AS entity_type, coalesce(object_id::text, '') AS entity_id,
 		object_data AS after_image, object_data_before AS before_image, NULL::jsonb AS changes,
 		fk_contact::text AS user_id, tenant_id::text AS tenant_id, coalesce(created_at, now()) AS created_at,
-		NULL::text AS source, seq, NULL::jsonb AS metadata
+		NULL::text AS source, seq, NULL::jsonb AS metadata, NULL::text AS xid
 	FROM ` + table + ` WHERE pk_entity_change_log > $1 ORDER BY pk_entity_change_log LIMIT $2
 ) c`
 }
@@ -235,7 +236,7 @@ func (r *reader) noteBlocked(pos int64) (first bool) {
 func scanRow(rows pgx.Rows) (rw row, horizon string, err error) {
 	var id *string
 	err = rows.Scan(&horizon, &rw.pos, &id, &rw.op, &rw.entity, &rw.entityID, &rw.after, &rw.before,
-		&rw.changes, &rw.userID, &rw.tenantID, &rw.createdAt, &rw.source, &rw.seq, &rw.metadata)
+		&rw.changes, &rw.userID, &rw.tenantID, &rw.createdAt, &rw.source, &rw.seq, &rw.metadata, &rw.xid)
 	if id != nil {
 		rw.id = *id
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/tracing"
 )
 
 // Webhook is the webhook action. It is safe for concurrent use; Close
@@ -287,6 +288,9 @@ func (w *Webhook) request(ctx context.Context, ev *event.Event, now time.Time) (
 	if w.secret != nil {
 		h["Webhook-Signature"] = []string{w.sign(key, ts, body)}
 	}
+	// The action's span, when tracing is on: the receiver joins the
+	// event's trace.
+	tracing.InjectHTTP(ctx, h)
 	req.Header = h
 	return req, body, nil
 }

@@ -107,7 +107,7 @@ func logTrace(t *testing.T, spans []sdktrace.ReadOnlySpan) {
 	for i, s := range spans {
 		fmt.Fprintf(&b, "%d. %s (%s) span %s parent %s\n", i+1, s.Name(), s.SpanKind(), s.SpanContext().SpanID(), s.Parent().SpanID())
 		for _, a := range s.Attributes() {
-			fmt.Fprintf(&b, "     %s = %s\n", a.Key, a.Value.Emit())
+			fmt.Fprintf(&b, "     %s = %s\n", a.Key, a.Value.String())
 		}
 	}
 	t.Logf("trace %s:\n%s", spans[0].SpanContext().TraceID(), b.String())
@@ -196,12 +196,13 @@ install = true
 			}
 			attrs := map[string]string{}
 			for _, a := range chain[0].Attributes() {
-				attrs[string(a.Key)] = a.Value.Emit()
+				attrs[string(a.Key)] = a.Value.String()
 			}
 			if attrs["db.postgresql.xid"] == "" || attrs["millrace.change_log.position"] == "" {
 				t.Errorf("capture span attributes %v lack the transaction id or the change-log position", attrs)
 			}
 			logTrace(t, chain)
+			t.Logf("the webhook receiver got traceparent: %s", traceparent)
 		})
 	}
 }

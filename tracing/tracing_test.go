@@ -1,0 +1,77 @@
+package tracing_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/tracing"
+)
+
+// Off, Setup gives a nil tracer, and no header or metadata is written
+// from a context without a span.
+func TestOffMakesNothing(t *testing.T) {
+	tr, shutdown, err := tracing.Setup(context.Background(), config.Tracing{Enabled: false}, nil)
+	if err != nil || tr != nil {
+		t.Fatalf("tracing off: tracer %v, err %v; want nil, nil", tr, err)
+	}
+	if err := shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	tracing.InjectHTTP(context.Background(), h)
+	md := message.Metadata{}
+	tracing.Inject(context.Background(), md)
+	if len(h) != 0 || len(md) != 0 {
+		t.Fatalf("no span, yet header %v and metadata %v were written", h, md)
+	}
+}
+
+// A span's context written into message metadata comes back out of it
+// on the other side, and a publish through the wrapped publisher is a
+// child of the message's span.
+func TestContextCrossesMetadata(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	tr := tracing.New(tp)
+	ctx, span := tr.Start(context.Background(), "root", trace.SpanKindInternal)
+	span.End()
+
+	// Watermill's in-process Pub/Sub: the consumer gets a copy of the
+	// message, metadata and all, without its context.
+	ps := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = ps.Close() })
+	ch, err := ps.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := message.NewMessage("id-1", nil)
+	msg.SetContext(ctx)
+	if err := tr.Publisher(ps).Publish("events", msg); err != nil {
+		t.Fatal(err)
+	}
+	in := <-ch
+	in.Ack()
+	if in.Metadata.Get(tracing.TraceparentMetadata) == "" {
+		t.Fatalf("consumed message carries no traceparent: %v", in.Metadata)
+	}
+	got := trace.SpanContextFromContext(tracing.Extract(in.Context(), in.Metadata))
+	if got.TraceID() != span.SpanContext().TraceID() || !got.IsRemote() {
+		t.Fatalf("extracted %v; want a remote span of trace %s", got, span.SpanContext().TraceID())
+	}
+	ended := rec.Ended()
+	if len(ended) != 2 || ended[1].Name() != "publish events" || ended[1].Parent().SpanID() != span.SpanContext().SpanID() {
+		t.Fatalf("want the publish span as the root's child, got %v", ended)
+	}
+	if got.SpanID() != ended[1].SpanContext().SpanID() {
+		t.Fatalf("metadata names span %s; want the publish span %s", got.SpanID(), ended[1].SpanContext().SpanID())
+	}
+}

@@ -50,7 +50,8 @@ const (
 	// tenants in turn, and the delivery limits share each endpoint.
 	TenantMetadata = "millrace_tenant"
 	// XIDMetadata is the id of the PostgreSQL transaction that wrote a
-	// captured change (trigger capture), for traces and logs.
+	// captured change, for traces and logs: the xid8 of the change-log
+	// row with trigger capture, pgoutput's 32-bit xid with WAL capture.
 	XIDMetadata = "millrace_xid"
 )
 

@@ -117,10 +117,12 @@ func logTrace(t *testing.T, spans []sdktrace.ReadOnlySpan) {
 // consume → observer → action, each span the child of the one before,
 // and the webhook receiver gets the action span's context in its
 // traceparent header. Run on the nats topology (the context crosses
-// JetStream in headers) and the redis one (in stream entry fields).
+// JetStream in headers), the redis one (in stream entry fields), and
+// with WAL capture (the capture span gives the commit LSN).
 func TestTraceOfACapturedChange(t *testing.T) {
-	for _, topology := range []string{"nats", "redis"} {
-		t.Run(topology, func(t *testing.T) {
+	for _, name := range []string{"nats", "redis", "nats-wal"} {
+		t.Run(name, func(t *testing.T) {
+			topology, wal := strings.CutSuffix(name, "-wal")
 			pool, schema := testenv.Postgres(t)
 			_, changeLog := testenv.Postgres(t)
 			ctx := context.Background()
@@ -128,6 +130,11 @@ func TestTraceOfACapturedChange(t *testing.T) {
 				t.Fatal(err)
 			}
 			srv, got := hookReceiver(t)
+			var capture string
+			if wal {
+				slot, publication := testenv.ReplicationNames(t)
+				capture = fmt.Sprintf("capture = \"wal\"\nslot = %q\npublication = %q\n", slot, publication)
+			}
 			var bus string
 			switch topology {
 			case "nats":
@@ -162,7 +169,8 @@ entities = { "%s.orders" = "Order" }
 schema = %q
 install = true
 %s
-%s`, topology, testenv.PostgresURL(), schema, schema, changeLog, bus, webhookObserver("shipped", srv.URL, "")))
+%s
+%s`, topology, testenv.PostgresURL(), schema, schema, changeLog, capture, bus, webhookObserver("shipped", srv.URL, "")))
 
 			if _, err := pool.Exec(ctx, "INSERT INTO "+schema+".orders VALUES (1, 'new')"); err != nil {
 				t.Fatal(err)
@@ -198,7 +206,10 @@ install = true
 			for _, a := range chain[0].Attributes() {
 				attrs[string(a.Key)] = a.Value.String()
 			}
-			if attrs["db.postgresql.xid"] == "" || attrs["millrace.change_log.position"] == "" {
+			switch {
+			case wal && (!strings.Contains(attrs["db.postgresql.commit_lsn"], "/") || attrs["db.postgresql.xid"] == ""):
+				t.Errorf("WAL capture span attributes %v lack the commit LSN or the transaction id", attrs)
+			case !wal && (attrs["db.postgresql.xid"] == "" || attrs["millrace.change_log.position"] == ""):
 				t.Errorf("capture span attributes %v lack the transaction id or the change-log position", attrs)
 			}
 			logTrace(t, chain)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,7 +51,8 @@ type decoder struct {
 	// The transaction being decoded.
 	commitLSN  pglogrepl.LSN
 	commitTime time.Time
-	index      int // changes of the transaction so far
+	xid        uint32 // of the transaction being decoded (32 bits, without the epoch)
+	index      int    // changes of the transaction so far
 }
 
 func newDecoder(cfg *Config, keys keyLookup) *decoder {
@@ -101,7 +103,7 @@ func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 }
 
 func (d *decoder) begin(m *pglogrepl.BeginMessage) {
-	d.commitLSN, d.commitTime, d.index = m.FinalLSN, m.CommitTime, 0
+	d.commitLSN, d.commitTime, d.index, d.xid = m.FinalLSN, m.CommitTime, 0, m.Xid
 }
 
 // field is one column of an image: its name and JSON value.
@@ -290,7 +292,9 @@ func (d *decoder) change(typ event.Type, relID uint32, oldType uint8, oldT, newT
 			ev.Changes = changes(old, after)
 		}
 	}
-	return d.message(ev, ""), nil
+	msg := d.message(ev, "")
+	msg.Metadata.Set(bus.XIDMetadata, strconv.FormatUint(uint64(d.xid), 10))
+	return msg, nil
 }
 
 func (d *decoder) message(ev *event.Envelope, observer string) *message.Message {

@@ -117,10 +117,11 @@ func logTrace(t *testing.T, spans []sdktrace.ReadOnlySpan) {
 // consume → observer → action, each span the child of the one before,
 // and the webhook receiver gets the action span's context in its
 // traceparent header. Run on the nats topology (the context crosses
-// JetStream in headers), the redis one (in stream entry fields), and
-// with WAL capture (the capture span gives the commit LSN).
+// JetStream in headers), the redis one (in stream entry fields), the
+// embedded one, and with WAL capture (the capture span gives the commit
+// LSN).
 func TestTraceOfACapturedChange(t *testing.T) {
-	for _, name := range []string{"nats", "redis", "nats-wal"} {
+	for _, name := range []string{"nats", "redis", "embedded", "nats-wal"} {
 		t.Run(name, func(t *testing.T) {
 			topology, wal := strings.CutSuffix(name, "-wal")
 			pool, schema := testenv.Postgres(t)
@@ -153,6 +154,8 @@ key_prefix = %q
 			case "redis":
 				_, keys := testenv.Redis(t)
 				bus = fmt.Sprintf("[redis]\nurl = %q\nkey_prefix = %q\n", testenv.RedisURL(), keys)
+			case "embedded":
+				bus = fmt.Sprintf("[embedded]\ndata_dir = %q\n", t.TempDir())
 			}
 			_, rec := tracedRouter(t, fmt.Sprintf(`
 topology = %q

@@ -34,19 +34,25 @@ func NewRedisClient(c config.Redis) (*goredis.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redis.url (Sentinel): %w", err)
 		}
-		if opts.PoolSize == 0 && c.Partitions > 0 {
-			opts.PoolSize = 10*runtime.GOMAXPROCS(0) + c.Partitions
-		}
+		opts.PoolSize = poolSize(opts.PoolSize, c)
 		return goredis.NewFailoverClient(opts), nil
 	}
 	opts, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis.url: %w", err)
 	}
-	if opts.PoolSize == 0 && c.Partitions > 0 {
-		opts.PoolSize = 10*runtime.GOMAXPROCS(0) + c.Partitions
-	}
+	opts.PoolSize = poolSize(opts.PoolSize, c)
 	return goredis.NewClient(opts), nil
+}
+
+// poolSize is the pool size of the client: the URL's pool_size when set,
+// else, with partitions, go-redis's default plus one connection per
+// partition (see NewRedisClient).
+func poolSize(set int, c config.Redis) int {
+	if set == 0 && c.Partitions > 0 {
+		return 10*runtime.GOMAXPROCS(0) + c.Partitions
+	}
+	return set
 }
 
 // isSentinelURL reports whether url names a master through Sentinel:

@@ -331,12 +331,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		MaxAckPending: s.maxBuffered(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
-	cons, err := s.ensureConsumer(ctx, cc, reset)
-	if err != nil {
-		return nil, nil, err
-	}
-	pl, err := newPuller(s.js, s.cfg.Stream, cc.Durable, sh.ReadAhead, int64(cons.CachedInfo().NumPending),
-		s.metrics, s.logger)
+	pl, err := s.openPuller(ctx, cc, reset, sh.ReadAhead)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -435,15 +430,21 @@ func (c *current) swap(pl *puller) bool {
 	return true
 }
 
+// openPuller ensures cc's consumer (see ensureConsumer for reset) and
+// returns a puller on it.
+func (s *Subscriber) openPuller(ctx context.Context, cc jetstream.ConsumerConfig, reset bool, readAhead int) (*puller, error) {
+	cons, err := s.ensureConsumer(ctx, cc, reset)
+	if err != nil {
+		return nil, err
+	}
+	return newPuller(s.js, s.cfg.Stream, cc.Durable, readAhead, int64(cons.CachedInfo().NumPending), s.metrics, s.logger)
+}
+
 // restartAtAckFloor recreates cc's consumer at its ack floor and returns
 // a puller on it, retrying until it succeeds or the loop is stopped (nil).
 func (s *Subscriber) restartAtAckFloor(ctx context.Context, cc jetstream.ConsumerConfig, readAhead int, cur *current) *puller {
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		cons, err := s.ensureConsumer(ctx, cc, true)
-		var pl *puller
-		if err == nil {
-			pl, err = newPuller(s.js, s.cfg.Stream, cc.Durable, readAhead, int64(cons.CachedInfo().NumPending), s.metrics, s.logger)
-		}
+		pl, err := s.openPuller(ctx, cc, true, readAhead)
 		if err == nil {
 			if !cur.swap(pl) {
 				return nil

@@ -724,26 +724,7 @@ func testGracefulShutdown(t *testing.T, topology string) {
 	r.Start()
 	ctx := ctxFor(t, 3*time.Minute)
 	done := make(chan error, 1)
-	go func() {
-		done <- func() error {
-			for round := range rounds {
-				for start := 1; start <= rows; start += batch {
-					ids := e2e.Range(start, start+batch)
-					var err error
-					if round == 0 {
-						err = r.Insert(ctx, ids, "new")
-					} else {
-						err = r.Update(ctx, ids, "r"+strconv.Itoa(round))
-					}
-					if err != nil {
-						return err
-					}
-					time.Sleep(25 * time.Millisecond)
-				}
-			}
-			return nil
-		}()
-	}()
+	go func() { done <- r.Flow(ctx, rows, rounds, batch, 25*time.Millisecond) }()
 	total := rows * rounds
 	recv.Wait(t, wait, "a sixth of the events delivered", func() bool { return recv.Count("all") >= total/6 })
 	before := recv.Count("all")

@@ -483,8 +483,15 @@ type Breaker struct {
 	MinRequests uint32 `koanf:"min_requests"`
 	// Window is the rolling window FailureRatio counts over. Default 60s.
 	Window Duration `koanf:"window"`
-	// OpenInterval is how long an open breaker refuses calls before it
-	// lets probes through (half-open). Default 30s.
+	// FirstOpenInterval is how long a breaker refuses calls the first
+	// time it opens before it lets probes through (half-open); each
+	// failed probe doubles it, up to OpenInterval, and a successful one
+	// starts over. A short first interval finds an endpoint that is back
+	// within about that long after a short outage; the doubling keeps a
+	// long outage probed rarely. Capped by OpenInterval. Default 1s.
+	FirstOpenInterval Duration `koanf:"first_open_interval"`
+	// OpenInterval is the longest an open breaker refuses calls before
+	// it lets probes through. Default 30s.
 	OpenInterval Duration `koanf:"open_interval"`
 	// HalfOpenProbes is how many calls a half-open breaker lets through;
 	// that many successes close it, one failure opens it again. Default 1.

@@ -257,6 +257,7 @@ func TestValidate(t *testing.T) {
 		{"breaker window", func(c *config.Config) { c.Breaker.FailureRatio, c.Breaker.Window = 0.5, 0 }, "breaker.window"},
 		{"breaker open interval", func(c *config.Config) { c.Breaker.OpenInterval = 0 }, "breaker.open_interval"},
 		{"breaker open interval high", func(c *config.Config) { c.Breaker.OpenInterval = config.Duration(48 * time.Hour) }, "breaker.open_interval"},
+		{"breaker first open interval", func(c *config.Config) { c.Breaker.FirstOpenInterval = config.Duration(time.Millisecond) }, "breaker.first_open_interval"},
 		{"breaker probes", func(c *config.Config) { c.Breaker.HalfOpenProbes = 0 }, "breaker.half_open_probes"},
 		{"action breaker not a table", obs(func(o *config.Observer) {
 			o.Actions = []config.Action{{"type": "log", "breaker": "fast"}}
@@ -691,7 +692,7 @@ breaker = { open_interval = "5s", half_open_probes = 3 }
 		t.Fatal(err)
 	}
 	want := config.Breaker{ConsecutiveFailures: 5, FailureRatio: 0.5, MinRequests: 20, Window: config.Duration(2 * time.Minute),
-		OpenInterval: config.Duration(30 * time.Second), HalfOpenProbes: 1}
+		FirstOpenInterval: config.Duration(time.Second), OpenInterval: config.Duration(30 * time.Second), HalfOpenProbes: 1}
 	if cfg.Breaker != want {
 		t.Errorf("breaker = %+v; want %+v", cfg.Breaker, want)
 	}

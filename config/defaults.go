@@ -32,7 +32,7 @@ func (c *Config) SetDefaults() {
 	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}
 	c.Delivery = Delivery{MaxConcurrency: 64, Adaptive: true, ProbeAfter: Duration(30 * time.Second)}
 	c.Breaker = Breaker{ConsecutiveFailures: 5, MinRequests: 10, Window: Duration(time.Minute),
-		OpenInterval: Duration(30 * time.Second), HalfOpenProbes: 1}
+		FirstOpenInterval: Duration(time.Second), OpenInterval: Duration(30 * time.Second), HalfOpenProbes: 1}
 	c.SMTP = SMTP{Port: 587, TLS: "starttls", Timeout: Duration(30 * time.Second)}
 }
 

@@ -298,6 +298,9 @@ func validateBreaker(add func(path, format string, args ...any), path string, b 
 	if b.OpenInterval.D() < 10*time.Millisecond || b.OpenInterval.D() > 24*time.Hour {
 		add(path+".open_interval", "%s is out of range [10ms, 24h]", b.OpenInterval)
 	}
+	if b.FirstOpenInterval.D() < 10*time.Millisecond || b.FirstOpenInterval.D() > 24*time.Hour {
+		add(path+".first_open_interval", "%s is out of range [10ms, 24h]", b.FirstOpenInterval)
+	}
 	if b.HalfOpenProbes < 1 || b.HalfOpenProbes > 1000 {
 		add(path+".half_open_probes", "must be between 1 and 1000, got %d", b.HalfOpenProbes)
 	}

@@ -29,8 +29,13 @@ type BreakerConfig struct {
 	MinRequests uint32
 	// Window is the rolling window of FailureRatio. Default 60s.
 	Window time.Duration
-	// OpenFor is how long a breaker stays open before it lets trial
-	// requests through (half-open). Default 30s.
+	// FirstOpenFor is how long a breaker stays open the first time
+	// before it lets trial requests through (half-open); each failed
+	// trial doubles it, up to OpenFor, and a close starts over. Default
+	// 1s, and never above OpenFor.
+	FirstOpenFor time.Duration
+	// OpenFor is the longest a breaker stays open before it lets trial
+	// requests through. Default 30s.
 	OpenFor time.Duration
 	// HalfOpenRequests is the number of trial requests while half-open.
 	// Default 1.
@@ -42,7 +47,7 @@ type BreakerConfig struct {
 func BreakerConfigOf(c config.Breaker) BreakerConfig {
 	return BreakerConfig{
 		Failures: c.ConsecutiveFailures, FailureRatio: c.FailureRatio, MinRequests: c.MinRequests,
-		Window: c.Window.D(), OpenFor: c.OpenInterval.D(), HalfOpenRequests: c.HalfOpenProbes,
+		Window: c.Window.D(), FirstOpenFor: c.FirstOpenInterval.D(), OpenFor: c.OpenInterval.D(), HalfOpenRequests: c.HalfOpenProbes,
 	}
 }
 
@@ -60,6 +65,10 @@ func (c *BreakerConfig) SetDefaults() {
 	if c.OpenFor == 0 {
 		c.OpenFor = 30 * time.Second
 	}
+	if c.FirstOpenFor == 0 {
+		c.FirstOpenFor = time.Second
+	}
+	c.FirstOpenFor = min(c.FirstOpenFor, c.OpenFor)
 	if c.HalfOpenRequests == 0 {
 		c.HalfOpenRequests = 1
 	}
@@ -81,7 +90,9 @@ func (c BreakerConfig) settings(key string) gobreaker.Settings {
 	st := gobreaker.Settings{
 		Name:        key,
 		MaxRequests: c.HalfOpenRequests,
-		Timeout:     c.OpenFor,
+		// The first interval: gobreaker's is fixed, so the doubling is
+		// breaker.refuseFor's, in front of it.
+		Timeout:     c.FirstOpenFor,
 		ReadyToTrip: c.readyToTrip,
 	}
 	if c.FailureRatio > 0 {
@@ -107,6 +118,38 @@ type BreakerKeyer interface {
 // tries again: it is no reason to give up on the event.
 var ErrBreakerOpen = errors.New("circuit breaker open")
 
+// OpenError is the error of a call an open breaker refused: it wraps
+// ErrBreakerOpen and says how long until the breaker lets a trial call
+// through, so that the caller comes back then rather than on a fixed
+// beat (BreakerWait).
+type OpenError struct {
+	Key string
+	// Wait is how long until the breaker may let a trial through: the
+	// rest of its open interval, or trialWait while a trial runs.
+	Wait time.Duration
+}
+
+func (e *OpenError) Error() string {
+	return fmt.Sprintf("%s: %s: trial in %s", ErrBreakerOpen, e.Key, e.Wait.Round(time.Millisecond))
+}
+
+// Is makes errors.Is(err, ErrBreakerOpen) hold.
+func (e *OpenError) Is(target error) bool { return target == ErrBreakerOpen }
+
+// BreakerWait is the wait an OpenError in err's chain asks for, or 0.
+func BreakerWait(err error) time.Duration {
+	var oe *OpenError
+	if errors.As(err, &oe) {
+		return oe.Wait
+	}
+	return 0
+}
+
+// trialWait is what a call refused while a half-open breaker's trials
+// run is told to wait: trials take one call's time, and once one
+// succeeds everything waiting should go at once.
+const trialWait = 250 * time.Millisecond
+
 // Breakers holds one circuit breaker (github.com/sony/gobreaker/v2) per
 // endpoint key, created on first use with the key's settings (Configure)
 // or the defaults. It is a prometheus.Collector of
@@ -119,8 +162,57 @@ type Breakers struct {
 	desc      *prometheus.Desc
 
 	mu   sync.Mutex
-	m    map[string]*gobreaker.CircuitBreaker[struct{}]
+	m    map[string]*breaker
 	keys map[string]keyConfig // settings of their own, by key
+}
+
+// breaker is one endpoint's gobreaker, whose open interval is fixed (the
+// first one), and the doubling in front of it: refuseFor refuses calls
+// until the current interval is over, then gobreaker, long past its own
+// interval, lets its trial calls through.
+type breaker struct {
+	cb          *gobreaker.CircuitBreaker[struct{}]
+	first, most time.Duration
+
+	mu    sync.Mutex // never held while calling cb: cb calls onChange under its own lock
+	opens int        // openings since the breaker last closed
+	until time.Time  // calls are refused before this
+}
+
+// onChange is gobreaker's OnStateChange.
+func (br *breaker) onChange(_ string, _, to gobreaker.State) {
+	br.mu.Lock()
+	defer br.mu.Unlock()
+	switch to {
+	case gobreaker.StateOpen:
+		d := br.first
+		for i := 0; i < br.opens && d < br.most; i++ {
+			d *= 2
+		}
+		d = min(d, br.most)
+		br.opens++
+		br.until = time.Now().Add(d)
+	case gobreaker.StateClosed:
+		br.opens, br.until = 0, time.Time{}
+	}
+}
+
+// refuseFor is how long calls are still refused, or 0.
+func (br *breaker) refuseFor(now time.Time) time.Duration {
+	br.mu.Lock()
+	defer br.mu.Unlock()
+	if now.Before(br.until) {
+		return br.until.Sub(now)
+	}
+	return 0
+}
+
+// state is the breaker's state for millrace_breaker_state and State.
+func (br *breaker) state() int {
+	if br.refuseFor(time.Now()) > 0 {
+		return 2
+	}
+	return stateValue(br.cb.State())
 }
 
 // keyConfig is a key's settings and the key path that set them.
@@ -141,7 +233,7 @@ func NewBreakers(cfg BreakerConfig, isFailure func(error) bool) *Breakers {
 		isFailure = func(err error) bool { return err != nil }
 	}
 	return &Breakers{
-		cfg: cfg, isFailure: isFailure, m: map[string]*gobreaker.CircuitBreaker[struct{}]{}, keys: map[string]keyConfig{},
+		cfg: cfg, isFailure: isFailure, m: map[string]*breaker{}, keys: map[string]keyConfig{},
 		desc: prometheus.NewDesc("millrace_breaker_state",
 			"State of each action endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.", []string{"breaker"}, nil),
 	}
@@ -169,32 +261,41 @@ func (b *Breakers) Configure(key string, cfg BreakerConfig, path string) error {
 	return nil
 }
 
-func (b *Breakers) get(key string) *gobreaker.CircuitBreaker[struct{}] {
+func (b *Breakers) get(key string) *breaker {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cb, ok := b.m[key]
+	br, ok := b.m[key]
 	if !ok {
 		cfg := b.cfg
 		if kc, ok := b.keys[key]; ok {
 			cfg = kc.cfg
 		}
+		br = &breaker{first: cfg.FirstOpenFor, most: cfg.OpenFor}
 		st := cfg.settings(key)
 		st.IsSuccessful = func(err error) bool { return err == nil || !b.isFailure(err) }
 		// A call cut short by our own shutdown says nothing about the
 		// endpoint.
 		st.IsExcluded = func(err error) bool { return errors.Is(err, context.Canceled) }
-		cb = gobreaker.NewCircuitBreaker[struct{}](st)
-		b.m[key] = cb
+		st.OnStateChange = br.onChange
+		br.cb = gobreaker.NewCircuitBreaker[struct{}](st)
+		b.m[key] = br
 	}
-	return cb
+	return br
 }
 
 // Do runs fn through key's breaker. While the breaker is open it returns
-// an error wrapping ErrBreakerOpen and does not call fn.
+// an *OpenError (errors.Is ErrBreakerOpen) and does not call fn.
 func (b *Breakers) Do(key string, fn func() error) error {
-	_, err := b.get(key).Execute(func() (struct{}, error) { return struct{}{}, fn() })
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-		return fmt.Errorf("%w: %s: %w", ErrBreakerOpen, key, err)
+	br := b.get(key)
+	if w := br.refuseFor(time.Now()); w > 0 {
+		return &OpenError{Key: key, Wait: w}
+	}
+	_, err := br.cb.Execute(func() (struct{}, error) { return struct{}{}, fn() })
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState):
+		return &OpenError{Key: key, Wait: max(br.refuseFor(time.Now()), trialWait)}
+	case errors.Is(err, gobreaker.ErrTooManyRequests):
+		return &OpenError{Key: key, Wait: trialWait}
 	}
 	return err
 }
@@ -203,12 +304,12 @@ func (b *Breakers) Do(key string, fn func() error) error {
 // 1 half-open, 2 open.
 func (b *Breakers) State(key string) int {
 	b.mu.Lock()
-	cb, ok := b.m[key]
+	br, ok := b.m[key]
 	b.mu.Unlock()
 	if !ok {
 		return 0
 	}
-	return stateValue(cb.State())
+	return br.state()
 }
 
 func stateValue(s gobreaker.State) int {
@@ -231,13 +332,13 @@ func (b *Breakers) Collect(ch chan<- prometheus.Metric) {
 	for k := range b.m {
 		keys = append(keys, k)
 	}
-	cbs := make([]*gobreaker.CircuitBreaker[struct{}], len(keys))
+	brs := make([]*breaker, len(keys))
 	sort.Strings(keys)
 	for i, k := range keys {
-		cbs[i] = b.m[k]
+		brs[i] = b.m[k]
 	}
 	b.mu.Unlock()
-	for i, cb := range cbs {
-		ch <- prometheus.MustNewConstMetric(b.desc, prometheus.GaugeValue, float64(stateValue(cb.State())), keys[i])
+	for i, br := range brs {
+		ch <- prometheus.MustNewConstMetric(b.desc, prometheus.GaugeValue, float64(br.state()), keys[i])
 	}
 }

@@ -70,6 +70,53 @@ func TestBreakerOpensWaitsAndCloses(t *testing.T) {
 	}
 }
 
+// A breaker opens for FirstOpenFor; each failed trial doubles the
+// interval up to OpenFor, and a successful one closes it and starts over.
+// A refused call's OpenError says how long until the next trial.
+func TestBreakerOpenIntervalDoubles(t *testing.T) {
+	t.Parallel()
+	const first, most = 100 * time.Millisecond, 400 * time.Millisecond
+	b := middleware.NewBreakers(middleware.BreakerConfig{Failures: 1, FirstOpenFor: first, OpenFor: most}, nil)
+	fail := errors.New("503")
+	calls := 0
+	call := func(err error) func() error { return func() error { calls++; return err } }
+	// refusedFor checks that a call is refused without running, with a
+	// wait of about want (the time since the breaker opened is taken
+	// off it), and sleeps the wait out.
+	refusedFor := func(want time.Duration) {
+		t.Helper()
+		before := calls
+		err := b.Do("k", call(nil))
+		w := middleware.BreakerWait(err)
+		if !errors.Is(err, middleware.ErrBreakerOpen) || calls != before {
+			t.Fatalf("Do while open = %v (calls %d→%d); want a refusal without a call", err, before, calls)
+		}
+		if w > want || w < want-50*time.Millisecond {
+			t.Fatalf("refused with a wait of %s; want about %s", w, want)
+		}
+		time.Sleep(w + 10*time.Millisecond)
+	}
+	_ = b.Do("k", call(fail)) // opens: 100ms
+	refusedFor(first)
+	for _, next := range []time.Duration{2 * first, 4 * first, most, most} {
+		if err := b.Do("k", call(fail)); !errors.Is(err, fail) { // the trial fails: open again, longer
+			t.Fatalf("trial = %v; want the call's error", err)
+		}
+		if s := b.State("k"); s != 2 {
+			t.Fatalf("state after a failed trial = %d; want 2", s)
+		}
+		refusedFor(next)
+	}
+	if err := b.Do("k", call(nil)); err != nil {
+		t.Fatalf("trial: %v", err)
+	}
+	if s := b.State("k"); s != 0 {
+		t.Fatalf("state after a successful trial = %d; want 0", s)
+	}
+	_ = b.Do("k", call(fail)) // opens again: back to the first interval
+	refusedFor(first)
+}
+
 func TestBreakerIgnoresCancellation(t *testing.T) {
 	t.Parallel()
 	b := middleware.NewBreakers(middleware.BreakerConfig{Failures: 2}, nil)
@@ -208,7 +255,7 @@ func TestBreakerFailureRatio(t *testing.T) {
 func TestBreakerConfigurePerKey(t *testing.T) {
 	t.Parallel()
 	fail := errors.New("503")
-	b := middleware.NewBreakers(middleware.BreakerConfig{Failures: 1, OpenFor: time.Hour}, nil)
+	b := middleware.NewBreakers(middleware.BreakerConfig{Failures: 1, FirstOpenFor: time.Hour, OpenFor: time.Hour}, nil)
 	if err := b.Configure("fast", middleware.BreakerConfig{Failures: 1, OpenFor: 100 * time.Millisecond, HalfOpenRequests: 2},
 		"observers.o.actions[0].breaker"); err != nil {
 		t.Fatal(err)

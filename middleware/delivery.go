@@ -111,10 +111,13 @@ func (d *Delivery) ActionsRun() int {
 
 // ActionState is one action's progress through one delivery.
 type ActionState struct {
-	Done        bool // succeeded now or before (result cache)
-	GaveUp      bool // failed permanently or used its attempts
-	Rejected    bool // its circuit breaker refused the last try
-	Attempts    int  // executions, breaker refusals not included
+	Done     bool // succeeded now or before (result cache)
+	GaveUp   bool // failed permanently or used its attempts
+	Rejected bool // its circuit breaker refused the last try
+	// RetryIn is how long until the breaker that refused the last try
+	// lets a trial through.
+	RetryIn     time.Duration
+	Attempts    int // executions, breaker refusals not included
 	LastErr     error
 	Permanent   bool
 	First, Last time.Time // first and last failure

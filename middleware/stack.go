@@ -27,8 +27,10 @@ const (
 	InFlightRetryDelay = time.Second
 	// DeadLetterRetryDelay: the dead-letter store refused an entry.
 	DeadLetterRetryDelay = 2 * time.Second
-	// BreakerRedeliverDelay: an action met an open breaker.
-	BreakerRedeliverDelay = 2 * time.Second
+	// MinBreakerRedeliverDelay: an action met an open breaker; the event
+	// comes back when the breaker lets a trial through, and not sooner
+	// than this.
+	MinBreakerRedeliverDelay = 100 * time.Millisecond
 	// deadLetterTimeout bounds one write to the dead-letter store.
 	deadLetterTimeout = 10 * time.Second
 )
@@ -76,8 +78,8 @@ func Plan(cfg *config.Config, o config.Observer) []Layer {
 		layers = append(layers, Layer{LayerLedger, strings.Join(parts, ", ")})
 	}
 	r := o.Retry
-	layers = append(layers, Layer{LayerRetry, fmt.Sprintf("%s, %d attempts, %s..%s, jitter %g; an open breaker redelivers after %s",
-		r.Backoff, r.MaxAttempts, r.Initial, r.Max, r.Jitter, BreakerRedeliverDelay)})
+	layers = append(layers, Layer{LayerRetry, fmt.Sprintf("%s, %d attempts, %s..%s, jitter %g; an open breaker redelivers when it lets a trial through",
+		r.Backoff, r.MaxAttempts, r.Initial, r.Max, r.Jitter)})
 	each := []string{}
 	if cfg.Cache.Enabled {
 		each = append(each, fmt.Sprintf("result cache (ttl %s)", cfg.Cache.TTL))
@@ -101,7 +103,8 @@ func breakerPlan(b config.Breaker) string {
 	if len(rules) == 0 {
 		return "circuit breaker (per endpoint, never opens)"
 	}
-	return fmt.Sprintf("circuit breaker (per endpoint: opens after %s, for %s)", strings.Join(rules, " or "), b.OpenInterval)
+	first := min(b.FirstOpenInterval, b.OpenInterval)
+	return fmt.Sprintf("circuit breaker (per endpoint: opens after %s, for %s doubling to %s)", strings.Join(rules, " or "), first, b.OpenInterval)
 }
 
 // limitPlan describes the [delivery] defaults.
@@ -359,13 +362,18 @@ func (p *Policy) retry(next message.HandlerFunc) message.HandlerFunc {
 			if err := ctx.Err(); err != nil {
 				return nil, fmt.Errorf("observer %q: %w", o.Name, err)
 			}
-			var wait time.Duration
+			var wait, reopen time.Duration
 			retries, pending, rejected := 0, false, false
 			for i := range d.Actions {
 				st := &d.Actions[i]
 				switch {
 				case st.Done, st.GaveUp:
 				case st.Rejected:
+					// The first breaker to let a trial through is when
+					// the observer can make progress.
+					if !rejected || st.RetryIn < reopen {
+						reopen = st.RetryIn
+					}
 					rejected = true
 				case st.Permanent || st.Attempts >= backoff.Attempts():
 					st.GaveUp = true
@@ -377,13 +385,15 @@ func (p *Policy) retry(next message.HandlerFunc) message.HandlerFunc {
 			}
 			if rejected {
 				// An endpoint's breaker is open: the event goes back to
-				// the bus with a delay, without using an attempt (an open
-				// breaker alone never dead-letters). Waiting here instead
+				// the bus, without using an attempt (an open breaker
+				// alone never dead-letters), until the breaker lets a
+				// trial through; so when the endpoint is back, the
+				// backlog follows the trial at once. Waiting here instead
 				// would hold one of the router's in-flight slots for as
 				// long as the breaker stays open, and a dead endpoint
 				// would starve every other observer. The actions that
 				// succeeded are kept by the ledger.
-				d.RetryDelay = BreakerRedeliverDelay
+				d.RetryDelay = max(reopen, MinBreakerRedeliverDelay)
 				return nil, fmt.Errorf("observer %q: %w", o.Name, ErrBreakerOpen)
 			}
 			if !pending {
@@ -482,7 +492,7 @@ func (p *Policy) execActionOnce(ctx context.Context, d *Delivery, b *engine.Boun
 	err := p.Breakers.Do(m.breakerKey, func() error { return handlers.Execute(ctx, b, d.Event) })
 	if errors.Is(err, ErrBreakerOpen) {
 		ticket.Cancel()
-		st.Rejected = true
+		st.Rejected, st.RetryIn = true, BreakerWait(err)
 		m.breakerOpen.Inc()
 		return err
 	}

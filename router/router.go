@@ -729,8 +729,12 @@ func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Obs
 		sum.Retries += d.Retries
 		sum.CacheHits += d.CacheHits
 		sum.CacheMisses += d.CacheMisses
-		if errs[i] != nil {
-			sum.RetryDelay = max(sum.RetryDelay, d.RetryDelay)
+		// The event comes back when the first of its observers can make
+		// progress: one whose breaker lets a trial through in 300ms must
+		// not wait for another's that stays open for 30s (the observers
+		// that finished are skipped by the ledger).
+		if errs[i] != nil && d.RetryDelay > 0 && (sum.RetryDelay == 0 || d.RetryDelay < sum.RetryDelay) {
+			sum.RetryDelay = d.RetryDelay
 		}
 	}
 	sum.Err = errors.Join(errs...)

@@ -47,6 +47,7 @@ func Start(t testing.TB, cfg *config.Config, opts router.Options) (addr string, 
 	case addr = <-ready:
 		return addr, stop
 	case err := <-done:
+		once.Do(func() { cancel() }) // Run is over: stop has nothing to wait for
 		t.Fatalf("router Run: %v", err)
 	case <-time.After(timeout):
 		t.Fatalf("router not ready within %s", timeout)

@@ -3,6 +3,7 @@ package fault_test
 import (
 	"context"
 	"net/http"
+	"os"
 	"sort"
 	"sync/atomic"
 	"testing"
@@ -11,10 +12,9 @@ import (
 	"github.com/millrace/millrace/internal/e2e"
 )
 
-// TestEndpointOutageCatchUp: the webhook endpoint answers 503 for 15 s
-// while changes flow at about 200 per second (captured on nats, posted to
-// ingest on embedded, whose example captures nothing) (a scaled form of
-// issue 18's 90 s outage), then comes back. Nothing may be lost, no
+// TestEndpointOutageCatchUp: the webhook endpoint answers 503 for 90 s
+// (MILLRACE_FAULT_OUTAGE sets another length) while changes flow at
+// about 200 per second, captured from PostgreSQL, then comes back. Nothing may be lost, no
 // effect may run twice, each entity's changes must be first delivered in
 // commit order, and the last line reports how fast the backlog drained:
 // the wait from the endpoint's return to the first delivery (the open
@@ -25,10 +25,19 @@ func TestEndpointOutageCatchUp(t *testing.T) {
 		t.Run(topology, func(t *testing.T) {
 			t.Parallel()
 			const (
-				rows, rounds = 400, 12
-				batch, pause = 20, 100 * time.Millisecond // 200 changes/s
-				outage       = 15 * time.Second
+				rows         = 400
+				batch, pause = 20, 100 * time.Millisecond // 200 changes/s, a round of the rows in 2 s
 			)
+			outage := 90 * time.Second
+			if v := os.Getenv("MILLRACE_FAULT_OUTAGE"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					t.Fatalf("MILLRACE_FAULT_OUTAGE: %v", err)
+				}
+				outage = d
+			}
+			// Changes flow from before the outage until after it.
+			rounds := int((outage+14*time.Second)/(2*time.Second)) + 1
 			recv := e2e.NewReceiver(t)
 			var down atomic.Bool
 			recv.Handle("all", func(*e2e.Delivery) (int, time.Duration) {
@@ -39,7 +48,7 @@ func TestEndpointOutageCatchUp(t *testing.T) {
 			})
 			r := e2e.NewRig(t, topology, e2e.Options{Receiver: recv, Observers: observeAll(recv)})
 			r.Start()
-			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), outage+4*time.Minute)
 			defer cancel()
 			done := flow(ctx, r, rows, rounds, batch, pause)
 			recv.Wait(t, time.Minute, "a first delivery", func() bool { return recv.Count("all") > 0 })

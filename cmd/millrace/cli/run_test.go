@@ -90,7 +90,7 @@ actions = [{ type = "log" }]
 		"2. condition       data.status == 'shipped'",
 		"3. ledger          dedup window 5m0s",
 		"4. retry           linear, 5 attempts, 200ms..10s",
-		"5. actions         1 action(s), 4 at a time, each: circuit breaker (per endpoint: opens after 5 failures in a row, for 30s)" +
+		"5. actions         1 action(s), 4 at a time, each: circuit breaker (per endpoint: opens after 5 failures in a row, for 1s doubling to 30s)" +
 			" → delivery limit (per endpoint: at most 64 at once, adaptive) → timeout 30s",
 	}
 	last := -1

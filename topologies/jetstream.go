@@ -27,6 +27,21 @@ func JetStreamFeatures() config.Features {
 	return config.Features{Topics: true, Partitions: true, DurableDeadLetters: true}
 }
 
+// JetStreamNotes are the notes of a topology on an external NATS server
+// (nats, multidb): with nats.replicas = 1, whether an acknowledged event
+// survives a crash of the server's host depends on the server's
+// sync_interval, which a client connection cannot read (only the system
+// account's monitoring requests report it).
+func JetStreamNotes(cfg *config.Config) []string {
+	if cfg.NATS.Replicas > 1 {
+		return nil
+	}
+	return []string{fmt.Sprintf("nats.replicas: %d: millrace's streams live on one NATS server, which syncs JetStream writes to disk every sync_interval, "+
+		"2 minutes by NATS's default: a crash of its host (not only of the server) then loses the events acknowledged in the last 2 minutes. "+
+		"millrace cannot read the setting: set sync_interval: always in the server's config (the deployment files do), or run a cluster with nats.replicas = 3 "+
+		"(docs/deployment/03-nats-distributed.md, \"The NATS server's sync setting\")", cfg.NATS.Replicas)}
+}
+
 // connectTimeout bounds the first connection to NATS.
 const connectTimeout = 10 * time.Second
 

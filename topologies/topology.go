@@ -142,6 +142,11 @@ type Topology struct {
 	// Features is what the topology provides; actions check it at
 	// validate time (handlers.ConfigChecker).
 	Features config.Features
+	// Notes, when set, returns what the topology cannot check about the
+	// services cfg names and a user should know, each naming its key
+	// path: `millrace validate` prints them and `millrace run` logs
+	// them as warnings. Optional; no I/O.
+	Notes func(cfg *config.Config) []string
 	// Watermill says that Build also builds the bus from the upstream
 	// Watermill Pub/Sub of its broker when bus.driver is "watermill";
 	// Check refuses that driver on a topology without it.
@@ -200,6 +205,14 @@ func (r *Registry) Lookup(name string) (Topology, bool) {
 // Features returns the features of the topology registered under name;
 // the zero value, which provides nothing, when there is none.
 func (r *Registry) Features(name string) config.Features { return r.m[name].Features }
+
+// Notes returns the notes of cfg's topology (Topology.Notes), or none.
+func (r *Registry) Notes(cfg *config.Config) []string {
+	if t, ok := r.m[cfg.Topology]; ok && t.Notes != nil {
+		return t.Notes(cfg)
+	}
+	return nil
+}
 
 // Check reports a config error when cfg's topology is not registered,
 // and otherwise every problem the topology's Validate finds, and the

@@ -10,6 +10,6 @@ func Register(r *topologies.Registry) error { return r.Register(Topology()) }
 func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "nats", Build: topologies.BuildJetStream, Validate: topologies.ValidateNATS,
-		Features: topologies.JetStreamFeatures(), Watermill: true,
+		Features: topologies.JetStreamFeatures(), Notes: topologies.JetStreamNotes, Watermill: true,
 	}
 }

@@ -172,6 +172,9 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 				cfg.Router.StartupTimeout = 0
 			}
 			log := logger(cfg)
+			for _, n := range o.Topologies.Notes(cfg) {
+				log.Warn(n)
+			}
 			ropts := router.Options{Actions: o.Actions, Topologies: o.Topologies, Logger: log}
 			if addrFile != "" {
 				ropts.Listening = func(addr string) error { return writeAddrFile(addrFile, addr) }
@@ -237,6 +240,9 @@ func validateCmd(o Options, stdout io.Writer) *cobra.Command {
 					continue
 				}
 				fmt.Fprintf(stdout, "%s: ok\n", f)
+				for _, n := range o.Topologies.Notes(cfg) {
+					fmt.Fprintf(stdout, "%s: note: %s\n", f, n)
+				}
 			}
 			if len(msgs) > 0 {
 				return &exitError{code: ExitInvalid, err: errors.New(strings.Join(msgs, "\n"))}

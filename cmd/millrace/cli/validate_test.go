@@ -135,6 +135,34 @@ func TestValidateEmbeddedSync(t *testing.T) {
 	}
 }
 
+// TestValidateNotesNATSSync: on the nats topology with one replica,
+// validate passes but notes that a host crash may lose what the server
+// has not synced, naming nats.replicas; with three replicas, and on the
+// embedded topology (which sets its server's sync itself), no note.
+func TestValidateNotesNATSSync(t *testing.T) {
+	for _, tt := range []struct {
+		config string
+		note   bool
+	}{
+		{"topology = \"nats\"\n", true},
+		{"topology = \"nats\"\n[nats]\nreplicas = 3\n", false},
+		{"topology = \"embedded\"\n", false},
+	} {
+		path := filepath.Join(t.TempDir(), "millrace.toml")
+		if err := os.WriteFile(path, []byte(tt.config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, stdout, stderr := runCLIWith(t, Defaults(), "validate", path)
+		if code != ExitOK {
+			t.Fatalf("validate %q: exit %d %s%s; want 0", tt.config, code, stdout, stderr)
+		}
+		want := path + ": note: nats.replicas: 1: millrace's streams live on one NATS server"
+		if got := strings.Contains(stdout, want) && strings.Contains(stdout, "sync_interval: always"); got != tt.note {
+			t.Errorf("validate %q printed:\n%s\nwant the sync note: %v", tt.config, stdout, tt.note)
+		}
+	}
+}
+
 // TestValidatePublishOnTopics: publish to a topic of its own is valid on
 // every topology whose bus has topics.
 func TestValidatePublishOnTopics(t *testing.T) {

@@ -399,6 +399,16 @@ type Redis struct {
 	// PartitionTTL is how long a dead worker's partitions wait before
 	// another worker takes them over. Default 10s.
 	PartitionTTL Duration `koanf:"partition_ttl"`
+	// WaitReplicas, on the redis topology, is how many replicas must
+	// hold an event (Redis WAIT) before its publish counts as done and
+	// the capture moves past it. Redis replicates asynchronously: with
+	// 0 (the default) a failover (Sentinel) may lose the events the
+	// old primary acknowledged last; 1 with one replica keeps them.
+	WaitReplicas int `koanf:"wait_replicas"`
+	// WaitTimeout bounds one WAIT; a publish whose events fewer than
+	// WaitReplicas replicas acknowledged in time fails and is retried.
+	// Default 1s, at most 2s.
+	WaitTimeout Duration `koanf:"wait_timeout"`
 }
 
 // Dedup is the per event and observer dedup window.

@@ -27,7 +27,7 @@ func (c *Config) SetDefaults() {
 	}
 	c.Postgres = Postgres{Group: "millrace", Schema: "millrace"}
 	c.Redis = Redis{KeyPrefix: "millrace:", MaxLen: 1_000_000, ClaimIdle: Duration(30 * time.Second), Group: "millrace",
-		PartitionTTL: Duration(10 * time.Second)}
+		PartitionTTL: Duration(10 * time.Second), WaitTimeout: Duration(time.Second)}
 	c.Dedup = Dedup{Enabled: true, Window: Duration(5 * time.Minute), Lease: Duration(30 * time.Second)}
 	c.Cache = Cache{Enabled: true, TTL: Duration(60 * time.Second)}
 	c.Delivery = Delivery{MaxConcurrency: 64, Adaptive: true, ProbeAfter: Duration(30 * time.Second)}

@@ -151,6 +151,8 @@ func TestValidate(t *testing.T) {
 		{"redis", "max len", func(c *config.Config) { c.Redis.MaxLen = -1 }, "redis.max_len", "must not be negative (0 keeps every event)"},
 		{"redis", "claim idle", func(c *config.Config) { c.Redis.ClaimIdle = 0 }, "redis.claim_idle", "must be greater than zero, got 0s"},
 		{"redis", "partitions", func(c *config.Config) { c.Redis.Partitions = 5000 }, "redis.partitions", "must be between 0 (off) and 1024, got 5000"},
+		{"redis", "wait replicas", func(c *config.Config) { c.Redis.WaitReplicas = -1 }, "redis.wait_replicas", "must be between 0 (no WAIT) and 100, got -1"},
+		{"redis", "wait timeout", func(c *config.Config) { c.Redis.WaitTimeout = config.Duration(5 * time.Second) }, "redis.wait_timeout", "5s is out of range [1ms, 2s]"},
 		{"postgres", "two urls", func(c *config.Config) { c.Postgres.URLEnv = "PG_URL" }, "postgres", "set at most one of url and url_env"},
 		{"postgres", "nothing to read", func(c *config.Config) { c.Postgres.URL = "" }, "postgres",
 			"the postgres topology needs a [[sources]] entry or postgres.url / postgres.url_env"},

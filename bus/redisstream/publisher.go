@@ -141,9 +141,28 @@ func (p *Publisher) send(batch []*publication) {
 				Values: entryValues(c.msg),
 			})
 		}
+		// WAIT in the same pipeline, so on the same connection: it
+		// counts the replicas that hold this connection's writes.
+		var wait *redis.Cmd
+		if p.cfg.WaitReplicas > 0 {
+			wait = pipe.Do(ctx, "wait", p.cfg.WaitReplicas, p.cfg.WaitTimeout.Milliseconds())
+		}
 		_, _ = pipe.Exec(ctx) // each command carries its own error
+		var waitErr error
+		if wait != nil {
+			if n, err := wait.Int64(); err != nil {
+				waitErr = fmt.Errorf("WAIT: %w", err)
+			} else if n < int64(p.cfg.WaitReplicas) {
+				waitErr = fmt.Errorf("%d of the %d replicas asked for (redis.wait_replicas) acknowledged it within %s",
+					n, p.cfg.WaitReplicas, p.cfg.WaitTimeout)
+			}
+		}
 		for _, c := range cmds {
-			if err := c.cmd.Err(); err != nil {
+			err := c.cmd.Err()
+			if err == nil {
+				err = waitErr
+			}
+			if err != nil {
 				c.pub.errs = append(c.pub.errs, fmt.Errorf("redisstream: publish %s to %s: %w", c.msg.UUID, c.stream, err))
 			}
 		}

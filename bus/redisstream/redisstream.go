@@ -52,6 +52,14 @@ type Config struct {
 	Consumer string
 	// MaxLen caps each stream, approximately (XADD MAXLEN ~). 0: no cap.
 	MaxLen int64
+	// WaitReplicas, when > 0, makes a publish wait until that many
+	// replicas hold its entries (WAIT after the pipeline's XADDs), and
+	// fail when fewer did within WaitTimeout: Redis replicates
+	// asynchronously, and a failover otherwise loses the entries the old
+	// primary acknowledged last. 0: no WAIT.
+	WaitReplicas int
+	// WaitTimeout bounds one WAIT. Default 1s.
+	WaitTimeout time.Duration
 	// ClaimIdle is how long an entry may stay pending on a consumer that
 	// does not touch it (a dead worker) before another claims it.
 	// Default 30s.
@@ -96,6 +104,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ClaimIdle <= 0 {
 		c.ClaimIdle = 30 * time.Second
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = time.Second
 	}
 	if c.ClaimInterval <= 0 {
 		c.ClaimInterval = max(c.ClaimIdle/4, 10*time.Millisecond)

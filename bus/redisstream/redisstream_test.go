@@ -470,3 +470,49 @@ func (h *countPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 		return next(ctx, cmds)
 	}
 }
+
+// With WaitReplicas, Publish returns once the replica holds the entries
+// (Redis WAIT on the XADDs' connection), so a failover to it loses
+// nothing acknowledged; with the replica gone it fails, naming
+// redis.wait_replicas, and without WaitReplicas it does not wait.
+func TestPublishWaitsForReplicas(t *testing.T) {
+	ctx := context.Background()
+	primary, replica := testenv.StartRedis(t), testenv.StartRedis(t)
+	pc, rc := newClient(t, primary.URL()), newClient(t, replica.URL())
+	host, port, _ := strings.Cut(primary.Addr(), ":")
+	if err := rc.Do(ctx, "replicaof", host, port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := rc.Info(ctx, "replication").Result()
+		if err == nil && strings.Contains(info, "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica did not sync within 30s: %v\n%s", err, info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	cfg := redisstream.Config{Prefix: "wait:", WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond}
+	for round := range 5 {
+		if err := redisstream.NewPublisher(pc, cfg).Publish("events", newMessages(200, nil)...); err != nil {
+			t.Fatalf("publish with the replica up: %v", err)
+		}
+		// Read on the replica right away: WAIT returned, so it has them.
+		if n, err := rc.XLen(ctx, "wait:events").Result(); err != nil || n != int64(200*(round+1)) {
+			t.Fatalf("round %d: the replica holds %d entries (%v) when Publish returned; want %d", round, n, err, 200*(round+1))
+		}
+	}
+
+	replica.Stop()
+	err := redisstream.NewPublisher(pc, cfg).Publish("events", newMessages(3, nil)...)
+	if err == nil || !strings.Contains(err.Error(), "0 of the 1 replicas asked for (redis.wait_replicas)") {
+		t.Fatalf("publish with the replica down = %v; want an error naming redis.wait_replicas", err)
+	}
+	cfg.WaitReplicas = 0
+	if err := redisstream.NewPublisher(pc, cfg).Publish("events", newMessages(3, nil)...); err != nil {
+		t.Fatalf("publish without WaitReplicas, replica down: %v", err)
+	}
+}

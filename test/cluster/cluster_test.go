@@ -172,24 +172,36 @@ func sleep(t *testing.T, ctx context.Context, d time.Duration) {
 
 func since(t time.Time) string { return fmt.Sprint(time.Since(t).Round(100 * time.Millisecond)) }
 
-// TestRedisSentinelFailover runs 5,000 captured changes on the nats
-// topology with its dedup ledger and result cache in Redis reached
-// through Sentinel, and kills the Redis primary with SIGKILL while they
-// flow. The sentinels promote the replica; meanwhile the ledger fails
-// open (events run without dedup, counted in millrace_dedup_errors_total,
-// which the result line reports) and afterwards the client follows the
-// new master: the dedup key of a change made then is on it. Nothing may
-// be lost.
+// TestRedisSentinelFailover runs 5,000 captured changes with Redis
+// reached through Sentinel, and kills the Redis primary with SIGKILL
+// while they flow: on the nats topology Redis holds the dedup ledger and
+// result cache, on the redis topology the bus too, which publishes with
+// redis.wait_replicas = 1 (an event the capture moved past is on the
+// replica). The sentinels promote the replica, and the old primary
+// comes back as its replica; meanwhile the ledger
+// fails open (events run without dedup, counted in
+// millrace_dedup_errors_total, which the result line reports) and
+// afterwards the client follows the new master: the dedup key of a change
+// made then is on it. Nothing may be lost.
 func TestRedisSentinelFailover(t *testing.T) {
+	for _, topology := range []string{"nats", "redis"} {
+		t.Run(topology, func(t *testing.T) {
+			t.Parallel()
+			testRedisSentinelFailover(t, topology)
+		})
+	}
+}
+
+func testRedisSentinelFailover(t *testing.T, topology string) {
 	sen := e2e.StartRedisSentinel(t)
 	recv := e2e.NewReceiver(t)
-	r := e2e.NewRig(t, "nats", e2e.Options{
+	r := e2e.NewRig(t, topology, e2e.Options{
 		Receiver: recv,
 		RedisURL: sen.URL(),
 		Observers: map[string]e2e.Observer{
 			"sentinel": {Actions: []map[string]any{recv.Action("sentinel", nil)}},
 		},
-		Env: []string{"MILLRACE_NATS__ACK_WAIT=5s"},
+		Env: []string{"MILLRACE_NATS__ACK_WAIT=5s", "MILLRACE_REDIS__WAIT_REPLICAS=1"},
 	})
 	r.Start()
 	const rows, rounds = 1000, 5
@@ -217,6 +229,10 @@ func TestRedisSentinelFailover(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The old primary comes back, and the sentinels make it the new
+	// master's replica: with redis.wait_replicas = 1 the redis topology's
+	// capture waits for one (the changes wait in PostgreSQL meanwhile).
+	sen.Primary.Start()
 
 	if err := <-produced; err != nil {
 		t.Fatal(err)
@@ -255,6 +271,6 @@ func TestRedisSentinelFailover(t *testing.T) {
 	}
 	t.Logf("%s; took %s", r.Describe(), since(begin))
 	// The last line is the run's result.
-	t.Logf("sentinel nats: changes=%d lost=%d duplicates=%d failover=%s dedup_errors=%.0f",
-		tl.Changes, len(tl.Lost), tl.Duplicates, promoted.Round(100*time.Millisecond), dedupErrors)
+	t.Logf("sentinel %s: changes=%d lost=%d duplicates=%d failover=%s dedup_errors=%.0f",
+		topology, tl.Changes, len(tl.Lost), tl.Duplicates, promoted.Round(100*time.Millisecond), dedupErrors)
 }

@@ -102,5 +102,7 @@ func BusConfig(cfg *config.Config) redisstream.Config {
 		DrainTimeout: cfg.Router.ShutdownTimeout.D(),
 		Partitions:   cfg.Redis.Partitions,
 		PartitionTTL: cfg.Redis.PartitionTTL.D(),
+		WaitReplicas: cfg.Redis.WaitReplicas,
+		WaitTimeout:  cfg.Redis.WaitTimeout.D(),
 	}
 }

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"errors"
+	"time"
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/topologies"
@@ -29,6 +30,14 @@ func Validate(cfg *config.Config) error {
 	}
 	if r.MaxLen < 0 {
 		errs = append(errs, config.Errorf("redis.max_len", "must not be negative (0 keeps every event)"))
+	}
+	if r.WaitReplicas < 0 || r.WaitReplicas > 100 {
+		errs = append(errs, config.Errorf("redis.wait_replicas", "must be between 0 (no WAIT) and 100, got %d", r.WaitReplicas))
+	}
+	// The WAIT rides in the XADDs' pipeline, which the client's read
+	// timeout (3s) bounds.
+	if d := r.WaitTimeout.D(); d < time.Millisecond || d > 2*time.Second {
+		errs = append(errs, config.Errorf("redis.wait_timeout", "%s is out of range [1ms, 2s]", r.WaitTimeout))
 	}
 	errs = append(errs,
 		config.CheckPositive("redis.claim_idle", r.ClaimIdle),

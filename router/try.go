@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sort"
 	"strings"
 
 	"github.com/millrace/millrace/config"
@@ -37,7 +38,10 @@ const maxTryBody = 32 << 20
 // or its actions cannot be built, with every problem and its key path,
 // prefixed with the request field ("config" or "against"). The configs
 // are taken as posted, without MILLRACE_ overrides; their *_env names
-// are read from this process's environment, as for `millrace try`.
+// are read from this process's environment, as for `millrace try`, but
+// only names the running config's actions, [databases] and [smtp] use
+// (tryEnv): the endpoint must not read the server's other variables (its
+// tokens, the sources' URLs) for whoever holds the admin token.
 // Nothing is sent: the actions only render their effects.
 func (r *Router) tryConfigs(w http.ResponseWriter, req *http.Request) {
 	var tr TryRequest
@@ -61,6 +65,9 @@ func (r *Router) tryConfigs(w http.ResponseWriter, req *http.Request) {
 		cfg, err := config.Parse([]byte(text), nil)
 		if err == nil {
 			err = Check(cfg, r.opts.Actions, r.opts.Topologies)
+		}
+		if err == nil {
+			err = r.tryEnv(cfg)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
@@ -92,4 +99,28 @@ func (r *Router) tryConfigs(w http.ResponseWriter, req *http.Request) {
 	}
 	r.logger.InfoContext(ctx, "configs tried", "events", rep.Events, "malformed", len(rep.Malformed), "regressions", rep.Regressions)
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// tryEnv refuses every *_env key of a posted config whose variable the
+// running config does not name for its actions, [databases] or [smtp].
+func (r *Router) tryEnv(cfg *config.Config) error {
+	allowed := map[string]bool{}
+	for path, name := range r.cfg.EnvRefs() {
+		if strings.HasPrefix(path, "observers.") || strings.HasPrefix(path, "databases.") || strings.HasPrefix(path, "smtp.") {
+			allowed[name] = true
+		}
+	}
+	refs := cfg.EnvRefs()
+	paths := make([]string, 0, len(refs))
+	for p := range refs {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var errs []error
+	for _, p := range paths {
+		if !allowed[refs[p]] {
+			errs = append(errs, config.Errorf(p, "environment variable %s: POST /v1/try reads only the variables the running config's actions, [databases] and [smtp] name; run `millrace try` where the variable is set", refs[p]))
+		}
+	}
+	return errors.Join(errs...)
 }

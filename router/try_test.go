@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +20,7 @@ import (
 // sends nothing; a config that does not validate is a 400 naming the
 // field and the key path.
 func TestAdminTry(t *testing.T) {
-	_, addr, token, _ := adminRouter(t)
+	r, addr, token, _ := adminRouter(t)
 	hits := 0
 	var mu sync.Mutex
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -90,5 +91,20 @@ actions = [{ type = "webhook", url = "%s/hook", allow_private = true, body = '%s
 	}
 	if code := adminCall(t, http.MethodPost, addr+"/v1/try", token, TryRequest{Events: req.Events}, &e); code != http.StatusBadRequest {
 		t.Errorf("POST /v1/try without a config = %d; want 400", code)
+	}
+	// A variable the running config's actions do not name is not read:
+	// the admin token's own variable, here, set in this process.
+	adminEnv := r.cfg.HTTP.AdminTokenEnv
+	if v, ok := os.LookupEnv(adminEnv); !ok || v != token {
+		t.Fatalf("the admin token's variable %q is not set to the token", adminEnv)
+	}
+	leak := TryRequest{Config: fmt.Sprintf(`
+[observers.big]
+entity = "Order"
+actions = [{ type = "webhook", url = "%s/hook", allow_private = true, secret_env = "%s" }]
+`, hook.URL, adminEnv), Events: req.Events}
+	if code := adminCall(t, http.MethodPost, addr+"/v1/try", token, leak, &e); code != http.StatusBadRequest ||
+		!strings.Contains(e.Error, "observers.big.actions[0].secret_env: environment variable "+adminEnv+": POST /v1/try reads only") {
+		t.Errorf("POST /v1/try naming the admin token's variable = %d %q; want 400 naming the key", code, e.Error)
 	}
 }

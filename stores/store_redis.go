@@ -102,7 +102,9 @@ func NewRedisStore(client redis.UniversalClient, cfg RedisStoreConfig) (*RedisSt
 		return nil, errors.New("redis store: nil client")
 	}
 	s := &RedisStore{client: client, prefix: cfg.KeyPrefix}
-	s.b = newBatcher(redisWorkers, redisMaxBatch, s.exec)
+	// go-redis bounds a pipeline by the deadline of its ctx and ignores
+	// cancellation: the batches need not watch their callers.
+	s.b = newBatcher(redisWorkers, redisMaxBatch, false, s.exec)
 	return s, nil
 }
 

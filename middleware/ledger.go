@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/millrace/millrace/stores"
@@ -92,6 +93,11 @@ type Ledger struct {
 
 	dedupWarn, cacheWarn warnLimiter
 
+	// ends hands out the contexts of the calls made after the event's
+	// own context no longer counts (Commit, Release, the cache's
+	// Store), see endCtx.
+	ends atomic.Pointer[sharedDeadline]
+
 	// renewing holds the claims whose lease is renewed (every Lease/3,
 	// by one goroutine for all of them, see renew).
 	renewing renewals
@@ -145,6 +151,44 @@ func (l *Ledger) storeCtx(ctx context.Context) (context.Context, context.CancelF
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, l.cfg.StoreTimeout)
+}
+
+// sharedDeadline is a context that ends at deadline, handed to the calls
+// made until until.
+type sharedDeadline struct {
+	ctx   context.Context
+	until time.Time
+}
+
+// endSlots is how many shared contexts endCtx makes per StoreTimeout: a
+// call's deadline comes StoreTimeout to StoreTimeout × (1 + 1/endSlots)
+// after it starts.
+const endSlots = 64
+
+// endCtx is storeCtx for the calls that run whatever became of ctx
+// (Commit, Release, Store): it bounds them by StoreTimeout without a
+// context and a timer of their own. The calls made within the same
+// StoreTimeout/endSlots share one context, which ends StoreTimeout after
+// the last of them may start; two of these calls per event (a Commit,
+// and a Store or Release) each cost a timer's start and stop and a
+// fifth of the ledger's allocations. The shared context does not carry
+// ctx's values: no store reads any.
+func (l *Ledger) endCtx(ctx context.Context) context.Context {
+	if l.local {
+		return context.WithoutCancel(ctx)
+	}
+	now := time.Now()
+	if d := l.ends.Load(); d != nil && now.Before(d.until) {
+		return d.ctx
+	}
+	slot := l.cfg.StoreTimeout / endSlots
+	// Nothing cancels it before its deadline: calls may still be using
+	// it, and its timer releases it then.
+	dctx, cancel := context.WithDeadline(context.Background(), now.Add(l.cfg.StoreTimeout+slot))
+	_ = cancel
+	d := &sharedDeadline{ctx: dctx, until: now.Add(slot)}
+	l.ends.Store(d)
+	return d.ctx
 }
 
 // Claim is one observer's run on one event, from Begin to Commit or
@@ -313,9 +357,7 @@ func (c *Claim) Succeeded(ctx context.Context, i int) {
 }
 
 func (c *Claim) store(ctx context.Context, i int) {
-	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
-	defer cancel()
-	if err := c.l.cache.Store(sctx, c.cacheKeys[i], c.l.cfg.TTL); err != nil {
+	if err := c.l.cache.Store(c.l.endCtx(ctx), c.cacheKeys[i], c.l.cfg.TTL); err != nil {
 		c.l.cacheFailed(err)
 	}
 }
@@ -327,11 +369,9 @@ func (c *Claim) Commit(ctx context.Context) {
 	if !c.end() || c.l.dedup == nil {
 		return
 	}
-	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
-	defer cancel()
 	// Also after a failed Reserve (fail open): the store may be back,
 	// and the mark keeps later duplicates out.
-	err := c.l.dedup.Commit(sctx, c.key, c.owner, c.l.cfg.Window)
+	err := c.l.dedup.Commit(c.l.endCtx(ctx), c.key, c.owner, c.l.cfg.Window)
 	switch {
 	case errors.Is(err, stores.ErrLeaseLost):
 		c.l.logger.WarnContext(ctx, "dedup: the claim expired while the observer ran and another delivery holds it; it may run the observer again",
@@ -353,9 +393,7 @@ func (c *Claim) Release(ctx context.Context) {
 	if deferred >= 0 {
 		c.store(ctx, deferred)
 	}
-	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
-	defer cancel()
-	if err := c.l.dedup.Release(sctx, c.key, c.owner); err != nil {
+	if err := c.l.dedup.Release(c.l.endCtx(ctx), c.key, c.owner); err != nil {
 		c.l.dedupFailed(err)
 	}
 }

@@ -84,11 +84,16 @@ var (
 	_ ReserveLooker = (*RedisStore)(nil)
 )
 
-// Batching: a second pipeline can go out while the first one is on the
-// wire, which keeps the server busy without spreading the load over
-// many small pipelines; 256 commands keep one pipeline's reply small.
+// Batching: one pipeline on the wire at a time, and whatever is queued
+// meanwhile goes in the next. A second worker, sending while the first
+// waited, halved the pipelines' size under load (two or three events a
+// pipeline): each round trip costs this process and the server a write
+// and a read, which made most of the server's CPU per event. Redis
+// runs one command at a time, so a pipeline the server holds up (a slow
+// script) held the other worker's up too. 256 commands keep one
+// pipeline's reply small.
 const (
-	redisWorkers  = 2
+	redisWorkers  = 1
 	redisMaxBatch = 256
 )
 

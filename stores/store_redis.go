@@ -157,7 +157,8 @@ func (s *RedisStore) exec(ctx context.Context, batch []*redisCall) {
 	for _, c := range batch {
 		switch c.op {
 		case redisOpReserve:
-			c.reserve = s.reserveCmd(ctx, pipe, c.key, c.owner, c.ttl)
+			c.reserve = s.reserveCmd(ctx, c.key, c.owner, c.ttl)
+			_ = pipe.Process(ctx, c.reserve)
 			if len(c.keys) > 0 {
 				c.lookup = s.lookupCmd(ctx, pipe, c.keys)
 			}
@@ -166,7 +167,8 @@ func (s *RedisStore) exec(ctx context.Context, batch []*redisCall) {
 		case redisOpStore:
 			c.set = pipe.Set(ctx, s.key(c.key), "1", max(c.ttl, time.Millisecond))
 		default:
-			c.script = c.scriptOf().EvalSha(ctx, pipe, []string{s.key(c.key)}, c.scriptArgs()...)
+			c.script = s.evalShaCmd(ctx, c)
+			_ = pipe.Process(ctx, c.script)
 		}
 	}
 	// Exec's error is the first failed command's; each command keeps
@@ -203,6 +205,37 @@ func (c *redisCall) scriptOf() *redis.Script {
 	return redisRelease
 }
 
+// The scripts' hashes, as command arguments (an interface each, made
+// once rather than per command).
+var (
+	redisCommitSHA  any = redisCommit.Hash()
+	redisExtendSHA  any = redisExtend.Hash()
+	redisReleaseSHA any = redisRelease.Hash()
+)
+
+// evalShaCmd is c's EVALSHA: what Script.EvalSha sends, built with
+// fewer allocations (it copied the key and the arguments into slices of
+// their own, and the hash into an interface, on every call).
+func (s *RedisStore) evalShaCmd(ctx context.Context, c *redisCall) *redis.Cmd {
+	var sha any
+	switch c.op {
+	case redisOpCommit:
+		sha = redisCommitSHA
+	case redisOpExtend:
+		sha = redisExtendSHA
+	default:
+		sha = redisReleaseSHA
+	}
+	var cmd *redis.Cmd
+	if c.op == redisOpRelease {
+		cmd = redis.NewCmd(ctx, "evalsha", sha, 1, s.key(c.key), redisInflight+c.owner)
+	} else {
+		cmd = redis.NewCmd(ctx, "evalsha", sha, 1, s.key(c.key), redisInflight+c.owner, max(c.ttl, time.Millisecond).Milliseconds())
+	}
+	cmd.SetFirstKeyPos(3)
+	return cmd
+}
+
 func (c *redisCall) scriptArgs() []any {
 	if c.op == redisOpRelease {
 		return []any{redisInflight + c.owner}
@@ -213,8 +246,9 @@ func (c *redisCall) scriptArgs() []any {
 // reserveCmd is SET key "i:owner" PX lease NX GET: it sets the key only
 // when absent and answers the previous value, so that one round trip
 // tells claimed (nil), done ("d") and in flight ("i:...") apart.
-func (s *RedisStore) reserveCmd(ctx context.Context, c redis.Cmdable, key, owner string, lease time.Duration) *redis.StatusCmd {
-	return c.SetArgs(ctx, s.key(key), redisInflight+owner, redis.SetArgs{Mode: "NX", TTL: max(lease, time.Millisecond), Get: true})
+// It is built as SetArgs builds it, with fewer allocations.
+func (s *RedisStore) reserveCmd(ctx context.Context, key, owner string, lease time.Duration) *redis.StatusCmd {
+	return redis.NewStatusCmd(ctx, "set", s.key(key), redisInflight+owner, "px", max(lease, time.Millisecond).Milliseconds(), "nx", "get")
 }
 
 func reservation(cmd *redis.StatusCmd) (Reservation, error) {

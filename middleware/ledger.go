@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/millrace/millrace/stores"
 )
 
@@ -93,6 +95,11 @@ type Ledger struct {
 
 	dedupWarn, cacheWarn warnLimiter
 
+	// counters holds each observer's dedup and cache counters, resolved
+	// once (see countersOf).
+	countersMu sync.RWMutex
+	counters   map[string]*ledgerCounters
+
 	// ends hands out the contexts of the calls made after the event's
 	// own context no longer counts (Commit, Release, the cache's
 	// Store), see endCtx.
@@ -151,6 +158,39 @@ func (l *Ledger) storeCtx(ctx context.Context) (context.Context, context.CancelF
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, l.cfg.StoreTimeout)
+}
+
+// ledgerCounters are one observer's series of Metrics.
+type ledgerCounters struct {
+	dedupMisses, dedupHits, dedupWaits prometheus.Counter
+	cacheHits, cacheMisses             prometheus.Counter
+}
+
+// countersOf returns the observer's counters. WithLabelValues hashes and
+// checks its labels on every call: two or three times per event.
+func (l *Ledger) countersOf(observer string) *ledgerCounters {
+	l.countersMu.RLock()
+	c := l.counters[observer]
+	l.countersMu.RUnlock()
+	if c != nil {
+		return c
+	}
+	l.countersMu.Lock()
+	defer l.countersMu.Unlock()
+	if c = l.counters[observer]; c == nil {
+		c = &ledgerCounters{
+			dedupMisses: l.m.DedupMisses.WithLabelValues(observer),
+			dedupHits:   l.m.DedupHits.WithLabelValues(observer),
+			dedupWaits:  l.m.DedupWaits.WithLabelValues(observer),
+			cacheHits:   l.m.CacheHits.WithLabelValues(observer),
+			cacheMisses: l.m.CacheMisses.WithLabelValues(observer),
+		}
+		if l.counters == nil {
+			l.counters = map[string]*ledgerCounters{}
+		}
+		l.counters[observer] = c
+	}
+	return c
 }
 
 // sharedDeadline is a context that ends at deadline, handed to the calls
@@ -246,7 +286,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 		}
 		switch res {
 		case stores.Claimed:
-			l.m.DedupMisses.WithLabelValues(observer).Inc()
+			l.countersOf(observer).dedupMisses.Inc()
 			c.held = true
 			if !looked {
 				c.lookup(ctx)
@@ -254,14 +294,14 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 			c.startRenewal()
 			return c, nil
 		case stores.Done:
-			l.m.DedupHits.WithLabelValues(observer).Inc()
+			l.countersOf(observer).dedupHits.Inc()
 			c.duplicate = true
 			c.ended = true
 			return c, nil
 		}
 		if !waited {
 			waited = true
-			l.m.DedupWaits.WithLabelValues(observer).Inc()
+			l.countersOf(observer).dedupWaits.Inc()
 		}
 		if time.Now().After(deadline) {
 			return nil, ErrInFlight
@@ -319,12 +359,13 @@ func (c *Claim) applyHits(hits []bool, err error) {
 		c.l.cacheFailed(err)
 		return
 	}
+	m := c.l.countersOf(c.observer)
 	for i, h := range hits {
 		c.hits[i] = h
 		if h {
-			c.l.m.CacheHits.WithLabelValues(c.observer).Inc()
+			m.cacheHits.Inc()
 		} else {
-			c.l.m.CacheMisses.WithLabelValues(c.observer).Inc()
+			m.cacheMisses.Inc()
 		}
 	}
 }

@@ -100,9 +100,8 @@ type Ledger struct {
 	countersMu sync.RWMutex
 	counters   map[string]*ledgerCounters
 
-	// ends hands out the contexts of the calls made after the event's
-	// own context no longer counts (Commit, Release, the cache's
-	// Store), see endCtx.
+	// ends hands out the contexts of the calls to a store across the
+	// network, see shared.
 	ends atomic.Pointer[sharedDeadline]
 
 	// renewing holds the claims whose lease is renewed (every Lease/3,
@@ -150,14 +149,18 @@ func inProcess(s any) bool {
 }
 
 // storeCtx bounds one store call by StoreTimeout, so that a hanging
-// store fails open quickly. A store in this process cannot hang, and a
-// deadline (a context and a timer) for each of its two or three calls
-// per event was a fifth of the router's allocations.
-func (l *Ledger) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+// store fails open quickly. A store in this process cannot hang, and
+// its calls get ctx as it is: a deadline (a context and a timer) for
+// each of its two or three calls per event was a fifth of the router's
+// allocations. A store across the network gets a shared context (see
+// shared), which does not end with ctx: a Begin whose event's context
+// ends meanwhile returns when the store answers, within StoreTimeout,
+// and a claim it took is released when the run fails.
+func (l *Ledger) storeCtx(ctx context.Context) context.Context {
 	if l.local {
-		return ctx, func() {}
+		return ctx
 	}
-	return context.WithTimeout(ctx, l.cfg.StoreTimeout)
+	return l.shared()
 }
 
 // ledgerCounters are one observer's series of Metrics.
@@ -200,23 +203,29 @@ type sharedDeadline struct {
 	until time.Time
 }
 
-// endSlots is how many shared contexts endCtx makes per StoreTimeout: a
+// endSlots is how many shared contexts shared makes per StoreTimeout: a
 // call's deadline comes StoreTimeout to StoreTimeout × (1 + 1/endSlots)
 // after it starts.
 const endSlots = 64
 
 // endCtx is storeCtx for the calls that run whatever became of ctx
-// (Commit, Release, Store): it bounds them by StoreTimeout without a
-// context and a timer of their own. The calls made within the same
-// StoreTimeout/endSlots share one context, which ends StoreTimeout after
-// the last of them may start; two of these calls per event (a Commit,
-// and a Store or Release) each cost a timer's start and stop and a
-// fifth of the ledger's allocations. The shared context does not carry
-// ctx's values: no store reads any.
+// (Commit, Release, Store).
 func (l *Ledger) endCtx(ctx context.Context) context.Context {
 	if l.local {
 		return context.WithoutCancel(ctx)
 	}
+	return l.shared()
+}
+
+// shared bounds the calls to a store across the network by StoreTimeout
+// without a context and a timer of their own: the calls made within the
+// same StoreTimeout/endSlots share one context, which ends StoreTimeout
+// after the last of them may start. A context of their own cost each
+// call a timer's start and stop and, for Begin's, a registration with
+// the event's context: two or three per event, 7 % of the peer job's
+// CPU. The shared context carries none of the callers' values; no store
+// reads any.
+func (l *Ledger) shared() context.Context {
 	now := time.Now()
 	if d := l.ends.Load(); d != nil && now.Before(d.until) {
 		return d.ctx
@@ -317,8 +326,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 // when the store can; looked reports whether the hits are known.
 func (c *Claim) reserve(ctx context.Context) (res stores.Reservation, looked bool, err error) {
 	l := c.l
-	sctx, cancel := l.storeCtx(ctx)
-	defer cancel()
+	sctx := l.storeCtx(ctx)
 	if l.both != nil && len(c.cacheKeys) > 0 {
 		r, err := l.both.ReserveLookup(sctx, c.key, c.owner, l.cfg.Lease, c.cacheKeys)
 		if err != nil {
@@ -342,9 +350,7 @@ func (c *Claim) lookup(ctx context.Context) {
 	if len(c.cacheKeys) == 0 {
 		return
 	}
-	sctx, cancel := c.l.storeCtx(ctx)
-	defer cancel()
-	hits, err := c.l.cache.Lookup(sctx, c.cacheKeys...)
+	hits, err := c.l.cache.Lookup(c.l.storeCtx(ctx), c.cacheKeys...)
 	c.applyHits(hits, err)
 }
 

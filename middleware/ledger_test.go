@@ -467,3 +467,30 @@ func TestLedgerCommitBoundedByStoreTimeout(t *testing.T) {
 		t.Errorf("%d commits; want 20", n)
 	}
 }
+
+// hangingReserveStore is a store across the network whose Reserve hangs
+// until its context ends.
+type hangingReserveStore struct{ *stores.MemoryStore }
+
+func (h hangingReserveStore) InProcess() bool { return false }
+
+func (h hangingReserveStore) Reserve(ctx context.Context, _, _ string, _ time.Duration) (stores.Reservation, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+// Begin on a hanging store gives up after StoreTimeout and lets the event
+// through (fail open), also when the event's context has no deadline.
+func TestLedgerBeginBoundedByStoreTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	l := middleware.NewLedger(hangingReserveStore{newLedgerMemory(t)}, nil, middleware.LedgerConfig{StoreTimeout: timeout}, nil, nil)
+	start := time.Now()
+	c, err := l.Begin(context.Background(), "ev", "obs", nil)
+	if err != nil || c.Duplicate() {
+		t.Fatalf("Begin on a hanging store = %v; want a claim that runs the observer", err)
+	}
+	if d := time.Since(start); d < timeout || d > timeout+time.Second {
+		t.Errorf("Begin gave up after %v; want about %v", d, timeout)
+	}
+}

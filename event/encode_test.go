@@ -32,7 +32,7 @@ func randValue(r *rand.Rand, depth int) any {
 	case n == 3:
 		return int(r.IntN(1000))
 	case n == 4:
-		floats := []float64{0, -0.0, 1.5, -2.25e-7, 1e21, 123456789012345678901234.0, 1e-6, 9.99e-7, 3.14159, math.MaxFloat64, math.SmallestNonzeroFloat64}
+		floats := []float64{0, math.Copysign(0, -1), 1.5, -2.25e-7, 1e21, 123456789012345678901234.0, 1e-6, 9.99e-7, 3.14159, math.MaxFloat64, math.SmallestNonzeroFloat64}
 		return floats[r.IntN(len(floats))] * float64(1-2*r.IntN(2))
 	case n == 5:
 		return r.NormFloat64() * math.Pow(10, float64(r.IntN(50)-25))

@@ -50,8 +50,9 @@ type batcher[R request] struct {
 	maxBatch int
 	// watch ends a batch's ctx as soon as every caller in it gave up,
 	// for clients that stop a call on cancellation (pgx). A client that
-	// heeds only deadlines (go-redis) gets the latest of the callers'
-	// deadlines alone: watching each caller's ctx (context.AfterFunc)
+	// ignores cancellation (go-redis, which heeds at most the deadline)
+	// gets the latest of the callers' deadlines alone: watching each
+	// caller's ctx (context.AfterFunc)
 	// cost allocations and a registration with the caller's ctx on
 	// every call, for a cancellation the client ignores.
 	watch bool

@@ -107,8 +107,10 @@ func NewRedisStore(client redis.UniversalClient, cfg RedisStoreConfig) (*RedisSt
 		return nil, errors.New("redis store: nil client")
 	}
 	s := &RedisStore{client: client, prefix: cfg.KeyPrefix}
-	// go-redis bounds a pipeline by the deadline of its ctx and ignores
-	// cancellation: the batches need not watch their callers.
+	// go-redis ignores a ctx's cancellation (it bounds a pipeline by its
+	// read and write timeouts, and with ContextTimeoutEnabled by the
+	// ctx's deadline): the batches need not watch their callers, who
+	// stop waiting at their own deadline or cancellation all the same.
 	s.b = newBatcher(redisWorkers, redisMaxBatch, false, s.exec)
 	return s, nil
 }

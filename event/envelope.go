@@ -69,18 +69,3 @@ func (e *Envelope) AppendJSON(b []byte) []byte {
 	}
 	return append(b, '}')
 }
-
-// AppendString appends s as a JSON string, escaped as encoding/json
-// escapes it. Printable ASCII without a quote, backslash or HTML
-// character is copied; anything else goes through encoding/json.
-func AppendString(b []byte, s string) []byte {
-	for i := range len(s) {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string always encodes
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}

@@ -305,11 +305,6 @@ func fromWire(w *wire, normalized bool) (*Event, error) {
 	return e, nil
 }
 
-// Encode returns the JSON envelope of e.
-func Encode(e *Event) ([]byte, error) {
-	return json.Marshal(e)
-}
-
 // DecodeValue decodes one JSON value with the numbers Decode gives:
 // integers that fit become int64, other numbers float64 (or their text
 // when they do not fit one). Capture uses it for row images.

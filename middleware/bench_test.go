@@ -3,6 +3,8 @@ package middleware_test
 import (
 	"context"
 	"log/slog"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/millrace/millrace/engine"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/testenv"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/stores"
 )
@@ -85,4 +88,35 @@ func benchStack(b *testing.B, extra string, parks *middleware.Parks) {
 			b.Fatalf("outcome %q, err %v", d.Outcome, err)
 		}
 	}
+}
+
+// BenchmarkLedgerRedis is the ledger's part of one event on the Redis
+// store, as the peer job makes it: Begin (claim, no cache), then Commit,
+// from many handlers at once, each event new. It counts what the ledger
+// and the store's batching cost per event beside the round trips.
+func BenchmarkLedgerRedis(b *testing.B) {
+	client, prefix := testenv.Redis(b)
+	store, err := stores.NewRedisStore(client, stores.RedisStoreConfig{KeyPrefix: prefix})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = store.Close() }()
+	l := middleware.NewLedger(store, nil, middleware.LedgerConfig{}, nil, nil)
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	var seq atomic.Int64
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx, cancel := context.WithCancel(context.Background()) // as a message's
+		defer cancel()
+		for pb.Next() {
+			c, err := l.Begin(ctx, run+"-"+strconv.FormatInt(seq.Add(1), 10), "obs", nil)
+			if err != nil || c.Duplicate() {
+				b.Errorf("Begin = %v, duplicate %v", err, c != nil && c.Duplicate())
+				return
+			}
+			c.Commit(ctx)
+		}
+	})
 }

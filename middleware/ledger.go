@@ -7,7 +7,10 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/millrace/millrace/stores"
 )
@@ -92,6 +95,15 @@ type Ledger struct {
 
 	dedupWarn, cacheWarn warnLimiter
 
+	// counters holds each observer's dedup and cache counters, resolved
+	// once (see countersOf).
+	countersMu sync.RWMutex
+	counters   map[string]*ledgerCounters
+
+	// ends hands out the contexts of the calls to a store across the
+	// network, see shared.
+	ends atomic.Pointer[sharedDeadline]
+
 	// renewing holds the claims whose lease is renewed (every Lease/3,
 	// by one goroutine for all of them, see renew).
 	renewing renewals
@@ -137,14 +149,95 @@ func inProcess(s any) bool {
 }
 
 // storeCtx bounds one store call by StoreTimeout, so that a hanging
-// store fails open quickly. A store in this process cannot hang, and a
-// deadline (a context and a timer) for each of its two or three calls
-// per event was a fifth of the router's allocations.
-func (l *Ledger) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+// store fails open quickly. A store in this process cannot hang, and
+// its calls get ctx as it is: a deadline (a context and a timer) for
+// each of its two or three calls per event was a fifth of the router's
+// allocations. A store across the network gets a shared context (see
+// shared), which does not end with ctx: a Begin whose event's context
+// ends meanwhile returns when the store answers, within StoreTimeout,
+// and a claim it took is released when the run fails.
+func (l *Ledger) storeCtx(ctx context.Context) context.Context {
 	if l.local {
-		return ctx, func() {}
+		return ctx
 	}
-	return context.WithTimeout(ctx, l.cfg.StoreTimeout)
+	return l.shared()
+}
+
+// ledgerCounters are one observer's series of Metrics.
+type ledgerCounters struct {
+	dedupMisses, dedupHits, dedupWaits prometheus.Counter
+	cacheHits, cacheMisses             prometheus.Counter
+}
+
+// countersOf returns the observer's counters. WithLabelValues hashes and
+// checks its labels on every call: two or three times per event.
+func (l *Ledger) countersOf(observer string) *ledgerCounters {
+	l.countersMu.RLock()
+	c := l.counters[observer]
+	l.countersMu.RUnlock()
+	if c != nil {
+		return c
+	}
+	l.countersMu.Lock()
+	defer l.countersMu.Unlock()
+	if c = l.counters[observer]; c == nil {
+		c = &ledgerCounters{
+			dedupMisses: l.m.DedupMisses.WithLabelValues(observer),
+			dedupHits:   l.m.DedupHits.WithLabelValues(observer),
+			dedupWaits:  l.m.DedupWaits.WithLabelValues(observer),
+			cacheHits:   l.m.CacheHits.WithLabelValues(observer),
+			cacheMisses: l.m.CacheMisses.WithLabelValues(observer),
+		}
+		if l.counters == nil {
+			l.counters = map[string]*ledgerCounters{}
+		}
+		l.counters[observer] = c
+	}
+	return c
+}
+
+// sharedDeadline is a context that ends at deadline, handed to the calls
+// made until until.
+type sharedDeadline struct {
+	ctx   context.Context
+	until time.Time
+}
+
+// endSlots is how many shared contexts shared makes per StoreTimeout: a
+// call's deadline comes StoreTimeout to StoreTimeout × (1 + 1/endSlots)
+// after it starts.
+const endSlots = 64
+
+// endCtx is storeCtx for the calls that run whatever became of ctx
+// (Commit, Release, Store).
+func (l *Ledger) endCtx(ctx context.Context) context.Context {
+	if l.local {
+		return context.WithoutCancel(ctx)
+	}
+	return l.shared()
+}
+
+// shared bounds the calls to a store across the network by StoreTimeout
+// without a context and a timer of their own: the calls made within the
+// same StoreTimeout/endSlots share one context, which ends StoreTimeout
+// after the last of them may start. A context of their own cost each
+// call a timer's start and stop and, for Begin's, a registration with
+// the event's context: two or three per event, 7 % of the peer job's
+// CPU. The shared context carries none of the callers' values; no store
+// reads any.
+func (l *Ledger) shared() context.Context {
+	now := time.Now()
+	if d := l.ends.Load(); d != nil && now.Before(d.until) {
+		return d.ctx
+	}
+	slot := l.cfg.StoreTimeout / endSlots
+	// Nothing cancels it before its deadline: calls may still be using
+	// it, and its timer releases it then.
+	dctx, cancel := context.WithDeadline(context.Background(), now.Add(l.cfg.StoreTimeout+slot))
+	_ = cancel
+	d := &sharedDeadline{ctx: dctx, until: now.Add(slot)}
+	l.ends.Store(d)
+	return d.ctx
 }
 
 // Claim is one observer's run on one event, from Begin to Commit or
@@ -202,7 +295,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 		}
 		switch res {
 		case stores.Claimed:
-			l.m.DedupMisses.WithLabelValues(observer).Inc()
+			l.countersOf(observer).dedupMisses.Inc()
 			c.held = true
 			if !looked {
 				c.lookup(ctx)
@@ -210,14 +303,14 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 			c.startRenewal()
 			return c, nil
 		case stores.Done:
-			l.m.DedupHits.WithLabelValues(observer).Inc()
+			l.countersOf(observer).dedupHits.Inc()
 			c.duplicate = true
 			c.ended = true
 			return c, nil
 		}
 		if !waited {
 			waited = true
-			l.m.DedupWaits.WithLabelValues(observer).Inc()
+			l.countersOf(observer).dedupWaits.Inc()
 		}
 		if time.Now().After(deadline) {
 			return nil, ErrInFlight
@@ -233,8 +326,7 @@ func (l *Ledger) Begin(ctx context.Context, eventID, observer string, actionHash
 // when the store can; looked reports whether the hits are known.
 func (c *Claim) reserve(ctx context.Context) (res stores.Reservation, looked bool, err error) {
 	l := c.l
-	sctx, cancel := l.storeCtx(ctx)
-	defer cancel()
+	sctx := l.storeCtx(ctx)
 	if l.both != nil && len(c.cacheKeys) > 0 {
 		r, err := l.both.ReserveLookup(sctx, c.key, c.owner, l.cfg.Lease, c.cacheKeys)
 		if err != nil {
@@ -258,9 +350,7 @@ func (c *Claim) lookup(ctx context.Context) {
 	if len(c.cacheKeys) == 0 {
 		return
 	}
-	sctx, cancel := c.l.storeCtx(ctx)
-	defer cancel()
-	hits, err := c.l.cache.Lookup(sctx, c.cacheKeys...)
+	hits, err := c.l.cache.Lookup(c.l.storeCtx(ctx), c.cacheKeys...)
 	c.applyHits(hits, err)
 }
 
@@ -275,12 +365,13 @@ func (c *Claim) applyHits(hits []bool, err error) {
 		c.l.cacheFailed(err)
 		return
 	}
+	m := c.l.countersOf(c.observer)
 	for i, h := range hits {
 		c.hits[i] = h
 		if h {
-			c.l.m.CacheHits.WithLabelValues(c.observer).Inc()
+			m.cacheHits.Inc()
 		} else {
-			c.l.m.CacheMisses.WithLabelValues(c.observer).Inc()
+			m.cacheMisses.Inc()
 		}
 	}
 }
@@ -313,9 +404,7 @@ func (c *Claim) Succeeded(ctx context.Context, i int) {
 }
 
 func (c *Claim) store(ctx context.Context, i int) {
-	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
-	defer cancel()
-	if err := c.l.cache.Store(sctx, c.cacheKeys[i], c.l.cfg.TTL); err != nil {
+	if err := c.l.cache.Store(c.l.endCtx(ctx), c.cacheKeys[i], c.l.cfg.TTL); err != nil {
 		c.l.cacheFailed(err)
 	}
 }
@@ -327,11 +416,9 @@ func (c *Claim) Commit(ctx context.Context) {
 	if !c.end() || c.l.dedup == nil {
 		return
 	}
-	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
-	defer cancel()
 	// Also after a failed Reserve (fail open): the store may be back,
 	// and the mark keeps later duplicates out.
-	err := c.l.dedup.Commit(sctx, c.key, c.owner, c.l.cfg.Window)
+	err := c.l.dedup.Commit(c.l.endCtx(ctx), c.key, c.owner, c.l.cfg.Window)
 	switch {
 	case errors.Is(err, stores.ErrLeaseLost):
 		c.l.logger.WarnContext(ctx, "dedup: the claim expired while the observer ran and another delivery holds it; it may run the observer again",
@@ -353,9 +440,7 @@ func (c *Claim) Release(ctx context.Context) {
 	if deferred >= 0 {
 		c.store(ctx, deferred)
 	}
-	sctx, cancel := c.l.storeCtx(context.WithoutCancel(ctx))
-	defer cancel()
-	if err := c.l.dedup.Release(sctx, c.key, c.owner); err != nil {
+	if err := c.l.dedup.Release(c.l.endCtx(ctx), c.key, c.owner); err != nil {
 		c.l.dedupFailed(err)
 	}
 }

@@ -3,8 +3,10 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -416,5 +418,79 @@ func TestLedgerBoundsOnlyStoresOutOfProcess(t *testing.T) {
 				t.Errorf("remote=%v: call %d had a deadline: %v; want %v", remote, i, had, remote)
 			}
 		}
+	}
+}
+
+// hangingCommitStore is a store across the network whose Commit hangs
+// until its context ends.
+type hangingCommitStore struct {
+	*stores.MemoryStore
+	commits atomic.Int64
+}
+
+func (h *hangingCommitStore) InProcess() bool { return false }
+
+func (h *hangingCommitStore) Commit(ctx context.Context, _, _ string, _ time.Duration) error {
+	h.commits.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// The Commits of many events share their deadlines' contexts; each still
+// gives up StoreTimeout (and a little more) after it started.
+func TestLedgerCommitBoundedByStoreTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := &hangingCommitStore{MemoryStore: newLedgerMemory(t)}
+	const timeout = 200 * time.Millisecond
+	l := middleware.NewLedger(store, nil, middleware.LedgerConfig{StoreTimeout: timeout}, nil, nil)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * 20 * time.Millisecond) // some share a context, some do not
+			c, err := l.Begin(ctx, fmt.Sprint("ev", i), "obs", nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			start := time.Now()
+			c.Commit(ctx)
+			if d := time.Since(start); d < timeout || d > timeout+time.Second {
+				t.Errorf("Commit %d gave up after %v; want about %v", i, d, timeout)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := store.commits.Load(); n != 20 {
+		t.Errorf("%d commits; want 20", n)
+	}
+}
+
+// hangingReserveStore is a store across the network whose Reserve hangs
+// until its context ends.
+type hangingReserveStore struct{ *stores.MemoryStore }
+
+func (h hangingReserveStore) InProcess() bool { return false }
+
+func (h hangingReserveStore) Reserve(ctx context.Context, _, _ string, _ time.Duration) (stores.Reservation, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+// Begin on a hanging store gives up after StoreTimeout and lets the event
+// through (fail open), also when the event's context has no deadline.
+func TestLedgerBeginBoundedByStoreTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	l := middleware.NewLedger(hangingReserveStore{newLedgerMemory(t)}, nil, middleware.LedgerConfig{StoreTimeout: timeout}, nil, nil)
+	start := time.Now()
+	c, err := l.Begin(context.Background(), "ev", "obs", nil)
+	if err != nil || c.Duplicate() {
+		t.Fatalf("Begin on a hanging store = %v; want a claim that runs the observer", err)
+	}
+	if d := time.Since(start); d < timeout || d > timeout+time.Second {
+		t.Errorf("Begin gave up after %v; want about %v", d, timeout)
 	}
 }

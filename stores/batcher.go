@@ -42,12 +42,20 @@ type request interface{ base() *call }
 // than the round trip's own work.
 type batcher[R request] struct {
 	// exec sends one batch and answers each request in it, on the
-	// request's own fields or its call.err. Its ctx ends when every
-	// caller in the batch gave up, at the latest of their deadlines, or
-	// at close.
+	// request's own fields or its call.err. Its ctx ends at the latest
+	// of the callers' deadlines, at close, and with watch when every
+	// caller in the batch gave up.
 	exec     func(ctx context.Context, batch []R)
 	workers  int
 	maxBatch int
+	// watch ends a batch's ctx as soon as every caller in it gave up,
+	// for clients that stop a call on cancellation (pgx). A client that
+	// ignores cancellation (go-redis, which heeds at most the deadline)
+	// gets the latest of the callers' deadlines alone: watching each
+	// caller's ctx (context.AfterFunc)
+	// cost allocations and a registration with the caller's ctx on
+	// every call, for a cancellation the client ignores.
+	watch bool
 
 	closing chan struct{} // closed by close
 
@@ -71,9 +79,9 @@ type flight struct {
 	stops  []func() bool
 }
 
-func newBatcher[R request](workers, maxBatch int, exec func(context.Context, []R)) *batcher[R] {
+func newBatcher[R request](workers, maxBatch int, watch bool, exec func(context.Context, []R)) *batcher[R] {
 	return &batcher[R]{
-		exec: exec, workers: workers, maxBatch: maxBatch,
+		exec: exec, workers: workers, maxBatch: maxBatch, watch: watch,
 		closing: make(chan struct{}), inflight: map[*flight]struct{}{},
 		wake: make(chan struct{}, workers),
 	}
@@ -190,7 +198,8 @@ func (b *batcher[R]) wait(idle *time.Timer) bool {
 
 // next takes the next batch off the queue, without the requests whose
 // callers gave up (they are answered with their ctx's error), and gives
-// it a ctx that ends when all its callers gave up, or at close. ok is
+// it a ctx that ends at the latest of their deadlines, at close, or
+// (watch) when all its callers gave up. ok is
 // false when the worker must end.
 func (b *batcher[R]) next() (batch []R, ctx context.Context, f *flight, ok bool) {
 	b.mu.Lock()
@@ -223,7 +232,7 @@ func (b *batcher[R]) next() (batch []R, ctx context.Context, f *flight, ok bool)
 			break
 		}
 	}
-	f = &flight{stops: make([]func() bool, len(batch))}
+	f = &flight{}
 	// The latest deadline too, for clients that watch deadlines but not
 	// cancellation (go-redis).
 	var deadline time.Time
@@ -242,15 +251,18 @@ func (b *batcher[R]) next() (batch []R, ctx context.Context, f *flight, ok bool)
 	} else {
 		ctx, f.cancel = context.WithDeadline(context.Background(), deadline)
 	}
-	var waiting atomic.Int64
-	waiting.Store(int64(len(batch)))
-	gaveUp := func() {
-		if waiting.Add(-1) == 0 {
-			f.cancel()
+	if b.watch {
+		var waiting atomic.Int64
+		waiting.Store(int64(len(batch)))
+		gaveUp := func() {
+			if waiting.Add(-1) == 0 {
+				f.cancel()
+			}
 		}
-	}
-	for i, r := range batch {
-		f.stops[i] = context.AfterFunc(r.base().ctx, gaveUp)
+		f.stops = make([]func() bool, len(batch))
+		for i, r := range batch {
+			f.stops[i] = context.AfterFunc(r.base().ctx, gaveUp)
+		}
 	}
 	b.inflight[f] = struct{}{}
 	return batch, ctx, f, true

@@ -19,7 +19,7 @@ type testCall struct {
 func TestBatcherWorkersStayThenEnd(t *testing.T) {
 	var mu sync.Mutex
 	batches := 0
-	b := newBatcher(2, 8, func(_ context.Context, batch []*testCall) {
+	b := newBatcher(2, 8, true, func(_ context.Context, batch []*testCall) {
 		mu.Lock()
 		batches++
 		mu.Unlock()
@@ -73,7 +73,7 @@ func TestBatcherWorkersStayThenEnd(t *testing.T) {
 // TestBatcherCloseEndsIdleWorkers checks that close does not wait out
 // the idle period of a waiting worker.
 func TestBatcherCloseEndsIdleWorkers(t *testing.T) {
-	b := newBatcher(2, 8, func(context.Context, []*testCall) {})
+	b := newBatcher(2, 8, true, func(context.Context, []*testCall) {})
 	if err := b.do(context.Background(), &testCall{}); err != nil {
 		t.Fatal(err)
 	}

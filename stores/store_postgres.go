@@ -160,7 +160,7 @@ FROM unnest($1::text[], $2::int8[]) AS i(key, ms) ORDER BY key
 ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at`
 	s.sql.lookupMany = `SELECT i.key FROM unnest($1::text[]) AS i(key)
 WHERE (SELECT l.done AND l.expires_at > now() FROM ` + t + ` l WHERE l.key = i.key)`
-	s.b = newBatcher(pgWorkers, pgMaxBatch, s.exec)
+	s.b = newBatcher(pgWorkers, pgMaxBatch, true, s.exec)
 	return s, nil
 }
 

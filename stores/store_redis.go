@@ -84,11 +84,16 @@ var (
 	_ ReserveLooker = (*RedisStore)(nil)
 )
 
-// Batching: a second pipeline can go out while the first one is on the
-// wire, which keeps the server busy without spreading the load over
-// many small pipelines; 256 commands keep one pipeline's reply small.
+// Batching: one pipeline on the wire at a time, and whatever is queued
+// meanwhile goes in the next. A second worker, sending while the first
+// waited, halved the pipelines' size under load (two or three events a
+// pipeline): each round trip costs this process and the server a write
+// and a read, which made most of the server's CPU per event. Redis
+// runs one command at a time, so a pipeline the server holds up (a slow
+// script) held the other worker's up too. 256 commands keep one
+// pipeline's reply small.
 const (
-	redisWorkers  = 2
+	redisWorkers  = 1
 	redisMaxBatch = 256
 )
 
@@ -102,7 +107,11 @@ func NewRedisStore(client redis.UniversalClient, cfg RedisStoreConfig) (*RedisSt
 		return nil, errors.New("redis store: nil client")
 	}
 	s := &RedisStore{client: client, prefix: cfg.KeyPrefix}
-	s.b = newBatcher(redisWorkers, redisMaxBatch, s.exec)
+	// go-redis ignores a ctx's cancellation (it bounds a pipeline by its
+	// read and write timeouts, and with ContextTimeoutEnabled by the
+	// ctx's deadline): the batches need not watch their callers, who
+	// stop waiting at their own deadline or cancellation all the same.
+	s.b = newBatcher(redisWorkers, redisMaxBatch, false, s.exec)
 	return s, nil
 }
 
@@ -150,7 +159,8 @@ func (s *RedisStore) exec(ctx context.Context, batch []*redisCall) {
 	for _, c := range batch {
 		switch c.op {
 		case redisOpReserve:
-			c.reserve = s.reserveCmd(ctx, pipe, c.key, c.owner, c.ttl)
+			c.reserve = s.reserveCmd(ctx, c.key, c.owner, c.ttl)
+			_ = pipe.Process(ctx, c.reserve)
 			if len(c.keys) > 0 {
 				c.lookup = s.lookupCmd(ctx, pipe, c.keys)
 			}
@@ -159,7 +169,8 @@ func (s *RedisStore) exec(ctx context.Context, batch []*redisCall) {
 		case redisOpStore:
 			c.set = pipe.Set(ctx, s.key(c.key), "1", max(c.ttl, time.Millisecond))
 		default:
-			c.script = c.scriptOf().EvalSha(ctx, pipe, []string{s.key(c.key)}, c.scriptArgs()...)
+			c.script = s.evalShaCmd(ctx, c)
+			_ = pipe.Process(ctx, c.script)
 		}
 	}
 	// Exec's error is the first failed command's; each command keeps
@@ -196,6 +207,37 @@ func (c *redisCall) scriptOf() *redis.Script {
 	return redisRelease
 }
 
+// The scripts' hashes, as command arguments (an interface each, made
+// once rather than per command).
+var (
+	redisCommitSHA  any = redisCommit.Hash()
+	redisExtendSHA  any = redisExtend.Hash()
+	redisReleaseSHA any = redisRelease.Hash()
+)
+
+// evalShaCmd is c's EVALSHA: what Script.EvalSha sends, built with
+// fewer allocations (it copied the key and the arguments into slices of
+// their own, and the hash into an interface, on every call).
+func (s *RedisStore) evalShaCmd(ctx context.Context, c *redisCall) *redis.Cmd {
+	var sha any
+	switch c.op {
+	case redisOpCommit:
+		sha = redisCommitSHA
+	case redisOpExtend:
+		sha = redisExtendSHA
+	default:
+		sha = redisReleaseSHA
+	}
+	var cmd *redis.Cmd
+	if c.op == redisOpRelease {
+		cmd = redis.NewCmd(ctx, "evalsha", sha, 1, s.key(c.key), redisInflight+c.owner)
+	} else {
+		cmd = redis.NewCmd(ctx, "evalsha", sha, 1, s.key(c.key), redisInflight+c.owner, max(c.ttl, time.Millisecond).Milliseconds())
+	}
+	cmd.SetFirstKeyPos(3)
+	return cmd
+}
+
 func (c *redisCall) scriptArgs() []any {
 	if c.op == redisOpRelease {
 		return []any{redisInflight + c.owner}
@@ -206,8 +248,9 @@ func (c *redisCall) scriptArgs() []any {
 // reserveCmd is SET key "i:owner" PX lease NX GET: it sets the key only
 // when absent and answers the previous value, so that one round trip
 // tells claimed (nil), done ("d") and in flight ("i:...") apart.
-func (s *RedisStore) reserveCmd(ctx context.Context, c redis.Cmdable, key, owner string, lease time.Duration) *redis.StatusCmd {
-	return c.SetArgs(ctx, s.key(key), redisInflight+owner, redis.SetArgs{Mode: "NX", TTL: max(lease, time.Millisecond), Get: true})
+// It is built as SetArgs builds it, with fewer allocations.
+func (s *RedisStore) reserveCmd(ctx context.Context, key, owner string, lease time.Duration) *redis.StatusCmd {
+	return redis.NewStatusCmd(ctx, "set", s.key(key), redisInflight+owner, "px", max(lease, time.Millisecond).Milliseconds(), "nx", "get")
 }
 
 func reservation(cmd *redis.StatusCmd) (Reservation, error) {

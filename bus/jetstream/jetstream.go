@@ -346,6 +346,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		Redeliver: redeliverDelay, Slots: sh.Slots, Buffered: sh.Buffered,
 	})
 	cur := &current{pl: pl}
+	acks := newAcker(s.js.Conn(), s.logger)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -378,7 +379,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 				last = seq
 			}
 			msg, key, cancelMsg := s.toMessage(lctx, nm)
-			settleMsg := settle(pl, nm, msg, s.logger)
+			settleMsg := settle(pl, acks, nm, msg, s.logger)
 			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); cancelMsg() }, func() { _ = pl.inProgress(nm) }) {
 				cancelMsg()
 				_ = pl.nak(nm)
@@ -395,6 +396,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 		}
 		cancel()
 		l.Close()
+		acks.close()
 	}
 	return l.Out(), stop, nil
 }
@@ -556,10 +558,10 @@ func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Mess
 	return msg, key, cancel
 }
 
-func settle(pl *puller, nm *nats.Msg, msg *message.Message, logger *slog.Logger) lanes.Settle {
+func settle(pl *puller, acks *acker, nm *nats.Msg, msg *message.Message, logger *slog.Logger) lanes.Settle {
 	return func(acked bool) {
 		if acked {
-			if err := pl.ack(nm); err != nil {
+			if err := acks.ack(nm.Reply); err != nil {
 				logger.Warn("jetstream: ack failed; the message will be redelivered", "uuid", msg.UUID, "err", err)
 			}
 			return

@@ -359,6 +359,5 @@ var (
 	inProgressBody = []byte("+WPI")
 )
 
-func (p *puller) ack(m *nats.Msg) error        { return p.nc.Publish(m.Reply, ackBody) }
 func (p *puller) nak(m *nats.Msg) error        { return p.nc.Publish(m.Reply, nakBody) }
 func (p *puller) inProgress(m *nats.Msg) error { return p.nc.Publish(m.Reply, inProgressBody) }

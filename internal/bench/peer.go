@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -120,8 +121,12 @@ func (s *suite) peerJob(ctx context.Context) *PeerJob {
 			out.Status = StatusNotAvailable + " (no webhook action type)"
 			continue
 		}
+		prof := ""
+		if s.opts.CPUProfile && !s.opts.Quick {
+			prof = filepath.Join(s.opts.OutDir, "profiles", "peer-"+sc.name+".pprof")
+		}
 		var signed *int64
-		out.Figures = s.measure(ctx, sc.name, n, 0, "", func(ctx context.Context, r *recorder, w *window) error {
+		out.Figures = s.measure(ctx, sc.name, n, 0, prof, func(ctx context.Context, r *recorder, w *window) error {
 			var err error
 			signed, err = s.runMillrace(ctx, spec, sc, r, n, 0, w)
 			return err

@@ -24,19 +24,25 @@ import (
 
 func TestMain(m *testing.M) { e2e.Main(m) }
 
-// TestVerifyShort runs the short form on every topology: exit 0, and a
-// table whose every scenario that ran shows 0 lost, 0 duplicate effects
-// and 0 reordered; then nothing of the scratch is left in PostgreSQL,
-// NATS or Redis.
+// TestVerifyShort runs the short form on every topology, and on nats
+// with WAL capture: exit 0, and a table whose every scenario that ran
+// shows 0 lost, 0 duplicate effects and 0 reordered; then nothing of the
+// scratch is left in PostgreSQL, NATS or Redis.
 func TestVerifyShort(t *testing.T) {
 	bin := e2e.Binary(t)
-	for _, run := range e2e.Topologies() {
+	for _, run := range append(e2e.Topologies(), "nats"+e2e.WALRun) {
 		t.Run(run, func(t *testing.T) {
 			t.Parallel()
 			cfg := exampleConfig(t, run)
+			pg := testenv.PostgresURL()
+			if _, capture := e2e.SplitRun(run); capture == "wal" {
+				// A server of its own: logical decoding needs
+				// wal_level = logical, whatever the shared server has.
+				pg = testenv.StartPostgres(t, "wal_level=logical")
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			stdout, stderr, code := verify(ctx, t, bin, "verify", "--short", "-c", cfg)
+			stdout, stderr, code := verify(ctx, t, bin, pg, "verify", "--short", "-c", cfg)
 			t.Logf("%s\n%s", stdout, stderr)
 			if code != 0 {
 				t.Errorf("millrace verify exited with %d, want 0", code)
@@ -60,28 +66,40 @@ func TestVerifyShort(t *testing.T) {
 			if m == nil {
 				t.Fatal("verify did not name its scratch")
 			}
-			leftovers(ctx, t, m[1])
+			leftovers(ctx, t, pg, m[1])
 		})
 	}
 }
 
-// TestVerifyConfigError: a config whose source URL variable is not set
-// is a config error (exit 2) naming the key.
+// TestVerifyConfigError: a config whose source URL variable is not set,
+// and an unknown scenario, are config errors (exit 2) naming the key or
+// flag, found before anything is created.
 func TestVerifyConfigError(t *testing.T) {
 	bin := e2e.Binary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "verify", "--short", "-c", filepath.Join(e2e.ModuleRoot(), "topologies", "nats.toml"))
-	cmd.Env = append(os.Environ(), "ORDERS_DB_URL=")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-		t.Fatalf("exit %v, want 2; stderr: %s", err, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "sources[0].postgres_url_env") {
-		t.Errorf("the error does not name sources[0].postgres_url_env: %s", stderr.String())
+	nats := filepath.Join(e2e.ModuleRoot(), "topologies", "nats.toml")
+	for _, c := range []struct {
+		name, want string
+		env, args  []string
+	}{
+		{"unset source URL", "sources[0].postgres_url_env", []string{"ORDERS_DB_URL="}, nil},
+		{"unknown scenario", "--scenarios", []string{"ORDERS_DB_URL=" + testenv.PostgresURL()}, []string{"--scenarios", "baseline,meteor"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, append([]string{"verify", "--short", "-c", nats}, c.args...)...)
+			cmd.Env = append(os.Environ(), c.env...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("exit %v, want 2; stderr: %s", err, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), c.want) {
+				t.Errorf("the error does not name %s: %s", c.want, stderr.String())
+			}
+		})
 	}
 }
 
@@ -118,11 +136,11 @@ func exampleConfig(t *testing.T, run string) string {
 }
 
 // verify runs the binary with the example configs' variables set to the
-// test services.
-func verify(ctx context.Context, t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
+// test services, PostgreSQL at pg.
+func verify(ctx context.Context, t *testing.T, bin, pg string, args ...string) (stdout, stderr string, code int) {
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(),
-		"ORDERS_DB_URL="+testenv.PostgresURL(), "BILLING_DB_URL="+testenv.PostgresURL(),
+		"ORDERS_DB_URL="+pg, "BILLING_DB_URL="+pg,
 		"MILLRACE_NATS__URL="+testenv.NATSURL(), "MILLRACE_REDIS__URL="+testenv.RedisURL(),
 		"MILLRACE_INGEST_TOKEN=verify-test")
 	var out, errb bytes.Buffer
@@ -159,8 +177,8 @@ func table(t *testing.T, out string) [][]string {
 
 // leftovers fails the test when anything named after the scratch is left:
 // a schema, a replication slot or publication, a stream, a Redis key.
-func leftovers(ctx context.Context, t *testing.T, name string) {
-	pool, err := pgxpool.New(ctx, testenv.PostgresURL())
+func leftovers(ctx context.Context, t *testing.T, pg, name string) {
+	pool, err := pgxpool.New(ctx, pg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,7 +98,7 @@ func (r *receiver) decode(h http.Header, body []byte) (Delivery, error) {
 	if !ok1 || !ok2 {
 		return Delivery{}, errors.New("event data has no integer seq and sum")
 	}
-	return Delivery{Entity: entity, Seq: seq, Sum: sum}, nil
+	return Delivery{Entity: entity, Seq: seq, Sum: sum, Key: h.Get("Idempotency-Key")}, nil
 }
 
 // Deliveries returns what was accepted so far, in arrival order.

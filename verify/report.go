@@ -34,14 +34,20 @@ func (r *Report) Markdown(w io.Writer) {
 		if len(row.Reordered) > 0 {
 			why = append(why, "reordered e.g. "+strings.Join(row.Reordered[:min(3, len(row.Reordered))], ", "))
 		}
+		if len(row.Rekeyed) > 0 {
+			why = append(why, "delivered again under another idempotency key e.g. "+strings.Join(row.Rekeyed[:min(3, len(row.Rekeyed))], ", "))
+		}
 		if len(row.Corrupt) > 0 {
 			why = append(why, "corrupt e.g. "+strings.Join(row.Corrupt[:min(3, len(row.Corrupt))], ", "))
 		}
-		if row.Duplicates > 0 {
+		if row.Duplicates > 0 && row.Tolerated == "" {
 			why = append(why, fmt.Sprintf("%d duplicate effects", row.Duplicates))
 		}
-		if len(why) > 0 {
+		switch {
+		case len(why) > 0:
 			result = "FAIL: " + strings.Join(why, "; ")
+		case row.Duplicates > 0:
+			result = fmt.Sprintf("WARN: %d duplicate effects, expected here: %s", row.Duplicates, row.Tolerated)
 		}
 		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %.1f | %s |\n", row.Scenario, row.Changes, len(row.Lost), row.Duplicates,
 			len(row.Reordered), row.CatchUp.Seconds(), strings.ReplaceAll(result, "|", "/"))

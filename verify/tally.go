@@ -21,7 +21,10 @@ type Delivery struct {
 	Entity int
 	Seq    int64
 	Sum    int64
-	At     time.Time
+	// Key is the Idempotency-Key header: what an endpoint drops a
+	// duplicate by.
+	Key string
+	At  time.Time
 }
 
 // Result is the tally of one scenario.
@@ -32,6 +35,9 @@ type Result struct {
 	Lost []string
 	// Duplicates counts accepted deliveries of a change beyond its first.
 	Duplicates int
+	// Rekeyed lists changes delivered again under another idempotency
+	// key than their first delivery's: duplicates an endpoint cannot drop.
+	Rekeyed []string
 	// Reordered lists changes first delivered after a later change of
 	// the same entity was first delivered.
 	Reordered []string
@@ -41,8 +47,11 @@ type Result struct {
 	Last time.Time
 }
 
-// OK reports whether nothing was lost, reordered or corrupted.
-func (r Result) OK() bool { return len(r.Lost) == 0 && len(r.Reordered) == 0 && len(r.Corrupt) == 0 }
+// OK reports whether nothing was lost, reordered, corrupted or
+// delivered again under another idempotency key.
+func (r Result) OK() bool {
+	return len(r.Lost) == 0 && len(r.Reordered) == 0 && len(r.Corrupt) == 0 && len(r.Rekeyed) == 0
+}
 
 // Tally compares the changes made with the deliveries received, given in
 // arrival order. Deliveries of entities without a change are ignored:
@@ -61,7 +70,7 @@ func Tally(made []Change, got []Delivery) Result {
 		entities[c.Entity] = true
 	}
 	r := Result{Changes: len(made)}
-	seen := map[key]bool{}
+	seen := map[key]string{}   // change → idempotency key of its first delivery
 	highest := map[int]int64{} // entity → highest seq first-delivered so far
 	for _, d := range got {
 		if !entities[d.Entity] {
@@ -76,11 +85,14 @@ func Tally(made []Change, got []Delivery) Result {
 		if d.Sum != sum {
 			r.Corrupt = append(r.Corrupt, fmt.Sprintf("%d/%d: checksum %d, written %d", d.Entity, d.Seq, d.Sum, sum))
 		}
-		if seen[k] {
+		if first, ok := seen[k]; ok {
 			r.Duplicates++
+			if d.Key != first {
+				r.Rekeyed = append(r.Rekeyed, fmt.Sprintf("%d/%d: key %s, first %s", d.Entity, d.Seq, d.Key, first))
+			}
 			continue
 		}
-		seen[k] = true
+		seen[k] = d.Key
 		if h := highest[d.Entity]; d.Seq < h {
 			r.Reordered = append(r.Reordered, fmt.Sprintf("%d/%d after %d/%d", d.Entity, d.Seq, d.Entity, h))
 		} else {
@@ -92,7 +104,7 @@ func Tally(made []Change, got []Delivery) Result {
 	}
 	r.Delivered = len(seen)
 	for _, c := range made {
-		if !seen[key{c.Entity, c.Seq}] {
+		if _, ok := seen[key{c.Entity, c.Seq}]; !ok {
 			r.Lost = append(r.Lost, fmt.Sprintf("%d/%d", c.Entity, c.Seq))
 		}
 	}

@@ -1,8 +1,11 @@
 package verify
 
 import (
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/millrace/millrace/config"
 )
 
 func changes(entities []int, seqs int64) []Change {
@@ -21,7 +24,7 @@ func deliver(cs ...Change) []Delivery {
 	out := make([]Delivery, len(cs))
 	at := time.Unix(0, 0)
 	for i, c := range cs {
-		out[i] = Delivery{Entity: c.Entity, Seq: c.Seq, Sum: c.Sum, At: at.Add(time.Duration(i) * time.Millisecond)}
+		out[i] = Delivery{Entity: c.Entity, Seq: c.Seq, Sum: c.Sum, Key: fmt.Sprintf("%d/%d", c.Entity, c.Seq), At: at.Add(time.Duration(i) * time.Millisecond)}
 	}
 	return out
 }
@@ -61,5 +64,47 @@ func TestTallyCatchesFaults(t *testing.T) {
 	}
 	if len(r.Corrupt) != 1 {
 		t.Errorf("corrupt = %v, want one", r.Corrupt)
+	}
+	if len(r.Rekeyed) != 0 {
+		t.Errorf("rekeyed = %v, want none", r.Rekeyed)
+	}
+}
+
+// TestTallyRekeyed: a second delivery of a change under another
+// idempotency key is a fault, not only a duplicate.
+func TestTallyRekeyed(t *testing.T) {
+	made := changes([]int{1}, 2)
+	got := deliver(made...)
+	again := got[1]
+	again.Key = "other"
+	r := Tally(made, append(got, again))
+	if r.OK() || r.Duplicates != 1 || len(r.Rekeyed) != 1 {
+		t.Fatalf("a change delivered again under another key tallied as %+v", r)
+	}
+}
+
+// TestTolerated: duplicates are a warning only after a SIGKILL and while
+// the dedup store is cut off; in any other scenario they fail the run.
+func TestTolerated(t *testing.T) {
+	cfg := &config.Config{Dedup: config.Dedup{Enabled: true}}
+	s := &scratch{Dedup: "redis"}
+	for _, name := range []string{Baseline, EndpointOutage, CaptureKilled} {
+		if why := tolerated(name, cfg, s); why != "" {
+			t.Errorf("%s: duplicates tolerated (%s)", name, why)
+		}
+		row := Row{Scenario: name, Result: Result{Duplicates: 1}}
+		if !row.Failed() {
+			t.Errorf("%s: a duplicate does not fail the row", name)
+		}
+	}
+	for _, name := range []string{KillWorker, DedupUnreachable} {
+		row := Row{Scenario: name, Result: Result{Duplicates: 1}, Tolerated: tolerated(name, cfg, s)}
+		if row.Tolerated == "" || row.Failed() {
+			t.Errorf("%s: a duplicate under its first key fails the row", name)
+		}
+		row.Rekeyed = []string{"1/1"}
+		if !row.Failed() {
+			t.Errorf("%s: a duplicate under another key does not fail the row", name)
+		}
 	}
 }

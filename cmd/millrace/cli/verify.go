@@ -49,7 +49,11 @@ first deliveries and catch-up seconds per scenario, and removes what it
 created, also on failure and on Ctrl-C.
 
 Exit codes: 0; 1 when a change was lost, delivered twice or out of order,
-or a scenario could not run; 2 when the config is invalid.`,
+or a scenario could not run; 2 when the config is invalid. Duplicates in
+kill-worker and dedup-unreachable are a warning, as long as each came
+under its first delivery's idempotency key: a SIGKILL can land between
+an effect and its record in the dedup ledger, or take an in-memory
+ledger with it, and an unreachable ledger fails open.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := load(o, path)
@@ -103,7 +107,7 @@ or a scenario could not run; 2 when the config is invalid.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&path, "config", "c", "", "config file (TOML) whose services to check")
-	f.BoolVar(&short, "short", false, "the short form: 200 changes on 20 entities per scenario, 3s outage")
+	f.BoolVar(&short, "short", false, "the short form: 1000 changes on 10 entities per scenario, 3s outage")
 	f.IntVar(&changes, "changes", verify.Full().Changes, "changes per scenario")
 	f.IntVar(&entities, "entities", verify.Full().Entities, "entities per scenario (each gets changes/entities changes, in sequence)")
 	f.DurationVar(&outage, "outage", verify.Full().Outage, "how long the endpoint answers 503, and the dedup store is cut off")

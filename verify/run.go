@@ -302,13 +302,16 @@ func (r *run) skip(name string) string {
 // change was delivered. It returns the changes made and the catch-up.
 func (r *run) scenario(ctx context.Context, name string, entities []int, perEntity int64) ([]Change, time.Duration, string, error) {
 	third := perEntity / 3
-	faultAt := make(chan struct{})
+	faultAt, abort := make(chan struct{}), make(chan struct{})
 	var healed time.Time
 	var fault string
 	faultDone := make(chan error, 1)
 	go func() {
 		select {
 		case <-faultAt:
+		case <-abort: // the writes failed before the fault was due
+			faultDone <- nil
+			return
 		case <-ctx.Done():
 			faultDone <- ctx.Err()
 			return
@@ -320,9 +323,11 @@ func (r *run) scenario(ctx context.Context, name string, entities []int, perEnti
 	var made []Change
 	pause := r.opts.Writes / time.Duration(perEntity)
 	var werr error
+	started := false
 	for seq := int64(1); seq <= perEntity && werr == nil; seq++ {
 		if seq == third+1 {
 			close(faultAt)
+			started = true
 		}
 		var cs []Change
 		cs, werr = r.write(ctx, entities, seq)
@@ -333,8 +338,8 @@ func (r *run) scenario(ctx context.Context, name string, entities []int, perEnti
 		case <-time.After(pause):
 		}
 	}
-	if third+1 > perEntity {
-		close(faultAt)
+	if !started {
+		close(abort)
 	}
 	ferr := <-faultDone
 	if err := errors.Join(werr, ferr); err != nil {

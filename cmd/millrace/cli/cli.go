@@ -89,7 +89,7 @@ func newRoot(o Options, stdout, stderr io.Writer) *cobra.Command {
 		return NewLogger(stderr, level, format)
 	}
 	root.AddCommand(runCmd(o, logger), validateCmd(o, stdout), configCmd(o, stdout), emitCmd(stdout), versionCmd(stdout), dlqCmd(stdout, stderr), migrateCmd(o, stdout), watchCmd(o, stdout), unwatchCmd(o, stdout),
-		backfillCmd(o, stdout, logger), tryCmd(o, stdout), recordCmd(o, stdout, stderr))
+		backfillCmd(o, stdout, logger), tryCmd(o, stdout), recordCmd(o, stdout, stderr), verifyCmd(o, stdout, stderr))
 	return root
 }
 

@@ -165,7 +165,8 @@ WHERE (SELECT l.done AND l.expires_at > now() FROM ` + t + ` l WHERE l.key = i.k
 }
 
 // Migrate creates the table and its index if they do not exist, and
-// starts the janitor. It is idempotent.
+// starts the janitor. It is idempotent and safe to run from several
+// processes at once.
 func (s *PostgresStore) Migrate(ctx context.Context) error {
 	idx := pgx.Identifier{strings.ReplaceAll(s.cfg.Table, ".", "_") + "_expires_at"}.Sanitize()
 	ddl := `CREATE TABLE IF NOT EXISTS ` + s.table + ` (
@@ -175,7 +176,18 @@ func (s *PostgresStore) Migrate(ctx context.Context) error {
   expires_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ` + idx + ` ON ` + s.table + ` (expires_at)`
-	if _, err := s.pool.Exec(ctx, ddl); err != nil {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Two processes starting at once on a new database both find the
+		// table missing, and the second CREATE ... IF NOT EXISTS fails on
+		// the catalog's unique index (pg_type_typname_nsp_index): a
+		// transaction lock serializes them.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, "millrace migrate "+s.cfg.Table); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, ddl)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("postgres store: migrate %s: %w", s.cfg.Table, err)
 	}
 	s.startOnce.Do(func() { go s.janitor() })

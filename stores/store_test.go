@@ -389,6 +389,34 @@ func TestPostgresStore(t *testing.T) {
 	})
 }
 
+// Processes starting at once on a new database migrate the same table
+// together: every Migrate succeeds (without a lock, all but one could
+// fail on the catalog's unique index, pg_type_typname_nsp_index).
+func TestPostgresStoreMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, schema := testenv.Postgres(t)
+	for round := range 5 {
+		table := fmt.Sprintf("%s.ledger%d", schema, round)
+		errs := make([]error, 8)
+		var wg sync.WaitGroup
+		for i := range errs {
+			s, err := stores.NewPostgresStore(pool, stores.PostgresStoreConfig{Table: table})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close() })
+			wg.Go(func() { errs[i] = s.Migrate(ctx) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("%s: concurrent Migrate %d: %v", table, i, err)
+			}
+		}
+	}
+}
+
 func TestPostgresStoreMigrateAndJanitor(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

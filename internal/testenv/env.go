@@ -3,11 +3,14 @@ package testenv
 import (
 	"crypto/rand"
 	"encoding/hex"
+	mrand "math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -94,19 +97,44 @@ func Name(t testing.TB) string {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free when it was
-// checked. Another process may take it before the caller binds it.
+// checked, for a server a test starts. Another process may take it before
+// the caller binds it; to make that unlikely the port is not one the
+// kernel hands out itself: it is drawn below the ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default), from which
+// every outgoing connection of every test takes its local port, and a
+// port listened on with ":0" would come. It is also never the same twice
+// in one test binary.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testenv: cannot find a free port: %v", err)
+	for range 1000 {
+		port := freePortLow + mrand.IntN(freePortHigh-freePortLow)
+		freePorts.Lock()
+		taken := freePorts.given[port]
+		freePorts.given[port] = true
+		freePorts.Unlock()
+		if taken {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue // in use
+		}
+		if err := l.Close(); err != nil {
+			t.Fatalf("testenv: cannot release port %d: %v", port, err)
+		}
+		return port
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		t.Fatalf("testenv: cannot release port %d: %v", port, err)
-	}
-	return port
+	t.Fatalf("testenv: no free port in [%d, %d) after 1000 tries", freePortLow, freePortHigh)
+	return 0
 }
+
+// The range FreePort draws from: below the kernel's ephemeral ports.
+const freePortLow, freePortHigh = 20000, 32768
+
+var freePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
 
 // unreachable fails the test because a service could not be reached.
 func unreachable(t testing.TB, service, rawURL, envVar string, err error) {

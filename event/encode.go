@@ -39,15 +39,7 @@ func sizeHint(e *Event) int {
 // appendEvent appends e as json.Marshal encodes it; false when a value
 // needs json.Marshal.
 func appendEvent(b []byte, e *Event) ([]byte, bool) {
-	b = append(b, `{"id":`...)
-	b = AppendString(b, e.ID)
-	b = append(b, `,"event_type":`...)
-	b = AppendString(b, string(e.Type))
-	b = append(b, `,"entity_type":`...)
-	b = AppendString(b, e.Entity)
-	b = append(b, `,"entity_id":`...)
-	b = AppendString(b, e.EntityID)
-	b = append(b, `,"data":`...)
+	b = appendHead(b, e.ID, e.Type, e.Entity, e.EntityID)
 	var ok bool
 	if e.Data == nil {
 		b = append(b, "null"...)
@@ -74,27 +66,12 @@ func appendEvent(b []byte, e *Event) ([]byte, bool) {
 		}
 		b = append(b, '}')
 	}
-	if e.UserID != "" {
-		b = append(b, `,"user_id":`...)
-		b = AppendString(b, e.UserID)
-	}
-	if e.TenantID != "" {
-		b = append(b, `,"tenant_id":`...)
-		b = AppendString(b, e.TenantID)
-	}
+	b = appendOwner(b, e.UserID, e.TenantID)
 	b = append(b, `,"timestamp":`...)
 	if b, ok = appendTime(b, e.Timestamp); !ok {
 		return nil, false
 	}
-	if e.Seq != 0 {
-		b = append(b, `,"seq":`...)
-		b = strconv.AppendInt(b, e.Seq, 10)
-	}
-	if e.Source != "" {
-		b = append(b, `,"source":`...)
-		b = AppendString(b, e.Source)
-	}
-	return append(b, '}'), true
+	return appendTail(b, e.Seq, e.Source), true
 }
 
 func appendValue(b []byte, v any) ([]byte, bool) {

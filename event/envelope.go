@@ -34,38 +34,54 @@ func (e *Envelope) Key() string { return KeyOf(e.Source, e.Entity, e.EntityID) }
 // are valid JSON, and encoding/json's check and compaction of them was
 // most of the cost of building a message.
 func (e *Envelope) AppendJSON(b []byte) []byte {
-	b = append(b, `{"id":`...)
-	b = AppendString(b, e.ID)
-	b = append(b, `,"event_type":`...)
-	b = AppendString(b, string(e.Type))
-	b = append(b, `,"entity_type":`...)
-	b = AppendString(b, e.Entity)
-	b = append(b, `,"entity_id":`...)
-	b = AppendString(b, e.EntityID)
-	b = append(b, `,"data":`...)
+	b = appendHead(b, e.ID, e.Type, e.Entity, e.EntityID)
 	b = append(b, e.Data...)
 	if len(e.Changes) > 0 {
 		b = append(b, `,"changes":`...)
 		b = append(b, e.Changes...)
 	}
-	if e.UserID != "" {
-		b = append(b, `,"user_id":`...)
-		b = AppendString(b, e.UserID)
-	}
-	if e.TenantID != "" {
-		b = append(b, `,"tenant_id":`...)
-		b = AppendString(b, e.TenantID)
-	}
+	b = appendOwner(b, e.UserID, e.TenantID)
 	b = append(b, `,"timestamp":"`...)
 	b = e.Timestamp.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, '"')
-	if e.Seq != 0 {
-		b = append(b, `,"seq":`...)
-		b = strconv.AppendInt(b, e.Seq, 10)
+	return appendTail(b, e.Seq, e.Source)
+}
+
+// appendHead, appendOwner and appendTail write the fields an Event and
+// an Envelope encode alike: up to the data's key, the optional user and
+// tenant, and the optional seq and source with the closing brace.
+func appendHead(b []byte, id string, t Type, entity, entityID string) []byte {
+	b = append(b, `{"id":`...)
+	b = AppendString(b, id)
+	b = append(b, `,"event_type":`...)
+	b = AppendString(b, string(t))
+	b = append(b, `,"entity_type":`...)
+	b = AppendString(b, entity)
+	b = append(b, `,"entity_id":`...)
+	b = AppendString(b, entityID)
+	return append(b, `,"data":`...)
+}
+
+func appendOwner(b []byte, userID, tenantID string) []byte {
+	if userID != "" {
+		b = append(b, `,"user_id":`...)
+		b = AppendString(b, userID)
 	}
-	if e.Source != "" {
+	if tenantID != "" {
+		b = append(b, `,"tenant_id":`...)
+		b = AppendString(b, tenantID)
+	}
+	return b
+}
+
+func appendTail(b []byte, seq int64, source string) []byte {
+	if seq != 0 {
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendInt(b, seq, 10)
+	}
+	if source != "" {
 		b = append(b, `,"source":`...)
-		b = AppendString(b, e.Source)
+		b = AppendString(b, source)
 	}
 	return append(b, '}')
 }

@@ -392,9 +392,9 @@ func (r *run) fault(ctx context.Context, name string) (time.Time, string, error)
 		return time.Now(), fmt.Sprintf("%d capture connection(s) terminated", n), err
 	case DedupUnreachable:
 		before := r.metric("millrace_dedup_errors_total")
-		r.s.DedupProxy.Cut()
+		r.s.DedupProxy.Close()
 		time.Sleep(r.opts.Outage)
-		err := r.s.DedupProxy.Heal()
+		err := r.s.DedupProxy.Listen(r.s.DedupProxy.Addr())
 		note := fmt.Sprintf("%s store cut off; %.0f dedup errors", r.s.Dedup, r.metric("millrace_dedup_errors_total")-before)
 		if r.s.Topology == "redis" {
 			note += " (the Redis bus was cut off too)"

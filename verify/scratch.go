@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/internal/tcpproxy"
 )
 
 // EntityType is the entity type of the scratch table's changes.
@@ -55,7 +56,7 @@ type scratch struct {
 	// Dedup is where the ledger lives (memory, redis, postgres);
 	// DedupProxy is the proxy in front of it (nil: NoDedupCut says why).
 	Dedup      string
-	DedupProxy *proxy
+	DedupProxy *tcpproxy.Proxy
 	NoDedupCut string
 
 	storesURL, storesSchema string
@@ -292,12 +293,12 @@ func (s *scratch) proxyURL(raw string) (string, error) {
 	if err != nil || u.Host == "" || u.Port() == "" {
 		return raw, nil // not host:port: no cut (NoDedupCut says so)
 	}
-	p, err := newProxy(u.Host)
-	if err != nil {
+	p := tcpproxy.New(u.Host)
+	if err := p.Listen("127.0.0.1:0"); err != nil {
 		return "", err
 	}
 	s.DedupProxy = p
-	u.Host = p.addr
+	u.Host = p.Addr()
 	return u.String(), nil
 }
 
@@ -353,7 +354,7 @@ func (s *scratch) Remove(ctx context.Context) error {
 	defer cancel()
 	var errs []error
 	if s.DedupProxy != nil {
-		s.DedupProxy.Cut()
+		s.DedupProxy.Close()
 	}
 	for _, src := range s.Sources {
 		if src.WAL {

@@ -100,6 +100,13 @@ func (r *Rig) CLI(t testing.TB, args ...string) (code int, stdout, stderr string
 	args = append(args, "--addr", r.Addr, "--token-env", r.AdminTokenEnv)
 	cmd := exec.Command(Binary(t), args...)
 	cmd.Env = r.Env
+	return RunCommand(t, cmd)
+}
+
+// RunCommand runs cmd to its end and returns its exit code and output;
+// a command that could not run at all fails the test.
+func RunCommand(t testing.TB, cmd *exec.Cmd) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -108,7 +115,7 @@ func (r *Rig) CLI(t testing.TB, args ...string) (code int, stdout, stderr string
 	case errors.As(err, &ee):
 		code = ee.ExitCode()
 	case err != nil:
-		t.Fatalf("e2e: millrace %s: %v", strings.Join(args, " "), err)
+		t.Fatalf("e2e: %s: %v", strings.Join(cmd.Args, " "), err)
 	}
 	return code, out.String(), errOut.String()
 }

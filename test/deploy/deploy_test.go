@@ -584,18 +584,25 @@ func checkCompose(tp topology, f *composeFile, dir string) problems {
 func TestCompose(t *testing.T) {
 	for _, tp := range topologies {
 		t.Run(tp.name, func(t *testing.T) {
-			path := composePath(tp.name)
-			data, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f, err := loadCompose(data)
-			if err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
-			checkCompose(tp, f, filepath.Dir(path)).report(t)
+			f := readCompose(t, tp.name)
+			checkCompose(tp, f, filepath.Dir(composePath(tp.name))).report(t)
 		})
 	}
+}
+
+// readCompose reads and decodes the compose file of topology name.
+func readCompose(t *testing.T, name string) *composeFile {
+	t.Helper()
+	path := composePath(name)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := loadCompose(data)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return f
 }
 
 // ---- Kubernetes ----

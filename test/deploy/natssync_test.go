@@ -25,14 +25,7 @@ func TestNATSServersSyncEveryWrite(t *testing.T) {
 	servers := 0
 	for _, tp := range topologies {
 		path := composePath(tp.name)
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f, err := loadCompose(data)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
+		f := readCompose(t, tp.name)
 		for name, s := range f.Services {
 			if len(s.Command) == 0 || s.Command[0] != "nats-server" {
 				continue

@@ -189,17 +189,8 @@ func verify(ctx context.Context, t *testing.T, bin, pg string, args ...string) (
 		"ORDERS_DB_URL="+pg, "BILLING_DB_URL="+pg,
 		"MILLRACE_NATS__URL="+testenv.NATSURL(), "MILLRACE_REDIS__URL="+testenv.RedisURL(),
 		"MILLRACE_INGEST_TOKEN=verify-test")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("run millrace verify: %v", err)
-	}
-	return out.String(), errb.String(), code
+	code, stdout, stderr = e2e.RunCommand(t, cmd)
+	return stdout, stderr, code
 }
 
 // table returns the rows of the report's table, cells trimmed.

@@ -220,10 +220,22 @@ func (s *JetStreamDeadLetters) List(ctx context.Context, f DeadLetterFilter) ([]
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return nil, fmt.Errorf("jetstream dead letters: list: %w", err)
 		}
-		// Entries deleted meanwhile leave the pending count short: an
-		// empty batch or the last message ends the scan.
-		if n == 0 || last {
+		if last {
 			break
+		}
+		if n == 0 {
+			// An empty batch: entries deleted meanwhile left the pending
+			// count short, or a loaded server did not answer within the
+			// fetch's wait. Only the consumer's own count tells them
+			// apart; ending the scan on the second returned a short list
+			// (a restarted process then loaded no parked entities).
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("jetstream dead letters: list: %w", err)
+			}
+			if info.NumPending == 0 {
+				break
+			}
 		}
 	}
 	return out, nil

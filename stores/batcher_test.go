@@ -103,11 +103,12 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 					t.Errorf("Reserve of a held key %d = %v, %v; want in_flight", i, r, err)
 				}
 			case 3:
+				// Committed over h's claim: the key is done, h's claim ended.
 				if err := s.Commit(ctx, fmt.Sprint("held-", i), "o", window); !errors.Is(err, stores.ErrLeaseLost) {
 					t.Errorf("Commit by another owner %d = %v; want ErrLeaseLost", i, err)
 				}
-				if err := s.Extend(ctx, fmt.Sprint("held-", i), "h", lease); err != nil {
-					t.Errorf("Extend by the owner %d: %v", i, err)
+				if err := s.Extend(ctx, fmt.Sprint("held-", i), "h", lease); !errors.Is(err, stores.ErrLeaseLost) {
+					t.Errorf("Extend by the owner committed over %d = %v; want ErrLeaseLost", i, err)
 				}
 			case 4:
 				if hits, err := s.Lookup(ctx, hit, "miss"); err != nil || fmt.Sprint(hits) != wantHit {
@@ -138,6 +139,13 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 			switch i % 6 {
 			case 0:
 				key, want = fmt.Sprint("fresh-", i), stores.InFlight
+			case 3:
+				key, want = fmt.Sprint("held-", i), stores.Done
+			case 4:
+				if hits, err := s.Lookup(ctx, fmt.Sprint("stored-", i)); err != nil || !hits[0] {
+					t.Errorf("Lookup(stored-%d) afterwards = %v, %v", i, hits, err)
+				}
+				continue
 			case 5:
 				key, want = fmt.Sprint("held-", i), stores.Claimed
 			default:
@@ -145,11 +153,6 @@ func runCoalescingSuite(t *testing.T, env batchingEnv) {
 			}
 			if r, err := s.Reserve(ctx, key, "later", lease); err != nil || r != want {
 				t.Errorf("Reserve(%s) afterwards = %v, %v; want %v", key, r, err, want)
-			}
-			if i%6 == 4 {
-				if hits, err := s.Lookup(ctx, fmt.Sprint("stored-", i)); err != nil || !hits[0] {
-					t.Errorf("Lookup(stored-%d) afterwards = %v, %v", i, hits, err)
-				}
 			}
 		}
 	})

@@ -38,6 +38,7 @@ func (r Reservation) String() string {
 
 // ErrLeaseLost is returned by Extend and Commit when the key is held by
 // another owner: the caller's lease expired and someone else claimed it.
+// Commit has marked the key done all the same.
 var ErrLeaseLost = errors.New("dedup lease lost")
 
 // DedupStore is the dedup ledger: a key per event and observer, claimed
@@ -60,10 +61,12 @@ type DedupStore interface {
 	// Extend renews owner's lease on key; ErrLeaseLost when key is no
 	// longer owner's.
 	Extend(ctx context.Context, key, owner string, lease time.Duration) error
-	// Commit marks key done for window. It succeeds when owner holds the
-	// key, when the key is already done, or when it expired meanwhile
-	// (the work was done: the mark still prevents duplicates). It
-	// returns ErrLeaseLost when another owner holds the key.
+	// Commit marks key done for window, whoever holds it: owner's work
+	// was done, and the mark keeps duplicates out. It returns
+	// ErrLeaseLost when another owner held the key (owner's lease had
+	// expired and another delivery claimed it, and may be running the
+	// same work); that owner's Commit then succeeds and its Release
+	// leaves the key done.
 	Commit(ctx context.Context, key, owner string, window time.Duration) error
 	// Release frees key if owner holds it; otherwise it does nothing.
 	Release(ctx context.Context, key, owner string) error

@@ -191,10 +191,15 @@ func (s *MemoryStore) Commit(ctx context.Context, key, owner string, window time
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.live(key, now); ok && !e.done && e.owner != owner {
+	e, ok := s.live(key, now)
+	lost := ok && !e.done && e.owner != owner
+	if err := s.putLocked(key, memoryEntry{done: true, expires: now.Add(window)}, now); err != nil {
+		return err
+	}
+	if lost {
 		return ErrLeaseLost
 	}
-	return s.putLocked(key, memoryEntry{done: true, expires: now.Add(window)}, now)
+	return nil
 }
 
 // Release implements DedupStore.

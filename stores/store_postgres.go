@@ -118,10 +118,16 @@ func NewPostgresStore(pool *pgxpool.Pool, cfg PostgresStoreConfig) (*PostgresSto
 SELECT EXISTS (SELECT 1 FROM claim), (SELECT done FROM ` + t + ` WHERE key = $1 AND expires_at > now())`
 	s.sql.extend = `UPDATE ` + t + ` SET expires_at = now() + $3 * interval '1 millisecond'
 WHERE key = $1 AND owner = $2 AND NOT done AND expires_at > now()`
-	s.sql.commit = `INSERT INTO ` + t + ` AS l (key, owner, done, expires_at)
-VALUES ($1, '', true, now() + $3 * interval '1 millisecond')
-ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at
-WHERE l.done OR l.owner = $2 OR l.expires_at <= now()`
+	// Commit marks the key done whoever held it (see DedupStore.Commit)
+	// and answers whether the row, as it was before the statement, was
+	// another owner's live claim: the outer SELECT does not see the
+	// upsert's effect.
+	s.sql.commit = `WITH up AS (
+  INSERT INTO ` + t + ` AS l (key, owner, done, expires_at)
+  VALUES ($1, '', true, now() + $3 * interval '1 millisecond')
+  ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at
+)
+SELECT NOT COALESCE((SELECT NOT l.done AND l.owner <> $2 AND l.expires_at > now() FROM ` + t + ` l WHERE l.key = $1), false)`
 	s.sql.release = `DELETE FROM ` + t + ` WHERE key = $1 AND owner = $2 AND NOT done`
 	s.sql.lookup = `SELECT key FROM ` + t + ` WHERE key = ANY($1) AND done AND expires_at > now()`
 	s.sql.store = `INSERT INTO ` + t + ` (key, owner, done, expires_at)
@@ -148,12 +154,14 @@ claim AS (
 SELECT i.key, i.key IN (SELECT key FROM claim),
   (SELECT o.done FROM ` + t + ` o WHERE o.key = i.key AND o.expires_at > now())
 FROM i`
-	s.sql.commitMany = `WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS i(key, owner, ms))
-INSERT INTO ` + t + ` AS l (key, owner, done, expires_at)
-SELECT key, '', true, now() + ms * interval '1 millisecond' FROM i ORDER BY key
-ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at
-WHERE l.done OR l.expires_at <= now() OR l.owner = (SELECT i.owner FROM i WHERE i.key = l.key)
-RETURNING l.key`
+	s.sql.commitMany = `WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS i(key, owner, ms)),
+up AS (
+  INSERT INTO ` + t + ` AS l (key, owner, done, expires_at)
+  SELECT key, '', true, now() + ms * interval '1 millisecond' FROM i ORDER BY key
+  ON CONFLICT (key) DO UPDATE SET owner = '', done = true, expires_at = EXCLUDED.expires_at
+)
+SELECT i.key FROM i
+WHERE NOT COALESCE((SELECT NOT l.done AND l.owner <> i.owner AND l.expires_at > now() FROM ` + t + ` l WHERE l.key = i.key), false)`
 	s.sql.storeMany = `INSERT INTO ` + t + ` (key, owner, done, expires_at)
 SELECT key, '', true, now() + ms * interval '1 millisecond'
 FROM unnest($1::text[], $2::int8[]) AS i(key, ms) ORDER BY key
@@ -494,12 +502,10 @@ func (s *PostgresStore) execOne(ctx context.Context, c *pgCall) {
 			return
 		}
 		c.hits, c.err = collectHits(rows, c.keys)
-	case pgOpCommit, pgOpExtend:
-		sql := s.sql.commit
-		if c.op == pgOpExtend {
-			sql = s.sql.extend
-		}
-		tag, err := s.pool.Exec(ctx, sql, c.key, c.owner, c.ms)
+	case pgOpCommit:
+		c.err = s.pool.QueryRow(ctx, s.sql.commit, c.key, c.owner, c.ms).Scan(&c.ok)
+	case pgOpExtend:
+		tag, err := s.pool.Exec(ctx, s.sql.extend, c.key, c.owner, c.ms)
 		c.ok, c.err = err == nil && tag.RowsAffected() > 0, err
 	case pgOpStore:
 		_, c.err = s.pool.Exec(ctx, s.sql.store, c.key, c.ms)

@@ -92,18 +92,30 @@ func runLedgerStoreSuite(t *testing.T, newStore func(t *testing.T) ledgerStore) 
 		}
 	})
 
-	t.Run("an expired lease can be claimed; the old owner's commit is refused", func(t *testing.T) {
+	t.Run("an expired lease can be claimed; the old owner's commit says so and marks done", func(t *testing.T) {
 		s := newStore(t)
 		reserve(t, s, "k", "a", 200*time.Millisecond, stores.Claimed)
 		time.Sleep(400 * time.Millisecond)
 		reserve(t, s, "k", "b", lease, stores.Claimed)
-		if err := s.Commit(ctx, "k", "a", window); !errors.Is(err, stores.ErrLeaseLost) {
-			t.Fatalf("Commit by the expired owner = %v; want ErrLeaseLost", err)
-		}
 		if err := s.Extend(ctx, "k", "a", lease); !errors.Is(err, stores.ErrLeaseLost) {
 			t.Fatalf("Extend by the expired owner = %v; want ErrLeaseLost", err)
 		}
 		reserve(t, s, "k", "c", lease, stores.InFlight)
+		if err := s.Commit(ctx, "k", "a", window); !errors.Is(err, stores.ErrLeaseLost) {
+			t.Fatalf("Commit by the expired owner = %v; want ErrLeaseLost", err)
+		}
+		// a's work was done: the key is done, and b's claim has ended.
+		reserve(t, s, "k", "c", lease, stores.Done)
+		if err := s.Extend(ctx, "k", "b", lease); !errors.Is(err, stores.ErrLeaseLost) {
+			t.Fatalf("Extend by the owner whose claim was committed over = %v; want ErrLeaseLost", err)
+		}
+		if err := s.Release(ctx, "k", "b"); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		reserve(t, s, "k", "c", lease, stores.Done)
+		if err := s.Commit(ctx, "k", "b", window); err != nil {
+			t.Fatalf("Commit of a done key: %v", err)
+		}
 	})
 
 	t.Run("commit after the lease expired, unclaimed, still marks done", func(t *testing.T) {

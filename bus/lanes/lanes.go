@@ -8,6 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/internal/fair"
 )
 
 // Settle is called once per pushed message with the router's verdict:
@@ -42,13 +43,15 @@ type Options struct {
 	Buffered chan struct{}
 }
 
-// Lanes is the dispatcher. The in-flight slots go to the tenants of
-// the messages waiting for one in turn (bus.TenantMetadata, Slots), so
-// that one tenant's flood delays another tenant's events by one turn,
-// not by the flood, within the messages the lanes hold. Create it with New. Drain stops releasing
-// new messages (held ones settle as not acked) while released ones run
-// to their end; when the ctx given to New ends, everything still held
-// settles as not acked at once.
+// Lanes is the dispatcher. Keys whose next message may be released
+// wait in a ready queue, in turn by tenant (bus.TenantMetadata), served
+// by at most one worker per in-flight slot; the in-flight slots go to
+// the tenants waiting for one in turn as well (Slots), so that one
+// tenant's flood delays another tenant's events by one turn, not by the
+// flood, within the messages the lanes hold. Create it with New. Drain
+// stops releasing new messages (held ones settle as not acked) while
+// released ones run to their end; when the ctx given to New ends,
+// everything still held settles as not acked at once.
 type Lanes struct {
 	ctx       context.Context
 	draining  chan struct{}
@@ -60,19 +63,27 @@ type Lanes struct {
 	touch     time.Duration
 	redeliver func(*message.Message) time.Duration
 
-	// handoff gives a key whose lane just started to a worker that is
-	// waiting for one; Push starts a new worker when none is.
-	handoff chan string
+	// wake hands a ready key to an idle worker: one token per idle
+	// worker woken, so it never holds more than maxWorkers.
+	wake       chan struct{}
+	maxWorkers int
 
-	mu    sync.Mutex
-	lanes map[string][]item
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	lanes   map[string][]item      // each key's held messages, the one released or due first
+	ready   fair.Queue[string]     // keys whose first message waits for a worker
+	waiting map[string]*time.Timer // keys whose first message waits to be released again
+	workers int                    // running, idle ones included
+	idle    int                    // waiting on wake
+
+	held    sync.WaitGroup // one per held message
+	running sync.WaitGroup // workers
 }
 
-// workerIdle is how long a worker whose lane emptied waits for another
-// key before it ends. Under load a worker drains lane after lane: a
-// goroutine per message (whose stack grows to the router's depth each
-// time) cost more than the hand-off itself.
+// workerIdle is how long a worker with nothing to release waits for a
+// ready key before it ends. Workers are bounded by the in-flight slots:
+// a worker per key (each waiting for a slot behind a flood, a goroutine
+// and a stack each for the collector to scan) cost a third of a busy
+// consumer's CPU.
 const workerIdle = time.Second
 
 type item struct {
@@ -98,20 +109,25 @@ func New(ctx context.Context, o Options) *Lanes {
 		o.Buffered = make(chan struct{}, o.MaxBuffered)
 	}
 	l := &Lanes{
-		ctx:       ctx,
-		draining:  make(chan struct{}),
-		closed:    make(chan struct{}),
-		out:       make(chan *message.Message),
-		inflight:  o.Slots,
-		buffered:  o.Buffered,
-		touch:     o.TouchEvery,
-		redeliver: o.Redeliver,
-		lanes:     map[string][]item{},
-		handoff:   make(chan string),
+		ctx:        ctx,
+		draining:   make(chan struct{}),
+		closed:     make(chan struct{}),
+		out:        make(chan *message.Message),
+		inflight:   o.Slots,
+		buffered:   o.Buffered,
+		touch:      o.TouchEvery,
+		redeliver:  o.Redeliver,
+		maxWorkers: o.Slots.Cap(),
+		wake:       make(chan struct{}, o.Slots.Cap()),
+		lanes:      map[string][]item{},
+		waiting:    map[string]*time.Timer{},
 	}
 	if l.touch > 0 {
 		go l.sweep()
 	}
+	// Messages waiting to be released again settle at once when the
+	// lanes stop (Drain does the same).
+	context.AfterFunc(ctx, l.releaseWaiting)
 	return l
 }
 
@@ -174,95 +190,156 @@ func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func
 		it.pushed = time.Now()
 	}
 	l.mu.Lock()
+	select {
+	case <-l.draining: // Close may be waiting for the held ones already
+		l.mu.Unlock()
+		<-l.buffered
+		return false
+	default:
+	}
+	l.held.Add(1)
 	q, busy := l.lanes[key]
 	l.lanes[key] = append(q, it)
-	l.mu.Unlock()
 	if !busy {
-		select {
-		case l.handoff <- key:
-		default:
-			l.wg.Add(1)
-			go l.work(key)
-		}
+		l.ready.Push(it.tenant, key)
+		l.kick()
 	}
+	l.mu.Unlock()
 	return true
 }
 
-// work drains the lane of key, then the lanes handed to it, until none
-// came for workerIdle or the lanes stop.
-func (l *Lanes) work(key string) {
-	defer l.wg.Done()
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		l.drain(key)
-		idle.Reset(workerIdle)
-		select {
-		case key = <-l.handoff:
-		case <-idle.C:
-			return
-		case <-l.draining:
-			return
-		case <-l.ctx.Done():
-			return
-		}
+// kick gets a ready key served: by an idle worker, or by a new one
+// while there are fewer than the slots. Otherwise a busy worker takes
+// it when it is done. l.mu is held.
+func (l *Lanes) kick() {
+	switch {
+	case l.idle > 0:
+		l.idle--
+		l.wake <- struct{}{}
+	case l.workers < l.maxWorkers:
+		l.workers++
+		l.running.Add(1)
+		go l.work()
 	}
 }
 
-// drain releases the messages of one key in order, until its lane is
-// empty.
-func (l *Lanes) drain(key string) {
+// work releases the first message of each ready key in turn, until no
+// key was ready for workerIdle or the lanes stop.
+func (l *Lanes) work() {
+	defer l.running.Done()
+	var idle *time.Timer
 	for {
 		l.mu.Lock()
-		q := l.lanes[key]
-		if len(q) == 0 {
-			delete(l.lanes, key)
+		key, ok := l.ready.Pop()
+		if ok {
+			it := l.lanes[key][0]
 			l.mu.Unlock()
-			return
+			l.serve(key, it)
+			continue
 		}
-		it := q[0]
+		l.idle++
 		l.mu.Unlock()
-
-		it.settle(l.releaseUntilAcked(it))
-
+		if idle == nil {
+			idle = time.NewTimer(workerIdle)
+			defer idle.Stop()
+		} else {
+			idle.Reset(workerIdle)
+		}
+		select {
+		case <-l.wake:
+			continue
+		case <-idle.C:
+		case <-l.closed:
+		case <-l.ctx.Done():
+		}
 		l.mu.Lock()
-		l.lanes[key] = l.lanes[key][1:]
+		select {
+		case <-l.wake: // woken as it gave up: a key is ready
+			l.mu.Unlock()
+			continue
+		default:
+		}
+		l.idle--
+		if l.ready.Len() > 0 {
+			l.mu.Unlock()
+			continue
+		}
+		l.workers--
 		l.mu.Unlock()
-		<-l.buffered
+		return
 	}
 }
 
-// releaseUntilAcked releases it, and again after each nack when
-// Redeliver is set; it reports whether a copy was acked.
-func (l *Lanes) releaseUntilAcked(it item) bool {
-	for {
-		acked := l.release(it)
-		if acked || l.redeliver == nil || !nacked(it.msg) {
-			return acked
-		}
-		if !l.wait(l.redeliver(it.msg)) {
-			return false
-		}
+// serve releases it, the first message of key, and settles it, or
+// sets it to be released again after a nack; then the key's next
+// message, if any, becomes ready.
+func (l *Lanes) serve(key string, it item) {
+	acked := l.release(it)
+	if !acked && l.redeliver != nil && nacked(it.msg) && !l.stopping() {
+		d := l.redeliver(it.msg)
 		c := message.NewMessageWithContext(it.msg.Context(), it.msg.UUID, it.msg.Payload)
 		for k, v := range it.msg.Metadata {
 			c.Metadata.Set(k, v)
 		}
-		it.msg = c
+		l.mu.Lock()
+		l.lanes[key][0].msg = c
+		l.waiting[key] = time.AfterFunc(d, func() { l.due(key) })
+		stopping := l.stopping()
+		l.mu.Unlock()
+		if stopping { // Drain or the ctx's end may have missed the timer
+			l.releaseWaiting()
+		}
+		return
+	}
+	it.settle(acked)
+	l.mu.Lock()
+	if q := l.lanes[key][1:]; len(q) > 0 {
+		l.lanes[key] = q
+		l.ready.Push(q[0].tenant, key) // this worker, at least, comes back for it
+	} else {
+		delete(l.lanes, key)
+	}
+	l.mu.Unlock()
+	<-l.buffered
+	l.held.Done()
+}
+
+// due makes key ready again once its redelivery delay has passed, or
+// the lanes stop.
+func (l *Lanes) due(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.waiting[key]; !ok {
+		return
+	}
+	delete(l.waiting, key)
+	l.ready.Push(l.lanes[key][0].tenant, key)
+	l.kick()
+}
+
+// releaseWaiting makes every key waiting for a redelivery ready at once:
+// the lanes are stopping, and its messages settle as not acked.
+func (l *Lanes) releaseWaiting() {
+	l.mu.Lock()
+	var keys []string
+	for key, t := range l.waiting {
+		if t.Stop() {
+			keys = append(keys, key)
+		}
+	}
+	l.mu.Unlock()
+	for _, key := range keys {
+		l.due(key)
 	}
 }
 
-// wait sleeps d before a redelivery (sweep touches the message
-// meanwhile: the bus must not redeliver it); false when the lanes stop
-// first.
-func (l *Lanes) wait(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+func (l *Lanes) stopping() bool {
 	select {
-	case <-t.C:
-		return true
 	case <-l.draining:
-		return false
+		return true
 	case <-l.ctx.Done():
+		return true
+	default:
 		return false
 	}
 }
@@ -309,14 +386,20 @@ func (l *Lanes) release(it item) bool {
 
 // Drain stops releasing messages: Push returns false, queued messages
 // settle as not acked, released ones run until the router settles them.
-func (l *Lanes) Drain() { l.drainOne.Do(func() { close(l.draining) }) }
+func (l *Lanes) Drain() {
+	l.drainOne.Do(func() {
+		close(l.draining)
+		l.releaseWaiting()
+	})
+}
 
 // Wait blocks until every held message has settled or timeout passes,
-// and reports whether they all settled. Call it after Drain: until then
-// the lanes' workers wait for more work.
+// and reports whether they all settled. Call it after Drain.
 func (l *Lanes) Wait(timeout time.Duration) bool {
+	l.mu.Lock() // a Push that passed Drain's check has counted its message
+	l.mu.Unlock()
 	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
+	go func() { l.held.Wait(); close(done) }()
 	select {
 	case <-done:
 		return true
@@ -325,11 +408,14 @@ func (l *Lanes) Wait(timeout time.Duration) bool {
 	}
 }
 
-// Close drains, waits for every lane to settle (after the ctx given to
-// New ends, that is immediate), then closes Out. Call it once.
+// Close drains, waits for every held message to settle (after the ctx
+// given to New ends, that is immediate), then closes Out. Call it once.
 func (l *Lanes) Close() {
 	l.Drain()
-	l.wg.Wait()
+	l.mu.Lock() // a Push that passed Drain's check has counted its message
+	l.mu.Unlock()
+	l.held.Wait()
 	close(l.closed)
+	l.running.Wait()
 	close(l.out)
 }

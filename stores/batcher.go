@@ -3,6 +3,7 @@ package stores
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,6 +167,27 @@ func (b *batcher[R]) work() {
 		for _, r := range batch {
 			close(r.base().done)
 		}
+		// Let the callers just answered (and whoever else is runnable)
+		// queue their next calls before the next batch leaves: under
+		// load that makes the batches several times larger, and each
+		// batch costs this process and the server a write and a read;
+		// on an idle machine it returns at once.
+		b.settle()
+	}
+}
+
+// settle yields while the queue grows, a few times at most.
+func (b *batcher[R]) settle() {
+	n := -1
+	for range 4 {
+		b.mu.Lock()
+		m := len(b.queue)
+		b.mu.Unlock()
+		if m == n || m >= b.maxBatch {
+			return
+		}
+		n = m
+		runtime.Gosched()
 	}
 }
 

@@ -498,7 +498,7 @@ func filler(n int) string {
 	return strings.Repeat(text, k/len(text)+1)[:k]
 }
 
-// profilePath is where the CPU profile of a topology's no-op run goes.
-func (s *suite) profilePath(topology string) string {
-	return filepath.Join(s.opts.OutDir, "profiles", topology+"-noop.pprof")
+// profilePath is where the CPU profile of a topology's run goes.
+func (s *suite) profilePath(topology, scenario string) string {
+	return filepath.Join(s.opts.OutDir, "profiles", topology+"-"+scenario+".pprof")
 }

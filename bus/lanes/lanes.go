@@ -74,6 +74,7 @@ type Lanes struct {
 	waiting map[string]*time.Timer // keys whose first message waits to be released again
 	workers int                    // running, idle ones included
 	idle    int                    // waiting on wake
+	drained bool                   // Drain ran: Push counts no more messages
 
 	held    sync.WaitGroup // one per held message
 	running sync.WaitGroup // workers
@@ -190,12 +191,10 @@ func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func
 		it.pushed = time.Now()
 	}
 	l.mu.Lock()
-	select {
-	case <-l.draining: // Close may be waiting for the held ones already
+	if l.drained { // Close may be waiting for the held ones already
 		l.mu.Unlock()
 		<-l.buffered
 		return false
-	default:
 	}
 	l.held.Add(1)
 	q, busy := l.lanes[key]
@@ -389,6 +388,9 @@ func (l *Lanes) release(it item) bool {
 func (l *Lanes) Drain() {
 	l.drainOne.Do(func() {
 		close(l.draining)
+		l.mu.Lock()
+		l.drained = true
+		l.mu.Unlock()
 		l.releaseWaiting()
 	})
 }
@@ -396,8 +398,6 @@ func (l *Lanes) Drain() {
 // Wait blocks until every held message has settled or timeout passes,
 // and reports whether they all settled. Call it after Drain.
 func (l *Lanes) Wait(timeout time.Duration) bool {
-	l.mu.Lock() // a Push that passed Drain's check has counted its message
-	l.mu.Unlock()
 	done := make(chan struct{})
 	go func() { l.held.Wait(); close(done) }()
 	select {
@@ -412,8 +412,6 @@ func (l *Lanes) Wait(timeout time.Duration) bool {
 // given to New ends, that is immediate), then closes Out. Call it once.
 func (l *Lanes) Close() {
 	l.Drain()
-	l.mu.Lock() // a Push that passed Drain's check has counted its message
-	l.mu.Unlock()
 	l.held.Wait()
 	close(l.closed)
 	l.running.Wait()

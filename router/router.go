@@ -344,6 +344,13 @@ func (r *Router) build(ctx context.Context) (*topologies.Backend, error) {
 		b, berr := r.opts.Topologies.Build(actx, r.cfg, r.logger)
 		cut := actx.Err() != nil
 		cancel()
+		if berr != nil && cut && err != nil && ctx.Err() == nil {
+			// The deadline cut this attempt short in whatever step it
+			// had reached (a capture's migration, say), with an error
+			// of that step's: the attempt before says which service
+			// did not answer.
+			return nil, fmt.Errorf("gave up after router.startup_timeout (%s): %w", timeout, err)
+		}
 		var dep *topologies.DependencyError
 		if berr == nil || !errors.As(berr, &dep) {
 			return b, berr

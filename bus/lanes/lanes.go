@@ -83,7 +83,7 @@ type Lanes struct {
 // workerIdle is how long a worker with nothing to release waits for a
 // ready key before it ends. Workers are bounded by the in-flight slots:
 // a worker per key (each waiting for a slot behind a flood, a goroutine
-// and a stack each for the collector to scan) cost a third of a busy
+// and a stack each for the collector to scan) cost a fifth of a busy
 // consumer's CPU.
 const workerIdle = time.Second
 

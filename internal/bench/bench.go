@@ -498,7 +498,11 @@ func filler(n int) string {
 	return strings.Repeat(text, k/len(text)+1)[:k]
 }
 
-// profilePath is where the CPU profile of a topology's run goes.
-func (s *suite) profilePath(topology, scenario string) string {
-	return filepath.Join(s.opts.OutDir, "profiles", topology+"-"+scenario+".pprof")
+// profilePath is where the CPU profile of the run called name goes, or
+// "" when the suite profiles nothing (no --cpuprofile, or --quick).
+func (s *suite) profilePath(name string) string {
+	if !s.opts.CPUProfile || s.opts.Quick {
+		return ""
+	}
+	return filepath.Join(s.opts.OutDir, "profiles", name+".pprof")
 }

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -88,8 +87,8 @@ func (s *suite) partitionCost(ctx context.Context) *PartitionCost {
 			sc := scenarioSpec{name: fmt.Sprintf("partitions_%d_%d", parts, i+1), action: noopType,
 				dedupCache: true, noCache: true, prefilled: true, partitions: &parts}
 			prof := ""
-			if i == 0 && s.opts.CPUProfile && !s.opts.Quick {
-				prof = filepath.Join(s.opts.OutDir, "profiles", sc.name+".pprof")
+			if i == 0 {
+				prof = s.profilePath(sc.name)
 			}
 			f := s.measure(ctx, sc.name, n, 0, prof, func(ctx context.Context, r *recorder, w *window) error {
 				_, err := s.runMillrace(ctx, spec, sc, r, n, 0, w)

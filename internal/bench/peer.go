@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,10 +120,7 @@ func (s *suite) peerJob(ctx context.Context) *PeerJob {
 			out.Status = StatusNotAvailable + " (no webhook action type)"
 			continue
 		}
-		prof := ""
-		if s.opts.CPUProfile && !s.opts.Quick {
-			prof = filepath.Join(s.opts.OutDir, "profiles", "peer-"+sc.name+".pprof")
-		}
+		prof := s.profilePath("peer-" + sc.name)
 		var signed *int64
 		out.Figures = s.measure(ctx, sc.name, n, 0, prof, func(ctx context.Context, r *recorder, w *window) error {
 			var err error

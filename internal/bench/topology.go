@@ -157,8 +157,8 @@ func (s *suite) topology(ctx context.Context, name string) *Topology {
 			label += fmt.Sprintf(" %s/s", num(float64(rate)))
 		}
 		prof := ""
-		if (sc.name == ScenarioNoop || sc.name == ScenarioWAL) && s.opts.CPUProfile && !s.opts.Quick {
-			prof = s.profilePath(name, sc.name)
+		if sc.name == ScenarioNoop || sc.name == ScenarioWAL {
+			prof = s.profilePath(name + "-" + sc.name)
 		}
 		var signed *int64
 		out.Figures = s.measure(ctx, label, events, rate, prof, func(ctx context.Context, r *recorder, w *window) error {

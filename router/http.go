@@ -58,6 +58,14 @@ func (r *Router) ready(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "reason": why})
 		return
 	}
+	select {
+	case <-r.running:
+	default:
+		// Built, but still loading (parked entities, stores) or starting
+		// its handlers: what it would answer now may not hold yet.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting", "reason": "starting the router"})
+		return
+	}
 	if b.Ready == nil {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 		return

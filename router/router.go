@@ -79,6 +79,9 @@ type Router struct {
 	// started is closed once backend is set: the HTTP server runs before
 	// (see Run), and its handlers use backend only after this.
 	started chan struct{}
+	// running is closed once the Watermill router runs, after the
+	// parked entities were loaded: /readyz answers 200 only then.
+	running chan struct{}
 	mu      sync.Mutex
 	waiting error // why the backend is not built yet
 }
@@ -98,7 +101,7 @@ func New(cfg *config.Config, opts Options) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth, started: make(chan struct{})}
+	r := &Router{cfg: cfg, opts: opts, logger: opts.Logger, metrics: NewMetrics(), auth: auth, started: make(chan struct{}), running: make(chan struct{})}
 	if cfg.HTTP.Console {
 		r.recent = newRecentDeliveries()
 	}
@@ -268,6 +271,7 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return err
 	}
 	wg.Go(func() { r.watchDependencies(runCtx) })
+	close(r.running)
 	r.logger.Info("millrace running", "topology", cfg.Topology, "role", cfg.Role, "http", ln.Addr().String(), "observers", len(r.observers))
 	if r.opts.Ready != nil {
 		r.opts.Ready <- ln.Addr().String()

@@ -336,14 +336,9 @@ type term struct {
 	sub  *subscription
 	cfg  Config
 	conn *pgx.Conn
-	out  chan<- *message.Message
 
-	lanes     *lanes.Lanes
-	msgCtx    context.Context
-	draining  chan struct{}
-	drainOnce sync.Once
-	wake      chan struct{}
-	delivered sync.WaitGroup
+	lanes *lanes.Lanes
+	wake  chan struct{}
 
 	mu          sync.Mutex
 	pending     []*entry // read order; the head is the oldest unacked
@@ -389,36 +384,29 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 	msgCtx, msgCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer msgCancel()
 	t := &term{
-		sub:      sub,
-		cfg:      sub.cfg,
-		conn:     conn,
-		out:      sub.out,
-		msgCtx:   msgCtx,
-		draining: make(chan struct{}),
-		wake:     make(chan struct{}, 1),
-		acked:    pos,
-		flushed:  pos,
-		rows:     map[*message.Message]*row{},
-		lanes: lanes.New(laneCtx, lanes.Options{
-			MaxInFlight: sub.cfg.MaxInFlight,
-			MaxBuffered: max(cmp.Or(sub.cfg.MaxBuffered, 2*sub.cfg.BatchSize), sub.cfg.MaxInFlight),
-			Redeliver:   func(p *message.Message) time.Duration { return lanes.RetryDelay(p, defaultRetryDelay) },
-		}),
+		sub:     sub,
+		cfg:     sub.cfg,
+		conn:    conn,
+		wake:    make(chan struct{}, 1),
+		acked:   pos,
+		flushed: pos,
+		rows:    map[*message.Message]*row{},
 	}
-	stopDrain := context.AfterFunc(ctx, t.drain)
+	t.lanes = lanes.New(laneCtx, lanes.Options{
+		MaxInFlight: sub.cfg.MaxInFlight,
+		MaxBuffered: max(cmp.Or(sub.cfg.MaxBuffered, 2*sub.cfg.BatchSize), sub.cfg.MaxInFlight),
+		Redeliver:   func(p *message.Message) time.Duration { return lanes.RetryDelay(p, defaultRetryDelay) },
+		Out:         sub.out,
+		// The event is built here, by the lane's worker: off the
+		// reading goroutine and in parallel across entities.
+		Prepare: func(p *message.Message) {
+			t.build(p)
+			lanes.Attempt(p)
+			p.SetContext(msgCtx)
+		},
+	})
+	stopDrain := context.AfterFunc(ctx, t.lanes.Drain)
 	defer stopDrain()
-	// The lanes release at most MaxInFlight messages at once, and each
-	// stays with its worker until it settles: MaxInFlight long-lived
-	// workers (whose stacks have grown once) deliver them all.
-	for range sub.cfg.MaxInFlight {
-		t.delivered.Add(1)
-		go func() {
-			defer t.delivered.Done()
-			for p := range t.lanes.Out() {
-				t.deliver(p)
-			}
-		}()
-	}
 	var notify <-chan struct{}
 	if sub.cfg.Notify {
 		ch, stop := t.listen(ctx)
@@ -428,14 +416,13 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 
 	err = t.loop(ctx, newReader(sub.cfg, pos, sub.logger), notify)
 
-	t.drain()
+	t.lanes.Drain()
 	if !t.lanes.Wait(sub.cfg.DrainTimeout) {
 		sub.logger.Warn("capture: drain timeout; unacked messages will be read again", "timeout", sub.cfg.DrainTimeout)
 	}
 	msgCancel()
 	laneCancel()
 	t.lanes.Close()
-	t.delivered.Wait()
 	if !conn.IsClosed() {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		if ferr := t.flush(fctx); ferr != nil {
@@ -444,15 +431,6 @@ func (sub *subscription) runTerm(ctx context.Context, conn *pgx.Conn) error {
 		cancel()
 	}
 	return err
-}
-
-// drain stops releasing: queued messages settle as not acked, released
-// ones may still be acked until DrainTimeout.
-func (t *term) drain() {
-	t.drainOnce.Do(func() {
-		close(t.draining)
-		t.lanes.Drain()
-	})
 }
 
 func (t *term) signal() {
@@ -557,7 +535,7 @@ func (t *term) loop(ctx context.Context, rd *reader, notify <-chan struct{}) err
 }
 
 // push hands one row to the lanes; false means the term is stopping.
-// The event is built later, by deliver, off the reading goroutine and in
+// The event is built later, by the lanes' Prepare, off the reading goroutine and in
 // parallel across entities.
 func (t *term) push(r *row) bool {
 	p := message.NewMessage(r.id, nil)
@@ -597,15 +575,6 @@ func (t *term) build(p *message.Message) {
 		msg.Metadata.Set(bus.KeyMetadata, t.cfg.key(r))
 	}
 	p.UUID, p.Payload, p.Metadata = msg.UUID, msg.Payload, msg.Metadata
-}
-
-// deliver hands a copy of p to the router and settles p as the router
-// settles the copy. A nacked p stays in its entity's lane: the lanes
-// release it again after its delay (lanes.RetryDelay), before the next change
-// of its entity, without holding an in-flight slot while it waits.
-func (t *term) deliver(p *message.Message) {
-	t.build(p)
-	lanes.Forward(t.msgCtx, t.out, t.draining, p)
 }
 
 // listen wakes the reader on notifications of Channel(schema), over a

@@ -41,6 +41,16 @@ type Options struct {
 	// Buffered, when set, holds the buffered room instead of
 	// MaxBuffered, shared the same way.
 	Buffered chan struct{}
+	// Out, when set, receives the released messages instead of a
+	// channel of the lanes' own: the output of a subscription that
+	// outlives them (a capture's, across reconnections). Out then
+	// returns nil, and Close leaves Out open.
+	Out chan<- *message.Message
+	// Prepare, when set, is called by the worker on each message just
+	// before it is released, and on each copy released again after a
+	// nack: to build its payload off the pushing goroutine, to count
+	// the attempt (Attempt), to give it its context.
+	Prepare func(*message.Message)
 }
 
 // Lanes is the dispatcher. Keys whose next message may be released
@@ -57,7 +67,9 @@ type Lanes struct {
 	draining  chan struct{}
 	drainOne  sync.Once
 	closed    chan struct{}
-	out       chan *message.Message
+	out       chan<- *message.Message
+	own       chan *message.Message // out, when the lanes own it
+	prepare   func(*message.Message)
 	inflight  *Slots
 	buffered  chan struct{}
 	touch     time.Duration
@@ -113,7 +125,8 @@ func New(ctx context.Context, o Options) *Lanes {
 		ctx:        ctx,
 		draining:   make(chan struct{}),
 		closed:     make(chan struct{}),
-		out:        make(chan *message.Message),
+		out:        o.Out,
+		prepare:    o.Prepare,
 		inflight:   o.Slots,
 		buffered:   o.Buffered,
 		touch:      o.TouchEvery,
@@ -122,6 +135,10 @@ func New(ctx context.Context, o Options) *Lanes {
 		wake:       make(chan struct{}, o.Slots.Cap()),
 		lanes:      map[string][]item{},
 		waiting:    map[string]*time.Timer{},
+	}
+	if l.out == nil {
+		l.own = make(chan *message.Message)
+		l.out = l.own
 	}
 	if l.touch > 0 {
 		go l.sweep()
@@ -167,8 +184,8 @@ func (l *Lanes) sweep() {
 }
 
 // Out is the channel to hand to the router (a Subscriber's Subscribe
-// result). It is closed by Close.
-func (l *Lanes) Out() <-chan *message.Message { return l.out }
+// result). It is closed by Close. It is nil when Options.Out was given.
+func (l *Lanes) Out() <-chan *message.Message { return l.own }
 
 // Push queues msg behind the earlier messages of key. It blocks while
 // MaxBuffered messages are held, and returns false (having settled
@@ -362,6 +379,9 @@ func (l *Lanes) release(it item) bool {
 		return false
 	}
 	defer l.inflight.release()
+	if l.prepare != nil {
+		l.prepare(it.msg)
+	}
 	select {
 	case l.out <- it.msg:
 	case <-l.draining:
@@ -415,5 +435,7 @@ func (l *Lanes) Close() {
 	l.held.Wait()
 	close(l.closed)
 	l.running.Wait()
-	close(l.out)
+	if l.own != nil {
+		close(l.own)
+	}
 }

@@ -336,3 +336,70 @@ func TestSlotsServeTenantsInTurn(t *testing.T) {
 	}
 	t.Fatal("the small tenant's message was never released")
 }
+
+// TestOutAndPrepare: with Options.Out the released messages go to the
+// given channel, which Close leaves open; Prepare runs on each release,
+// the copy released again after a nack included, and Attempt counts
+// them in the delivery metadata.
+func TestOutAndPrepare(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := make(chan *message.Message)
+	type key struct{}
+	msgCtx := context.WithValue(context.Background(), key{}, "capture")
+	var prepared atomic.Int64
+	l := lanes.New(ctx, lanes.Options{
+		MaxInFlight: 1,
+		Out:         out,
+		Redeliver:   func(*message.Message) time.Duration { return 10 * time.Millisecond },
+		Prepare: func(p *message.Message) {
+			prepared.Add(1)
+			lanes.Attempt(p)
+			p.SetContext(msgCtx)
+		},
+	})
+	if l.Out() != nil {
+		t.Fatal("Out() is not nil with Options.Out")
+	}
+	settled := make(chan bool, 1)
+	if !l.Push("k", message.NewMessage("id-1", []byte("x")), func(ok bool) { settled <- ok }, nil) {
+		t.Fatal("push refused")
+	}
+	for attempt := 1; attempt <= 3; attempt++ {
+		var m *message.Message
+		select {
+		case m = <-out:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("attempt %d: nothing released on Out", attempt)
+		}
+		if got := m.Metadata.Get(bus.DeliveryMetadata); got != fmt.Sprint(attempt) {
+			t.Errorf("attempt %d: delivery metadata %q", attempt, got)
+		}
+		if got, _ := m.Context().Value(key{}).(string); got != "capture" {
+			t.Errorf("attempt %d: the message does not carry the context Prepare set", attempt)
+		}
+		if m.UUID != "id-1" || string(m.Payload) != "x" {
+			t.Errorf("attempt %d: got %s %q", attempt, m.UUID, m.Payload)
+		}
+		if attempt < 3 {
+			m.Nack()
+		} else {
+			m.Ack()
+		}
+	}
+	if ok := <-settled; !ok {
+		t.Error("settled as not acked after the third attempt's ack")
+	}
+	if n := prepared.Load(); n != 3 {
+		t.Errorf("Prepare ran %d times, want 3", n)
+	}
+	l.Close()
+	select {
+	case _, ok := <-out:
+		if !ok {
+			t.Error("Close closed Options.Out")
+		}
+	default:
+	}
+	close(out) // panics if Close closed it
+}

@@ -324,11 +324,7 @@ type stream struct {
 	dec   *decoder
 	lanes *lanes.Lanes
 
-	msgCtx    context.Context
-	draining  chan struct{}
-	drainOnce sync.Once
-	wake      chan struct{}
-	delivered sync.WaitGroup
+	wake chan struct{}
 
 	mu          sync.Mutex
 	pending     []*entry      // decode order; the head is the oldest unacked
@@ -353,36 +349,29 @@ func (sub *subscription) stream(ctx context.Context, conn *pgconn.PgConn) error 
 	defer msgCancel()
 	st := &stream{
 		sub: sub, cfg: sub.cfg, conn: conn,
-		dec:      newDecoder(&sub.cfg, sub.keyLookup),
-		msgCtx:   msgCtx,
-		draining: make(chan struct{}),
-		wake:     make(chan struct{}, 1),
+		dec:  newDecoder(&sub.cfg, sub.keyLookup),
+		wake: make(chan struct{}, 1),
 		lanes: lanes.New(laneCtx, lanes.Options{
 			MaxInFlight: sub.cfg.MaxInFlight,
 			MaxBuffered: sub.cfg.MaxPending + sub.cfg.MaxInFlight + 1024,
 			Redeliver:   func(p *message.Message) time.Duration { return lanes.RetryDelay(p, defaultRetryDelay) },
+			Out:         sub.out,
+			Prepare: func(p *message.Message) {
+				lanes.Attempt(p)
+				p.SetContext(msgCtx)
+			},
 		}),
 	}
-	stopDrain := context.AfterFunc(ctx, st.drain)
+	stopDrain := context.AfterFunc(ctx, st.lanes.Drain)
 	defer stopDrain()
-	for range sub.cfg.MaxInFlight {
-		st.delivered.Add(1)
-		go func() {
-			defer st.delivered.Done()
-			for p := range st.lanes.Out() {
-				st.deliver(p)
-			}
-		}()
-	}
 	err := st.loop(ctx)
-	st.drain()
+	st.lanes.Drain()
 	if !st.lanes.Wait(sub.cfg.DrainTimeout) {
 		sub.logger.Warn("wal capture: drain timeout; unacked changes will be streamed again", "timeout", sub.cfg.DrainTimeout)
 	}
 	msgCancel()
 	laneCancel()
 	st.lanes.Close()
-	st.delivered.Wait()
 	// The last word: what was acked while draining.
 	if serr := st.sendStatus(false); serr != nil && err == nil && ctx.Err() == nil {
 		err = serr
@@ -399,13 +388,6 @@ func (sub *subscription) keyLookup(ctx context.Context, table string) ([]string,
 		return nil, fmt.Errorf("%s: %w", table, errNoTable)
 	}
 	return t.Key, nil
-}
-
-func (st *stream) drain() {
-	st.drainOnce.Do(func() {
-		close(st.draining)
-		st.lanes.Drain()
-	})
 }
 
 func (st *stream) signal() {
@@ -625,13 +607,6 @@ var errStopping = errors.New("wal capture: stopping")
 // defaultRetryDelay is the wait before a nacked change that asked for no
 // delay is released again, as in bus/capture.
 const defaultRetryDelay = 250 * time.Millisecond
-
-// deliver hands a copy of p to the router and settles p as the router
-// settles the copy; a nacked p is released again by the lanes after its
-// delay, before the next change of its entity.
-func (st *stream) deliver(p *message.Message) {
-	lanes.Forward(st.msgCtx, st.sub.out, st.draining, p)
-}
 
 // String names the subscriber in logs.
 func (s *Subscriber) String() string {

@@ -126,9 +126,24 @@ type publisher struct {
 	t   *Tracer
 }
 
+// Publish gives each message its publish span's context for the bus
+// only: once published, the caller's message has its trace metadata
+// back as it was. A message published again after a failed attempt (a
+// captured change, released again by its lanes) then starts from the
+// writer's trace context, not from the failed publish span's.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	spans := make([]trace.Span, len(msgs))
+	fields := propagator.Fields()
+	type value struct {
+		v  string
+		ok bool
+	}
+	before := make([]value, len(msgs)*len(fields))
 	for i, m := range msgs {
+		for j, f := range fields {
+			v, ok := m.Metadata[f]
+			before[i*len(fields)+j] = value{v, ok}
+		}
 		ctx := Extract(m.Context(), m.Metadata)
 		ctx, spans[i] = p.t.Start(ctx, "publish "+topic, trace.SpanKindProducer,
 			attribute.String("messaging.system", "millrace"),
@@ -138,8 +153,15 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		Inject(ctx, m.Metadata)
 	}
 	err := p.pub.Publish(topic, msgs...)
-	for _, s := range spans {
-		End(s, err)
+	for i, m := range msgs {
+		End(spans[i], err)
+		for j, f := range fields {
+			if b := before[i*len(fields)+j]; b.ok {
+				m.Metadata[f] = b.v
+			} else {
+				delete(m.Metadata, f)
+			}
+		}
 	}
 	return err
 }

@@ -75,3 +75,42 @@ func TestContextCrossesMetadata(t *testing.T) {
 		t.Fatalf("metadata names span %s; want the publish span %s", got.SpanID(), ended[1].SpanContext().SpanID())
 	}
 }
+
+// TestPublishLeavesTheMessageAsItWas: the publish span's context goes
+// over the bus, while the caller's message keeps its own trace metadata
+// (a writer's traceparent, or none), so that a message published again
+// after a failed attempt starts from the same parent.
+func TestPublishLeavesTheMessageAsItWas(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tr := tracing.New(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	ctx, writer := tr.Start(context.Background(), "writer", trace.SpanKindProducer)
+	writer.End()
+
+	ps := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 2}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = ps.Close() })
+	ch, err := ps.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withParent := message.NewMessage("id-1", nil)
+	tracing.Inject(ctx, withParent.Metadata)
+	want := withParent.Metadata.Get(tracing.TraceparentMetadata)
+	without := message.NewMessage("id-2", nil)
+	if err := tr.Publisher(ps).Publish("events", withParent, without); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		in := <-ch
+		in.Ack()
+		got := in.Metadata.Get(tracing.TraceparentMetadata)
+		if got == "" || got == want {
+			t.Errorf("message %s went over the bus with traceparent %q; want its publish span's", in.UUID, got)
+		}
+	}
+	if got := withParent.Metadata.Get(tracing.TraceparentMetadata); got != want {
+		t.Errorf("after the publish the message's traceparent is %q; want the writer's %q", got, want)
+	}
+	if _, ok := without.Metadata[tracing.TraceparentMetadata]; ok {
+		t.Errorf("after the publish a message that had no traceparent has one: %v", without.Metadata)
+	}
+}

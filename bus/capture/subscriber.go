@@ -535,8 +535,8 @@ func (t *term) loop(ctx context.Context, rd *reader, notify <-chan struct{}) err
 }
 
 // push hands one row to the lanes; false means the term is stopping.
-// The event is built later, by the lanes' Prepare, off the reading goroutine and in
-// parallel across entities.
+// The event is built later, by the lanes' Prepare, off the reading
+// goroutine and in parallel across entities.
 func (t *term) push(r *row) bool {
 	p := message.NewMessage(r.id, nil)
 	e := &entry{pos: r.pos}

@@ -441,6 +441,20 @@ func (st *stream) sendStatus(reply bool) error {
 
 // loop receives and decodes until ctx ends or the connection fails.
 func (st *stream) loop(ctx context.Context) error {
+	// Receiving stops at the next status time through the connection's
+	// read deadline, set when that time moves, not through a context per
+	// receive: a deadline context and pgconn's watch of it cost a timer
+	// and several allocations for each message, about one per change.
+	// Ending ctx moves the deadline to now; a ctx that ends before the
+	// deadline is set again is seen by the check after setting it.
+	nc := st.conn.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	defer func() {
+		if stop() {
+			_ = nc.SetReadDeadline(time.Time{})
+		}
+	}()
+	var deadline time.Time
 	nextStatus := time.Now().Add(st.cfg.StatusInterval)
 	for ctx.Err() == nil {
 		// Back-pressure: while MaxPending messages are out, wait for
@@ -470,9 +484,16 @@ func (st *stream) loop(ctx context.Context) error {
 			}
 			nextStatus = time.Now().Add(st.cfg.StatusInterval)
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		raw, err := st.conn.ReceiveMessage(rctx)
-		cancel()
+		if !nextStatus.Equal(deadline) {
+			deadline = nextStatus
+			if err := nc.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("receive: set deadline: %w", err)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		raw, err := st.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
 				continue

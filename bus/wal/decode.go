@@ -3,6 +3,7 @@ package wal
 import (
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,35 @@ type decoder struct {
 	commitTime time.Time
 	xid        uint32 // of the transaction being decoded (32 bits, without the epoch)
 	index      int    // changes of the transaction so far
+
+	// Scratch space of change, reused from one change to the next: the
+	// images and the data object are copied into the message's payload,
+	// so nothing outlives the call that fills them.
+	before, after scratch
+	byIndex       []field
+	data          []byte
+	idBuf         []byte
+}
+
+// scratch is the reusable storage of one row image.
+type scratch struct {
+	buf    []byte
+	fields []field
+}
+
+// The scratch a decoder keeps between changes is bounded: a buffer
+// grown past these lengths by a large row is let go.
+const (
+	maxScratchBytes  = 64 << 10
+	maxScratchFields = 1 << 10
+)
+
+// keep returns s emptied for reuse, or nil past max elements.
+func keep[T any](s []T, max int) []T {
+	if cap(s) > max {
+		return nil
+	}
+	return s[:0]
 }
 
 func newDecoder(cfg *Config, keys keyLookup) *decoder {
@@ -112,20 +142,16 @@ type field struct {
 	value []byte
 }
 
-// image converts a tuple; unchanged TOAST values ('u') are taken from old
-// when it has them (REPLICA IDENTITY FULL), and left out otherwise. The
-// values share one buffer: each field's value is a capped slice of it,
-// which stays valid when a later append moves the buffer.
-func image(r *relation, t *pglogrepl.TupleData, old []field) []field {
+// image converts a tuple into s; unchanged TOAST values ('u') are taken
+// from old when it has them (REPLICA IDENTITY FULL), and left out
+// otherwise. The values share one buffer: each field's value is a
+// capped slice of it, which stays valid when a later append moves the
+// buffer. The fields are valid until s is used again.
+func image(r *relation, t *pglogrepl.TupleData, old []field, s *scratch) []field {
 	if t == nil {
 		return nil
 	}
-	size := 0
-	for _, c := range t.Columns {
-		size += len(c.Data) + 8
-	}
-	buf := make([]byte, 0, size)
-	out := make([]field, 0, len(t.Columns))
+	buf, out := keep(s.buf, maxScratchBytes), keep(s.fields, maxScratchFields)
 	for i, c := range t.Columns {
 		if i >= len(r.cols) {
 			break
@@ -144,15 +170,16 @@ func image(r *relation, t *pglogrepl.TupleData, old []field) []field {
 			}
 		}
 	}
+	s.buf, s.fields = buf, out
 	return out
 }
 
 var null = []byte("null")
 
 // indexed returns fields by column position (nil where a column is
-// missing), for image's TOAST lookup.
-func indexed(r *relation, fs []field) []field {
-	out := make([]field, len(r.cols))
+// missing), for image's TOAST lookup, in dst's storage.
+func indexed(r *relation, fs []field, dst []field) []field {
+	out := append(keep(dst, maxScratchFields), make([]field, len(r.cols))...)
 	j := 0
 	for i, c := range r.cols {
 		if j < len(fs) && fs[j].name == c.Name {
@@ -163,13 +190,8 @@ func indexed(r *relation, fs []field) []field {
 	return out
 }
 
-// object encodes fields as a JSON object, in column order.
-func object(fs []field) json.RawMessage {
-	size := 2
-	for _, f := range fs {
-		size += len(f.name) + len(f.value) + 4
-	}
-	b := make([]byte, 0, size)
+// object appends fields to b as a JSON object, in column order.
+func object(b []byte, fs []field) json.RawMessage {
 	b = append(b, '{')
 	for i, f := range fs {
 		if i > 0 {
@@ -187,7 +209,10 @@ func object(fs []field) json.RawMessage {
 // compared as the trigger capture compares them (capture.SameJSON); nil
 // when nothing changed.
 func changes(before, after []field) json.RawMessage {
-	type change struct{ name, old, new []byte }
+	type change struct {
+		name     string
+		old, new []byte
+	}
 	var out []change
 	find := func(fs []field, name string) ([]byte, bool) {
 		for _, f := range fs {
@@ -201,23 +226,27 @@ func changes(before, after []field) json.RawMessage {
 		o, ok := find(before, a.name)
 		switch {
 		case !ok:
-			out = append(out, change{[]byte(a.name), null, a.value})
+			out = append(out, change{a.name, null, a.value})
 		case !capture.SameJSON(o, a.value):
-			out = append(out, change{[]byte(a.name), o, a.value})
+			out = append(out, change{a.name, o, a.value})
 		}
 	}
 	for _, o := range before {
 		if _, ok := find(after, o.name); !ok {
-			out = append(out, change{[]byte(o.name), o.value, null})
+			out = append(out, change{o.name, o.value, null})
 		}
 	}
-	slices.SortFunc(out, func(x, y change) int { return bytes.Compare(x.name, y.name) })
-	b := []byte{'{'}
+	slices.SortFunc(out, func(x, y change) int { return strings.Compare(x.name, y.name) })
+	size := 2
+	for _, c := range out {
+		size += len(c.name) + len(c.old) + len(c.new) + 20
+	}
+	b := append(make([]byte, 0, size), '{')
 	for i, c := range out {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = event.AppendString(b, string(c.name))
+		b = event.AppendString(b, c.name)
 		b = append(b, `:{"old":`...)
 		b = append(b, c.old...)
 		b = append(b, `,"new":`...)
@@ -266,7 +295,20 @@ func keyText(v []byte) (string, bool) {
 // id is the event id of the change at index in the transaction that
 // commits at lsn.
 func (d *decoder) id(kind string, lsn pglogrepl.LSN, index int) string {
-	return uuid.NewSHA1(idNamespace, fmt.Appendf(nil, "%s\x00%s\x00%d\x00%d", d.cfg.Source, kind, uint64(lsn), index)).String()
+	// uuid.NewSHA1(idNamespace, "<source>\0<kind>\0<lsn>\0<index>"),
+	// without its hash object and buffers per change.
+	b := append(d.idBuf[:0], idNamespace[:]...)
+	b = append(append(b, d.cfg.Source...), 0)
+	b = append(append(b, kind...), 0)
+	b = append(strconv.AppendUint(b, uint64(lsn), 10), 0)
+	b = strconv.AppendInt(b, int64(index), 10)
+	sum := sha1.Sum(b)
+	d.idBuf = keep(b, maxScratchBytes)
+	var id uuid.UUID
+	copy(id[:], sum[:])
+	id[6] = id[6]&0x0f | 0x50 // version 5
+	id[8] = id[8]&0x3f | 0x80 // RFC 4122 variant
+	return id.String()
 }
 
 // change builds the message of an INSERT, UPDATE or DELETE.
@@ -277,17 +319,20 @@ func (d *decoder) change(typ event.Type, relID uint32, oldType uint8, oldT, newT
 	}
 	index := d.index
 	d.index++
-	old := image(r, oldT, nil)
+	old := image(r, oldT, nil, &d.before)
 	ev := &event.Envelope{
 		ID: d.id("change", d.commitLSN, index), Type: typ, Entity: r.entity,
 		Timestamp: d.commitTime.UTC(), Seq: int64(d.commitLSN), Source: d.cfg.Source,
 	}
 	switch typ {
 	case event.Delete:
-		ev.Data, ev.EntityID = object(old), entityID(r, old)
+		d.data = object(keep(d.data, maxScratchBytes), old)
+		ev.Data, ev.EntityID = d.data, entityID(r, old)
 	default:
-		after := image(r, newT, indexed(r, old))
-		ev.Data, ev.EntityID = object(after), entityID(r, after)
+		d.byIndex = indexed(r, old, d.byIndex)
+		after := image(r, newT, d.byIndex, &d.after)
+		d.data = object(keep(d.data, maxScratchBytes), after)
+		ev.Data, ev.EntityID = d.data, entityID(r, after)
 		if typ == event.Update && oldType == 'O' {
 			ev.Changes = changes(old, after)
 		}

@@ -2,10 +2,12 @@ package wal
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 
 	"github.com/millrace/millrace/event"
@@ -51,4 +53,25 @@ func BenchmarkChange(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestIDsAreStable pins the event ids to their definition: a version 5
+// UUID of (source, kind, LSN, index). Repeats after a restart, and
+// deliveries of the same change by a build before or after this one,
+// must carry the same id for dedup to drop them.
+func TestIDsAreStable(t *testing.T) {
+	d := newDecoder(&Config{Source: "orders_db"}, nil)
+	for _, c := range []struct {
+		kind  string
+		lsn   pglogrepl.LSN
+		index int
+	}{{"change", 0x16B3748, 0}, {"change", 0x16B3748, 41}, {"backfill", 1<<63 + 5, 7}, {"change", 0, 0}} {
+		want := uuid.NewSHA1(idNamespace, fmt.Appendf(nil, "%s\x00%s\x00%d\x00%d", "orders_db", c.kind, uint64(c.lsn), c.index)).String()
+		if got := d.id(c.kind, c.lsn, c.index); got != want {
+			t.Errorf("id(%s, %d, %d) = %s, want %s", c.kind, c.lsn, c.index, got, want)
+		}
+	}
+	if got, want := d.id("change", 1, 2), "d2e96c3b-ac67-5168-afd8-6433d1f67f84"; got != want {
+		t.Errorf("id(change, 1, 2) = %s, want %s (the ids of earlier releases)", got, want)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -55,11 +56,11 @@ func appendValue(dst []byte, oid uint32, text []byte) []byte {
 		if err := json.Compact(b, text); err == nil {
 			return b.Bytes()
 		}
-		return appendString(dst, string(text))
+		return appendText(dst, text)
 	case oidTimestamp, oidTimestamptz:
-		return appendString(dst, isoTimestamp(string(text)))
+		return appendISO(dst, text, true)
 	case oidTimetz:
-		return appendString(dst, isoOffset(string(text)))
+		return appendISO(dst, text, false)
 	}
 	if t, ok := types.TypeForOID(oid); ok {
 		if ac, ok := t.Codec.(*pgtype.ArrayCodec); ok && ac.ElementType != nil {
@@ -68,30 +69,38 @@ func appendValue(dst []byte, oid uint32, text []byte) []byte {
 			}
 		}
 	}
-	return appendString(dst, string(text))
+	return appendText(dst, text)
 }
 
 func appendString(dst []byte, s string) []byte { return event.AppendString(dst, s) }
 
-// isoTimestamp turns "2024-01-02 03:04:05.5+01" (DateStyle ISO) into
-// "2024-01-02T03:04:05.5+01:00", as to_jsonb writes it.
-func isoTimestamp(s string) string {
-	if i := strings.IndexByte(s, ' '); i == 10 {
-		s = s[:i] + "T" + s[i+1:]
-	}
-	return isoOffset(s)
+// appendText appends text as a JSON string without copying it into a
+// string first (a copy of every text value of every change): the
+// string is only read during the call.
+func appendText(dst, text []byte) []byte {
+	return event.AppendString(dst, unsafe.String(unsafe.SliceData(text), len(text)))
 }
 
-// isoOffset writes a trailing "+01" or "-05" offset as "+01:00".
-func isoOffset(s string) string {
-	if strings.HasSuffix(s, " BC") {
-		return s
+// appendISO appends a timestamp's (date set) or a time's text output
+// (DateStyle ISO) as to_jsonb writes it: "2024-01-02 03:04:05.5+01"
+// becomes "2024-01-02T03:04:05.5+01:00". It rewrites the quoted copy in
+// place: the text has nothing to escape.
+func appendISO(dst, text []byte, date bool) []byte {
+	start := len(dst) + 1
+	dst = appendText(dst, text)
+	v := dst[start : len(dst)-1]
+	if len(v) != len(text) { // escaped: not a timestamp's output
+		return dst
 	}
-	n := len(s)
-	if n >= 3 && (s[n-3] == '+' || s[n-3] == '-') && isDigit(s[n-2]) && isDigit(s[n-1]) && strings.ContainsRune(s[:n-3], ':') {
-		return s + ":00"
+	if date && bytes.IndexByte(v, ' ') == 10 {
+		v[10] = 'T'
 	}
-	return s
+	n := len(v)
+	if !bytes.HasSuffix(v, []byte(" BC")) && n >= 3 && (v[n-3] == '+' || v[n-3] == '-') &&
+		isDigit(v[n-2]) && isDigit(v[n-1]) && bytes.IndexByte(v[:n-3], ':') >= 0 {
+		dst = append(dst[:len(dst)-1], `:00"`...)
+	}
+	return dst
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }

@@ -147,7 +147,7 @@ docs/performance.md explains every figure.`,
 	f.IntVar(&opts.Partitions, "partitions", 0, "nats.partitions and redis.partitions of the runs on topologies with partitions (0: off)")
 	f.StringVar(&opts.BusDriver, "bus-driver", config.DriverMillrace, "bus.driver of the runs on the topologies that have an upstream Watermill driver (embedded, nats, multidb, redis): millrace or watermill")
 	f.StringVar(&opts.EmbeddedSync, "embedded-sync", config.SyncAlways, "embedded.sync of the embedded runs and their ceiling's server: always (fsync before each acknowledgement) or an interval such as 2m (NATS's default)")
-	f.BoolVar(&cpuProfile, "cpuprofile", false, "profile each topology's no-op run into OUT/profiles and list its top functions")
+	f.BoolVar(&cpuProfile, "cpuprofile", false, "profile each topology's no-op run into OUT/profiles (CPU, and the allocations) and list its top functions")
 	f.StringVar(&logLevel, "log-level", "error", "the routers' logs on stderr: debug, info, warn or error")
 	return cmd
 }

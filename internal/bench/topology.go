@@ -212,6 +212,7 @@ func (w *window) begin() {
 		} else {
 			w.prof = f
 		}
+		w.writeAllocs(".allocs-base.pprof")
 	}
 	w.mbusy[0], w.mtotal[0] = machineCPU()
 	w.began, w.t0, w.cpu0 = true, time.Now(), cpuTime()
@@ -226,6 +227,23 @@ func (w *window) end() {
 	if w.prof != nil {
 		pprof.StopCPUProfile()
 		_ = w.prof.Close()
+		w.writeAllocs(".allocs.pprof")
+	}
+}
+
+// writeAllocs writes the heap's allocation counts so far beside the CPU
+// profile, under its name with suffix: the run's allocations are the
+// difference of the two written at its begin and end.
+func (w *window) writeAllocs(suffix string) {
+	f, err := os.Create(strings.TrimSuffix(w.profile, ".pprof") + suffix)
+	if err == nil {
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil && w.profError == nil {
+		w.profError = err
 	}
 }
 

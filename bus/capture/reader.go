@@ -158,15 +158,15 @@ func (r *reader) read(ctx context.Context, conn *pgx.Conn, n int) (out []row, mo
 	resolved := b.set && horizon >= b.n0
 	expected := r.cursor + 1
 	hole := false
-	for _, rw := range all {
+	out = all // the rows released are all's first ones
+	for i, rw := range all {
 		if rw.pos != expected {
 			if !(resolved && rw.pos <= b.below) {
-				hole = true
+				hole, out = true, all[:i]
 				break
 			}
 			r.logger.Debug("capture: skipping positions no transaction holds", "from", expected, "to", rw.pos-1)
 		}
-		out = append(out, rw)
 		expected = rw.pos + 1
 	}
 	if len(out) > 0 {

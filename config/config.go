@@ -38,7 +38,25 @@ type Config struct {
 	Databases map[string]Database `koanf:"databases"`
 	SMTP      SMTP                `koanf:"smtp"`
 	Tracing   Tracing             `koanf:"tracing"`
+	Runtime   Runtime             `koanf:"runtime"`
 	Observers map[string]Observer `koanf:"observers"`
+}
+
+// Runtime tunes the Go runtime of the process that runs millrace. The
+// environment variables GOGC and GOMEMLIMIT, when set, take precedence,
+// as they do for any Go program.
+type Runtime struct {
+	// GCPercent is the garbage collector's target, Go's GOGC: a
+	// collection starts once the heap has grown by this percentage of
+	// what the last one left live. Default 0: the topology's, 400 on
+	// redis, nats and multidb, whose live heap is small and which
+	// otherwise spend a fifth of their CPU collecting it, and Go's 100 on
+	// embedded and postgres (docs/performance.md, "Garbage collection").
+	GCPercent int `koanf:"gc_percent"`
+	// MemoryLimit is a soft limit on the memory the Go runtime uses,
+	// Go's GOMEMLIMIT, e.g. "512MB": near it the collector runs more
+	// often, whatever gc_percent says. Empty (default): none.
+	MemoryLimit string `koanf:"memory_limit"`
 }
 
 // Tracing sends OpenTelemetry spans of each event's way (capture, bus,

@@ -238,6 +238,9 @@ func TestValidate(t *testing.T) {
 		{"dedup lease high", func(c *config.Config) { c.Dedup.Lease = config.Duration(time.Hour) }, "dedup.lease"},
 		{"cache ttl", func(c *config.Config) { c.Cache.TTL = config.Duration(2 * time.Hour) }, "cache.ttl"},
 		{"dlq max entries", func(c *config.Config) { c.DLQ.MaxEntries = -1 }, "dlq.max_entries"},
+		{"gc percent", func(c *config.Config) { c.Runtime.GCPercent = -1 }, "runtime.gc_percent"},
+		{"memory limit unit", func(c *config.Config) { c.Runtime.MemoryLimit = "512MiB" }, "runtime.memory_limit"},
+		{"memory limit zero", func(c *config.Config) { c.Runtime.MemoryLimit = "0MB" }, "runtime.memory_limit"},
 		{"delivery max concurrency", func(c *config.Config) { c.Delivery.MaxConcurrency = 0 }, "delivery.max_concurrency"},
 		{"delivery probe after", func(c *config.Config) { c.Delivery.ProbeAfter = 0 }, "delivery.probe_after"},
 		{"endpoint name missing", ep(func(e *config.EndpointLimit) { e.Endpoint = "" }), "delivery.endpoints[0].endpoint"},
@@ -747,5 +750,22 @@ func TestTracingSection(t *testing.T) {
 	}
 	if !cfg.Tracing.Enabled || cfg.Tracing.SampleRatio != 0.25 || cfg.Tracing.Endpoint != "http://127.0.0.1:4318/v1/traces" {
 		t.Fatalf("tracing keys did not reach the config: %+v", cfg.Tracing)
+	}
+}
+
+func TestRuntimeSection(t *testing.T) {
+	cfg, err := config.Parse([]byte(valid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Runtime != (config.Runtime{}) {
+		t.Fatalf("runtime defaults: got %+v, want the topology's (zero)", cfg.Runtime)
+	}
+	cfg, err = config.Parse([]byte(valid), []string{"MILLRACE_RUNTIME__GC_PERCENT=250", "MILLRACE_RUNTIME__MEMORY_LIMIT=512MB"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Runtime.GCPercent != 250 || cfg.Runtime.MemoryLimit != "512MB" {
+		t.Fatalf("runtime keys did not reach the config: %+v", cfg.Runtime)
 	}
 }

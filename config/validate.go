@@ -105,6 +105,7 @@ func (c *Config) Validate() error {
 
 	c.validateHTTP(add)
 	c.validateTracing(add)
+	c.validateRuntime(add)
 	if c.HTTP.MaxBodyBytes <= 0 {
 		add("http.max_body_bytes", "must be greater than zero")
 	}
@@ -477,4 +478,17 @@ func ParseRate(s string) (float64, error) {
 		return 0, fmt.Errorf("%q must be a positive number per s, m or h, like \"50/s\"", s)
 	}
 	return n / per.Seconds(), nil
+}
+
+func (c *Config) validateRuntime(add func(path, format string, args ...any)) {
+	if c.Runtime.GCPercent < 0 {
+		add("runtime.gc_percent", "%d: must be a percentage above 0, or 0 for the topology's default", c.Runtime.GCPercent)
+	}
+	if c.Runtime.MemoryLimit != "" {
+		if n, err := ParseSize(c.Runtime.MemoryLimit); err != nil {
+			add("runtime.memory_limit", "%v", err)
+		} else if n <= 0 {
+			add("runtime.memory_limit", "must be greater than zero, or empty for none")
+		}
+	}
 }

@@ -151,7 +151,20 @@ type Topology struct {
 	// Watermill Pub/Sub of its broker when bus.driver is "watermill";
 	// Check refuses that driver on a topology without it.
 	Watermill bool
+	// GCPercent is the garbage collector's target of the processes that
+	// run the topology, where neither runtime.gc_percent nor GOGC sets
+	// one (package goruntime). 0: Go's default, 100.
+	GCPercent int
 }
+
+// ServicesGCPercent is the garbage collector's target on the topologies
+// whose bus and stores are services (redis, nats, multidb). Their
+// processes keep a small live heap and allocate quickly, so at Go's
+// default they collect several times a second; 400 cut the CPU per
+// event of their capture runs by a fifth or more in the bench, for
+// 20 to 35 MB more resident memory (docs/performance.md, "Garbage
+// collection").
+const ServicesGCPercent = 400
 
 // Registry maps topology names to their entries. It is a value: cmd/
 // fills one with the built-in topologies (cli.Defaults), a custom binary

@@ -23,6 +23,7 @@ import (
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/goruntime"
 	"github.com/millrace/millrace/topologies"
 )
 
@@ -505,4 +506,18 @@ func (s *suite) profilePath(name string) string {
 		return ""
 	}
 	return filepath.Join(s.opts.OutDir, "profiles", name+".pprof")
+}
+
+// goRuntime applies the Go runtime settings a `millrace run` of topology
+// would run with (the default config's, the topology's garbage
+// collector target, the environment's GOGC and GOMEMLIMIT) to this
+// process, where that topology's runs and its ceiling then run, and
+// describes them.
+func (s *suite) goRuntime(topology string) string {
+	t, _ := s.opts.Registry.Lookup(topology)
+	rs, err := goruntime.Apply(config.Default().Runtime, t.GCPercent, os.Getenv)
+	if err != nil {
+		return "not applied: " + err.Error()
+	}
+	return rs.String()
 }

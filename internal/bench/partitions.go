@@ -68,6 +68,7 @@ func (s *suite) partitionCostSelected() bool {
 // partitionCost runs the pairs and compares their medians.
 func (s *suite) partitionCost(ctx context.Context) *PartitionCost {
 	n := s.opts.events()
+	s.goRuntime(peerTopology)
 	pc := &PartitionCost{
 		Title: fmt.Sprintf("one worker draining a pre-filled stream (%s events) through dedup (Redis) into a no-op, "+
 			"nats.partitions = %d against 0", num(float64(n)), partitionCostN),

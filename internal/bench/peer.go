@@ -67,6 +67,8 @@ var peerReferences = []PeerReference{
 type PeerJob struct {
 	Title  string `json:"title"`
 	Status string `json:"status"`
+	// GoRuntime is the garbage collector's settings of the runs.
+	GoRuntime string `json:"go_runtime"`
 	// Ceiling is the same job on the client libraries, in the same run.
 	CeilingName string      `json:"ceiling_name"`
 	Ceiling     *Figures    `json:"ceiling"`
@@ -103,6 +105,7 @@ func (s *suite) peerJob(ctx context.Context) *PeerJob {
 		CeilingName: "nats.go pull consumer (batches of 500) + go-redis SET NX EX per event, pipelined per batch, then ack",
 		References:  peerReferences,
 		Runs:        []*Scenario{},
+		GoRuntime:   s.goRuntime(peerTopology),
 	}
 	p.Ceiling = s.measure(ctx, "peer ceiling", n, 0, "", func(ctx context.Context, r *recorder, w *window) error {
 		return s.peerCeiling(ctx, r, n, w)

@@ -120,7 +120,7 @@ func (r *Results) Markdown() string {
 	for _, t := range r.Topologies {
 		p("## %s\n\n", t.Name)
 		if t.Available {
-			p("Status: %s. Events enter by %s. Ceiling: %s.\n\n", t.Status, t.Source, t.Ceiling.Name)
+			p("Status: %s. Events enter by %s. Ceiling: %s. Go runtime: %s.\n\n", t.Status, t.Source, t.Ceiling.Name, t.GoRuntime)
 		} else {
 			p("millrace: %s; its events would enter by %s. Ceiling, measured all the same: %s.\n\n", StatusNotAvailable, t.Source, t.Ceiling.Name)
 		}
@@ -278,9 +278,9 @@ func (r *Results) peerMarkdown(p func(string, ...any)) {
 	pj := r.PeerJob
 	p("## Peer job\n\n")
 	p("The job users compare routers on: a %s. millrace runs on the `%s` topology, dedup on its Redis ledger, the result cache off "+
-		"(the peer's job has none). Ceiling: %s, in the same run. Status: %s. "+
+		"(the peer's job has none). Ceiling: %s, in the same run. Go runtime: %s. Status: %s. "+
 		"Latency runs from the publish, before the clock started: it measures how the backlog drains, not one event's path "+
-		"(the steady-rate runs above are the ones to read for latency).\n\n", pj.Title, peerTopology, pj.CeilingName, pj.Status)
+		"(the steady-rate runs above are the ones to read for latency).\n\n", pj.Title, peerTopology, pj.CeilingName, pj.GoRuntime, pj.Status)
 	p("| run | events/s | ratio to the ceiling | p50 ms | p99 ms | CPU s / 10k | ceiling CPU s / 10k | cores busy (process / machine) | peak RSS MB |\n")
 	p("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	var errs []string

@@ -83,7 +83,10 @@ type Topology struct {
 	Available bool   `json:"available"`
 	Status    string `json:"status"`
 	// Source says how the events entered the pipeline.
-	Source    string      `json:"source"`
+	Source string `json:"source"`
+	// GoRuntime is the garbage collector's settings of the topology's
+	// runs and its ceiling's (package goruntime).
+	GoRuntime string      `json:"go_runtime"`
 	Ceiling   Ceiling     `json:"ceiling"`
 	Scenarios []*Scenario `json:"scenarios"`
 	// Profile is the CPU profile of the no-op run, when asked for.

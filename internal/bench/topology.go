@@ -114,7 +114,8 @@ func (sc scenarioSpec) applies(t topoSpec) bool { return !sc.wal || t.walCapture
 // is in this build, each scenario.
 func (s *suite) topology(ctx context.Context, name string) *Topology {
 	spec := specs[name]
-	t := &Topology{Name: name, Available: s.available(name), Source: spec.sourceText(), Scenarios: []*Scenario{}}
+	t := &Topology{Name: name, Available: s.available(name), Source: spec.sourceText(), Scenarios: []*Scenario{},
+		GoRuntime: s.goRuntime(name)}
 	c := s.ceiling(spec)
 	t.Ceiling.Name = c.name
 	n, steadyN := s.opts.events(), s.opts.steadyEvents()

@@ -61,6 +61,7 @@ func (s *suite) workersSelected() bool {
 // workersJob runs the job, one run per worker count.
 func (s *suite) workersJob(ctx context.Context) *WorkersJob {
 	n := s.opts.events()
+	s.goRuntime(workersTopology)
 	j := &WorkersJob{
 		Title: fmt.Sprintf("%s events published to the %s topology with %d partitions, handled by a no-op action in 1, 2 and 3 observe processes",
 			num(float64(n)), workersTopology, workersPartitions),

@@ -10,7 +10,11 @@ import (
 // Topology returns the "multidb" topology's registry entry: the nats
 // topology's features, and its checks plus at least one source.
 func Topology() topologies.Topology {
-	return topologies.Topology{Name: "multidb", Build: Build, Validate: Validate, Features: topologies.JetStreamFeatures(), Notes: topologies.JetStreamNotes, Watermill: true}
+	return topologies.Topology{
+		Name: "multidb", Build: Build, Validate: Validate,
+		Features: topologies.JetStreamFeatures(), Notes: topologies.JetStreamNotes, Watermill: true,
+		GCPercent: topologies.ServicesGCPercent,
+	}
 }
 
 // Validate checks the [nats] section and that there is a source.

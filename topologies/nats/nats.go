@@ -11,5 +11,6 @@ func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "nats", Build: topologies.BuildJetStream, Validate: topologies.ValidateNATS,
 		Features: topologies.JetStreamFeatures(), Notes: topologies.JetStreamNotes, Watermill: true,
+		GCPercent: topologies.ServicesGCPercent,
 	}
 }

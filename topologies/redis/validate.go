@@ -14,6 +14,7 @@ func Topology() topologies.Topology {
 	return topologies.Topology{
 		Name: "redis", Build: Build, Validate: Validate,
 		Features: config.Features{Topics: true, Partitions: true, DurableDeadLetters: true}, Watermill: true,
+		GCPercent: topologies.ServicesGCPercent,
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/internal/goruntime"
 	"github.com/millrace/millrace/middleware"
 	"github.com/millrace/millrace/router"
 	"github.com/millrace/millrace/topologies"
@@ -175,6 +176,12 @@ func runCmd(o Options, logger func(*config.Config) *slog.Logger) *cobra.Command 
 			for _, n := range o.Topologies.Notes(cfg) {
 				log.Warn(n)
 			}
+			topo, _ := o.Topologies.Lookup(cfg.Topology)
+			rs, err := goruntime.Apply(cfg.Runtime, topo.GCPercent, os.Getenv)
+			if err != nil {
+				return &exitError{code: ExitInvalid, err: err}
+			}
+			log.Info("go runtime", rs.LogAttrs()...)
 			ropts := router.Options{Actions: o.Actions, Topologies: o.Topologies, Logger: log}
 			if addrFile != "" {
 				ropts.Listening = func(addr string) error { return writeAddrFile(addrFile, addr) }

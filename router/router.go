@@ -251,8 +251,10 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		}
 	}
 	if cfg.Role != "capture" {
+		st := newStacks(cfg.Router.MaxInFlight)
+		defer st.close()
 		h := wm.AddConsumerHandler("observe", cfg.Router.Topic, backend.Subscriber, r.observe)
-		h.AddMiddleware(hm.middleware("observe", backend.Subscriber))
+		h.AddMiddleware(st.middleware, hm.middleware("observe", backend.Subscriber))
 	}
 
 	var wg sync.WaitGroup

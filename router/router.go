@@ -237,14 +237,25 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	wm.AddPublisherDecorators(wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").DecoratePublisher)
-	if cfg.Role != "observe" {
+	wmb := wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "")
+	wm.AddPublisherDecorators(wmb.DecoratePublisher)
+	if cfg.Role != "observe" && len(backend.Captures) > 0 {
 		// Capture: change log → bus. The message keeps its UUID (the
 		// change id), so a republished change is dropped by the bus or
-		// by dedup.
+		// by dedup. The handler publishes it itself, on a worker of its
+		// stacks, rather than returning it for Watermill to publish in
+		// its goroutine per message, whose stack the publish outgrows.
+		pub, err := wmb.DecoratePublisher(backend.Publisher)
+		if err != nil {
+			return fmt.Errorf("router: %w", err)
+		}
+		topic := cfg.Router.Topic
+		forward := func(msg *message.Message) error { return pub.Publish(topic, msg) }
 		for name, sub := range backend.Captures {
-			h := wm.AddHandler("capture_"+name, cfg.Router.Topic, sub, cfg.Router.Topic, backend.Publisher, message.PassthroughHandler)
-			h.AddMiddleware(hm.middleware("capture_"+name, sub))
+			st := newStacks(cfg.Router.MaxInFlight)
+			defer st.close()
+			h := wm.AddConsumerHandler("capture_"+name, topic, sub, forward)
+			h.AddMiddleware(st.middleware, hm.middleware("capture_"+name, sub))
 			if r.tracer != nil {
 				h.AddMiddleware(r.tracer.Capture(name, r.walSource(name)))
 			}

@@ -3,6 +3,7 @@ package router_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -157,7 +158,7 @@ key_prefix = %q
 			case "embedded":
 				bus = fmt.Sprintf("[embedded]\ndata_dir = %q\n", t.TempDir())
 			}
-			_, rec := tracedRouter(t, fmt.Sprintf(`
+			url, rec := tracedRouter(t, fmt.Sprintf(`
 topology = %q
 http = { addr = "127.0.0.1:0" }
 [router]
@@ -217,6 +218,11 @@ install = true
 			}
 			logTrace(t, chain)
 			t.Logf("the webhook receiver got traceparent: %s", traceparent)
+			// The capture handler's Watermill metrics: the change it took,
+			// and its publish, under the handler's name.
+			waitMetrics(t, url,
+				`subscriber_messages_received_total{acked="acked",handler_name="capture_orders_db"`,
+				`publish_time_seconds_count{handler_name="capture_orders_db",publisher_name="`)
 		})
 	}
 }
@@ -263,5 +269,33 @@ enabled = true
 	spans := waitSpans(t, rec, id, "POST /v1/events", "publish events", "consume events", "observer shipped", "action shipped/0:webhook")
 	if p := spans["POST /v1/events"].Parent(); p.SpanID().String() != "00f067aa0ba902b7" || !p.IsRemote() {
 		t.Errorf("ingest span parent %s (remote %v); want the producer's span 00f067aa0ba902b7", p.SpanID(), p.IsRemote())
+	}
+}
+
+// waitMetrics waits until GET /metrics shows every one of want.
+func waitMetrics(t *testing.T, url string, want ...string) {
+	t.Helper()
+	var body string
+	for range 100 {
+		resp, err := http.Get(url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		missing := false
+		for _, w := range want {
+			missing = missing || !strings.Contains(body, w)
+		}
+		if !missing {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Errorf("/metrics lacks %q", w)
+		}
 	}
 }

@@ -231,21 +231,19 @@ func (r *Router) Run(ctx context.Context) (err error) {
 	}
 	r.wm = wm
 	// Watermill's router metrics: the handlers' and subscribers' are
-	// counted in each handler (handlerMetrics), the publish times by
-	// Watermill's decorator.
+	// counted in each handler (handlerMetrics), the publish times of
+	// captured changes by Watermill's publisher decorator.
 	hm, err := newHandlerMetrics(r.metrics.Registry)
 	if err != nil {
 		return err
 	}
-	wmb := wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "")
-	wm.AddPublisherDecorators(wmb.DecoratePublisher)
 	if cfg.Role != "observe" && len(backend.Captures) > 0 {
 		// Capture: change log → bus. The message keeps its UUID (the
 		// change id), so a republished change is dropped by the bus or
 		// by dedup. The handler publishes it itself, on a worker of its
 		// stacks, rather than returning it for Watermill to publish in
 		// its goroutine per message, whose stack the publish outgrows.
-		pub, err := wmb.DecoratePublisher(backend.Publisher)
+		pub, err := wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").DecoratePublisher(backend.Publisher)
 		if err != nil {
 			return fmt.Errorf("router: %w", err)
 		}

@@ -50,7 +50,7 @@ type Runtime struct {
 	// collection starts once the heap has grown by this percentage of
 	// what the last one left live. Default 0: the topology's, 400 on
 	// redis, nats and multidb, whose live heap is small and which
-	// otherwise spend a fifth of their CPU collecting it, and Go's 100 on
+	// otherwise collect it several times a second, and Go's 100 on
 	// embedded and postgres (docs/performance.md, "Garbage collection").
 	GCPercent int `koanf:"gc_percent"`
 	// MemoryLimit is a soft limit on the memory the Go runtime uses,

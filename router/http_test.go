@@ -210,9 +210,21 @@ func TestHealthReadyMetrics(t *testing.T) {
 	}
 	post(t, url, newEvent("Order", "1"))
 	<-s.ch
-	// Metrics are updated after the handler returns; poll briefly.
+	// Metrics are updated after the handler returns.
+	waitMetrics(t, url,
+		`millrace_ingest_events_total{result="accepted",token="anonymous"} 1`,
+		`millrace_events_total{result="handled"} 1`,
+		"handler_execution_time_seconds", // Watermill's router metrics
+		`subscriber_messages_received_total{acked="acked",handler_name="observe",subscriber_name=`,
+		"go_goroutines",
+	)
+}
+
+// waitMetrics waits until GET /metrics shows every one of want.
+func waitMetrics(t *testing.T, url string, want ...string) {
+	t.Helper()
 	var body string
-	for range 50 {
+	for range 100 {
 		resp, err := http.Get(url + "/metrics")
 		if err != nil {
 			t.Fatal(err)
@@ -220,20 +232,18 @@ func TestHealthReadyMetrics(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		body = string(b)
-		if strings.Contains(body, `millrace_events_total{result="handled"} 1`) {
-			break
+		missing := false
+		for _, w := range want {
+			missing = missing || !strings.Contains(body, w)
+		}
+		if !missing {
+			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for _, want := range []string{
-		`millrace_ingest_events_total{result="accepted",token="anonymous"} 1`,
-		`millrace_events_total{result="handled"} 1`,
-		"handler_execution_time_seconds", // Watermill's router metrics
-		`subscriber_messages_received_total{acked="acked",handler_name="observe",subscriber_name=`,
-		"go_goroutines",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %q", want)
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Errorf("/metrics lacks %q", w)
 		}
 	}
 }

@@ -47,12 +47,7 @@ func TestContextCrossesMetadata(t *testing.T) {
 
 	// Watermill's in-process Pub/Sub: the consumer gets a copy of the
 	// message, metadata and all, without its context.
-	ps := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1}, watermill.NopLogger{})
-	t.Cleanup(func() { _ = ps.Close() })
-	ch, err := ps.Subscribe(context.Background(), "events")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ps, ch := subscribed(t, 1)
 	msg := message.NewMessage("id-1", nil)
 	msg.SetContext(ctx)
 	if err := tr.Publisher(ps).Publish("events", msg); err != nil {
@@ -86,12 +81,7 @@ func TestPublishLeavesTheMessageAsItWas(t *testing.T) {
 	ctx, writer := tr.Start(context.Background(), "writer", trace.SpanKindProducer)
 	writer.End()
 
-	ps := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 2}, watermill.NopLogger{})
-	t.Cleanup(func() { _ = ps.Close() })
-	ch, err := ps.Subscribe(context.Background(), "events")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ps, ch := subscribed(t, 2)
 	withParent := message.NewMessage("id-1", nil)
 	tracing.Inject(ctx, withParent.Metadata)
 	want := withParent.Metadata.Get(tracing.TraceparentMetadata)
@@ -113,4 +103,17 @@ func TestPublishLeavesTheMessageAsItWas(t *testing.T) {
 	if _, ok := without.Metadata[tracing.TraceparentMetadata]; ok {
 		t.Errorf("after the publish a message that had no traceparent has one: %v", without.Metadata)
 	}
+}
+
+// subscribed returns Watermill's in-process Pub/Sub with a subscription
+// to "events" that buffers n messages.
+func subscribed(t *testing.T, n int64) (*gochannel.GoChannel, <-chan *message.Message) {
+	t.Helper()
+	ps := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: n}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = ps.Close() })
+	ch, err := ps.Subscribe(context.Background(), "events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps, ch
 }

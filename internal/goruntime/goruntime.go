@@ -25,18 +25,21 @@ type Settings struct {
 func (s Settings) String() string {
 	limit := "no memory limit"
 	if s.MemoryLimit > 0 {
-		limit = fmt.Sprintf("memory limit %d MB (%s)", s.MemoryLimit>>20, s.LimitFrom)
+		limit = "memory limit " + s.limit()
 	}
 	return fmt.Sprintf("gc_percent %d (%s), %s", s.GCPercent, s.GCFrom, limit)
 }
 
 // LogAttrs are s as log attributes.
 func (s Settings) LogAttrs() []any {
-	limit := "none"
-	if s.MemoryLimit > 0 {
-		limit = fmt.Sprintf("%d MB (%s)", s.MemoryLimit>>20, s.LimitFrom)
+	return []any{"gc_percent", s.GCPercent, "gc_percent_from", s.GCFrom, "memory_limit", s.limit()}
+}
+
+func (s Settings) limit() string {
+	if s.MemoryLimit <= 0 {
+		return "none"
 	}
-	return []any{"gc_percent", s.GCPercent, "gc_percent_from", s.GCFrom, "memory_limit", limit}
+	return fmt.Sprintf("%d MB (%s)", s.MemoryLimit>>20, s.LimitFrom)
 }
 
 // Apply sets the garbage collector's target and the memory limit from

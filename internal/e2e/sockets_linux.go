@@ -10,9 +10,13 @@ import (
 )
 
 // LocalPorts returns the local TCP ports of the sockets process pid
-// holds, read from /proc: a test finds the process's connections to a
-// server by them (pg_stat_activity.client_port).
-func LocalPorts(pid int) ([]int, error) {
+// holds to a server listening on remotePort, read from /proc: a test
+// finds the process's connections to that server by them
+// (pg_stat_activity.client_port). The remote port matters: Linux reuses
+// an ephemeral port for connections to different servers, so another
+// process's connection to the server may share a local port with one of
+// pid's connections elsewhere.
+func LocalPorts(pid, remotePort int) ([]int, error) {
 	fds, err := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
 	if err != nil {
 		return nil, err
@@ -41,15 +45,23 @@ func LocalPorts(pid int) ([]int, error) {
 			if len(fields) < 10 || !inodes[fields[9]] {
 				continue
 			}
-			_, hexPort, ok := strings.Cut(fields[1], ":")
-			if !ok {
-				continue
-			}
-			if port, err := strconv.ParseInt(hexPort, 16, 32); err == nil {
-				ports = append(ports, int(port))
+			local, lok := hexPort(fields[1])
+			remote, rok := hexPort(fields[2])
+			if lok && rok && remote == remotePort {
+				ports = append(ports, local)
 			}
 		}
 		_ = f.Close()
 	}
 	return ports, nil
+}
+
+// hexPort reads the port of a /proc/net/tcp address ("0100007F:1538").
+func hexPort(addr string) (int, bool) {
+	_, hex, ok := strings.Cut(addr, ":")
+	if !ok {
+		return 0, false
+	}
+	port, err := strconv.ParseInt(hex, 16, 32)
+	return int(port), err == nil
 }

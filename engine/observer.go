@@ -177,7 +177,7 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 		actx := ctx
 		if timeout > 0 {
 			var cancel context.CancelFunc
-			actx, cancel = context.WithTimeout(ctx, timeout)
+			actx, cancel = withTimeout(ctx, timeout)
 			defer cancel()
 		}
 		call := handlers.ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })

@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/millrace/millrace/internal/testenv"
 )
@@ -216,8 +218,68 @@ func TestPGProcesses(t *testing.T) {
 	if err := send(ctx, 0, 500); err != nil {
 		t.Fatal(err)
 	}
-	c := captureCost("wal", m, before, after)
+	srv := []serverProc{{name: "redis", pid: 7, cpu: time.Second}}
+	c := captureCost("wal", m, before, after, srv, []serverProc{{name: "redis", pid: 7, cpu: 1500 * time.Millisecond}})
 	if c.Rows != 500 || c.WriteSeconds < 0.02 || c.WritePer10k < 0.4 || c.PGProcesses != len(after) || c.PGCPUPer10k <= 0 {
 		t.Errorf("capture cost %+v; want 500 rows, at least 20 ms of writes (0.4 s per 10k), the processes read and their CPU", c)
+	}
+	if want := []ServerCPU{{Server: "redis", PID: 7, Seconds: 0.5, Per10k: 10}}; !slices.Equal(c.Servers, want) {
+		t.Errorf("servers %+v; want %+v", c.Servers, want)
+	}
+}
+
+// TestServerProcesses checks the servers' CPU figure's parts: the Redis
+// server the tests use is found by the port it listens on, and the CPU
+// of commands sent to it shows in the difference of two readings.
+func TestServerProcesses(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	port, ok := urlPort(testenv.RedisURL(), 6379)
+	if !ok {
+		t.Fatalf("the tests' Redis %s is not on this machine", testenv.RedisURL())
+	}
+	before := serverProcesses(map[string]int{"redis": port})
+	if len(before) != 1 || before[0].name != "redis" || before[0].pid <= 0 {
+		t.Fatalf("servers read %+v; want the Redis server listening on %d (its /proc/<pid>/fd must be readable: root, or the server's user)", before, port)
+	}
+	opts, err := redis.ParseURL(testenv.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewClient(opts)
+	defer client.Close()
+	key := "millrace:bench-test:" + t.Name()
+	defer client.Del(context.WithoutCancel(ctx), key)
+	for range 20 {
+		pipe := client.Pipeline()
+		for range 2000 {
+			pipe.Incr(ctx, key)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := reread(before)
+	if len(after) != 1 || after[0].cpu <= before[0].cpu {
+		t.Errorf("Redis CPU %+v after 40,000 commands, %+v before; want more", after, before)
+	}
+}
+
+func TestURLPort(t *testing.T) {
+	for _, c := range []struct {
+		url  string
+		port int
+		ok   bool
+	}{
+		{"nats://127.0.0.1:4333", 4333, true},
+		{"redis://localhost/0", 6379, true},
+		{"redis://[::1]:6380/0", 6380, true},
+		{"nats://nats.example:4222", 0, false},
+	} {
+		port, ok := urlPort(c.url, 6379)
+		if port != c.port || ok != c.ok {
+			t.Errorf("urlPort(%q) = %d, %v; want %d, %v", c.url, port, ok, c.port, c.ok)
+		}
 	}
 }

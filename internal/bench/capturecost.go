@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"net/url"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +18,7 @@ import (
 
 	"github.com/millrace/millrace/bus/wal"
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/internal/procfs"
 )
 
 // CaptureCost is what capturing the run's changes cost PostgreSQL and the
@@ -37,6 +43,22 @@ type CaptureCost struct {
 	PGCPUSeconds float64 `json:"pg_cpu_s"`
 	PGCPUPer10k  float64 `json:"pg_cpu_s_per_10k_rows"`
 	PGProcesses  int     `json:"pg_processes"`
+	// Servers is the CPU time of the bus's and the ledger's servers
+	// (NATS, Redis) during the run, those that listen on this machine:
+	// with PostgreSQL's and the process's, where the machine's CPU per
+	// event goes. The whole server counts, whoever it served.
+	Servers []ServerCPU `json:"servers,omitempty"`
+}
+
+// ServerCPU is one server's CPU time during a run.
+type ServerCPU struct {
+	// Server is "nats" or "redis".
+	Server string `json:"server"`
+	PID    int    `json:"pid"`
+	// Seconds is its user + system CPU time during the run; Per10k the
+	// same per 10,000 rows written.
+	Seconds float64 `json:"cpu_s"`
+	Per10k  float64 `json:"cpu_s_per_10k_rows"`
 }
 
 // writeMeter times the load generator's writes.
@@ -70,8 +92,8 @@ type pgSnapshot map[int32]time.Duration
 // returns nil when the server is not on this machine or /proc cannot be
 // read.
 func pgProcesses(ctx context.Context, pool *pgxpool.Pool) pgSnapshot {
-	ports := localPorts(os.Getpid())
-	if len(ports) == 0 {
+	ports, err := procfs.LocalPorts(os.Getpid(), int(pool.Config().ConnConfig.Port))
+	if err != nil || len(ports) == 0 {
 		return nil
 	}
 	rows, err := pool.Query(ctx, `SELECT pid FROM pg_stat_activity
@@ -92,10 +114,76 @@ func pgProcesses(ctx context.Context, pool *pgxpool.Pool) pgSnapshot {
 	return snap
 }
 
+// serverProc is a server's process and its CPU time at a reading.
+type serverProc struct {
+	name string
+	pid  int
+	cpu  time.Duration
+}
+
+// serverProcesses reads the CPU time of the servers listening on this
+// machine at the given ports, by server name; a server elsewhere, or
+// whose process cannot be read, is left out.
+func serverProcesses(ports map[string]int) []serverProc {
+	var procs []serverProc
+	for _, name := range slices.Sorted(maps.Keys(ports)) {
+		pid, err := procfs.ListenerPID(ports[name])
+		if err != nil {
+			continue
+		}
+		if d, ok := procCPU(pid); ok {
+			procs = append(procs, serverProc{name: name, pid: pid, cpu: d})
+		}
+	}
+	return procs
+}
+
+// reread reads the same processes again.
+func reread(procs []serverProc) []serverProc {
+	var again []serverProc
+	for _, p := range procs {
+		if d, ok := procCPU(p.pid); ok {
+			again = append(again, serverProc{name: p.name, pid: p.pid, cpu: d})
+		}
+	}
+	return again
+}
+
+// urlPort is the port of a service URL ("nats://127.0.0.1:4222",
+// "redis://127.0.0.1:6379/0"), or def when it names none; false when it
+// names a host other than this machine's loopback or localhost.
+func urlPort(raw string, def int) (int, bool) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return 0, false
+	}
+	if h := u.Hostname(); h != "localhost" && !strings.HasPrefix(h, "127.") && h != "::1" {
+		return 0, false
+	}
+	if u.Port() == "" {
+		return def, true
+	}
+	port, err := strconv.Atoi(u.Port())
+	return port, err == nil
+}
+
+// servers are the ports of the NATS and Redis servers of the suite's
+// options that run on this machine.
+func (s *suite) servers() map[string]int {
+	ports := map[string]int{}
+	if port, ok := urlPort(s.opts.NATSURL, 4222); ok {
+		ports["nats"] = port
+	}
+	if port, ok := urlPort(s.opts.RedisURL, 6379); ok {
+		ports["redis"] = port
+	}
+	return ports
+}
+
 // captureCost turns the meter and the two snapshots into the run's
 // capture figures. A process absent at the start began during the run:
 // all its CPU time counts.
-func captureCost(mode string, m *writeMeter, before, after pgSnapshot) *CaptureCost {
+func captureCost(mode string, m *writeMeter, before, after pgSnapshot, srv0, srv1 []serverProc) *CaptureCost {
 	c := &CaptureCost{Mode: mode, Rows: m.rows.Load(), WriteSeconds: round3(time.Duration(m.nano.Load()).Seconds())}
 	var cpu time.Duration
 	for pid, d := range after {
@@ -109,6 +197,19 @@ func captureCost(mode string, m *writeMeter, before, after pgSnapshot) *CaptureC
 		c.WritePer10k = round3(time.Duration(m.nano.Load()).Seconds() * 10000 / float64(c.Rows))
 		if c.PGProcesses > 0 {
 			c.PGCPUPer10k = round3(cpu.Seconds() * 10000 / float64(c.Rows))
+		}
+	}
+	for _, p1 := range srv1 {
+		for _, p0 := range srv0 {
+			if p0.pid != p1.pid {
+				continue
+			}
+			d := (p1.cpu - p0.cpu).Seconds()
+			sc := ServerCPU{Server: p1.name, PID: p1.pid, Seconds: round3(d)}
+			if c.Rows > 0 {
+				sc.Per10k = round3(d * 10000 / float64(c.Rows))
+			}
+			c.Servers = append(c.Servers, sc)
 		}
 	}
 	return c

@@ -359,10 +359,10 @@ func (s *suite) runMillrace(ctx context.Context, spec topoSpec, sc scenarioSpec,
 		}
 		meter = &writeMeter{}
 		send = meter.wrap(s.copySend(pool, env.schemas))
-		pg0 := pgProcesses(ctx, pool)
+		pg0, srv0 := pgProcesses(ctx, pool), serverProcesses(s.servers())
 		defer func() {
 			w.end()
-			w.capture = captureCost(captureMode(env), meter, pg0, pgProcesses(context.WithoutCancel(ctx), pool))
+			w.capture = captureCost(captureMode(env), meter, pg0, pgProcesses(context.WithoutCancel(ctx), pool), srv0, reread(srv0))
 		}()
 	}
 	w.begin()

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -126,47 +125,4 @@ func procCPU(pid int) (time.Duration, bool) {
 		ticks += v
 	}
 	return time.Duration(ticks) * time.Second / clockTicks, true
-}
-
-// localPorts returns the local TCP ports of the sockets process pid
-// holds, from /proc: the server finds this process's connections by
-// them (pg_stat_activity.client_port).
-func localPorts(pid int) []int {
-	dir := "/proc/" + strconv.Itoa(pid)
-	fds, err := os.ReadDir(dir + "/fd")
-	if err != nil {
-		return nil
-	}
-	inodes := map[string]bool{}
-	for _, fd := range fds {
-		link, err := os.Readlink(dir + "/fd/" + fd.Name())
-		if err != nil {
-			continue // closed meanwhile
-		}
-		if ino, ok := strings.CutPrefix(link, "socket:["); ok {
-			inodes[strings.TrimSuffix(ino, "]")] = true
-		}
-	}
-	var ports []int
-	for _, table := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(dir + "/net/" + table)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		sc.Scan() // header
-		for sc.Scan() {
-			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-			f := strings.Fields(sc.Text())
-			if len(f) < 10 || !inodes[f[9]] {
-				continue
-			}
-			if _, hexPort, ok := strings.Cut(f[1], ":"); ok {
-				if port, err := strconv.ParseInt(hexPort, 16, 32); err == nil {
-					ports = append(ports, int(port))
-				}
-			}
-		}
-	}
-	return ports
 }

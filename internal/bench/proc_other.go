@@ -38,6 +38,3 @@ func machineCPU() (busy, total int64) { return 0, 0 }
 
 // procCPU is not measured here.
 func procCPU(int) (time.Duration, bool) { return 0, false }
-
-// localPorts is not known here.
-func localPorts(int) []int { return nil }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/internal/e2e"
+	"github.com/millrace/millrace/internal/procfs"
 	"github.com/millrace/millrace/internal/testenv"
 )
 
@@ -205,7 +206,7 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 				waitCaptureConnection(ctx, t, r, admin, 30*time.Second)
 				// The process's connections, found by their client ports:
 				// application_name cannot tell them from another test's.
-				ports, err := e2e.LocalPorts(r.Proc.PID(), int(admin.Config().ConnConfig.Port))
+				ports, err := procfs.LocalPorts(r.Proc.PID(), int(admin.Config().ConnConfig.Port))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -241,7 +242,7 @@ func waitCaptureConnection(ctx context.Context, t *testing.T, r *e2e.Rig, admin 
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		ports, err := e2e.LocalPorts(r.Proc.PID(), int(admin.Config().ConnConfig.Port))
+		ports, err := procfs.LocalPorts(r.Proc.PID(), int(admin.Config().ConnConfig.Port))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/millrace/millrace/config"
 	"github.com/millrace/millrace/event"
 	"github.com/millrace/millrace/handlers"
+	"github.com/millrace/millrace/internal/lazyctx"
 )
 
 // Observer is a compiled observer: a name, what it matches, an optional
@@ -177,7 +178,8 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 		actx := ctx
 		if timeout > 0 {
 			var cancel context.CancelFunc
-			actx, cancel = withTimeout(ctx, timeout)
+			// Armed only if the action waits on it (lazyctx).
+			actx, cancel = lazyctx.WithTimeout(ctx, timeout)
 			defer cancel()
 		}
 		call := handlers.ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/internal/lazyctx"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
@@ -534,8 +535,9 @@ func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Mess
 		id = h.Get(jetstream.MsgIDHeader)
 	}
 	// Each message has its own context, ended when it settles (or when
-	// the subscription stops), as Watermill subscribers do.
-	mctx, cancel := context.WithCancel(ctx)
+	// the subscription stops), as Watermill subscribers do; registered
+	// with the subscription's only if a handler waits on it (lazyctx).
+	mctx, cancel := lazyctx.WithCancel(ctx)
 	msg := message.NewMessageWithContext(mctx, id, nm.Data)
 	key := h.Get(keyHeader)
 	if key == "" {

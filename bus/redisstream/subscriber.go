@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/bus"
+	"github.com/millrace/millrace/internal/lazyctx"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -481,7 +482,8 @@ func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 	if delivery > 0 {
 		d.metadata[bus.DeliveryMetadata] = strconv.Itoa(delivery)
 	}
-	ctx, cancel := context.WithCancel(sub.lctx)
+	// Registered with lctx only if a handler waits on it (lazyctx).
+	ctx, cancel := lazyctx.WithCancel(sub.lctx)
 	msg := message.NewMessageWithContext(ctx, d.uuid, d.payload)
 	msg.Metadata = d.metadata
 	settle := func(acked bool) { sub.settle(e.ID, cancel, acked) }

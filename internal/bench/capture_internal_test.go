@@ -239,7 +239,7 @@ func TestServerProcesses(t *testing.T) {
 	if !ok {
 		t.Fatalf("the tests' Redis %s is not on this machine", testenv.RedisURL())
 	}
-	before := serverProcesses(map[string]int{"redis": port})
+	before := serverProcesses([]service{{"redis", port}})
 	if len(before) != 1 || before[0].name != "redis" || before[0].pid <= 0 {
 		t.Fatalf("servers read %+v; want the Redis server listening on %d (its /proc/<pid>/fd must be readable: root, or the server's user)", before, port)
 	}

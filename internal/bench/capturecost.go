@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -121,18 +119,23 @@ type serverProc struct {
 	cpu  time.Duration
 }
 
+// service is a service's server, by name, and the port it listens on.
+type service struct {
+	name string
+	port int
+}
+
 // serverProcesses reads the CPU time of the servers listening on this
-// machine at the given ports, by server name; a server elsewhere, or
-// whose process cannot be read, is left out.
-func serverProcesses(ports map[string]int) []serverProc {
+// machine; a server whose process cannot be found or read is left out.
+func serverProcesses(servers []service) []serverProc {
 	var procs []serverProc
-	for _, name := range slices.Sorted(maps.Keys(ports)) {
-		pid, err := procfs.ListenerPID(ports[name])
+	for _, s := range servers {
+		pid, err := procfs.ListenerPID(s.port)
 		if err != nil {
 			continue
 		}
 		if d, ok := procCPU(pid); ok {
-			procs = append(procs, serverProc{name: name, pid: pid, cpu: d})
+			procs = append(procs, serverProc{name: s.name, pid: pid, cpu: d})
 		}
 	}
 	return procs
@@ -167,17 +170,17 @@ func urlPort(raw string, def int) (int, bool) {
 	return port, err == nil
 }
 
-// servers are the ports of the NATS and Redis servers of the suite's
-// options that run on this machine.
-func (s *suite) servers() map[string]int {
-	ports := map[string]int{}
+// servers are the NATS and Redis servers of the suite's options that
+// run on this machine.
+func (s *suite) servers() []service {
+	var servers []service
 	if port, ok := urlPort(s.opts.NATSURL, 4222); ok {
-		ports["nats"] = port
+		servers = append(servers, service{"nats", port})
 	}
 	if port, ok := urlPort(s.opts.RedisURL, 6379); ok {
-		ports["redis"] = port
+		servers = append(servers, service{"redis", port})
 	}
-	return ports
+	return servers
 }
 
 // captureCost turns the meter and the two snapshots into the run's

@@ -11,15 +11,23 @@ import (
 
 type ctxKey struct{}
 
+// closes reports whether ch is closed within 5 seconds.
+func closes(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-time.After(5 * time.Second):
+		return false
+	}
+}
+
 func TestWithTimeoutDoneClosesAtTheDeadline(t *testing.T) {
 	ctx, cancel := lazyctx.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if err := ctx.Err(); err != nil {
 		t.Fatalf("Err before the deadline = %v, want nil", err)
 	}
-	select {
-	case <-ctx.Done():
-	case <-time.After(5 * time.Second):
+	if !closes(ctx.Done()) {
 		t.Fatal("Done did not close after the deadline")
 	}
 	if err := ctx.Err(); !errors.Is(err, context.DeadlineExceeded) {
@@ -73,9 +81,7 @@ func TestFollowsItsParent(t *testing.T) {
 			if done == nil {
 				done = ctx.Done()
 			}
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
+			if !closes(done) {
 				t.Fatalf("%s, armed=%v: Done did not close with the parent", c.name, armFirst)
 			}
 			if got := ctx.Value(ctxKey{}); got != "v" {
@@ -98,9 +104,7 @@ func TestCancel(t *testing.T) {
 			if err := ctx.Err(); !errors.Is(err, context.Canceled) {
 				t.Fatalf("%s, armed=%v: Err after cancel = %v, want Canceled", c.name, armFirst, err)
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(5 * time.Second):
+			if !closes(ctx.Done()) {
 				t.Fatalf("%s, armed=%v: Done not closed after cancel", c.name, armFirst)
 			}
 		}
@@ -134,9 +138,7 @@ func TestWithTimeoutDerivedContexts(t *testing.T) {
 	stop := context.AfterFunc(ctx, func() { close(fired) })
 	defer stop()
 	for _, ch := range []<-chan struct{}{child.Done(), fired} {
-		select {
-		case <-ch:
-		case <-time.After(5 * time.Second):
+		if !closes(ch) {
 			t.Fatal("a derived context was not cancelled at the deadline")
 		}
 	}
@@ -180,9 +182,7 @@ func TestWithCancel(t *testing.T) {
 	default:
 	}
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
+	if !closes(done) {
 		t.Fatal("Done not closed by cancel")
 	}
 	if err := ctx.Err(); !errors.Is(err, context.Canceled) {

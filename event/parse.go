@@ -2,7 +2,9 @@ package event
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math"
+	"math/bits"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -411,16 +413,14 @@ func (p *parser) key() ([]byte, bool) {
 	if p.i >= len(b) || b[p.i] != '"' {
 		return nil, false
 	}
-	for i := p.i + 1; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '"':
+	if i := plain(b, p.i+1); i < len(b) {
+		if b[i] == '"' {
 			k := b[p.i+1 : i]
 			p.i = i + 1
 			return k, true
-		case c == '\\' || c < 0x20 || c >= utf8.RuneSelf:
-			s, ok := p.str()
-			return []byte(s), ok
 		}
+		s, ok := p.str()
+		return []byte(s), ok
 	}
 	return nil, false
 }
@@ -432,9 +432,11 @@ func (p *parser) str() (string, bool) {
 	}
 	start := p.i + 1
 	i := start
-	for i < len(b) {
-		c := b[i]
-		switch {
+	for {
+		if i = plain(b, i); i >= len(b) {
+			return "", false
+		}
+		switch c := b[i]; {
 		case c == '"':
 			p.i = i + 1
 			return string(b[start:i]), true
@@ -442,8 +444,6 @@ func (p *parser) str() (string, bool) {
 			return p.escaped(start, i)
 		case c < 0x20:
 			return "", false
-		case c < utf8.RuneSelf:
-			i++
 		default:
 			r, size := utf8.DecodeRune(b[i:])
 			if r == utf8.RuneError && size == 1 {
@@ -452,7 +452,33 @@ func (p *parser) str() (string, bool) {
 			i += size
 		}
 	}
-	return "", false
+}
+
+// plain returns the index of the first byte of b from i on that a
+// string's plain ASCII run stops at: a quote, a backslash, a control
+// byte or a byte of a multi-byte UTF-8 sequence; len(b) if there is
+// none. It tests eight bytes at a time, as data's text fields are long
+// and mostly plain.
+func plain(b []byte, i int) int {
+	const ones, tops = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		q, s := x^(ones*'"'), x^(ones*'\\')
+		// A byte's top bit is set in m where that byte is zero in q or
+		// s, is below 0x20, or has its own top bit set. A subtraction's
+		// borrow can mark a byte past one that truly matches, never
+		// before it, so the lowest mark is the first stop.
+		m := ((q-ones)&^q | (s-ones)&^s | (x-ones*0x20)&^x | x) & tops
+		if m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	for ; i < len(b); i++ {
+		if c := b[i]; c == '"' || c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			return i
+		}
+	}
+	return i
 }
 
 // escaped finishes a string that has escapes, from its first backslash

@@ -1,6 +1,7 @@
 package event
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -119,6 +120,40 @@ func TestStringishAsEncodingJSON(t *testing.T) {
 		got, err := stringish([]byte(raw))
 		if err != nil || got != want {
 			t.Errorf("stringish(%s) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+}
+
+// TestPlainStopsWhereTheByteLoopDoes puts every byte value at every
+// position of short buffers, alone and after another stop byte, and
+// checks that the eight-bytes-at-a-time scan stops where a byte-by-byte
+// one does.
+func TestPlainStopsWhereTheByteLoopDoes(t *testing.T) {
+	stops := func(c byte) bool { return c == '"' || c == '\\' || c < 0x20 || c >= 0x80 }
+	want := func(b []byte, i int) int {
+		for ; i < len(b); i++ {
+			if stops(b[i]) {
+				return i
+			}
+		}
+		return i
+	}
+	for n := 0; n <= 24; n++ {
+		for pos := 0; pos < n; pos++ {
+			for c := 0; c < 256; c++ {
+				for _, later := range []int{-1, 0, '"', 0x7f, 0xff} {
+					b := bytes.Repeat([]byte{'a'}, n)
+					b[pos] = byte(c)
+					if later >= 0 && pos+1 < n {
+						b[n-1] = byte(later)
+					}
+					for from := 0; from <= pos; from += max(pos, 1) {
+						if got, w := plain(b, from), want(b, from); got != w {
+							t.Fatalf("plain(%q, %d) = %d, want %d", b, from, got, w)
+						}
+					}
+				}
+			}
 		}
 	}
 }

@@ -289,16 +289,16 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (<-c
 			Acquired: s.acquired.Bind(s.cfg.Partitions),
 		},
 		MaxInFlight: maxInFlight, MaxBuffered: s.maxBuffered(), ReadAhead: 4 * maxInFlight,
-	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
+	}, func(p int, sh partition.Share) (func(), error) {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		name := bus.Token(s.ConsumerName(topic) + "_p" + strconv.Itoa(p))
 		filter := s.cfg.Subject(topic, strconv.Itoa(p)+".>")
-		msgs, stop, err := s.consume(pctx, name, filter, true, sh)
+		_, stop, err := s.consume(pctx, name, filter, true, sh)
 		if err != nil {
 			cancel()
-			return nil, nil, err
+			return nil, err
 		}
-		return msgs, func() { stop(); cancel() }, nil
+		return func() { stop(); cancel() }, nil
 	})
 	return out, stop, nil
 }
@@ -314,7 +314,9 @@ func defaultMember() string {
 }
 
 // consume runs one durable consumer through lanes until stop, within
-// the bounds of sh (the zero Share gives it bounds of its own). reset
+// the bounds of sh (the zero Share gives it bounds of its own) and
+// releasing into sh.Out when it is set (the channel returned is then
+// nil). reset
 // restarts the consumer at its ack floor first, so that a new owner of
 // a partition gets the messages its last owner left unacked before the
 // later ones, in stream order.
@@ -344,7 +346,7 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 	// its entity.
 	l := lanes.New(lctx, lanes.Options{
 		MaxInFlight: maxInFlight, MaxBuffered: cc.MaxAckPending, TouchEvery: s.cfg.AckWait / 3,
-		Redeliver: redeliverDelay, Slots: sh.Slots, Buffered: sh.Buffered,
+		Redeliver: redeliverDelay, Slots: sh.Slots, Buffered: sh.Buffered, Out: sh.Out,
 	})
 	cur := &current{pl: pl}
 	acks := newAcker(s.js.Conn(), s.logger)

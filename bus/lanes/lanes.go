@@ -8,7 +8,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/millrace/millrace/bus"
-	"github.com/millrace/millrace/internal/fair"
 )
 
 // Settle is called once per pushed message with the router's verdict:
@@ -35,8 +34,8 @@ type Options struct {
 	// only when a copy is acked, or as not acked when the lanes stop.
 	Redeliver func(nacked *message.Message) time.Duration
 	// Slots, when set, holds the in-flight slots instead of MaxInFlight:
-	// lanes that share it share one bound (a bus consuming several
-	// partitions with one lanes each).
+	// lanes that share it share one bound and its workers (a bus
+	// consuming several partitions with one lanes each).
 	Slots *Slots
 	// Buffered, when set, holds the buffered room instead of
 	// MaxBuffered, shared the same way.
@@ -55,10 +54,10 @@ type Options struct {
 
 // Lanes is the dispatcher. Keys whose next message may be released
 // wait in a ready queue, in turn by tenant (bus.TenantMetadata), served
-// by at most one worker per in-flight slot; the in-flight slots go to
-// the tenants waiting for one in turn as well (Slots), so that one
-// tenant's flood delays another tenant's events by one turn, not by the
-// flood, within the messages the lanes hold. Create it with New. Drain
+// by at most one worker per in-flight slot (Slots, whose queue and
+// workers the lanes that share it share), so that one tenant's flood
+// delays another tenant's events by one turn, not by the flood, within
+// the messages the lanes hold. Create it with New. Drain
 // stops releasing new messages (held ones settle as not acked) while
 // released ones run to their end; when the ctx given to New ends,
 // everything still held settles as not acked at once.
@@ -70,34 +69,18 @@ type Lanes struct {
 	out       chan<- *message.Message
 	own       chan *message.Message // out, when the lanes own it
 	prepare   func(*message.Message)
-	inflight  *Slots
+	slots     *Slots
 	buffered  chan struct{}
 	touch     time.Duration
 	redeliver func(*message.Message) time.Duration
 
-	// wake hands a ready key to an idle worker: one token per idle
-	// worker woken, so it never holds more than maxWorkers.
-	wake       chan struct{}
-	maxWorkers int
-
 	mu      sync.Mutex
 	lanes   map[string][]item      // each key's held messages, the one released or due first
-	ready   fair.Queue[string]     // keys whose first message waits for a worker
 	waiting map[string]*time.Timer // keys whose first message waits to be released again
-	workers int                    // running, idle ones included
-	idle    int                    // waiting on wake
 	drained bool                   // Drain ran: Push counts no more messages
 
-	held    sync.WaitGroup // one per held message
-	running sync.WaitGroup // workers
+	held sync.WaitGroup // one per held message
 }
-
-// workerIdle is how long a worker with nothing to release waits for a
-// ready key before it ends. Workers are bounded by the in-flight slots:
-// a worker per key (each waiting for a slot behind a flood, a goroutine
-// and a stack each for the collector to scan) cost a fifth of a busy
-// consumer's CPU.
-const workerIdle = time.Second
 
 type item struct {
 	msg    *message.Message
@@ -122,19 +105,17 @@ func New(ctx context.Context, o Options) *Lanes {
 		o.Buffered = make(chan struct{}, o.MaxBuffered)
 	}
 	l := &Lanes{
-		ctx:        ctx,
-		draining:   make(chan struct{}),
-		closed:     make(chan struct{}),
-		out:        o.Out,
-		prepare:    o.Prepare,
-		inflight:   o.Slots,
-		buffered:   o.Buffered,
-		touch:      o.TouchEvery,
-		redeliver:  o.Redeliver,
-		maxWorkers: o.Slots.Cap(),
-		wake:       make(chan struct{}, o.Slots.Cap()),
-		lanes:      map[string][]item{},
-		waiting:    map[string]*time.Timer{},
+		ctx:       ctx,
+		draining:  make(chan struct{}),
+		closed:    make(chan struct{}),
+		out:       o.Out,
+		prepare:   o.Prepare,
+		slots:     o.Slots,
+		buffered:  o.Buffered,
+		touch:     o.TouchEvery,
+		redeliver: o.Redeliver,
+		lanes:     map[string][]item{},
+		waiting:   map[string]*time.Timer{},
 	}
 	if l.out == nil {
 		l.own = make(chan *message.Message)
@@ -217,73 +198,19 @@ func (l *Lanes) Push(key string, msg *message.Message, settle Settle, touch func
 	q, busy := l.lanes[key]
 	l.lanes[key] = append(q, it)
 	if !busy {
-		l.ready.Push(it.tenant, key)
-		l.kick()
+		l.slots.push(it.tenant, l, key)
 	}
 	l.mu.Unlock()
 	return true
 }
 
-// kick gets a ready key served: by an idle worker, or by a new one
-// while there are fewer than the slots. Otherwise a busy worker takes
-// it when it is done. l.mu is held.
-func (l *Lanes) kick() {
-	switch {
-	case l.idle > 0:
-		l.idle--
-		l.wake <- struct{}{}
-	case l.workers < l.maxWorkers:
-		l.workers++
-		l.running.Add(1)
-		go l.work()
-	}
-}
-
-// work releases the first message of each ready key in turn, until no
-// key was ready for workerIdle or the lanes stop.
-func (l *Lanes) work() {
-	defer l.running.Done()
-	var idle *time.Timer
-	for {
-		l.mu.Lock()
-		key, ok := l.ready.Pop()
-		if ok {
-			it := l.lanes[key][0]
-			l.mu.Unlock()
-			l.serve(key, it)
-			continue
-		}
-		l.idle++
-		l.mu.Unlock()
-		if idle == nil {
-			idle = time.NewTimer(workerIdle)
-			defer idle.Stop()
-		} else {
-			idle.Reset(workerIdle)
-		}
-		select {
-		case <-l.wake:
-			continue
-		case <-idle.C:
-		case <-l.closed:
-		case <-l.ctx.Done():
-		}
-		l.mu.Lock()
-		select {
-		case <-l.wake: // woken as it gave up: a key is ready
-			l.mu.Unlock()
-			continue
-		default:
-		}
-		l.idle--
-		if l.ready.Len() > 0 {
-			l.mu.Unlock()
-			continue
-		}
-		l.workers--
-		l.mu.Unlock()
-		return
-	}
+// serveFirst releases the first message of key, which a worker of the
+// slots took from the ready queue.
+func (l *Lanes) serveFirst(key string) {
+	l.mu.Lock()
+	it := l.lanes[key][0]
+	l.mu.Unlock()
+	l.serve(key, it)
 }
 
 // serve releases it, the first message of key, and settles it, or
@@ -311,7 +238,7 @@ func (l *Lanes) serve(key string, it item) {
 	l.mu.Lock()
 	if q := l.lanes[key][1:]; len(q) > 0 {
 		l.lanes[key] = q
-		l.ready.Push(q[0].tenant, key) // this worker, at least, comes back for it
+		l.slots.push(q[0].tenant, l, key)
 	} else {
 		delete(l.lanes, key)
 	}
@@ -329,8 +256,7 @@ func (l *Lanes) due(key string) {
 		return
 	}
 	delete(l.waiting, key)
-	l.ready.Push(l.lanes[key][0].tenant, key)
-	l.kick()
+	l.slots.push(l.lanes[key][0].tenant, l, key)
 }
 
 // releaseWaiting makes every key waiting for a redelivery ready at once:
@@ -375,10 +301,6 @@ func (l *Lanes) release(it item) bool {
 		return false
 	default:
 	}
-	if !l.inflight.acquire(it.tenant, l.draining, l.ctx.Done()) {
-		return false
-	}
-	defer l.inflight.release()
 	if l.prepare != nil {
 		l.prepare(it.msg)
 	}
@@ -434,7 +356,6 @@ func (l *Lanes) Close() {
 	l.Drain()
 	l.held.Wait()
 	close(l.closed)
-	l.running.Wait()
 	if l.own != nil {
 		close(l.own)
 	}

@@ -36,11 +36,29 @@ func TestOrderPerKeyAndLimit(t *testing.T) {
 			}
 		}
 	}()
+	peak := ackInOrder(t, l.Out(), keys*per)
+	settled.Wait()
+	if peak > 3 {
+		t.Errorf("%d messages in flight; limit is 3", peak)
+	}
+	if peak < 2 {
+		t.Errorf("peak in flight %d; different keys must run in parallel", peak)
+	}
+	if acks.Load() != keys*per {
+		t.Errorf("%d acks settled; want %d", acks.Load(), keys*per)
+	}
+}
+
+// ackInOrder takes n messages from out, checks that each key's come in
+// the order of their payloads (0, 1, ...), acks each a millisecond after
+// it came, and returns the most held at once.
+func ackInOrder(t *testing.T, out <-chan *message.Message, n int) (peak int) {
+	t.Helper()
 	var mu sync.Mutex
 	next := map[string]int{}
-	inflight, peak := 0, 0
-	for range keys * per {
-		m := <-l.Out()
+	inflight := 0
+	for range n {
+		m := <-out
 		mu.Lock()
 		k := m.Metadata.Get("key")
 		if got := string(m.Payload); got != fmt.Sprint(next[k]) {
@@ -58,16 +76,7 @@ func TestOrderPerKeyAndLimit(t *testing.T) {
 			m.Ack()
 		}()
 	}
-	settled.Wait()
-	if peak > 3 {
-		t.Errorf("%d messages in flight; limit is 3", peak)
-	}
-	if peak < 2 {
-		t.Errorf("peak in flight %d; different keys must run in parallel", peak)
-	}
-	if acks.Load() != keys*per {
-		t.Errorf("%d acks settled; want %d", acks.Load(), keys*per)
-	}
+	return peak
 }
 
 func TestNackSettlesFalseAndNextOfKeyFollows(t *testing.T) {
@@ -311,21 +320,30 @@ func TestSlotsServeTenantsInTurn(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	l := lanes.New(ctx, lanes.Options{MaxInFlight: 1, MaxBuffered: 100})
-	push := func(tenant, id string) {
-		m := message.NewMessage(id, nil)
-		m.Metadata.Set(bus.TenantMetadata, tenant)
-		if !l.Push(id, m, func(bool) {}, nil) {
-			t.Fatalf("push %s refused", id)
-		}
-	}
 	for i := range 50 {
-		push("big", fmt.Sprintf("big%d", i))
+		pushTenant(t, l, "big", fmt.Sprintf("big%d", i))
 	}
-	push("small", "small")
+	pushTenant(t, l, "small", "small")
 	// Let every lane's worker reach the in-flight bound.
 	time.Sleep(200 * time.Millisecond)
+	smallWithinATurn(t, l.Out())
+}
+
+func pushTenant(t *testing.T, l *lanes.Lanes, tenant, id string) {
+	t.Helper()
+	m := message.NewMessage(id, nil)
+	m.Metadata.Set(bus.TenantMetadata, tenant)
+	if !l.Push(id, m, func(bool) {}, nil) {
+		t.Fatalf("push %s refused", id)
+	}
+}
+
+// smallWithinATurn acks what out releases until the message "small",
+// which must come within the first 3 of 51.
+func smallWithinATurn(t *testing.T, out <-chan *message.Message) {
+	t.Helper()
 	for n := 1; n <= 51; n++ {
-		m := <-l.Out()
+		m := <-out
 		m.Ack()
 		if m.UUID == "small" {
 			if n > 3 {
@@ -402,4 +420,62 @@ func TestOutAndPrepare(t *testing.T) {
 	default:
 	}
 	close(out) // panics if Close closed it
+}
+
+// TestSharedSlotsBoundEveryLanes: three lanes that share two slots
+// release at most two messages at once between them, each lanes' keys
+// still in order, and all of them run.
+func TestSharedSlotsBoundEveryLanes(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slots := lanes.NewSlots(2)
+	out := make(chan *message.Message)
+	var all []*lanes.Lanes
+	for range 3 {
+		all = append(all, lanes.New(ctx, lanes.Options{Slots: slots, Out: out, MaxBuffered: 100}))
+	}
+	const keys, per = 4, 10
+	var settled sync.WaitGroup
+	settled.Add(len(all) * keys * per)
+	for li, l := range all {
+		go func() {
+			for i := range per {
+				for k := range keys {
+					key := fmt.Sprint(li, "/", k)
+					m := message.NewMessage(fmt.Sprint(key, "-", i), []byte(fmt.Sprint(i)))
+					m.Metadata.Set("key", key)
+					l.Push(key, m, func(bool) { settled.Done() }, nil)
+				}
+			}
+		}()
+	}
+	peak := ackInOrder(t, out, len(all)*keys*per)
+	settled.Wait()
+	if peak > 2 {
+		t.Errorf("%d messages in flight over the lanes; the shared limit is 2", peak)
+	}
+	if peak < 2 {
+		t.Errorf("peak in flight %d; the lanes must use both slots", peak)
+	}
+	for _, l := range all {
+		l.Close()
+	}
+}
+
+// TestSharedSlotsServeTenantsInTurnAcrossLanes: one shared slot, fifty
+// messages of a tenant in one lanes ahead of one of another tenant in
+// another lanes: the other tenant's message is released within one turn
+// of the first tenant's.
+func TestSharedSlotsServeTenantsInTurnAcrossLanes(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slots := lanes.NewSlots(1)
+	out := make(chan *message.Message)
+	big := lanes.New(ctx, lanes.Options{Slots: slots, Out: out, MaxBuffered: 100})
+	small := lanes.New(ctx, lanes.Options{Slots: slots, Out: out, MaxBuffered: 100})
+	for i := range 50 {
+		pushTenant(t, big, "big", fmt.Sprintf("big%d", i))
+	}
+	pushTenant(t, small, "small", "small")
+	smallWithinATurn(t, out)
 }

@@ -20,17 +20,20 @@ type Share struct {
 	// ReadAhead is how many messages one partition fetches or reads at
 	// a time.
 	ReadAhead int
+	// Out is the fan-in's channel: each partition's lanes release into
+	// it (lanes.Options.Out), with no goroutine between them.
+	Out chan<- *message.Message
 }
 
-// Start starts consuming partition p within the bounds of sh. It returns
-// the partition's messages and the function that stops it: stop returns
-// after the messages of p released on msgs have settled (or the bus's
-// drain timeout passed), and msgs is closed once stop has returned, or
-// before. Each message's context ends when the partition stops, at the
-// latest; a message not yet taken from the fan-in by then is dropped, as
-// its lanes settled it as not acked. On an error nothing runs and the
-// partition is tried again later.
-type Start func(p int, sh Share) (msgs <-chan *message.Message, stop func(), err error)
+// Start starts consuming partition p within the bounds of sh, releasing
+// its messages on sh.Out. It returns the function that stops it: stop
+// returns after the messages of p released have settled (or the bus's
+// drain timeout passed), and nothing of p is sent on sh.Out after it.
+// Each message's context ends when the partition stops, at the latest;
+// a message not yet taken from sh.Out by then is not sent, as its lanes
+// settle it as not acked. On an error nothing runs and the partition is
+// tried again later.
+type Start func(p int, sh Share) (stop func(), err error)
 
 // FanInConfig tunes FanIn.
 type FanInConfig struct {
@@ -58,28 +61,11 @@ func FanIn(ctx context.Context, l Leases, c FanInConfig, start Start) (out <-cha
 		Slots:     lanes.NewSlots(c.MaxInFlight),
 		Buffered:  make(chan struct{}, c.MaxBuffered),
 		ReadAhead: max(c.ReadAhead/c.Partitions, 16),
+		Out:       ch,
 	}
-	consume := func(p int) (func(), error) {
-		msgs, stopP, err := start(p, sh)
-		if err != nil {
-			return nil, err
-		}
-		forwarded := make(chan struct{})
-		go func() {
-			defer close(forwarded)
-			for m := range msgs {
-				select {
-				case ch <- m:
-				case <-m.Context().Done():
-					// The partition stopped: its lanes settle m as not
-					// acked, and its next owner gets it.
-				}
-			}
-		}()
-		// The partition's forwarder ends with it: nothing of p reaches
-		// out after its lease is released.
-		return func() { stopP(); <-forwarded }, nil
-	}
+	// A partition's stop returns before its lease is released, and
+	// nothing of it reaches out after that.
+	consume := func(p int) (func(), error) { return start(p, sh) }
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {

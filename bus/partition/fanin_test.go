@@ -22,12 +22,11 @@ func TestFanIn(t *testing.T) {
 			mu     sync.Mutex
 			shares = map[int]partition.Share{}
 		)
-		start := func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
+		start := func(p int, sh partition.Share) (func(), error) {
 			mu.Lock()
 			shares[p] = sh
 			mu.Unlock()
 			ctx, cancel := context.WithCancel(context.Background())
-			msgs := make(chan *message.Message)
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -35,14 +34,14 @@ func TestFanIn(t *testing.T) {
 				for i := range perPart + 1 {
 					m := message.NewMessageWithContext(ctx, fmt.Sprintf("%d-%d", p, i), nil)
 					select {
-					case msgs <- m:
+					case sh.Out <- m:
 					case <-ctx.Done():
 						return
 					}
 				}
 				<-ctx.Done()
 			}()
-			return msgs, func() { cancel(); <-done; close(msgs) }, nil
+			return func() { cancel(); <-done }, nil
 		}
 		out, stop, stopped := partition.FanIn(context.Background(), l, partition.FanInConfig{
 			Config:      partition.Config{Partitions: parts, Member: "a", TTL: time.Second},
@@ -95,7 +94,7 @@ func TestFanIn(t *testing.T) {
 				first.Slots.Cap(), cap(first.Buffered), first.ReadAhead)
 		}
 		for p, sh := range shares {
-			if sh.Slots != first.Slots || sh.Buffered != first.Buffered {
+			if sh.Slots != first.Slots || sh.Buffered != first.Buffered || sh.Out != first.Out {
 				t.Errorf("partition %d has bounds of its own", p)
 			}
 		}

@@ -148,7 +148,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		out, stop, stopped = s.subscribePartitions(ctx, topic)
 	} else {
 		sub := s.start(ctx, s.cfg.Stream(topic), nil, partition.Share{}, false)
-		out, stop, stopped = sub.out, sub.stop, sub.stopped
+		out, stop, stopped = sub.own, sub.stop, sub.stopped
 	}
 	s.stops = append(s.stops, stop)
 	go func() {
@@ -188,7 +188,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 		MaxInFlight: s.cfg.MaxInFlight,
 		MaxBuffered: s.cfg.maxBuffered(),
 		ReadAhead:   int(s.cfg.Batch),
-	}, func(p int, sh partition.Share) (<-chan *message.Message, func(), error) {
+	}, func(p int, sh partition.Share) (func(), error) {
 		streams := []string{s.cfg.partitionStream(topic, p)}
 		if p == 0 {
 			// The owner of partition 0 also reads the topic's
@@ -197,7 +197,6 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 			// around millrace, is delivered rather than stranded.
 			streams = append(streams, s.cfg.Stream(topic))
 		}
-		msgs := make(chan *message.Message)
 		var subs []*subscription
 		for _, stream := range streams {
 			gctx, cancel := context.WithTimeout(base, opTimeout)
@@ -207,18 +206,17 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 				for _, sub := range subs {
 					sub.stop()
 				}
-				return nil, nil, err
+				return nil, err
 			}
-			subs = append(subs, s.start(ctx, stream, msgs, sh, true))
+			subs = append(subs, s.start(ctx, stream, sh.Out, sh, true))
 		}
-		return msgs, func() {
+		return func() {
 			var wg sync.WaitGroup
 			for _, sub := range subs {
 				wg.Go(sub.stop)
 			}
+			// Every subscription's forwarder has ended when wg is done.
 			wg.Wait()
-			// Every subscription's forwarder has ended.
-			close(msgs)
 		}, nil
 	})
 }
@@ -254,7 +252,7 @@ type subscription struct {
 	// it (see readGroup).
 	takeOver bool
 	// ownOut: out is this subscription's, closed by forward; otherwise
-	// it is its partition's, closed once the partition stopped.
+	// it is the partitions' fan-in (partition.Share.Out), left open.
 	ownOut bool
 
 	lanes *lanes.Lanes
@@ -262,7 +260,8 @@ type subscription struct {
 	// after stop began. rctx ends when stop begins and stops the loops.
 	lctx, rctx       context.Context
 	cancelL, cancelR context.CancelFunc
-	out              chan *message.Message
+	out              chan<- *message.Message
+	own              chan *message.Message // out, when ownOut
 	acks             chan string
 	// caughtUp is closed once the entries pending before the start were
 	// queued (read back or taken over): the claimer waits for it, so that
@@ -282,7 +281,7 @@ type subscription struct {
 // start starts consuming stream. out, when set, is shared with the other
 // subscriptions of one partition, and sh with those of every partition
 // of one Subscribe; takeOver: see subscription.
-func (s *Subscriber) start(ctx context.Context, stream string, out chan *message.Message, sh partition.Share, takeOver bool) *subscription {
+func (s *Subscriber) start(ctx context.Context, stream string, out chan<- *message.Message, sh partition.Share, takeOver bool) *subscription {
 	base := context.WithoutCancel(ctx)
 	cfg := s.cfg
 	if sh.ReadAhead > 0 {
@@ -305,7 +304,8 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan *message
 		stopped:   make(chan struct{}),
 	}
 	if sub.ownOut {
-		sub.out = make(chan *message.Message)
+		sub.own = make(chan *message.Message)
+		sub.out = sub.own
 	}
 	sub.lctx, sub.cancelL = context.WithCancel(base)
 	sub.rctx, sub.cancelR = context.WithCancel(base)
@@ -530,7 +530,7 @@ func redeliverDelay(nacked *message.Message) time.Duration {
 func (sub *subscription) forward() {
 	defer close(sub.forwarded)
 	if sub.ownOut {
-		defer close(sub.out)
+		defer close(sub.own)
 	}
 	for m := range sub.lanes.Out() {
 		select {

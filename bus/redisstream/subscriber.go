@@ -215,7 +215,7 @@ func (s *Subscriber) subscribePartitions(ctx context.Context, topic string) (out
 			for _, sub := range subs {
 				wg.Go(sub.stop)
 			}
-			// Every subscription's forwarder has ended when wg is done.
+			// Nothing of the partition is sent on sh.Out after this.
 			wg.Wait()
 		}, nil
 	})
@@ -239,7 +239,7 @@ func (s *Subscriber) Close() error {
 // subscription is one stream's consumption: a topic's, or one
 // partition's. Its goroutines: the reader (XREADGROUP), the toucher
 // (XCLAIM of held entries), the claimer (XAUTOCLAIM of idle ones), the
-// forwarder (lanes → out), the acker (batched XACK), and the lanes.
+// acker (batched XACK), and the lanes, which release into out.
 type subscription struct {
 	client   redis.UniversalClient
 	cfg      Config
@@ -251,8 +251,8 @@ type subscription struct {
 	// lets a read in progress finish when it stops rather than cutting
 	// it (see readGroup).
 	takeOver bool
-	// ownOut: out is this subscription's, closed by forward; otherwise
-	// it is the partitions' fan-in (partition.Share.Out), left open.
+	// ownOut: out is this subscription's, closed by stop; otherwise it
+	// is the partitions' fan-in (partition.Share.Out), left open.
 	ownOut bool
 
 	lanes *lanes.Lanes
@@ -271,11 +271,10 @@ type subscription struct {
 	heldMu sync.Mutex
 	held   map[string]struct{} // entries released or queued, not yet acked or given up
 
-	loops     sync.WaitGroup
-	forwarded chan struct{}
-	ackDone   chan struct{}
-	stopOnce  sync.Once
-	stopped   chan struct{}
+	loops    sync.WaitGroup
+	ackDone  chan struct{}
+	stopOnce sync.Once
+	stopped  chan struct{}
 }
 
 // start starts consuming stream. out, when set, is shared with the other
@@ -288,20 +287,19 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan<- *messa
 		cfg.Batch = int64(sh.ReadAhead)
 	}
 	sub := &subscription{
-		client:    s.client,
-		cfg:       cfg,
-		stream:    stream,
-		readBack:  s.readBack && !takeOver,
-		takeOver:  takeOver,
-		ownOut:    out == nil,
-		logger:    s.logger.With("stream", stream, "group", s.cfg.Group, "consumer", s.cfg.Consumer),
-		out:       out,
-		acks:      make(chan string, 4*ackBatch),
-		caughtUp:  make(chan struct{}),
-		held:      map[string]struct{}{},
-		forwarded: make(chan struct{}),
-		ackDone:   make(chan struct{}),
-		stopped:   make(chan struct{}),
+		client:   s.client,
+		cfg:      cfg,
+		stream:   stream,
+		readBack: s.readBack && !takeOver,
+		takeOver: takeOver,
+		ownOut:   out == nil,
+		logger:   s.logger.With("stream", stream, "group", s.cfg.Group, "consumer", s.cfg.Consumer),
+		out:      out,
+		acks:     make(chan string, 4*ackBatch),
+		caughtUp: make(chan struct{}),
+		held:     map[string]struct{}{},
+		ackDone:  make(chan struct{}),
+		stopped:  make(chan struct{}),
 	}
 	if sub.ownOut {
 		sub.own = make(chan *message.Message)
@@ -318,12 +316,12 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan<- *messa
 		Redeliver:   redeliverDelay,
 		Slots:       sh.Slots,
 		Buffered:    sh.Buffered,
+		Out:         sub.out,
 	})
 	sub.loops.Add(3)
 	go sub.read()
 	go sub.keepTouched()
 	go sub.claimIdle()
-	go sub.forward()
 	go sub.ackLoop()
 	return sub
 }
@@ -338,7 +336,9 @@ func (sub *subscription) stop() {
 		}
 		sub.cancelL()
 		sub.lanes.Close()
-		<-sub.forwarded
+		if sub.ownOut {
+			close(sub.own)
+		}
 		close(sub.acks)
 		<-sub.ackDone
 		close(sub.stopped)
@@ -522,23 +522,6 @@ func redeliverDelay(nacked *message.Message) time.Duration {
 		return 0
 	}
 	return d
-}
-
-// forward passes the lanes' releases, redeliveries included, to the
-// router's channel. It closes that channel once the lanes closed, which
-// is after every settle ran.
-func (sub *subscription) forward() {
-	defer close(sub.forwarded)
-	if sub.ownOut {
-		defer close(sub.own)
-	}
-	for m := range sub.lanes.Out() {
-		select {
-		case sub.out <- m:
-		case <-sub.lctx.Done():
-			// The lanes see the same ctx end and settle m as not acked.
-		}
-	}
 }
 
 // forget drops an entry from the held set: it is no longer touched, and

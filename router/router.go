@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
@@ -230,9 +229,9 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("router: %w", err)
 	}
 	r.wm = wm
-	// Watermill's router metrics: the handlers' and subscribers' are
-	// counted in each handler (handlerMetrics), the publish times of
-	// captured changes by Watermill's publisher decorator.
+	// Watermill's router metrics: the handlers' and subscribers', and
+	// the publish times of captured changes, are counted in each handler
+	// (handlerMetrics).
 	hm, err := newHandlerMetrics(r.metrics.Registry)
 	if err != nil {
 		return err
@@ -243,16 +242,11 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		// by dedup. The handler publishes it itself, on a worker of its
 		// stacks, rather than returning it for Watermill to publish in
 		// its goroutine per message, whose stack the publish outgrows.
-		pub, err := wmetrics.NewPrometheusMetricsBuilder(r.metrics.Registry, "", "").DecoratePublisher(backend.Publisher)
-		if err != nil {
-			return fmt.Errorf("router: %w", err)
-		}
 		topic := cfg.Router.Topic
-		forward := func(msg *message.Message) error { return pub.Publish(topic, msg) }
 		for name, sub := range backend.Captures {
 			st := newStacks(cfg.Router.MaxInFlight)
 			defer st.close()
-			h := wm.AddConsumerHandler("capture_"+name, topic, sub, forward)
+			h := wm.AddConsumerHandler("capture_"+name, topic, sub, hm.forward("capture_"+name, topic, backend.Publisher))
 			h.AddMiddleware(st.middleware, hm.middleware("capture_"+name, sub))
 			if r.tracer != nil {
 				h.AddMiddleware(r.tracer.Capture(name, r.walSource(name)))

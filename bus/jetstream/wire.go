@@ -54,22 +54,31 @@ func (WireFormat) Unmarshal(nm *nats.Msg) (*message.Message, error) {
 
 // natsMsg is the message of m on topic: subject, headers and payload.
 func (c Config) natsMsg(topic string, m *message.Message) *nats.Msg {
-	nm := nats.NewMsg(c.PartitionSubject(topic, bus.PartitionKey(m), m.Metadata.Get(bus.SubjectMetadata)))
-	nm.Data = m.Payload
+	// The header map is sized once and its values share one array: a
+	// message is written per change, and these were most of its
+	// allocations. The names are canonical already (nats.Header.Set
+	// would not change them).
+	n := 2 + len(m.Metadata)
+	h, vals := make(nats.Header, n), make([]string, 0, n)
+	add := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
 	// The duplicate window is stream-wide; the topic in the id keeps
 	// the same message on two topics from being dropped as one.
-	nm.Header.Set(jetstream.MsgIDHeader, topic+":"+m.UUID)
-	nm.Header.Set(uuidHeader, m.UUID)
+	add(jetstream.MsgIDHeader, topic+":"+m.UUID)
+	add(uuidHeader, m.UUID)
 	for k, v := range m.Metadata {
 		switch k {
 		case bus.KeyMetadata:
-			nm.Header.Set(keyHeader, v)
+			add(keyHeader, v)
 		case bus.SubjectMetadata, bus.RetryDelayMetadata:
 		default:
-			nm.Header[metaPrefix+k] = []string{v}
+			add(metaPrefix+k, v)
 		}
 	}
-	return nm
+	subject := c.PartitionSubject(topic, bus.PartitionKey(m), m.Metadata.Get(bus.SubjectMetadata))
+	return &nats.Msg{Subject: subject, Header: h, Data: m.Payload}
 }
 
 // setMetadata copies the Millrace-Md- headers of nm onto msg, and the

@@ -45,9 +45,16 @@ type FanInConfig struct {
 	// queued, over every partition.
 	MaxBuffered int
 	// ReadAhead is the read-ahead of one subscription; each partition
-	// gets its share of it, at least 16.
+	// gets its share of it, at least minReadAhead.
 	ReadAhead int
 }
+
+// minReadAhead is the least a partition reads ahead. A bus asks for
+// more when half of it arrived: with twelve partitions sharing the 256
+// of one subscription, a pull request went out per ten messages, and
+// the pulls cost a partitioned worker 7 % more CPU per event than
+// this floor does (docs/performance.md, partition cost).
+const minReadAhead = 64
 
 // FanIn consumes the partitions this process leases from l (see Run) into
 // one channel: start consumes one partition, within bounds that every
@@ -60,7 +67,7 @@ func FanIn(ctx context.Context, l Leases, c FanInConfig, start Start) (out <-cha
 	sh := Share{
 		Slots:     lanes.NewSlots(c.MaxInFlight),
 		Buffered:  make(chan struct{}, c.MaxBuffered),
-		ReadAhead: max(c.ReadAhead/c.Partitions, 16),
+		ReadAhead: max(c.ReadAhead/c.Partitions, minReadAhead),
 		Out:       ch,
 	}
 	// A partition's stop returns before its lease is released, and

@@ -45,7 +45,7 @@ func TestFanIn(t *testing.T) {
 		}
 		out, stop, stopped := partition.FanIn(context.Background(), l, partition.FanInConfig{
 			Config:      partition.Config{Partitions: parts, Member: "a", TTL: time.Second},
-			MaxInFlight: 8, MaxBuffered: 128, ReadAhead: 100,
+			MaxInFlight: 8, MaxBuffered: 128, ReadAhead: 1000,
 		}, start)
 
 		// Every partition's first perPart messages; the last ones may
@@ -89,8 +89,8 @@ func TestFanIn(t *testing.T) {
 			t.Fatalf("started %d partitions, want %d", len(shares), parts)
 		}
 		first := shares[0]
-		if first.Slots.Cap() != 8 || cap(first.Buffered) != 128 || first.ReadAhead != 25 {
-			t.Errorf("share = slots %d, buffered %d, read-ahead %d; want 8, 128, 25",
+		if first.Slots.Cap() != 8 || cap(first.Buffered) != 128 || first.ReadAhead != 250 {
+			t.Errorf("share = slots %d, buffered %d, read-ahead %d; want 8, 128, 250",
 				first.Slots.Cap(), cap(first.Buffered), first.ReadAhead)
 		}
 		for p, sh := range shares {

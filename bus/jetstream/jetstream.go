@@ -473,24 +473,42 @@ func (s *Subscriber) restartAtAckFloor(ctx context.Context, cc jetstream.Consume
 // <pending>, or with <domain>.<account hash> after ACK and a last token
 // on newer servers); 0 when reply is not one.
 func consumerSeq(reply string) uint64 {
+	seq, _, _ := replyNumber(reply, ackConsumerSeqToken)
+	return seq
+}
+
+// Positions of the ack reply subject's tokens in its first form,
+// "$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+// seq>.<time>.<pending>"; its second form, of 11 tokens or more, has
+// two more (domain, account hash) after "$JS.ACK".
+const (
+	ackDeliveredToken   = 4
+	ackConsumerSeqToken = 6
+)
+
+// replyNumber reads the number at token pos of an ack reply subject
+// (either form) and returns it with its text, a substring of reply; ok
+// is false when reply is not one or the token not a number. nats.Msg's
+// Metadata reads the same, with a struct and a slice of every token
+// allocated per message.
+func replyNumber(reply string, pos int) (n uint64, text string, ok bool) {
 	const v1Tokens = 9
-	n := strings.Count(reply, ".") + 1
-	if !strings.HasPrefix(reply, "$JS.ACK.") || n < v1Tokens || (n > v1Tokens && n < 11) {
-		return 0
+	tokens := strings.Count(reply, ".") + 1
+	if !strings.HasPrefix(reply, "$JS.ACK.") || tokens < v1Tokens || (tokens > v1Tokens && tokens < 11) {
+		return 0, "", false
 	}
-	pos := 6 // v1
-	if n > v1Tokens {
-		pos = 8
+	if tokens > v1Tokens {
+		pos += 2
 	}
 	for range pos {
 		_, reply, _ = strings.Cut(reply, ".")
 	}
-	tok, _, _ := strings.Cut(reply, ".")
-	seq, err := strconv.ParseUint(tok, 10, 64)
+	text, _, _ = strings.Cut(reply, ".")
+	n, err := strconv.ParseUint(text, 10, 64)
 	if err != nil {
-		return 0
+		return 0, "", false
 	}
-	return seq
+	return n, text, true
 }
 
 func (s *Subscriber) maxBuffered() int {

@@ -1,7 +1,6 @@
 package jetstream
 
 import (
-	"strconv"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -90,7 +89,7 @@ func setMetadata(msg *message.Message, nm *nats.Msg) {
 			msg.Metadata.Set(k[len(metaPrefix):], v[0])
 		}
 	}
-	if md, err := nm.Metadata(); err == nil {
-		msg.Metadata.Set(bus.DeliveryMetadata, strconv.FormatUint(md.NumDelivered, 10))
+	if _, delivered, ok := replyNumber(nm.Reply, ackDeliveredToken); ok {
+		msg.Metadata.Set(bus.DeliveryMetadata, delivered)
 	}
 }

@@ -64,3 +64,23 @@ func BenchmarkMarshal(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkUnmarshal reads a delivered message: its id, key, metadata
+// and delivery count.
+func BenchmarkUnmarshal(b *testing.B) {
+	w := jetstream.WireFormat{Config: jetstream.Config{SubjectPrefix: "mr"}}
+	m := message.NewMessage("3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b", []byte(`{}`))
+	bus.Route(m, "shop", "Order", "7", "acme", "UPDATE")
+	nm, err := w.Marshal("events", m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	nm.Reply = "$JS.ACK.ORDERS.workers_events.1.2045.77.1733300000000000000.12"
+	nm.Sub = &nats.Subscription{}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := w.Unmarshal(nm); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

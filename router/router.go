@@ -246,8 +246,9 @@ func (r *Router) Run(ctx context.Context) (err error) {
 		for name, sub := range backend.Captures {
 			st := newStacks(cfg.Router.MaxInFlight)
 			defer st.close()
-			h := wm.AddConsumerHandler("capture_"+name, topic, sub, hm.forward("capture_"+name, topic, backend.Publisher))
-			h.AddMiddleware(st.middleware, hm.middleware("capture_"+name, sub))
+			handler := "capture_" + name
+			h := wm.AddConsumerHandler(handler, topic, sub, hm.forward(handler, topic, backend.Publisher))
+			h.AddMiddleware(st.middleware, hm.middleware(handler, sub))
 			if r.tracer != nil {
 				h.AddMiddleware(r.tracer.Capture(name, r.walSource(name)))
 			}

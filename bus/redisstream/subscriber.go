@@ -251,9 +251,6 @@ type subscription struct {
 	// lets a read in progress finish when it stops rather than cutting
 	// it (see readGroup).
 	takeOver bool
-	// ownOut: out is this subscription's, closed by stop; otherwise it
-	// is the partitions' fan-in (partition.Share.Out), left open.
-	ownOut bool
 
 	lanes *lanes.Lanes
 	// lctx is the parent of message contexts: it ends DrainTimeout
@@ -261,8 +258,10 @@ type subscription struct {
 	lctx, rctx       context.Context
 	cancelL, cancelR context.CancelFunc
 	out              chan<- *message.Message
-	own              chan *message.Message // out, when ownOut
-	acks             chan string
+	// own is out when out is this subscription's, closed by stop; nil
+	// when out is the partitions' fan-in (partition.Share.Out), left open.
+	own  chan *message.Message
+	acks chan string
 	// caughtUp is closed once the entries pending before the start were
 	// queued (read back or taken over): the claimer waits for it, so that
 	// it does not queue a later pending entry ahead of an earlier one.
@@ -292,7 +291,6 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan<- *messa
 		stream:   stream,
 		readBack: s.readBack && !takeOver,
 		takeOver: takeOver,
-		ownOut:   out == nil,
 		logger:   s.logger.With("stream", stream, "group", s.cfg.Group, "consumer", s.cfg.Consumer),
 		out:      out,
 		acks:     make(chan string, 4*ackBatch),
@@ -301,7 +299,7 @@ func (s *Subscriber) start(ctx context.Context, stream string, out chan<- *messa
 		ackDone:  make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
-	if sub.ownOut {
+	if out == nil {
 		sub.own = make(chan *message.Message)
 		sub.out = sub.own
 	}
@@ -336,7 +334,7 @@ func (sub *subscription) stop() {
 		}
 		sub.cancelL()
 		sub.lanes.Close()
-		if sub.ownOut {
+		if sub.own != nil {
 			close(sub.own)
 		}
 		close(sub.acks)

@@ -50,8 +50,9 @@ type Runtime struct {
 	// collection starts once the heap has grown by this percentage of
 	// what the last one left live. Default 0: the topology's, 400 on
 	// redis, nats and multidb, whose live heap is small and which
-	// otherwise collect it several times a second, and Go's 100 on
-	// embedded and postgres (docs/performance.md, "Garbage collection").
+	// otherwise collect it several times a second, 50 on embedded, whose
+	// heap is mostly the in-process JetStream server's block caches, and
+	// Go's 100 on postgres (docs/performance.md, "Garbage collection").
 	GCPercent int `koanf:"gc_percent"`
 	// MemoryLimit is a soft limit on the memory the Go runtime uses,
 	// Go's GOMEMLIMIT, e.g. "512MB": near it the collector runs more

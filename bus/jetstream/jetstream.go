@@ -134,51 +134,6 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c Config) (jetstr
 	return s, nil
 }
 
-// Publisher publishes to JetStream and waits for every PubAck.
-type Publisher struct {
-	js  jetstream.JetStream
-	cfg Config
-}
-
-// NewPublisher returns a publisher on js. It does not own the connection.
-func NewPublisher(js jetstream.JetStream, cfg Config) *Publisher {
-	return &Publisher{js: js, cfg: cfg}
-}
-
-// Publish sends msgs asynchronously and waits for all their acks; the
-// message UUID is the Nats-Msg-Id.
-func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-	for _, m := range msgs {
-		nm := p.cfg.natsMsg(topic, m)
-		f, err := p.js.PublishMsgAsync(nm)
-		if err != nil {
-			return fmt.Errorf("jetstream: publish %s: %w", m.UUID, err)
-		}
-		futures = append(futures, f)
-	}
-	var errs []error
-	// One bound for the whole call: the acks come back in parallel.
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			errs = append(errs, fmt.Errorf("jetstream: publish %s: %w", msgs[i].UUID, err))
-		case <-timeout.C:
-			for _, m := range msgs[i:] {
-				errs = append(errs, fmt.Errorf("jetstream: publish %s: no ack within 30s", m.UUID))
-			}
-			return errors.Join(errs...)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Close does nothing: the connection belongs to the caller.
-func (p *Publisher) Close() error { return nil }
-
 // Subscriber consumes a topic through a durable pull consumer shared by
 // every process that uses the same Config.Consumer.
 type Subscriber struct {

@@ -17,7 +17,7 @@ import (
 )
 
 // busConfig returns a config on a fresh stream of the test's own.
-func busConfig(t *testing.T, js njs.JetStream, prefix, group string) jetstream.Config {
+func busConfig(t testing.TB, js njs.JetStream, prefix, group string) jetstream.Config {
 	t.Helper()
 	cfg := jetstream.Config{
 		Stream: strings.ToUpper(prefix), SubjectPrefix: prefix, Consumer: group,

@@ -333,6 +333,8 @@ type stream struct {
 
 	inTx      bool
 	confirmed pglogrepl.LSN // last position sent as flushed
+
+	row rowChange // the row change being decoded
 }
 
 // entry is a pushed message, or (end set) the end of a transaction,
@@ -553,11 +555,25 @@ func (st *stream) idle(walEnd pglogrepl.LSN) {
 
 // handle decodes one pgoutput message and pushes its events.
 func (st *stream) handle(ctx context.Context, xld pglogrepl.XLogData) error {
+	dec := st.dec
+	if isRowChange(xld.WALData) {
+		c := &st.row
+		if err := c.read(xld.WALData); err != nil {
+			return fmt.Errorf("decode pgoutput at %s: %w", xld.WALStart, err)
+		}
+		typ := event.Insert
+		switch c.op {
+		case 'U':
+			typ = event.Update
+		case 'D':
+			typ = event.Delete
+		}
+		return st.push(dec.change(typ, c.relID, c.oldType, c.old, c.new))
+	}
 	m, err := pglogrepl.Parse(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("decode pgoutput at %s: %w", xld.WALStart, err)
 	}
-	dec := st.dec
 	switch m := m.(type) {
 	case *pglogrepl.RelationMessage:
 		return dec.relation(ctx, m)
@@ -571,12 +587,6 @@ func (st *stream) handle(ctx context.Context, xld pglogrepl.XLogData) error {
 		st.advance()
 		st.mu.Unlock()
 		st.signal()
-	case *pglogrepl.InsertMessage:
-		return st.push(dec.change(event.Insert, m.RelationID, 0, nil, m.Tuple))
-	case *pglogrepl.UpdateMessage:
-		return st.push(dec.change(event.Update, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple))
-	case *pglogrepl.DeleteMessage:
-		return st.push(dec.change(event.Delete, m.RelationID, m.OldTupleType, m.OldTuple, nil))
 	case *pglogrepl.TruncateMessage:
 		// The publication does not publish TRUNCATE; a publication made
 		// by hand may. There is no event type for it: say so, skip it.

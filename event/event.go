@@ -148,9 +148,11 @@ func (e *Event) Validate() error {
 // wire mirrors Event for decoding, so that data and changes can be checked
 // for their JSON shape before they are converted.
 type wire struct {
-	ID       *string         `json:"id"`
-	Type     *string         `json:"event_type"`
-	Entity   *string         `json:"entity_type"`
+	// Strings, not pointers: encoding/json leaves a string alone on
+	// null, which is what a missing field gives too.
+	ID       string          `json:"id"`
+	Type     string          `json:"event_type"`
+	Entity   string          `json:"entity_type"`
 	EntityID json.RawMessage `json:"entity_id"`
 	// Data and Changes are decoded in the same pass as the rest, with
 	// numbers kept as json.Number until normalize: a second parse of
@@ -159,9 +161,9 @@ type wire struct {
 	Changes   any             `json:"changes"`
 	UserID    json.RawMessage `json:"user_id"`
 	TenantID  json.RawMessage `json:"tenant_id"`
-	Timestamp *string         `json:"timestamp"`
+	Timestamp string          `json:"timestamp"`
 	Seq       json.RawMessage `json:"seq"`
-	Source    *string         `json:"source"`
+	Source    string          `json:"source"`
 }
 
 // Decode parses one JSON envelope and validates it. Numbers in data and
@@ -173,7 +175,8 @@ func Decode(b []byte) (*Event, error) {
 	if len(b) == 0 || b[0] != '{' {
 		return nil, fmt.Errorf("%w: body must be a JSON object", ErrInvalid)
 	}
-	if w, ok := fastWire(b); ok {
+	var w wire
+	if fastWire(b, &w) {
 		return fromWire(&w, true)
 	}
 	return decodeStd(b)
@@ -227,19 +230,7 @@ func fromWire(w *wire, normalized bool) (*Event, error) {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: %w", ErrInvalid, &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}))
 	}
-	e := &Event{}
-	if w.ID != nil {
-		e.ID = *w.ID
-	}
-	if w.Type != nil {
-		e.Type = Type(*w.Type)
-	}
-	if w.Entity != nil {
-		e.Entity = *w.Entity
-	}
-	if w.Source != nil {
-		e.Source = *w.Source
-	}
+	e := &Event{ID: w.ID, Type: Type(w.Type), Entity: w.Entity, Source: w.Source}
 	var err error
 	if e.EntityID, err = stringish(w.EntityID); err != nil {
 		bad("entity_id", "%v", err)
@@ -279,10 +270,10 @@ func fromWire(w *wire, normalized bool) (*Event, error) {
 			}
 		}
 	}
-	if w.Timestamp != nil && *w.Timestamp != "" {
-		ts, err := time.Parse(time.RFC3339Nano, *w.Timestamp)
+	if w.Timestamp != "" {
+		ts, err := time.Parse(time.RFC3339Nano, w.Timestamp)
 		if err != nil {
-			bad("timestamp", "must be RFC 3339, got %q", clip(*w.Timestamp))
+			bad("timestamp", "must be RFC 3339, got %q", clip(w.Timestamp))
 		}
 		e.Timestamp = ts
 	}

@@ -3,9 +3,12 @@ package event
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"math"
 	"math/bits"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -33,46 +36,46 @@ type parser struct {
 	depth int
 }
 
-// fastWire parses b (a trimmed JSON object) into a wire whose Data and
-// Changes already hold normalized values; ok is false when the fast
-// path gives up.
-func fastWire(b []byte) (w wire, ok bool) {
+// fastWire parses b (a trimmed JSON object) into w, whose Data and
+// Changes then hold normalized values; it returns false when the fast
+// path gives up, leaving w partly filled.
+func fastWire(b []byte, w *wire) bool {
 	p := parser{b: b}
 	if !p.consume('{') {
-		return w, false
+		return false
 	}
 	var seen uint16
 	p.ws()
 	if p.consume('}') {
-		return w, p.end()
+		return p.end()
 	}
 	for {
 		p.ws()
 		key, ok := p.key()
 		if !ok {
-			return w, false
+			return false
 		}
 		p.ws()
 		if !p.consume(':') {
-			return w, false
+			return false
 		}
 		p.ws()
 		f := fieldIndex(key)
 		if f < 0 || seen&(1<<f) != 0 {
-			return w, false
+			return false
 		}
 		seen |= 1 << f
-		if !p.field(&w, f) {
-			return w, false
+		if !p.field(w, f) {
+			return false
 		}
 		p.ws()
 		if p.consume(',') {
 			continue
 		}
 		if p.consume('}') {
-			return w, p.end()
+			return p.end()
 		}
-		return w, false
+		return false
 	}
 }
 
@@ -125,25 +128,25 @@ func fieldIndex(k []byte) int {
 func (p *parser) field(w *wire, f int) bool {
 	switch f {
 	case fID, fType, fEntity, fTimestamp, fSource:
-		var s *string
-		if !p.null() {
-			v, ok := p.str()
-			if !ok {
-				return false
-			}
-			s = &v
+		if p.null() {
+			return true // the field stays as it is, as encoding/json leaves it
 		}
+		raw, ok := p.strRaw()
+		if !ok {
+			return false
+		}
+		// The names that repeat from event to event are interned.
 		switch f {
 		case fID:
-			w.ID = s
+			w.ID = string(raw)
 		case fType:
-			w.Type = s
+			w.Type = intern(raw)
 		case fEntity:
-			w.Entity = s
+			w.Entity = intern(raw)
 		case fTimestamp:
-			w.Timestamp = s
+			w.Timestamp = string(raw)
 		default:
-			w.Source = s
+			w.Source = intern(raw)
 		}
 		return true
 	case fEntityID, fUserID, fTenantID, fSeq:
@@ -230,7 +233,7 @@ func (p *parser) skipScalar() bool {
 	}
 	switch c := p.b[p.i]; {
 	case c == '"':
-		_, ok := p.str()
+		_, ok := p.strRaw()
 		return ok
 	case c == 'n':
 		return p.null()
@@ -419,35 +422,44 @@ func (p *parser) key() ([]byte, bool) {
 			p.i = i + 1
 			return k, true
 		}
-		s, ok := p.str()
-		return []byte(s), ok
+		return p.strRaw()
 	}
 	return nil, false
 }
 
 func (p *parser) str() (string, bool) {
+	raw, ok := p.strRaw()
+	if !ok {
+		return "", false
+	}
+	return string(raw), true
+}
+
+// strRaw parses a string and returns its unescaped bytes: a slice of
+// p.b when it has no escapes, a new buffer otherwise.
+func (p *parser) strRaw() ([]byte, bool) {
 	b := p.b
 	if p.i >= len(b) || b[p.i] != '"' {
-		return "", false
+		return nil, false
 	}
 	start := p.i + 1
 	i := start
 	for {
 		if i = plain(b, i); i >= len(b) {
-			return "", false
+			return nil, false
 		}
 		switch c := b[i]; {
 		case c == '"':
 			p.i = i + 1
-			return string(b[start:i]), true
+			return b[start:i:i], true
 		case c == '\\':
 			return p.escaped(start, i)
 		case c < 0x20:
-			return "", false
+			return nil, false
 		default:
 			r, size := utf8.DecodeRune(b[i:])
 			if r == utf8.RuneError && size == 1 {
-				return "", false
+				return nil, false
 			}
 			i += size
 		}
@@ -483,7 +495,7 @@ func plain(b []byte, i int) int {
 
 // escaped finishes a string that has escapes, from its first backslash
 // at i.
-func (p *parser) escaped(start, i int) (string, bool) {
+func (p *parser) escaped(start, i int) ([]byte, bool) {
 	b := p.b
 	out := make([]byte, 0, i-start+16)
 	out = append(out, b[start:i]...)
@@ -492,10 +504,10 @@ func (p *parser) escaped(start, i int) (string, bool) {
 		switch {
 		case c == '"':
 			p.i = i + 1
-			return string(out), true
+			return out, true
 		case c == '\\':
 			if i+1 >= len(b) {
-				return "", false
+				return nil, false
 			}
 			switch e := b[i+1]; e {
 			case '"', '\\', '/':
@@ -513,43 +525,43 @@ func (p *parser) escaped(start, i int) (string, bool) {
 			case 'u':
 				r, ok := hex4(b, i+2)
 				if !ok {
-					return "", false
+					return nil, false
 				}
 				i += 6
 				if utf16.IsSurrogate(r) {
 					if i+1 >= len(b) || b[i] != '\\' || b[i+1] != 'u' {
-						return "", false
+						return nil, false
 					}
 					r2, ok := hex4(b, i+2)
 					if !ok {
-						return "", false
+						return nil, false
 					}
 					if r = utf16.DecodeRune(r, r2); r == utf8.RuneError {
-						return "", false
+						return nil, false
 					}
 					i += 6
 				}
 				out = utf8.AppendRune(out, r)
 				continue
 			default:
-				return "", false
+				return nil, false
 			}
 			i += 2
 		case c < 0x20:
-			return "", false
+			return nil, false
 		case c < utf8.RuneSelf:
 			out = append(out, c)
 			i++
 		default:
 			r, size := utf8.DecodeRune(b[i:])
 			if r == utf8.RuneError && size == 1 {
-				return "", false
+				return nil, false
 			}
 			out = append(out, b[i:i+size]...)
 			i += size
 		}
 	}
-	return "", false
+	return nil, false
 }
 
 func hex4(b []byte, i int) (rune, bool) {
@@ -594,4 +606,47 @@ func smallInt(b []byte) (int64, bool) {
 		n = -n
 	}
 	return n, true
+}
+
+// interned holds the strings of the envelope fields that repeat from
+// event to event (event_type, entity_type, source), so that decoding
+// them does not allocate. It is copied on write, which readers do not
+// wait for, and bounded: past maxInterned names, or for a name longer
+// than maxInternLen, decoding allocates as before.
+var (
+	internMu sync.Mutex
+	interned atomic.Pointer[map[string]string]
+)
+
+const (
+	maxInterned  = 1024
+	maxInternLen = 128
+)
+
+func intern(b []byte) string {
+	if m := interned.Load(); m != nil {
+		if s, ok := (*m)[string(b)]; ok { // the lookup does not copy b
+			return s
+		}
+	}
+	s := string(b)
+	if len(b) > maxInternLen {
+		return s
+	}
+	internMu.Lock()
+	defer internMu.Unlock()
+	old := interned.Load()
+	var m map[string]string
+	if old == nil {
+		m = map[string]string{s: s}
+	} else {
+		if len(*old) >= maxInterned {
+			return s
+		}
+		m = make(map[string]string, len(*old)+1)
+		maps.Copy(m, *old)
+		m[s] = s
+	}
+	interned.Store(&m)
+	return s
 }

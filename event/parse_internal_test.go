@@ -3,8 +3,10 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -25,7 +27,7 @@ func agree(t *testing.T, b []byte) bool {
 	if !reflect.DeepEqual(fast, std) {
 		t.Fatalf("%q: Decode = %#v; encoding/json gives %#v", b, fast, std)
 	}
-	_, took := fastWire(tb)
+	took := fastWire(tb, new(wire))
 	return took
 }
 
@@ -154,6 +156,43 @@ func TestPlainStopsWhereTheByteLoopDoes(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestInternIsExactAndBounded: intern gives back the bytes' string
+// from any number of goroutines, keeps at most maxInterned names, and
+// none longer than maxInternLen.
+func TestInternIsExactAndBounded(t *testing.T) {
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 3 * maxInterned {
+				name := fmt.Sprintf("Entity%d", (i*7+g)%(2*maxInterned))
+				if got := intern([]byte(name)); got != name {
+					t.Errorf("intern(%q) = %q", name, got)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	long := strings.Repeat("x", maxInternLen+1)
+	if got := intern([]byte(long)); got != long {
+		t.Fatalf("intern of a long name = %q", got)
+	}
+	m := *interned.Load()
+	if len(m) > maxInterned {
+		t.Fatalf("%d names interned; want at most %d", len(m), maxInterned)
+	}
+	if _, ok := m[long]; ok {
+		t.Fatal("a name longer than maxInternLen was interned")
+	}
+	for k, v := range m {
+		if k != v {
+			t.Fatalf("interned[%q] = %q", k, v)
 		}
 	}
 }

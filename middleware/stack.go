@@ -199,6 +199,9 @@ func (p *Policy) failurePolicy(next message.HandlerFunc) message.HandlerFunc {
 			return nil, p.parkBehind(ctx, d)
 		}
 		out, err := next(msg)
+		if err == nil {
+			return out, nil // before errors.As, whose target escapes
+		}
 		var f *Failure
 		if !errors.As(err, &f) {
 			return out, err

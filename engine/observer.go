@@ -173,25 +173,13 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 		exec = Direct
 	}
 	limit := max(o.Config.Concurrency, 1)
-	timeout := o.Config.Timeout.D()
-	run := func(b *Bound) error {
-		actx := ctx
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			// Armed only if the action waits on it (lazyctx).
-			actx, cancel = lazyctx.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		call := handlers.ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })
-		if err := handlers.Execute(actx, call, ev); err != nil {
-			return fmt.Errorf("action %s: %w", b.ID(o.Name), err)
-		}
-		return nil
-	}
 	if limit == 1 || len(o.Actions) == 1 {
+		// Only failures are collected: the common case allocates nothing.
 		var errs []error
 		for _, b := range o.Actions {
-			errs = append(errs, run(b))
+			if err := o.run(ctx, ev, exec, b); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		return errors.Join(errs...)
 	}
@@ -203,11 +191,26 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			errs[i] = run(b)
+			errs[i] = o.run(ctx, ev, exec, b)
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// run runs one action of Run.
+func (o *Observer) run(ctx context.Context, ev *event.Event, exec Exec, b *Bound) error {
+	if timeout := o.Config.Timeout.D(); timeout > 0 {
+		var cancel context.CancelFunc
+		// Armed only if the action waits on it (lazyctx).
+		ctx, cancel = lazyctx.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	call := handlers.ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })
+	if err := handlers.Execute(ctx, call, ev); err != nil {
+		return fmt.Errorf("action %s: %w", b.ID(o.Name), err)
+	}
+	return nil
 }
 
 // Matcher finds the observers of an event by type and entity with two map

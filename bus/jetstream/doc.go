@@ -4,6 +4,11 @@
 // changes within its duplicate window) and a Watermill Subscriber over a
 // durable pull consumer.
 //
+// The publisher waits for each message's PubAck through one
+// subscription on an inbox of its own (publish.go) rather than nats.go's
+// asynchronous publish, which kept a future per message and decoded
+// every ack.
+//
 // The subscriber is written on nats.go rather than taken from
 // watermill-nats because that one releases one message per subscription
 // at a time and cannot delay a redelivery per message. Here messages are

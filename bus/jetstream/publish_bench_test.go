@@ -15,7 +15,6 @@ import (
 func BenchmarkPublish(b *testing.B) {
 	_, js, prefix := testenv.NATS(b)
 	cfg := busConfig(b, js, prefix, "bench")
-	cfg.DuplicateWindow = 0
 	p := jetstream.NewPublisher(js, cfg)
 	defer p.Close()
 	payload := make([]byte, 500)

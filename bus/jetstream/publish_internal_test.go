@@ -16,7 +16,7 @@ import (
 
 // pubConfig returns a config whose stream is made by the test.
 func pubConfig(prefix string) Config {
-	return Config{Stream: strings.ToUpper(prefix), SubjectPrefix: prefix, DuplicateWindow: time.Minute}
+	return Config{Stream: strings.ToUpper(prefix), SubjectPrefix: prefix}
 }
 
 func newMsgs(ids ...string) []*message.Message {

@@ -414,7 +414,7 @@ func TestWALMessage(t *testing.T) {
 		}
 	})
 	cfg := config(schema, "items")
-	cfg.Emitter, cfg.CheckTrigger = backfill.WALEmitter{}, false
+	cfg.Emitter, cfg.CheckTrigger = backfill.WALEmitter{Publication: schema + "_pub"}, false
 	cfg.Page = 2
 	cfg.Observer = "audit"
 	if _, err := backfill.Run(ctx, pool, cfg); err != nil {
@@ -442,9 +442,9 @@ func TestWALMessage(t *testing.T) {
 		pages = append(pages, p)
 	}
 	want := []backfill.Message{
-		{Table: schema + ".items", Observer: "audit", Rows: []json.RawMessage{
+		{Publication: schema + "_pub", Table: schema + ".items", Observer: "audit", Rows: []json.RawMessage{
 			json.RawMessage(`{"id":1,"name":"a","tags":["x"]}`), json.RawMessage(`{"id":2,"name":"b\"q","tags":null}`)}},
-		{Table: schema + ".items", Observer: "audit", Rows: []json.RawMessage{json.RawMessage(`{"id":3,"name":"c","tags":[]}`)}},
+		{Publication: schema + "_pub", Table: schema + ".items", Observer: "audit", Rows: []json.RawMessage{json.RawMessage(`{"id":3,"name":"c","tags":[]}`)}},
 	}
 	got, _ := json.Marshal(pages)
 	exp, _ := json.Marshal(want)

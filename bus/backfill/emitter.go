@@ -3,6 +3,7 @@ package backfill
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -28,6 +29,11 @@ const MessagePrefix = "millrace.backfill"
 // table, as JSON. It is the contract with the WAL capture reader, which
 // turns each row into a READ event.
 type Message struct {
+	// Publication is the publication of the capture the page is for.
+	// Every logical replication slot of the database decodes every
+	// message, so a WAL reader of another publication (another source or
+	// another deployment on the same database) skips the message.
+	Publication string `json:"publication"`
 	// Table is "schema.table", unquoted.
 	Table string `json:"table"`
 	// Observer, when not empty, is the only observer the events are for
@@ -80,13 +86,17 @@ type Emitter interface {
 }
 
 // NewEmitter returns the Emitter of capture mode (ModeTrigger or ModeWAL);
-// schema is the capture schema holding the change log (trigger mode).
-func NewEmitter(mode, schema string) (Emitter, error) {
+// schema is the capture schema holding the change log (trigger mode),
+// publication the publication the WAL capture reads (WAL mode).
+func NewEmitter(mode, schema, publication string) (Emitter, error) {
 	switch mode {
 	case ModeTrigger:
 		return NewTriggerEmitter(schema), nil
 	case ModeWAL:
-		return WALEmitter{}, nil
+		if publication == "" {
+			return nil, errors.New("backfill: WAL mode needs the capture's publication")
+		}
+		return WALEmitter{Publication: publication}, nil
 	}
 	return nil, fmt.Errorf("backfill: capture mode %q is not %s or %s", mode, ModeTrigger, ModeWAL)
 }
@@ -135,11 +145,15 @@ func (e *TriggerEmitter) Emit(ctx context.Context, tx pgx.Tx, p *Page) error {
 // WALEmitter writes each page as one transactional logical decoding
 // message (pg_logical_emit_message) with prefix MessagePrefix and a
 // Message as content.
-type WALEmitter struct{}
+type WALEmitter struct {
+	// Publication names the capture the messages are for: the WAL
+	// readers of other publications skip them.
+	Publication string
+}
 
 // Emit writes p as one message.
-func (WALEmitter) Emit(ctx context.Context, tx pgx.Tx, p *Page) error {
-	m := Message{Table: p.Table, Observer: p.Observer, Rows: make([]json.RawMessage, len(p.Rows))}
+func (e WALEmitter) Emit(ctx context.Context, tx pgx.Tx, p *Page) error {
+	m := Message{Publication: e.Publication, Table: p.Table, Observer: p.Observer, Rows: make([]json.RawMessage, len(p.Rows))}
 	for i, r := range p.Rows {
 		m.Rows[i] = r.Image
 	}

@@ -352,11 +352,16 @@ func (d *decoder) message(ev *event.Envelope, observer string) *message.Message 
 }
 
 // backfill builds the READ events of a BackfillPrefix message, one per
-// row, with ids from the message's LSN and the row's index.
+// row, with ids from the message's LSN and the row's index. A message
+// for another publication gives none: every slot of the database
+// decodes it, and it is for the capture that reads that publication.
 func (d *decoder) backfill(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) ([]*message.Message, error) {
 	var c backfill.Message
 	if err := json.Unmarshal(m.Content, &c); err != nil {
 		return nil, fmt.Errorf("%s message at %s: content: %w", BackfillPrefix, m.LSN, err)
+	}
+	if c.Publication != d.cfg.Publication {
+		return nil, nil
 	}
 	if c.Table == "" {
 		return nil, fmt.Errorf("%s message at %s: table is required", BackfillPrefix, m.LSN)

@@ -23,20 +23,23 @@ import (
 // TestBackfillMessagesBecomeReadEvents emits a millrace.backfill logical
 // message and checks the READ events: one per row, entity and id from
 // the table's key, the row as data, no changes, the observer in the
-// metadata, ids from the message's LSN and the row index.
+// metadata, ids from the message's LSN and the row index. Messages for
+// another publication, or for none, give no event.
 func TestBackfillMessagesBecomeReadEvents(t *testing.T) {
 	f := setup(t, "CREATE TABLE orders (id int, region text, status text, PRIMARY KEY (region, id))", "orders")
 	ch, _ := f.subscribe(t, f.cfg)
 	var lsn string
 	err := f.pool.QueryRow(context.Background(), `SELECT pg_logical_emit_message(true, 'millrace.backfill',
-		json_build_object('table', $1::text, 'observer', 'audit', 'rows',
+		json_build_object('publication', $2::text, 'table', $1::text, 'observer', 'audit', 'rows',
 			json_build_array(json_build_object('id', 7, 'region', 'eu', 'status', 'old'), json_build_object('id', 8, 'region', 'us', 'status', null)))::text)::text`,
-		f.schema+".orders").Scan(&lsn)
+		f.schema+".orders", f.cfg.Publication).Scan(&lsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'other.prefix', 'ignored')`)
-	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'millrace.backfill', json_build_object('table', $1::text, 'observer', '', 'rows', json_build_array(json_build_object('id', 9, 'region', 'eu')))::text)`, f.schema+".orders")
+	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'millrace.backfill', json_build_object('publication', $2::text, 'table', $1::text, 'observer', '', 'rows', json_build_array(json_build_object('id', 11, 'region', 'eu')))::text)`, f.schema+".orders", f.cfg.Publication+"_other")
+	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'millrace.backfill', json_build_object('table', $1::text, 'observer', '', 'rows', json_build_array(json_build_object('id', 12, 'region', 'eu')))::text)`, f.schema+".orders")
+	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'millrace.backfill', json_build_object('publication', $2::text, 'table', $1::text, 'observer', '', 'rows', json_build_array(json_build_object('id', 9, 'region', 'eu')))::text)`, f.schema+".orders", f.cfg.Publication)
 	msgs := recv(t, ch, 3)
 	byID := map[string]map[string]any{}
 	for _, m := range msgs {
@@ -73,7 +76,7 @@ func TestBackfillMessagesBecomeReadEvents(t *testing.T) {
 	slot2 := f.slot + "_b"
 	t.Cleanup(func() { testenv.DropReplication(t, slot2, "") })
 	run(t, f.pool, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot2)
-	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'millrace.backfill', json_build_object('table', $1::text, 'observer', '', 'rows', json_build_array(json_build_object('id', 10, 'region', 'eu')))::text)`, f.schema+".orders")
+	run(t, f.pool, `SELECT pg_logical_emit_message(true, 'millrace.backfill', json_build_object('publication', $2::text, 'table', $1::text, 'observer', '', 'rows', json_build_array(json_build_object('id', 10, 'region', 'eu')))::text)`, f.schema+".orders", f.cfg.Publication)
 	idOf := func(b []byte) string {
 		var ev struct{ ID string }
 		if err := json.Unmarshal(b, &ev); err != nil || ev.ID == "" {

@@ -127,7 +127,13 @@ func backfillBesideWriters(t *testing.T, run string) {
 		return true
 	}
 	recv.Wait(t, 60*time.Second, "every row's latest version reaches the observer of every event", latest)
-	recv.Wait(t, 30*time.Second, "every row reaches the READ observer", func() bool { return len(recv.Delivered("reads")) >= rows })
+	recv.Wait(t, 30*time.Second, "every row reaches the READ observer", func() bool {
+		seen := map[string]bool{}
+		for _, d := range recv.Delivered("reads") {
+			seen[d.Event.EntityID] = true
+		}
+		return len(seen) == rows
+	})
 
 	// Per row, in arrival order: versions never go down.
 	last := map[string]int64{}
@@ -145,7 +151,7 @@ func backfillBesideWriters(t *testing.T, run string) {
 	}
 	for id := range final {
 		if !readSeen[id] {
-			t.Errorf("row %s: no READ event reached the observer of every event", id)
+			t.Errorf("row %s: no READ event reached the observer of every event; %s", id, rowTrace(t, r, recv, id))
 		}
 	}
 	for _, d := range recv.Delivered("reads") {
@@ -224,4 +230,34 @@ func version(t *testing.T, ev *event.Event) int64 {
 	}
 	t.Fatalf("event %s (%s of row %s) has no version n: %v", ev.ID, ev.Type, ev.EntityID, ev.Data)
 	return 0
+}
+
+// rowTrace describes what the receiver and the dead-letter store hold of
+// one row, for a failure message: every request of both observers for
+// it, and the dead letters.
+func rowTrace(t *testing.T, r *e2e.Rig, recv *e2e.Receiver, id string) string {
+	var b strings.Builder
+	for _, path := range []string{"every", "reads"} {
+		fmt.Fprintf(&b, "\n\t/%s:", path)
+		for _, d := range recv.Requests(path) {
+			if d.Event != nil && d.Event.EntityID == id {
+				fmt.Fprintf(&b, "\n\t\t%s %s n=%v seq=%d status=%d attempt=%d at %s",
+					d.Event.Type, d.Event.ID, d.Event.Data["n"], d.Event.Seq, d.Status, d.Attempt, d.At.Format("15:04:05.000"))
+			}
+		}
+	}
+	reads := map[string]int{}
+	for _, d := range recv.Delivered("reads") {
+		reads[d.Event.EntityID]++
+	}
+	for rid, n := range reads {
+		if n > 1 {
+			fmt.Fprintf(&b, "\n\trow %s reached /reads %d times", rid, n)
+		}
+	}
+	fmt.Fprintf(&b, "\n\treceiver: %s", recv.Summary())
+	for _, dl := range r.DeadLetters(t) {
+		fmt.Fprintf(&b, "\n\tdead letter %s observer=%q reason=%s error=%q", dl.ID, dl.Observer, dl.Reason, dl.Error)
+	}
+	return b.String()
 }

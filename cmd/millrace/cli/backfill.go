@@ -76,7 +76,7 @@ or "*".`,
 			if err != nil {
 				return invalid("%s (%s): %v", config.Index("sources", i), s.Name, err)
 			}
-			emitter, err := backfill.NewEmitter(mode, s.Schema)
+			emitter, err := backfill.NewEmitter(mode, s.Schema, s.PublicationName())
 			if err != nil {
 				return err
 			}

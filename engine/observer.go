@@ -201,10 +201,10 @@ func (o *Observer) Run(ctx context.Context, ev *event.Event, exec Exec) error {
 // run runs one action of Run.
 func (o *Observer) run(ctx context.Context, ev *event.Event, exec Exec, b *Bound) error {
 	if timeout := o.Config.Timeout.D(); timeout > 0 {
-		var cancel context.CancelFunc
 		// Armed only if the action waits on it (lazyctx).
-		ctx, cancel = lazyctx.WithTimeout(ctx, timeout)
-		defer cancel()
+		tctx := lazyctx.WithTimeout(ctx, timeout)
+		defer tctx.Cancel()
+		ctx = tctx
 	}
 	call := handlers.ActionFunc(func(ctx context.Context, ev *event.Event) error { return exec(ctx, ev, b) })
 	if err := handlers.Execute(ctx, call, ev); err != nil {

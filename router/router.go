@@ -692,70 +692,80 @@ func (s Summary) LogValue() slog.Value {
 func (r *Router) handle(msg *message.Message, ev *event.Event, obs []*engine.Observer) Summary {
 	sum := Summary{Matched: len(obs)}
 	topic := r.topicOf(msg.Context())
+	if len(obs) == 1 {
+		// Most events match one observer: no goroutine, slices or closure.
+		d, err := r.deliver(msg, ev, obs[0], topic)
+		r.tally(&sum, obs[0], d, err)
+		sum.Err = errors.Join(err)
+		return sum
+	}
 	ds := make([]*middleware.Delivery, len(obs))
 	errs := make([]error, len(obs))
-	run := func(i int) {
-		o := obs[i]
-		ds[i] = &middleware.Delivery{Event: ev, Observer: o, Payload: msg.Payload, Topic: topic,
-			Actions: make([]middleware.ActionState, len(o.Actions))}
-		if msg.Metadata.Get(bus.ObserverMetadata) == o.Name {
-			// A replay: the actions its dead letter recorded as succeeded
-			// are not run again, unless it asks for every action.
-			if done := msg.Metadata.Get(bus.SucceededMetadata); done != "" {
-				ds[i].MarkSucceeded(strings.Split(done, ","))
-			}
-			ds[i].RunAll = msg.Metadata.Get(bus.AllActionsMetadata) == "true"
-		}
-		if r.recent == nil {
-			errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
-			return
-		}
-		start := time.Now()
-		errs[i] = middleware.Run(msg, ds[i], r.stacks[o.Name])
-		r.recent.record(ev, ds[i], start)
+	var wg sync.WaitGroup
+	for i, o := range obs {
+		wg.Go(func() { ds[i], errs[i] = r.deliver(msg, ev, o, topic) })
 	}
-	if len(obs) == 1 {
-		run(0)
-	} else {
-		var wg sync.WaitGroup
-		for i := range obs {
-			wg.Go(func() { run(i) })
-		}
-		wg.Wait()
-	}
+	wg.Wait()
 	for i, d := range ds {
-		if c, ok := r.runs[obs[i].Name][d.Outcome]; ok {
-			c.Inc()
-		} else {
-			r.metrics.Observers.WithLabelValues(obs[i].Name, d.Outcome).Inc()
-		}
-		switch d.Outcome {
-		case middleware.OutcomeSucceeded:
-			sum.Succeeded++
-		case middleware.OutcomeSkipped:
-			sum.SkippedCondition++
-		case middleware.OutcomeDuplicate:
-			sum.DuplicateSkipped++
-		case middleware.OutcomeDeadLettered:
-			sum.DeadLettered++
-			sum.Failed++
-		default:
-			sum.Failed++
-		}
-		sum.ActionsRun += d.ActionsRun()
-		sum.Retries += d.Retries
-		sum.CacheHits += d.CacheHits
-		sum.CacheMisses += d.CacheMisses
-		// The event comes back when the first of its observers can make
-		// progress: one whose breaker lets a trial through in 300ms must
-		// not wait for another's that stays open for 30s (the observers
-		// that finished are skipped by the ledger).
-		if errs[i] != nil && d.RetryDelay > 0 && (sum.RetryDelay == 0 || d.RetryDelay < sum.RetryDelay) {
-			sum.RetryDelay = d.RetryDelay
-		}
+		r.tally(&sum, obs[i], d, errs[i])
 	}
 	sum.Err = errors.Join(errs...)
 	return sum
+}
+
+// deliver runs observer o's stack on the event.
+func (r *Router) deliver(msg *message.Message, ev *event.Event, o *engine.Observer, topic string) (*middleware.Delivery, error) {
+	d := &middleware.Delivery{Event: ev, Observer: o, Payload: msg.Payload, Topic: topic,
+		Actions: make([]middleware.ActionState, len(o.Actions))}
+	if msg.Metadata.Get(bus.ObserverMetadata) == o.Name {
+		// A replay: the actions its dead letter recorded as succeeded
+		// are not run again, unless it asks for every action.
+		if done := msg.Metadata.Get(bus.SucceededMetadata); done != "" {
+			d.MarkSucceeded(strings.Split(done, ","))
+		}
+		d.RunAll = msg.Metadata.Get(bus.AllActionsMetadata) == "true"
+	}
+	if r.recent == nil {
+		return d, middleware.Run(msg, d, r.stacks[o.Name])
+	}
+	start := time.Now()
+	err := middleware.Run(msg, d, r.stacks[o.Name])
+	r.recent.record(ev, d, start)
+	return d, err
+}
+
+// tally counts observer o's delivery d, which ended with err, into sum
+// and the metrics.
+func (r *Router) tally(sum *Summary, o *engine.Observer, d *middleware.Delivery, err error) {
+	if c, ok := r.runs[o.Name][d.Outcome]; ok {
+		c.Inc()
+	} else {
+		r.metrics.Observers.WithLabelValues(o.Name, d.Outcome).Inc()
+	}
+	switch d.Outcome {
+	case middleware.OutcomeSucceeded:
+		sum.Succeeded++
+	case middleware.OutcomeSkipped:
+		sum.SkippedCondition++
+	case middleware.OutcomeDuplicate:
+		sum.DuplicateSkipped++
+	case middleware.OutcomeDeadLettered:
+		sum.DeadLettered++
+		sum.Failed++
+	default:
+		sum.Failed++
+	}
+	sum.ActionsRun += d.ActionsRun()
+	sum.Retries += d.Retries
+	sum.CacheHits += d.CacheHits
+	sum.CacheMisses += d.CacheMisses
+	// The event comes back when the first of its observers can make
+	// progress: one whose breaker lets a trial through in 300ms must
+	// not wait for another's that stays open for 30s (the observers
+	// that finished are skipped by the ledger).
+	if err != nil && d.RetryDelay > 0 && (sum.RetryDelay == 0 || d.RetryDelay < sum.RetryDelay) {
+		sum.RetryDelay = d.RetryDelay
+	}
 }
 
 // limitConfig turns [delivery] into the endpoints' limits; Validate

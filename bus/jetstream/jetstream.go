@@ -336,10 +336,10 @@ func (s *Subscriber) consume(ctx context.Context, durable, filter string, reset 
 				}
 				last = seq
 			}
-			msg, key, cancelMsg := s.toMessage(lctx, nm)
+			msg, key, mctx := s.toMessage(lctx, nm)
 			settleMsg := settle(pl, acks, nm, msg, s.logger)
-			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); cancelMsg() }, func() { _ = pl.inProgress(nm) }) {
-				cancelMsg()
+			if !l.Push(key, msg, func(acked bool) { settleMsg(acked); mctx.Cancel() }, func() { _ = pl.inProgress(nm) }) {
+				mctx.Cancel()
 				_ = pl.nak(nm)
 				return
 			}
@@ -503,7 +503,7 @@ func redeliverDelay(m *message.Message) time.Duration {
 	return lanes.RetryDelay(m, defaultRedeliverDelay)
 }
 
-func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Message, string, context.CancelFunc) {
+func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Message, string, *lazyctx.Ctx) {
 	h := nm.Header
 	id := h.Get(uuidHeader)
 	if id == "" {
@@ -512,7 +512,7 @@ func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Mess
 	// Each message has its own context, ended when it settles (or when
 	// the subscription stops), as Watermill subscribers do; registered
 	// with the subscription's only if a handler waits on it (lazyctx).
-	mctx, cancel := lazyctx.WithCancel(ctx)
+	mctx := lazyctx.WithCancel(ctx)
 	msg := message.NewMessageWithContext(mctx, id, nm.Data)
 	key := h.Get(keyHeader)
 	if key == "" {
@@ -532,7 +532,7 @@ func (s *Subscriber) toMessage(ctx context.Context, nm *nats.Msg) (*message.Mess
 	}
 	msg.Metadata.Set(bus.KeyMetadata, key)
 	setMetadata(msg, nm)
-	return msg, key, cancel
+	return msg, key, mctx
 }
 
 func settle(pl *puller, acks *acker, nm *nats.Msg, msg *message.Message, logger *slog.Logger) lanes.Settle {

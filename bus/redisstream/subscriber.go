@@ -481,12 +481,12 @@ func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 		d.metadata[bus.DeliveryMetadata] = strconv.Itoa(delivery)
 	}
 	// Registered with lctx only if a handler waits on it (lazyctx).
-	ctx, cancel := lazyctx.WithCancel(sub.lctx)
+	ctx := lazyctx.WithCancel(sub.lctx)
 	msg := message.NewMessageWithContext(ctx, d.uuid, d.payload)
 	msg.Metadata = d.metadata
-	settle := func(acked bool) { sub.settle(e.ID, cancel, acked) }
+	settle := func(acked bool) { sub.settle(e.ID, ctx, acked) }
 	if !sub.lanes.Push(d.key, msg, settle, nil) {
-		cancel()
+		ctx.Cancel()
 		return false
 	}
 	return true
@@ -495,8 +495,8 @@ func (sub *subscription) push(e redis.XMessage, delivery int) bool {
 // settle is the lanes' verdict on a message, run in its key's lane once
 // a copy was acked (queued for XACK) or the subscription stops first
 // (the entry stays pending: a nacked one waiting for its redelivery too).
-func (sub *subscription) settle(id string, cancel context.CancelFunc, acked bool) {
-	cancel()
+func (sub *subscription) settle(id string, ctx *lazyctx.Ctx, acked bool) {
+	ctx.Cancel()
 	if acked {
 		sub.acks <- id
 		return

@@ -7,11 +7,11 @@ import (
 	"time"
 )
 
-// lazy is a cancelable context whose context.WithCancel or
+// Ctx is a cancelable context whose context.WithCancel or
 // context.WithDeadline is made on the first call to Done. Until then
-// its deadline and Err come from the clock and the parent, and cancel
+// its deadline and Err come from the clock and the parent, and Cancel
 // only records that it was called.
-type lazy struct {
+type Ctx struct {
 	parent      context.Context
 	deadline    time.Time
 	hasDeadline bool
@@ -26,19 +26,20 @@ type armedCtx struct {
 	cancel context.CancelFunc
 }
 
-// WithCancel is context.WithCancel(parent) made on demand.
-func WithCancel(parent context.Context) (context.Context, context.CancelFunc) {
-	c := &lazy{parent: parent}
-	return c, c.cancel
+// WithCancel is context.WithCancel(parent) made on demand; Cancel is its
+// CancelFunc. It returns no CancelFunc of its own: the method value
+// would be one more allocation per message.
+func WithCancel(parent context.Context) *Ctx {
+	return &Ctx{parent: parent}
 }
 
-// WithTimeout is context.WithTimeout(parent, d) made on demand.
-func WithTimeout(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	c := &lazy{parent: parent, deadline: time.Now().Add(d), hasDeadline: true}
-	return c, c.cancel
+// WithTimeout is context.WithTimeout(parent, d) made on demand; Cancel
+// is its CancelFunc.
+func WithTimeout(parent context.Context, d time.Duration) *Ctx {
+	return &Ctx{parent: parent, deadline: time.Now().Add(d), hasDeadline: true}
 }
 
-func (c *lazy) Deadline() (time.Time, bool) {
+func (c *Ctx) Deadline() (time.Time, bool) {
 	d, ok := c.parent.Deadline()
 	if c.hasDeadline && (!ok || c.deadline.Before(d)) {
 		return c.deadline, true
@@ -46,7 +47,7 @@ func (c *lazy) Deadline() (time.Time, bool) {
 	return d, ok
 }
 
-func (c *lazy) Done() <-chan struct{} {
+func (c *Ctx) Done() <-chan struct{} {
 	if a := c.armed.Load(); a != nil {
 		return a.ctx.Done()
 	}
@@ -68,7 +69,7 @@ func (c *lazy) Done() <-chan struct{} {
 	return a.ctx.Done()
 }
 
-func (c *lazy) Err() error {
+func (c *Ctx) Err() error {
 	if a := c.armed.Load(); a != nil {
 		return a.ctx.Err()
 	}
@@ -83,7 +84,7 @@ func (c *lazy) Err() error {
 
 // expired is the error the context would have now, unarmed: the
 // parent's, or DeadlineExceeded once its deadline has passed.
-func (c *lazy) expired() error {
+func (c *Ctx) expired() error {
 	if err := c.parent.Err(); err != nil {
 		return err
 	}
@@ -93,14 +94,16 @@ func (c *lazy) expired() error {
 	return nil
 }
 
-func (c *lazy) Value(key any) any {
+func (c *Ctx) Value(key any) any {
 	if a := c.armed.Load(); a != nil {
 		return a.ctx.Value(key)
 	}
 	return c.parent.Value(key)
 }
 
-func (c *lazy) cancel() {
+// Cancel cancels the context, as a context.CancelFunc does: twice is
+// harmless.
+func (c *Ctx) Cancel() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if a := c.armed.Load(); a != nil {
@@ -116,7 +119,7 @@ func (c *lazy) cancel() {
 }
 
 // String names the context for logs, as the context package's do.
-func (c *lazy) String() string {
+func (c *Ctx) String() string {
 	if c.hasDeadline {
 		return "lazyctx.WithTimeout(" + c.deadline.String() + ")"
 	}

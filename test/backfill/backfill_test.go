@@ -127,13 +127,7 @@ func backfillBesideWriters(t *testing.T, run string) {
 		return true
 	}
 	recv.Wait(t, 60*time.Second, "every row's latest version reaches the observer of every event", latest)
-	recv.Wait(t, 30*time.Second, "every row reaches the READ observer", func() bool {
-		seen := map[string]bool{}
-		for _, d := range recv.Delivered("reads") {
-			seen[d.Event.EntityID] = true
-		}
-		return len(seen) == rows
-	})
+	recv.Wait(t, 30*time.Second, "every row reaches the READ observer", func() bool { return len(perRow(recv.Delivered("reads"))) == rows })
 
 	// Per row, in arrival order: versions never go down.
 	last := map[string]int64{}
@@ -188,11 +182,7 @@ func backfillBesideWriters(t *testing.T, run string) {
 		t.Fatalf("resumed backfill printed %q; want it resumed, %d rows in all", out, rows)
 	}
 	recv.Wait(t, 60*time.Second, "every row reaches the READ observer again", func() bool {
-		seen := map[string]bool{}
-		for _, d := range recv.Delivered("reads")[reads:] {
-			seen[d.Event.EntityID] = true
-		}
-		return len(seen) == rows
+		return len(perRow(recv.Delivered("reads")[reads:])) == rows
 	})
 	time.Sleep(time.Second) // time for any stray delivery to the other observer
 	if n := len(recv.Delivered("every")); n != every {
@@ -246,11 +236,7 @@ func rowTrace(t *testing.T, r *e2e.Rig, recv *e2e.Receiver, id string) string {
 			}
 		}
 	}
-	reads := map[string]int{}
-	for _, d := range recv.Delivered("reads") {
-		reads[d.Event.EntityID]++
-	}
-	for rid, n := range reads {
+	for rid, n := range perRow(recv.Delivered("reads")) {
 		if n > 1 {
 			fmt.Fprintf(&b, "\n\trow %s reached /reads %d times", rid, n)
 		}
@@ -260,4 +246,13 @@ func rowTrace(t *testing.T, r *e2e.Rig, recv *e2e.Receiver, id string) string {
 		fmt.Fprintf(&b, "\n\tdead letter %s observer=%q reason=%s error=%q", dl.ID, dl.Observer, dl.Reason, dl.Error)
 	}
 	return b.String()
+}
+
+// perRow counts deliveries by entity id.
+func perRow(ds []*e2e.Delivery) map[string]int {
+	n := map[string]int{}
+	for _, d := range ds {
+		n[d.Event.EntityID]++
+	}
+	return n
 }

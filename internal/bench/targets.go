@@ -175,6 +175,9 @@ func cpuTarget(t *Topology, scenario string, lim float64, res *Results) Target {
 		tg.Status, tg.Note = TargetMissed, busy(f, res)
 		if sc := t.scenario(scenario); sc != nil && sc.Ratio != nil {
 			tg.Note += fmt.Sprintf("; the ceiling's %s s (%.2f ×)", dec(sc.Ceiling.CPUPer10k), sc.Ratio.CPUPer10k)
+			if sc.Ceiling.CPUPer10k > lim {
+				tg.Note += ": the ceiling alone is over the target on this machine"
+			}
 		}
 	}
 	return tg

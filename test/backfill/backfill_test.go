@@ -147,7 +147,8 @@ func backfillBesideWriters(t *testing.T, run string) {
 		for deadline := start.Add(30 * time.Second); readsAtEvery() < rows && time.Now().Before(deadline); {
 			time.Sleep(25 * time.Millisecond)
 		}
-		t.Logf("%d rows' READs reached the observer of every event after the READ observer's, in %s", rows-n, time.Since(start).Round(time.Millisecond))
+		t.Logf("%d rows' READs had not reached the observer of every event when the READ observer had them all; waited %s for them",
+			rows-n, time.Since(start).Round(time.Millisecond))
 	}
 
 	// Per row, in arrival order: versions never go down.

@@ -134,13 +134,13 @@ func backfillBesideWriters(t *testing.T, run string) {
 	// their way to it. Wait for them; a row still without one is
 	// reported below with its trace.
 	readsAtEvery := func() int {
-		var reads []*e2e.Delivery
+		read := map[string]bool{}
 		for _, d := range recv.Delivered("every") {
 			if d.Event.Type == event.Read {
-				reads = append(reads, d)
+				read[d.Event.EntityID] = true
 			}
 		}
-		return len(perRow(reads))
+		return len(read)
 	}
 	if n := readsAtEvery(); n < rows {
 		start := time.Now()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -35,46 +36,49 @@ func Export(ctx context.Context, js jetstream.JetStream, c Config, topic string,
 		return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
 	}
 	pending := info.NumPending
+	// One pull iterator for the held messages and the tap, each wait
+	// bounded here: a Fetch per round was seen to outlast its own wait
+	// by two seconds when messages arrived as it expired (a 1 s round
+	// ended 3 s after it began), long enough to end a tap with the
+	// messages that arrived during it still on the stream.
+	it, err := cons.Messages(jetstream.PullMaxMessages(500))
+	if err != nil {
+		return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
 	n := 0
 	for limit <= 0 || n < limit {
 		// What the stream held is read; then new messages until until.
-		tapping := pending == 0
-		size, wait := int(min(pending, 500)), 5*time.Second
-		if tapping {
-			if wait = min(time.Until(until), time.Second); wait <= 0 {
+		wait := 5 * time.Second
+		if pending == 0 {
+			if wait = time.Until(until); wait <= 0 {
 				return nil
 			}
-			size, wait = 500, max(wait, 100*time.Millisecond)
 		}
-		batch, err := cons.Fetch(size, jetstream.FetchMaxWait(wait))
-		if err != nil {
-			return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			md, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
-			}
-			if err := fn(md.Sequence.Stream, m.Data()); err != nil {
-				return err
-			}
-			pending = max(pending, 1) - 1
-			if n++; (limit > 0 && n >= limit) || (pending == 0 && !tapping) {
-				break
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
-			return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
-		}
-		if got == 0 && !tapping {
-			// The stream lost the rest to its limits meanwhile.
-			pending = 0
-		}
+		m, err := it.Next(jetstream.NextMaxWait(wait))
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if errors.Is(err, nats.ErrTimeout) {
+			// Held: the stream lost the rest to its limits meanwhile.
+			// Tapping: until has come.
+			pending = 0
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("jetstream: export %s: %w", c.Stream, err)
+		}
+		if err := fn(md.Sequence.Stream, m.Data()); err != nil {
+			return err
+		}
+		pending = max(pending, 1) - 1
+		n++
 	}
 	return nil
 }

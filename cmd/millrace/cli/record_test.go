@@ -541,11 +541,15 @@ actions = [{ type = "seen" }]
 			t.Logf("%s: %d recordings during the traffic", name, records)
 
 			// --follow: what the bus holds, then what arrives for a while.
+			// The post takes milliseconds; the rest of the window is for
+			// the tap to read what arrived before it ends.
+			const follow = 3 * time.Second
 			later := orderEvents(1100)[1000:]
 			tapped := make(chan []string)
+			start := time.Now()
 			go func() {
 				tap := filepath.Join(t.TempDir(), "tap.jsonl")
-				code, _, stderr := runCLIWith(t, o, "record", "-c", path, "--out", tap, "--follow", "3s")
+				code, _, stderr := runCLIWith(t, o, "record", "-c", path, "--out", tap, "--follow", follow.String())
 				if code != ExitOK {
 					t.Errorf("record --follow: exit %d: %s", code, stderr)
 				}
@@ -553,10 +557,12 @@ actions = [{ type = "seen" }]
 			}()
 			time.Sleep(time.Second)
 			postEvents(t, addr, later)
+			postedAfter := time.Since(start)
 			got = <-tapped
 			all := append(evs, later...)
 			if len(got) != len(all) {
-				t.Fatalf("record --follow 3s: %d events; want the %d held and the %d posted meanwhile", len(got), len(evs), len(later))
+				t.Fatalf("record --follow %s: %d events; want the %d held and the %d posted meanwhile (posted %s after the tap started)",
+					follow, len(got), len(evs), len(later), postedAfter.Round(time.Millisecond))
 			}
 			for i, ev := range all {
 				if got[i] != ev.ID {

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/millrace/millrace/bus/lanes"
+	"github.com/millrace/millrace/internal/runs"
 )
 
 // Modes of a source.
@@ -160,10 +161,7 @@ type Subscriber struct {
 	pool   *pgxpool.Pool
 	cfg    Config
 	logger *slog.Logger
-
-	mu     sync.Mutex
-	closed bool
-	subs   map[*subscription]struct{}
+	runs   runs.Set
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
@@ -176,7 +174,7 @@ func NewSubscriber(pool *pgxpool.Pool, cfg Config, logger *slog.Logger) *Subscri
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.setDefaults()
-	return &Subscriber{pool: pool, cfg: cfg, logger: logger, subs: map[*subscription]struct{}{}}
+	return &Subscriber{pool: pool, cfg: cfg, logger: logger}
 }
 
 // Subscribe starts reading for the consumer group. The channel is closed
@@ -189,46 +187,22 @@ func (s *Subscriber) Subscribe(ctx context.Context, group string) (<-chan *messa
 	if group == "" {
 		return nil, errors.New("capture: subscribe: the consumer group is required")
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, errors.New("capture: subscriber closed")
-	}
-	sctx, cancel := context.WithCancel(ctx)
 	sub := &subscription{
 		s:      s,
 		cfg:    s.cfg,
 		group:  group,
 		logger: s.logger.With("source", s.cfg.Source, "group", group),
 		out:    make(chan *message.Message),
-		cancel: cancel,
-		done:   make(chan struct{}),
 	}
-	s.subs[sub] = struct{}{}
-	go func() {
-		sub.run(sctx)
-		s.mu.Lock()
-		delete(s.subs, sub)
-		s.mu.Unlock()
-	}()
+	if err := s.runs.Start(ctx, sub.run); err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
+	}
 	return sub.out, nil
 }
 
 // Close stops every subscription and waits for them.
 func (s *Subscriber) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	subs := make([]*subscription, 0, len(s.subs))
-	for sub := range s.subs {
-		subs = append(subs, sub)
-	}
-	s.mu.Unlock()
-	for _, sub := range subs {
-		sub.cancel()
-	}
-	for _, sub := range subs {
-		<-sub.done
-	}
+	s.runs.Close()
 	return nil
 }
 
@@ -240,8 +214,6 @@ type subscription struct {
 	group  string
 	logger *slog.Logger
 	out    chan *message.Message
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 func (sub *subscription) connect(ctx context.Context) (*pgx.Conn, error) {
@@ -264,21 +236,10 @@ func closeConn(conn *pgx.Conn) {
 	_ = conn.Close(ctx)
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
 // run is the lease loop. The lease is a session advisory lock held by the
 // reading connection: when the process dies its connection closes and
 // PostgreSQL frees the lock, and a standby's next try takes it.
 func (sub *subscription) run(ctx context.Context) {
-	defer close(sub.done)
 	defer close(sub.out)
 	key := lockKey("millrace capture", sub.cfg.Schema, sub.cfg.Source, sub.group)
 	var conn *pgx.Conn
@@ -292,7 +253,7 @@ func (sub *subscription) run(ctx context.Context) {
 					sub.logger.Warn("capture: cannot connect; retrying", "err", err)
 				}
 				failing = true
-				sleep(ctx, sub.cfg.LeaseRetry)
+				runs.Sleep(ctx, sub.cfg.LeaseRetry)
 				continue
 			}
 			conn, failing = c, false
@@ -304,7 +265,7 @@ func (sub *subscription) run(ctx context.Context) {
 			}
 			closeConn(conn)
 			conn = nil
-			sleep(ctx, sub.cfg.LeaseRetry)
+			runs.Sleep(ctx, sub.cfg.LeaseRetry)
 			continue
 		}
 		if !got {
@@ -312,7 +273,7 @@ func (sub *subscription) run(ctx context.Context) {
 				sub.logger.Info("capture: standby: another process holds the lease")
 				standby = true
 			}
-			sleep(ctx, sub.cfg.LeaseRetry)
+			runs.Sleep(ctx, sub.cfg.LeaseRetry)
 			continue
 		}
 		standby = false
@@ -326,7 +287,7 @@ func (sub *subscription) run(ctx context.Context) {
 			return
 		}
 		sub.logger.Warn("capture: reading failed; lease released, retrying", "err", err)
-		sleep(ctx, sub.cfg.LeaseRetry)
+		runs.Sleep(ctx, sub.cfg.LeaseRetry)
 	}
 }
 
@@ -609,7 +570,7 @@ func (t *term) listen(ctx context.Context) (<-chan struct{}, func()) {
 			}
 			if lctx.Err() == nil {
 				t.sub.logger.Debug("capture: listener stopped; polling only until it reconnects", "err", err)
-				sleep(lctx, t.cfg.LeaseRetry)
+				runs.Sleep(lctx, t.cfg.LeaseRetry)
 			}
 		}
 	}()

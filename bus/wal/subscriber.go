@@ -19,6 +19,7 @@ import (
 	"github.com/millrace/millrace/bus"
 	"github.com/millrace/millrace/bus/lanes"
 	"github.com/millrace/millrace/event"
+	"github.com/millrace/millrace/internal/runs"
 )
 
 // Config is a WAL capture's config, built from config.Source by the
@@ -131,9 +132,7 @@ type Subscriber struct {
 	logger  *slog.Logger
 	metrics *Metrics
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[*subscription]struct{}
+	runs runs.Set
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
@@ -149,7 +148,7 @@ func NewSubscriber(pool *pgxpool.Pool, cfg Config, metrics *Metrics, logger *slo
 		metrics = NewMetrics()
 	}
 	cfg.setDefaults()
-	return &Subscriber{pool: pool, cfg: cfg, logger: logger, metrics: metrics, subs: map[*subscription]struct{}{}}
+	return &Subscriber{pool: pool, cfg: cfg, logger: logger, metrics: metrics}
 }
 
 // Subscribe starts streaming. The channel is closed once ctx ends or
@@ -159,42 +158,23 @@ func (s *Subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.M
 	if err := s.cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, errors.New("wal: subscriber closed")
-	}
-	sctx, cancel := context.WithCancel(ctx)
 	sub := &subscription{
-		s: s, cfg: s.cfg, out: make(chan *message.Message), cancel: cancel, done: make(chan struct{}),
+		s: s, cfg: s.cfg, out: make(chan *message.Message),
 		logger: s.logger.With("source", s.cfg.Source, "slot", s.cfg.Slot),
 	}
-	s.subs[sub] = struct{}{}
-	go sub.watchRetained(sctx)
-	go func() {
-		sub.run(sctx)
-		s.mu.Lock()
-		delete(s.subs, sub)
-		s.mu.Unlock()
-	}()
+	err := s.runs.Start(ctx, func(ctx context.Context) {
+		go sub.watchRetained(ctx)
+		sub.run(ctx)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
 	return sub.out, nil
 }
 
 // Close stops every subscription and waits for them.
 func (s *Subscriber) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	subs := make([]*subscription, 0, len(s.subs))
-	for sub := range s.subs {
-		subs = append(subs, sub)
-	}
-	s.mu.Unlock()
-	for _, sub := range subs {
-		sub.cancel()
-	}
-	for _, sub := range subs {
-		<-sub.done
-	}
+	s.runs.Close()
 	return nil
 }
 
@@ -203,17 +183,6 @@ type subscription struct {
 	cfg    Config
 	logger *slog.Logger
 	out    chan *message.Message
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // errSlotActive is START_REPLICATION's answer while another process
@@ -226,7 +195,6 @@ func slotActive(err error) bool {
 // run connects and streams until ctx ends; while another process holds
 // the slot it retries with backoff.
 func (sub *subscription) run(ctx context.Context) {
-	defer close(sub.done)
 	defer close(sub.out)
 	wait, standby := sub.cfg.RetryInterval, false
 	for ctx.Err() == nil {
@@ -260,7 +228,7 @@ func (sub *subscription) run(ctx context.Context) {
 		} else if err != nil {
 			sub.logger.Warn("wal capture: streaming failed; retrying", "err", err, "wait", wait)
 		}
-		sleep(ctx, wait)
+		runs.Sleep(ctx, wait)
 		wait = min(2*wait, 5*time.Second)
 	}
 	sub.logger.Info("wal capture: stopped")
@@ -312,7 +280,7 @@ func (sub *subscription) watchRetained(ctx context.Context) {
 		} else if err != nil && ctx.Err() == nil {
 			sub.logger.Debug("wal capture: cannot measure the retained WAL", "err", err)
 		}
-		sleep(ctx, sub.cfg.RetainedInterval)
+		runs.Sleep(ctx, sub.cfg.RetainedInterval)
 	}
 }
 

@@ -177,27 +177,8 @@ func (s *suite) jetStreamJob(ctx context.Context, connect func() (*nats.Conn, er
 	defer func() { it.Stop(); <-consumed }()
 
 	send := func(ctx context.Context, from, to int) error {
-		now := time.Now()
-		for i := from; i < to; i++ {
-			evID, body, err := s.encoded(i, now)
-			if err != nil {
-				return err
-			}
-			m := nats.NewMsg(subject + ".e")
-			m.Data = body
-			m.Header.Set(jetstream.MsgIDHeader, evID)
-			m.Header.Set(hdrIndex, strconv.Itoa(i))
-			m.Header.Set(hdrTime, strconv.FormatInt(now.UnixNano(), 10))
-			if _, err := js.PublishMsgAsync(m); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-js.PublishAsyncComplete():
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(30 * time.Second):
-			return errors.New("no publish acks within 30s")
+		if err := s.publishAsync(ctx, js, subject+".e", from, to, time.Now()); err != nil {
+			return err
 		}
 		if e := pubErr.Load(); e != nil {
 			return *e

@@ -211,26 +211,8 @@ func (s *suite) peerCeiling(ctx context.Context, rec *recorder, n int, w *window
 	}()
 	now := time.Now()
 	for from := 0; from < n; from += batchSize {
-		for i := from; i < min(from+batchSize, n); i++ {
-			evID, body, err := s.encoded(i, now)
-			if err != nil {
-				return err
-			}
-			m := nats.NewMsg(subject + ".e")
-			m.Data = body
-			m.Header.Set(jetstream.MsgIDHeader, evID)
-			m.Header.Set(hdrIndex, strconv.Itoa(i))
-			m.Header.Set(hdrTime, strconv.FormatInt(now.UnixNano(), 10))
-			if _, err := js.PublishMsgAsync(m); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-js.PublishAsyncComplete():
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(30 * time.Second):
-			return errors.New("no publish acks within 30s")
+		if err := s.publishAsync(ctx, js, subject+".e", from, min(from+batchSize, n), now); err != nil {
+			return err
 		}
 	}
 	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "peer",

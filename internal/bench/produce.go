@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/millrace/millrace/event"
 )
@@ -79,6 +82,35 @@ func (s *suite) encoded(i int, now time.Time) (string, []byte, error) {
 		return "", nil, fmt.Errorf("encode event %d: %w", i, err)
 	}
 	return ev.ID, b, nil
+}
+
+// publishAsync publishes events [from, to) of a run, stamped now, to
+// subject with the headers the ceilings' consumers read (id, index,
+// time), and waits for their PubAcks: the JetStream ceilings' and the
+// peer job's producer.
+func (s *suite) publishAsync(ctx context.Context, js jetstream.JetStream, subject string, from, to int, now time.Time) error {
+	for i := from; i < to; i++ {
+		evID, body, err := s.encoded(i, now)
+		if err != nil {
+			return err
+		}
+		m := nats.NewMsg(subject)
+		m.Data = body
+		m.Header.Set(jetstream.MsgIDHeader, evID)
+		m.Header.Set(hdrIndex, strconv.Itoa(i))
+		m.Header.Set(hdrTime, strconv.FormatInt(now.UnixNano(), 10))
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("no publish acks within 30s")
+	}
 }
 
 // benchTable is the watched table of a capture run, in each source's

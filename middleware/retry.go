@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/millrace/millrace/config"
+	"github.com/millrace/millrace/internal/runs"
 )
 
 // Backoff turns an observer's retry policy into waits.
@@ -42,16 +43,4 @@ func (b Backoff) Next(failures int, atLeast time.Duration) time.Duration {
 
 // Sleep waits d or until ctx ends, whichever comes first, and returns
 // ctx.Err() in the second case.
-func Sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func Sleep(ctx context.Context, d time.Duration) error { return runs.Sleep(ctx, d) }

@@ -66,12 +66,19 @@ func (s *Set) Close() {
 	}
 }
 
-// Sleep waits d, or until ctx ends.
-func Sleep(ctx context.Context, d time.Duration) {
+// Sleep waits d or until ctx ends, whichever comes first, and returns
+// ctx.Err() in the second case. middleware.Sleep, the retries' wait, is
+// this one.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-ctx.Done():
 	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

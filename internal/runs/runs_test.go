@@ -61,17 +61,21 @@ func TestRunEndsWithItsContext(t *testing.T) {
 }
 
 // TestSleepEndsWithTheContext: Sleep waits its duration, or less when
-// the context ends first.
+// the context ends first, and then says so.
 func TestSleepEndsWithTheContext(t *testing.T) {
 	start := time.Now()
-	runs.Sleep(context.Background(), 30*time.Millisecond)
+	if err := runs.Sleep(context.Background(), 30*time.Millisecond); err != nil {
+		t.Fatalf("Sleep(30ms): %v", err)
+	}
 	if d := time.Since(start); d < 30*time.Millisecond {
 		t.Fatalf("Sleep(30ms) returned after %s", d)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	start = time.Now()
-	runs.Sleep(ctx, time.Minute)
+	if err := runs.Sleep(ctx, time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sleep on an ended context: %v; want context.Canceled", err)
+	}
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("Sleep on an ended context took %s", d)
 	}
